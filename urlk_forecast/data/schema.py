@@ -1,0 +1,198 @@
+"""The one station-data schema every reader returns.
+
+An ``xarray.Dataset`` with dims ``(time, station)``; data variables ``temperature`` (degC) and/or
+``wind_speed`` (m s-1), float32, NaN = missing; coords ``station`` (id string), ``lat``, ``lon``,
+``elevation`` and ``name`` on the station dim. CF attributes (``units``, ``standard_name``) on every
+variable. ``validate`` checks all of it and raises one :class:`SchemaError` saying what is wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+__all__ = [
+    "VARIABLES",
+    "SchemaError",
+    "make_dataset",
+    "validate",
+    "infer_frequency",
+    "convert_units",
+    "canonical_units",
+]
+
+#: CF metadata of the schema's data variables, keyed by our variable name.
+VARIABLES: dict[str, dict[str, str]] = {
+    "temperature": {"units": "degC", "standard_name": "air_temperature", "long_name": "air temperature"},
+    "wind_speed": {"units": "m s-1", "standard_name": "wind_speed", "long_name": "wind speed"},
+}
+
+COORD_ATTRS: dict[str, dict[str, str]] = {
+    "lat": {"units": "degrees_north", "standard_name": "latitude"},
+    "lon": {"units": "degrees_east", "standard_name": "longitude"},
+    "elevation": {"units": "m", "standard_name": "height_above_mean_sea_level"},
+    "name": {"long_name": "station name"},
+    "station": {"long_name": "station identifier", "cf_role": "timeseries_id"},
+}
+
+# Unit spellings we understand, per variable, mapped to a function converting to the canonical unit.
+_UNIT_CONVERTERS: dict[str, dict[str, object]] = {
+    "temperature": {
+        "degC": lambda v: v,
+        "degree_Celsius": lambda v: v,
+        "celsius": lambda v: v,
+        "C": lambda v: v,
+        "K": lambda v: v - 273.15,
+        "kelvin": lambda v: v - 273.15,
+        "degF": lambda v: (v - 32.0) * (5.0 / 9.0),
+        "F": lambda v: (v - 32.0) * (5.0 / 9.0),
+    },
+    "wind_speed": {
+        "m s-1": lambda v: v,
+        "m/s": lambda v: v,
+        "m s**-1": lambda v: v,
+        "knots": lambda v: v * 0.514444,
+        "kt": lambda v: v * 0.514444,
+        "km/h": lambda v: v / 3.6,
+        "km h-1": lambda v: v / 3.6,
+    },
+}
+
+
+class SchemaError(ValueError):
+    """A dataset does not follow the urlk-forecast station schema."""
+
+
+def canonical_units(variable: str) -> str:
+    """Canonical unit string of a schema variable (``degC`` or ``m s-1``)."""
+    if variable not in VARIABLES:
+        raise SchemaError(f"unknown variable {variable!r}; known: {sorted(VARIABLES)}")
+    return VARIABLES[variable]["units"]
+
+
+def convert_units(values: np.ndarray, units: str, variable: str) -> np.ndarray:
+    """Convert ``values`` given in ``units`` to the canonical unit of ``variable``."""
+    table = _UNIT_CONVERTERS.get(variable)
+    if table is None:
+        raise SchemaError(f"unknown variable {variable!r}; known: {sorted(VARIABLES)}")
+    fn = table.get(units.strip())
+    if fn is None:
+        raise SchemaError(f"unknown units {units!r} for {variable}; known: {sorted(table)}")
+    return fn(np.asarray(values, dtype=np.float64))  # type: ignore[operator]
+
+
+def make_dataset(
+    time: Sequence | np.ndarray | pd.DatetimeIndex,
+    station: Sequence[str] | np.ndarray,
+    lat: Sequence[float] | np.ndarray,
+    lon: Sequence[float] | np.ndarray,
+    elevation: Sequence[float] | np.ndarray | None = None,
+    name: Sequence[str] | np.ndarray | None = None,
+    attrs: Mapping[str, object] | None = None,
+    **variables: np.ndarray,
+) -> xr.Dataset:
+    """Build a schema dataset from arrays of shape ``(time, station)`` per variable.
+
+    Values must already be in canonical units (see :func:`convert_units`). ``elevation`` defaults
+    to NaN (unknown) and ``name`` to the station id.
+    """
+    time_index = pd.DatetimeIndex(pd.to_datetime(np.asarray(time)))
+    ids = np.asarray([str(s) for s in station], dtype=object)
+    n = len(ids)
+    elev = np.full(n, np.nan, np.float32) if elevation is None else np.asarray(elevation, np.float32)
+    names = ids.copy() if name is None else np.asarray([str(s) for s in name], dtype=object)
+    data_vars = {}
+    for var, arr in variables.items():
+        if var not in VARIABLES:
+            raise SchemaError(f"unknown variable {var!r}; known: {sorted(VARIABLES)}")
+        a = np.asarray(arr, dtype=np.float32)
+        if a.shape != (len(time_index), n):
+            raise SchemaError(f"{var} has shape {a.shape}, expected (time, station) = {(len(time_index), n)}")
+        data_vars[var] = (("time", "station"), a, dict(VARIABLES[var]))
+    ds = xr.Dataset(
+        data_vars,
+        coords={
+            "time": ("time", time_index.values.astype("datetime64[ns]"), {"standard_name": "time"}),
+            "station": ("station", ids, COORD_ATTRS["station"]),
+            "lat": ("station", np.asarray(lat, np.float32), COORD_ATTRS["lat"]),
+            "lon": ("station", np.asarray(lon, np.float32), COORD_ATTRS["lon"]),
+            "elevation": ("station", elev, COORD_ATTRS["elevation"]),
+            "name": ("station", names, COORD_ATTRS["name"]),
+        },
+        attrs={"Conventions": "CF-1.8", "featureType": "timeSeries", **dict(attrs or {})},
+    )
+    return ds
+
+
+def infer_frequency(ds: xr.Dataset) -> pd.Timedelta:
+    """The constant time step of ``ds`` (raises :class:`SchemaError` if irregular or too short)."""
+    t = pd.DatetimeIndex(ds["time"].values)
+    if len(t) < 2:
+        raise SchemaError(f"need at least 2 time steps to infer a frequency, got {len(t)}")
+    d = np.diff(t.asi8)
+    if not np.all(d == d[0]):
+        bad = int(np.argmax(d != d[0]))
+        raise SchemaError(
+            f"irregular time frequency: step {pd.Timedelta(int(d[0]))} at the start but "
+            f"{pd.Timedelta(int(d[bad]))} between {t[bad]} and {t[bad + 1]}"
+        )
+    return pd.Timedelta(int(d[0]))
+
+
+def validate(ds: xr.Dataset, variables: Sequence[str] | None = None, regular: bool = True) -> xr.Dataset:
+    """Check ``ds`` follows the schema; return it unchanged or raise one clear :class:`SchemaError`.
+
+    ``variables`` names the data variables that must be present (default: at least one schema
+    variable). ``regular=False`` skips the constant-frequency check.
+    """
+    if not isinstance(ds, xr.Dataset):
+        raise SchemaError(f"expected an xarray.Dataset, got {type(ds).__name__}")
+    for dim in ("time", "station"):
+        if dim not in ds.dims:
+            raise SchemaError(f"missing dimension {dim!r}; dataset has dims {tuple(ds.dims)}")
+    for coord in ("time", "station", "lat", "lon", "elevation", "name"):
+        if coord not in ds.coords:
+            raise SchemaError(f"missing coordinate {coord!r}; dataset has coords {sorted(ds.coords)}")
+        if coord != "time" and ds[coord].dims != ("station",):
+            raise SchemaError(f"coordinate {coord!r} must be on dim 'station', found dims {ds[coord].dims}")
+    present = [v for v in VARIABLES if v in ds.data_vars]
+    required = list(variables) if variables is not None else []
+    for v in required:
+        if v not in VARIABLES:
+            raise SchemaError(f"unknown variable {v!r}; known: {sorted(VARIABLES)}")
+        if v not in ds.data_vars:
+            raise SchemaError(f"missing variable {v!r}; dataset has {sorted(ds.data_vars)}")
+    if not present:
+        raise SchemaError(f"no schema variable present; expected one of {sorted(VARIABLES)}, found {sorted(ds.data_vars)}")
+    for v in present:
+        da = ds[v]
+        if set(da.dims) != {"time", "station"}:
+            raise SchemaError(f"variable {v!r} must have dims (time, station), found {da.dims}")
+        units = da.attrs.get("units")
+        if units is None:
+            raise SchemaError(f"variable {v!r} has no 'units' attribute (expected {VARIABLES[v]['units']!r})")
+        if units != VARIABLES[v]["units"]:
+            known = _UNIT_CONVERTERS[v]
+            if units in known:
+                raise SchemaError(
+                    f"variable {v!r} is in {units!r}; convert to {VARIABLES[v]['units']!r} with convert_units"
+                )
+            raise SchemaError(f"variable {v!r} has unknown units {units!r}; expected {VARIABLES[v]['units']!r}")
+        if not np.issubdtype(da.dtype, np.floating):
+            raise SchemaError(f"variable {v!r} must be floating point (NaN = missing), found {da.dtype}")
+    t = pd.DatetimeIndex(ds["time"].values)
+    if t.has_duplicates:
+        dup = t[t.duplicated()][0]
+        raise SchemaError(f"duplicate time {dup}")
+    if not t.is_monotonic_increasing:
+        i = int(np.argmax(np.diff(t.asi8) < 0))
+        raise SchemaError(f"times are not monotonic increasing: {t[i]} is followed by {t[i + 1]}")
+    ids = pd.Index([str(s) for s in ds["station"].values])
+    if ids.has_duplicates:
+        raise SchemaError(f"duplicate station id {ids[ids.duplicated()][0]!r}")
+    if regular and len(t) >= 2:
+        infer_frequency(ds)
+    return ds
