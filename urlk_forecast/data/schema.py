@@ -166,7 +166,9 @@ def validate(ds: xr.Dataset, variables: Sequence[str] | None = None, regular: bo
         if v not in ds.data_vars:
             raise SchemaError(f"missing variable {v!r}; dataset has {sorted(ds.data_vars)}")
     if not present:
-        raise SchemaError(f"no schema variable present; expected one of {sorted(VARIABLES)}, found {sorted(ds.data_vars)}")
+        raise SchemaError(
+            f"no schema variable present; expected one of {sorted(VARIABLES)}, found {sorted(ds.data_vars)}"
+        )
     for v in present:
         da = ds[v]
         if set(da.dims) != {"time", "station"}:
