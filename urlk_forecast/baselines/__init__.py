@@ -1,0 +1,65 @@
+"""Baselines of the paper's Table 12 behind one interface (``fit(train, variable)`` / ``predict_windows(ws)``).
+
+Classes are imported lazily so that ``import urlk_forecast.baselines`` does not pull statsmodels or scikit-learn.
+``get_baseline("holt_winters", n_jobs=2)`` builds a method by its registry name (see :data:`BASELINES`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY: dict[str, str] = {
+    "Baseline": "urlk_forecast.baselines.base",
+    "score_windows": "urlk_forecast.baselines.base",
+    "Persistence": "urlk_forecast.baselines.naive",
+    "SeasonalNaive": "urlk_forecast.baselines.naive",
+    "Climatology": "urlk_forecast.baselines.naive",
+    "HoltWinters": "urlk_forecast.baselines.holt_winters",
+    "ProphetLike": "urlk_forecast.baselines.prophet_like",
+    "ProphetReal": "urlk_forecast.baselines.prophet_like",
+    "GBDT": "urlk_forecast.baselines.gbdt",
+    "GFSInterpolation": "urlk_forecast.baselines.gfs",
+    "run_benchmark": "urlk_forecast.baselines.table",
+}
+
+#: Registry name -> (class name, default keyword arguments). ``prophet`` is the real Prophet package (optional
+#: ``prophet`` extra); ``prophet_like_adjusted`` is the own Prophet-like model with the window level offset.
+BASELINES: dict[str, tuple[str, dict[str, Any]]] = {
+    "persistence": ("Persistence", {}),
+    "seasonal_naive": ("SeasonalNaive", {}),
+    "climatology": ("Climatology", {}),
+    "holt_winters": ("HoltWinters", {}),
+    "prophet_like": ("ProphetLike", {}),
+    "prophet_like_adjusted": ("ProphetLike", {"adjust_level": True}),
+    "prophet": ("ProphetReal", {}),
+    "gbdt": ("GBDT", {}),
+    "gfs": ("GFSInterpolation", {}),
+}
+
+__all__ = [*_LAZY, "BASELINES", "get_baseline", "list_baselines"]
+
+
+def list_baselines() -> list[str]:
+    """Registry names accepted by :func:`get_baseline` and ``urlk-forecast benchmark --baselines``."""
+    return list(BASELINES)
+
+
+def get_baseline(name: str, **kwargs: Any) -> Any:
+    """A new, unfitted baseline by registry name (``-`` and ``_`` interchangeable, case-insensitive)."""
+    key = name.strip().lower().replace("-", "_")
+    if key not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+    cls_name, defaults = BASELINES[key]
+    cls = __getattr__(cls_name)
+    return cls(**{**defaults, **kwargs})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'urlk_forecast.baselines' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

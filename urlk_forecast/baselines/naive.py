@@ -1,0 +1,145 @@
+"""Reference forecasts that need (almost) no fitting: persistence, seasonal naive and climatology.
+
+All three are a gather over the window arrays, vectorised over windows and stations at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .base import Baseline, resolve_indices, target_times, window_arrays, window_geometry
+
+__all__ = ["Persistence", "SeasonalNaive", "Climatology"]
+
+
+class Persistence(Baseline):
+    """Last input value repeated over the horizon (the "no change" forecast).
+
+    The last input value is the window's ``x[-1]``; where the last observation is missing, the window dataset has
+    already held the last observed value there (its documented fill), which is what persistence means.
+    """
+
+    name = "Persistence"
+    kind = "statistical"
+
+    def fit(self, train: xr.Dataset, variable: str) -> Persistence:
+        """Record the variable and stations (nothing to estimate)."""
+        self._begin_fit(train, variable)
+        self.fit_seconds = 0.0
+        return self
+
+    def predict_windows(self, ws: Any, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """(N, pred_len, S): ``x[:, -1]`` for every lead."""
+        self._check_ready(ws)
+        geo = window_geometry(ws)
+        x = window_arrays(ws, resolve_indices(ws, indices))["x"]
+        return np.repeat(x[:, -1:, :], geo.pred_len, axis=1).astype(np.float32, copy=False)
+
+    @property
+    def n_params(self) -> int:
+        return 0
+
+
+class SeasonalNaive(Baseline):
+    """The value one season earlier: lead ``h`` (0-based) is ``x[seq_len - m + (h mod m)]`` with ``m`` the season
+    length in steps (24 for a daily season of hourly data), i.e. the last observed season repeated.
+
+    ``period`` is a duration (``"1D"``, ``"24h"``, a :class:`pandas.Timedelta`) converted with the data's time step,
+    or an int number of steps. The window must hold at least one season (``seq_len >= m``).
+    """
+
+    name = "Seasonal naive"
+    kind = "statistical"
+
+    def __init__(self, period: str | pd.Timedelta | int = "1D") -> None:
+        super().__init__()
+        self.period = period
+
+    def season_steps(self, freq: pd.Timedelta) -> int:
+        """The season length in time steps of ``freq``."""
+        if isinstance(self.period, (int, np.integer)):
+            m = int(self.period)
+        else:
+            p = pd.Timedelta(self.period)
+            m = int(round(p / freq))
+            if m <= 0 or abs(m * freq - p) > pd.Timedelta(0):
+                raise ValueError(f"period {self.period!r} is not a whole number of time steps of {freq}")
+        if m <= 0:
+            raise ValueError(f"season length must be positive, got {m}")
+        return m
+
+    def fit(self, train: xr.Dataset, variable: str) -> SeasonalNaive:
+        """Record the variable and stations (nothing to estimate)."""
+        self._begin_fit(train, variable)
+        self.fit_seconds = 0.0
+        return self
+
+    def predict_windows(self, ws: Any, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """(N, pred_len, S): the last season of the input, repeated."""
+        self._check_ready(ws)
+        geo = window_geometry(ws)
+        m = self.season_steps(geo.freq)
+        if m > geo.seq_len:
+            raise ValueError(f"seasonal naive needs seq_len >= season length ({m} steps), got seq_len={geo.seq_len}")
+        x = window_arrays(ws, resolve_indices(ws, indices))["x"]
+        src = geo.seq_len - m + (np.arange(geo.pred_len) % m)
+        return np.ascontiguousarray(x[:, src, :], dtype=np.float32)
+
+    @property
+    def n_params(self) -> int:
+        return 0
+
+
+class Climatology(Baseline):
+    """Per-station hour-of-day mean of the training split (``24 x S`` parameters for hourly data).
+
+    Hours a station never observed in training fall back to that station's overall training mean; a station with
+    no training observation at all forecasts NaN (reported as unforecast by the scorer, never a zero).
+    """
+
+    name = "Climatology"
+    kind = "statistical"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table: np.ndarray | None = None  # (24, S) float32
+
+    def fit(self, train: xr.Dataset, variable: str) -> Climatology:
+        """Hour-of-day means per station (NaN-aware)."""
+        import time
+
+        t0 = time.perf_counter()
+        values, times, _ = self._begin_fit(train, variable)
+        hours = np.asarray(times.hour)
+        obs = np.isfinite(values)
+        filled = np.where(obs, values, 0.0)
+        sums = np.zeros((24, values.shape[1]))
+        counts = np.zeros((24, values.shape[1]))
+        for h in np.unique(hours):
+            rows = hours == h
+            sums[h] = filled[rows].sum(0)
+            counts[h] = obs[rows].sum(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            table = sums / counts
+            overall = filled.sum(0) / obs.sum(0)
+        table = np.where(counts > 0, table, overall[None, :])
+        self.table = table.astype(np.float32)
+        self.fit_seconds = time.perf_counter() - t0
+        return self
+
+    def predict_windows(self, ws: Any, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """(N, pred_len, S): the hour-of-day mean at each target time."""
+        pos = self._check_ready(ws)
+        assert self.table is not None
+        idx = resolve_indices(ws, indices)
+        hours = pd.DatetimeIndex(target_times(ws, idx).ravel()).hour.to_numpy().reshape(idx.size, -1)
+        return self.table[:, pos][hours]
+
+    @property
+    def n_params(self) -> int:
+        return 0 if self.table is None else int(self.table.size)
