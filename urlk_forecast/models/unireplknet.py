@@ -1,0 +1,770 @@
+"""UniRepLKNet backbone (Zhang, Ding, Yue, arXiv 2410.08049, Fig. 3 and §3.2).
+
+Module tree, parameter and buffer names follow the released implementation exactly, so released ``.pth`` files
+load with ``strict=True`` in training form and in deploy (re-parameterized) form. The depthwise convolutions are
+:class:`urlk_forecast.ops.DWConv2d` (own kernels). Beyond the released code: every odd kernel size >= 5 in the
+Dilated Reparam Block (tables in :mod:`urlk_forecast.ops.reparam`), kernel sizes overridable per stage or per
+block, input validation, a fused eval path of the Dilated Reparam Block, and gradient checkpointing that does not
+update BatchNorm running statistics twice.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from urlk_forecast.ops import DWConv2d, dwconv2d
+from urlk_forecast.ops.reparam import branch_table, fuse_bn, merge_dilated_branches
+
+__all__ = [
+    "UniRepLKNet",
+    "UniRepLKNetBlock",
+    "DilatedReparamBlock",
+    "GRNwithNHWC",
+    "SEBlock",
+    "LayerNorm",
+    "DropPath",
+    "VARIANTS",
+    "create_model",
+    "list_models",
+    "reparameterize_model",
+    "load_pretrained",
+    "LoadReport",
+    "CheckpointError",
+    "default_kernel_sizes",
+]
+
+MIN_INPUT_SIZE = 32
+
+
+# --------------------------------------------------------------------------------------------------- layers
+class LayerNorm(nn.Module):
+    """LayerNorm over channels for ``channels_last`` (N, H, W, C) or ``channels_first`` (N, C, H, W) input."""
+
+    def __init__(self, normalized_shape: int, eps: float = 1e-6, data_format: str = "channels_last") -> None:
+        super().__init__()
+        if data_format not in ("channels_last", "channels_first"):
+            raise ValueError(f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}")
+        self.weight = nn.Parameter(torch.ones(normalized_shape))
+        self.bias = nn.Parameter(torch.zeros(normalized_shape))
+        self.eps = eps
+        self.data_format = data_format
+        self.normalized_shape = (normalized_shape,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.data_format == "channels_last":
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        y = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2).contiguous()
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape[0]}, eps={self.eps}, data_format={self.data_format}"
+
+
+class GRNwithNHWC(nn.Module):
+    """Global Response Normalization on NHWC input: ``(gamma * Nx + 1) * x + beta``.
+
+    ``Gx = ||x||_2`` over (H, W), ``Nx = Gx / (mean_c Gx + 1e-6)``. The norm is computed in float32 for half
+    precision input so large maps cannot overflow it. ``use_bias=False`` is the deploy form (beta folded away).
+    """
+
+    def __init__(self, dim: int, use_bias: bool = True) -> None:
+        super().__init__()
+        self.use_bias = use_bias
+        self.gamma = nn.Parameter(torch.zeros(1, 1, 1, dim))
+        if use_bias:
+            self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
+        else:
+            self.register_parameter("beta", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        gx = torch.linalg.vector_norm(xf, ord=2, dim=(1, 2), keepdim=True)
+        nx = (gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)).to(x.dtype)
+        out = torch.addcmul(x, x, self.gamma * nx)  # (gamma * Nx + 1) * x
+        return out + self.beta if self.beta is not None else out
+
+    def extra_repr(self) -> str:
+        return f"{self.gamma.shape[-1]}, use_bias={self.use_bias}"
+
+
+class NCHWtoNHWC(nn.Module):
+    """Permute (N, C, H, W) -> (N, H, W, C) (a view)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1)
+
+
+class NHWCtoNCHW(nn.Module):
+    """Permute (N, H, W, C) -> (N, C, H, W) (a view)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2)
+
+
+class SEBlock(nn.Module):
+    """Squeeze-and-Excitation: avg-pool, 1x1 conv C->C/4 + ReLU, 1x1 conv C/4->C + sigmoid, rescale."""
+
+    def __init__(self, input_channels: int, internal_neurons: int) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(input_channels, internal_neurons, kernel_size=1, bias=True)
+        self.up = nn.Conv2d(internal_neurons, input_channels, kernel_size=1, bias=True)
+        self.input_channels = input_channels
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        s = inputs.mean(dim=(2, 3), keepdim=True)
+        s = torch.sigmoid(self.up(F.relu(self.down(s))))
+        return inputs * s
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (identity in eval mode or with ``drop_prob == 0``)."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.3f}"
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels)
+
+
+# ------------------------------------------------------------------------------------ Dilated Reparam Block
+class DilatedReparamBlock(nn.Module):
+    """K x K depthwise conv + BN in parallel with dilated depthwise convs + BN, outputs summed (§3.2.2).
+
+    Names follow the released code: ``lk_origin``/``origin_bn`` and ``dil_conv_k{k}_{r}``/``dil_bn_k{k}_{r}``.
+    In eval mode the branches are merged on the fly into one K x K kernel (same math as
+    :meth:`merge_dilated_branches`, differentiable), so even an un-reparameterized model runs one conv per block.
+    """
+
+    #: merge the branches on the fly in eval mode (set False to run them one by one, e.g. as a test reference)
+    fuse_in_eval: bool = True
+
+    def __init__(self, channels: int, kernel_size: int, deploy: bool = False) -> None:
+        super().__init__()
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.kernel_sizes, self.dilates = branch_table(kernel_size)
+        self.lk_origin = DWConv2d(channels, kernel_size, bias=deploy)
+        if not deploy:
+            self.origin_bn = _bn(channels)
+            for k, r in zip(self.kernel_sizes, self.dilates):
+                setattr(self, f"dil_conv_k{k}_{r}", DWConv2d(channels, k, dilation=r, bias=False))
+                setattr(self, f"dil_bn_k{k}_{r}", _bn(channels))
+
+    @property
+    def merged(self) -> bool:
+        """True once the branches are merged (deploy form)."""
+        return not hasattr(self, "origin_bn")
+
+    def _branches(self) -> Iterator[tuple[DWConv2d, nn.BatchNorm2d, int]]:
+        for k, r in zip(self.kernel_sizes, self.dilates):
+            yield getattr(self, f"dil_conv_k{k}_{r}"), getattr(self, f"dil_bn_k{k}_{r}"), r
+
+    def _fused_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Differentiable merged kernel/bias using BN running stats (eval-mode equivalent)."""
+        w, b = _fold_bn_diff(self.lk_origin.weight, self.origin_bn)
+        size = self.kernel_size
+        for conv, bn, r in self._branches():
+            bw, bb = _fold_bn_diff(conv.weight, bn)
+            if r > 1:
+                ones = torch.ones(1, 1, 1, 1, dtype=bw.dtype, device=bw.device)
+                bw = F.conv_transpose2d(bw, ones, stride=r)
+            p = (size - bw.shape[-1]) // 2
+            w = w + F.pad(bw, (p, p, p, p))
+            b = b + bb
+        return w, b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            return self.lk_origin(x)
+        if self.fuse_in_eval and not self.training:
+            w, b = self._fused_kernel()
+            return dwconv2d(x, w, b)
+        out = self.origin_bn(self.lk_origin(x))
+        for conv, bn, _ in self._branches():
+            out = out + bn(conv(x))
+        return out
+
+    @torch.no_grad()
+    def merge_dilated_branches(self) -> None:
+        """Fold every BN into its conv, densify the dilated kernels (Eq. 1) and merge all into ``lk_origin``."""
+        if self.merged:
+            return
+        w, b = fuse_bn(self.lk_origin.weight, self.origin_bn)
+        branches = [(*fuse_bn(conv.weight, bn), r) for conv, bn, r in self._branches()]
+        w, b = merge_dilated_branches(w, b, branches)
+        self.lk_origin = _new_dwconv(self.channels, self.kernel_size, w, b)
+        del self.origin_bn
+        for k, r in zip(self.kernel_sizes, self.dilates):
+            delattr(self, f"dil_conv_k{k}_{r}")
+            delattr(self, f"dil_bn_k{k}_{r}")
+
+    def extra_repr(self) -> str:
+        if self.merged:
+            return f"kernel_size={self.kernel_size}, merged"
+        return f"kernel_size={self.kernel_size}, branches k={self.kernel_sizes} r={self.dilates}"
+
+
+def _fold_bn_diff(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Autograd-aware BN folding (eval statistics) for the on-the-fly fused eval path."""
+    t = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    return weight * t.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * t
+
+
+def _new_dwconv(channels: int, kernel_size: int, weight: torch.Tensor, bias: torch.Tensor) -> DWConv2d:
+    conv = DWConv2d(channels, kernel_size, bias=True).to(device=weight.device, dtype=weight.dtype)
+    conv.weight.data.copy_(weight)
+    conv.bias.data.copy_(bias)
+    return conv
+
+
+def _check_kernel_size(k: Any, where: str) -> int:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"kernel size at {where} must be an int, got {k!r}")
+    if k != 0 and (k < 3 or k % 2 == 0):
+        raise ValueError(f"kernel size at {where} must be 0 (identity) or an odd int >= 3, got {k}")
+    return k
+
+
+# ------------------------------------------------------------------------------------------------- block
+class UniRepLKNetBlock(nn.Module):
+    """UniRepLKNet block: ``x + drop_path(gamma * FFN(SE(BN(DWConv(x)))))`` (paper Fig. 3).
+
+    Depthwise part: Dilated Reparam Block for K >= 7, plain K x K depthwise conv for K = 3 or 5, identity for
+    K = 0. FFN: Linear C->4C, GELU, GRN, Linear 4C->C (no bias), BN. ``deploy=True`` builds the
+    re-parameterized form (what :meth:`reparameterize` turns a trained block into).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        kernel_size: int,
+        drop_path: float = 0.0,
+        layer_scale_init_value: float | None = 1e-6,
+        deploy: bool = False,
+        with_cp: bool = False,
+        ffn_factor: int = 4,
+    ) -> None:
+        super().__init__()
+        _check_kernel_size(kernel_size, "block")
+        self.dim = dim
+        self.kernel_size = kernel_size
+        self.with_cp = with_cp
+        if kernel_size == 0:
+            self.dwconv: nn.Module = nn.Identity()
+        elif kernel_size >= 7:
+            self.dwconv = DilatedReparamBlock(dim, kernel_size, deploy=deploy)
+        else:
+            self.dwconv = DWConv2d(dim, kernel_size, bias=deploy)
+        self.norm: nn.Module = nn.Identity() if deploy or kernel_size == 0 else _bn(dim)
+        self.se = SEBlock(dim, dim // 4)
+        ffn_dim = int(ffn_factor * dim)
+        self.pwconv1 = nn.Sequential(NCHWtoNHWC(), nn.Linear(dim, ffn_dim))
+        self.act = nn.Sequential(nn.GELU(), GRNwithNHWC(ffn_dim, use_bias=not deploy))
+        if deploy:
+            self.pwconv2 = nn.Sequential(nn.Linear(ffn_dim, dim), NHWCtoNCHW())
+        else:
+            self.pwconv2 = nn.Sequential(nn.Linear(ffn_dim, dim, bias=False), NHWCtoNCHW(), _bn(dim))
+        if not deploy and layer_scale_init_value is not None and layer_scale_init_value > 0:
+            self.gamma = nn.Parameter(layer_scale_init_value * torch.ones(dim))
+        else:
+            self.register_parameter("gamma", None)
+        self.drop_path: nn.Module = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def compute_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch ``drop_path(gamma * f(x))``."""
+        y = self.se(self.norm(self.dwconv(x)))
+        y = self.pwconv2(self.act(self.pwconv1(y)))
+        if self.gamma is not None:
+            y = y * self.gamma.view(1, -1, 1, 1)
+        return self.drop_path(y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.with_cp and x.requires_grad and torch.is_grad_enabled():
+            return x + _checkpoint_once(self, self.compute_residual, x)
+        return x + self.compute_residual(x)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """In place: merge the DRB, fold the block BN into the DW conv and GRN beta, FFN BN, gamma into pwconv2."""
+        if isinstance(self.dwconv, DilatedReparamBlock):
+            self.dwconv.merge_dilated_branches()
+        if isinstance(self.norm, nn.BatchNorm2d):
+            conv = self.dwconv.lk_origin if isinstance(self.dwconv, DilatedReparamBlock) else self.dwconv
+            w, b = fuse_bn(conv.weight, self.norm, conv.bias)
+            fused = _new_dwconv(self.dim, self.kernel_size, w, b)
+            if isinstance(self.dwconv, DilatedReparamBlock):
+                self.dwconv.lk_origin = fused
+            else:
+                self.dwconv = fused
+            self.norm = nn.Identity()
+        if len(self.pwconv2) == 3:
+            linear, bn = self.pwconv2[0], self.pwconv2[2]
+            grn = self.act[1]
+            weight = linear.weight.detach().double()
+            bias = linear.bias.detach().double() if linear.bias is not None else None
+            if grn.beta is not None:  # W (y + beta) = W y + W beta
+                wb = weight @ grn.beta.detach().double().reshape(-1)
+                bias = wb if bias is None else bias + wb
+            weight, bias = fuse_bn(weight, bn, bias)
+            if self.gamma is not None:
+                g = self.gamma.detach().double()
+                weight, bias = weight * g[:, None], bias * g
+            new_linear = nn.Linear(weight.shape[1], weight.shape[0], bias=True)
+            new_linear = new_linear.to(device=linear.weight.device, dtype=linear.weight.dtype)
+            new_linear.weight.copy_(weight)
+            new_linear.bias.copy_(bias)
+            self.pwconv2 = nn.Sequential(new_linear, NHWCtoNCHW())
+            grn.beta = None
+            grn.use_bias = False
+            self.gamma = None
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, kernel_size={self.kernel_size}"
+
+
+class _FrozenBNStats:
+    """Context manager: BatchNorms in ``module`` use batch statistics but do not update running stats."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def __enter__(self) -> None:
+        self.saved = [m.track_running_stats for m in self.bns]
+        for m in self.bns:
+            m.track_running_stats = False
+
+    def __exit__(self, *exc: object) -> None:
+        for m, s in zip(self.bns, self.saved):
+            m.track_running_stats = s
+
+
+def _checkpoint_once(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Gradient checkpointing whose backward recomputation leaves BN running statistics untouched.
+
+    (Plain ``torch.utils.checkpoint`` re-runs the forward in backward, updating running stats twice.)
+    """
+    calls = [0]
+
+    def run(inp: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        if calls[0] == 1 or not module.training:
+            return fn(inp)
+        with _FrozenBNStats(module):
+            return fn(inp)
+
+    return checkpoint(run, x, use_reentrant=False)
+
+
+# ------------------------------------------------------------------------------------------------ network
+def default_kernel_sizes(depths: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    """Released per-block kernel sizes for the given stage depths (paper Table 4).
+
+    Stage 1 all 3; stages 2 and 4 all 13; stage 3 all 13, except ``(13, 3)`` x 9 for 18 blocks (T) and
+    ``(13, 3, 3)`` x 9 for 27 blocks (S and larger). Other depths get 13 everywhere outside stage 1.
+    """
+    d0, d1, d2, d3 = depths
+    if d2 == 18:
+        third: tuple[int, ...] = (13, 3) * 9
+    elif d2 == 27:
+        third = (13, 3, 3) * 9
+    else:
+        third = (13,) * d2
+    return (3,) * d0, (13,) * d1, third, (13,) * d3
+
+
+def _resolve_kernel_sizes(kernel_sizes: Any, depths: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    if kernel_sizes is None:
+        return default_kernel_sizes(depths)
+    if isinstance(kernel_sizes, int) and not isinstance(kernel_sizes, bool):
+        k = _check_kernel_size(kernel_sizes, "kernel_sizes")
+        return tuple((k,) * d for d in depths)
+    if not isinstance(kernel_sizes, Sequence) or len(kernel_sizes) != len(depths):
+        raise ValueError(
+            f"kernel_sizes must be an int, or a sequence of {len(depths)} entries (one per stage, each an int or a "
+            f"per-block sequence), got {kernel_sizes!r}"
+        )
+    out = []
+    for i, (ks, d) in enumerate(zip(kernel_sizes, depths)):
+        if isinstance(ks, int) and not isinstance(ks, bool):
+            out.append((_check_kernel_size(ks, f"stage {i}"),) * d)
+            continue
+        ks = tuple(ks)
+        if len(ks) != d:
+            raise ValueError(f"kernel_sizes[{i}] has {len(ks)} entries but stage {i} has depth {d}")
+        out.append(tuple(_check_kernel_size(k, f"stage {i} block {j}") for j, k in enumerate(ks)))
+    return tuple(out)
+
+
+def _stem(in_chans: int, dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_chans, dim // 2, kernel_size=3, stride=2, padding=1),
+        LayerNorm(dim // 2, eps=1e-6, data_format="channels_first"),
+        nn.GELU(),
+        nn.Conv2d(dim // 2, dim, kernel_size=3, stride=2, padding=1),
+        LayerNorm(dim, eps=1e-6, data_format="channels_first"),
+    )
+
+
+def _downsample(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel_size=3, stride=2, padding=1),
+        LayerNorm(cout, eps=1e-6, data_format="channels_first"),
+    )
+
+
+class UniRepLKNet(nn.Module):
+    """UniRepLKNet: a 4-stage large-kernel ConvNet (stem stride 4, then stride-2 downsampling, C-2C-4C-8C).
+
+    Classification mode (``out_indices=None``): ``forward`` returns logits (global average pool -> LayerNorm
+    ``norm`` -> Linear ``head``; ``num_classes=0`` gives the pooled features). Features mode (``out_indices``
+    given, e.g. ``(0, 1, 2, 3)`` or ``(3,)``): no head; ``forward``/``forward_features`` return the selected stage
+    outputs, each through its channels-first LayerNorm ``norm{i}`` (released naming), and stages after the last
+    selected one are skipped.
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        depths: Sequence[int] = (3, 3, 27, 3),
+        dims: Sequence[int] = (96, 192, 384, 768),
+        kernel_sizes: Any = None,
+        drop_path_rate: float = 0.0,
+        layer_scale_init_value: float | None = 1e-6,
+        head_init_scale: float = 1.0,
+        deploy: bool = False,
+        with_cp: bool = False,
+        out_indices: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        depths, dims = tuple(int(d) for d in depths), tuple(int(d) for d in dims)
+        if len(depths) != 4 or len(dims) != 4:
+            raise ValueError(f"depths and dims need 4 entries (one per stage), got depths={depths}, dims={dims}")
+        if min(depths) < 1 or min(dims) < 2:
+            raise ValueError(f"every stage needs depth >= 1 and width >= 2, got depths={depths}, dims={dims}")
+        if in_chans < 1:
+            raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        if out_indices is not None:
+            out_indices = tuple(int(i) for i in out_indices)
+            if not out_indices or len(set(out_indices)) != len(out_indices) or not set(out_indices) <= {0, 1, 2, 3}:
+                raise ValueError(f"out_indices must be distinct stage indices from 0..3, got {out_indices}")
+            out_indices = tuple(sorted(out_indices))
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.depths, self.dims = depths, dims
+        self.kernel_sizes = _resolve_kernel_sizes(kernel_sizes, depths)
+        self.out_indices = out_indices
+        self.deploy = deploy
+        self.num_features = dims[-1]
+        self.feature_dims = tuple(dims[i] for i in out_indices) if out_indices else dims
+        self.feature_strides = tuple((4, 8, 16, 32)[i] for i in out_indices) if out_indices else (4, 8, 16, 32)
+
+        self.downsample_layers = nn.ModuleList([_stem(in_chans, dims[0])])
+        self.downsample_layers.extend(_downsample(dims[i], dims[i + 1]) for i in range(3))
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        self.stages = nn.ModuleList()
+        cur = 0
+        for i in range(4):
+            self.stages.append(
+                nn.Sequential(
+                    *[
+                        UniRepLKNetBlock(dims[i], self.kernel_sizes[i][j], drop_path=rates[cur + j],
+                                         layer_scale_init_value=layer_scale_init_value, deploy=deploy,
+                                         with_cp=with_cp)
+                        for j in range(depths[i])
+                    ]
+                )
+            )
+            cur += depths[i]
+        if out_indices is None:
+            self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
+            self.head: nn.Module = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        else:
+            for i in out_indices:
+                self.add_module(f"norm{i}", LayerNorm(dims[i], eps=1e-6, data_format="channels_first"))
+        self.apply(_init_weights)
+        if isinstance(self.head if out_indices is None else None, nn.Linear):
+            with torch.no_grad():
+                self.head.weight.mul_(head_init_scale)
+                self.head.bias.mul_(head_init_scale)
+
+    @property
+    def with_cp(self) -> bool:
+        """Gradient checkpointing of every block (settable)."""
+        return all(b.with_cp for b in self.blocks())
+
+    @with_cp.setter
+    def with_cp(self, value: bool) -> None:
+        for b in self.blocks():
+            b.with_cp = bool(value)
+
+    def blocks(self) -> Iterator[UniRepLKNetBlock]:
+        """All UniRepLKNet blocks, stage by stage."""
+        for stage in self.stages:
+            yield from stage  # type: ignore[misc]
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ValueError unless ``x`` is (N, in_chans, H, W) with H, W >= 32."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"UniRepLKNet expects a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(
+                f"UniRepLKNet expects a 4-D input (batch, {self.in_chans}, H, W), got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"UniRepLKNet expects {self.in_chans} input channel(s) (in_chans={self.in_chans}), got {x.shape[1]} "
+                f"(input shape {tuple(x.shape)})"
+            )
+        h, w = x.shape[-2:]
+        if h < MIN_INPUT_SIZE or w < MIN_INPUT_SIZE:
+            raise ValueError(
+                f"UniRepLKNet expects input height and width >= {MIN_INPUT_SIZE} (total stride 32), got {h}x{w}"
+            )
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Stage outputs: selected ones through ``norm{i}`` (features mode) or all four raw (classification)."""
+        self.check_input(x)
+        outs: list[torch.Tensor] = []
+        last = self.out_indices[-1] if self.out_indices else 3
+        for i in range(last + 1):
+            x = self.stages[i](self.downsample_layers[i](x))
+            if self.out_indices is None:
+                outs.append(x)
+            elif i in self.out_indices:
+                outs.append(getattr(self, f"norm{i}")(x))
+        return outs
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """Global average pool -> LayerNorm -> Linear (classification mode only)."""
+        return self.head(self.norm(x.mean(dim=(-2, -1))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        feats = self.forward_features(x)
+        if self.out_indices is not None:
+            return feats
+        return self.forward_head(feats[-1])
+
+    def reparameterize(self) -> UniRepLKNet:
+        """Re-parameterize in place (see :func:`reparameterize_model`)."""
+        return reparameterize_model(self)
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def reparameterize_model(model: nn.Module) -> nn.Module:
+    """Structurally re-parameterize every UniRepLKNet block inside ``model``, in place; returns ``model``.
+
+    Afterwards each :class:`UniRepLKNet` has the module tree and state-dict keys of one built with
+    ``deploy=True``. Uses the BatchNorm running statistics, i.e. the result equals the model in eval mode.
+    """
+    for m in list(model.modules()):
+        if isinstance(m, UniRepLKNetBlock):
+            m.reparameterize()
+        elif isinstance(m, DilatedReparamBlock):
+            m.merge_dilated_branches()
+    for m in model.modules():
+        if isinstance(m, UniRepLKNet):
+            m.deploy = True
+    return model
+
+
+# ----------------------------------------------------------------------------------------------- registry
+VARIANTS: dict[str, dict[str, tuple[int, ...]]] = {
+    "unireplknet_a": {"depths": (2, 2, 6, 2), "dims": (40, 80, 160, 320)},
+    "unireplknet_f": {"depths": (2, 2, 6, 2), "dims": (48, 96, 192, 384)},
+    "unireplknet_p": {"depths": (2, 2, 6, 2), "dims": (64, 128, 256, 512)},
+    "unireplknet_n": {"depths": (2, 2, 8, 2), "dims": (80, 160, 320, 640)},
+    "unireplknet_t": {"depths": (3, 3, 18, 3), "dims": (80, 160, 320, 640)},
+    "unireplknet_s": {"depths": (3, 3, 27, 3), "dims": (96, 192, 384, 768)},
+    "unireplknet_b": {"depths": (3, 3, 27, 3), "dims": (128, 256, 512, 1024)},
+    "unireplknet_l": {"depths": (3, 3, 27, 3), "dims": (192, 384, 768, 1536)},
+    "unireplknet_xl": {"depths": (3, 3, 27, 3), "dims": (256, 512, 1024, 2048)},
+    "unireplknet_h": {"depths": (3, 3, 27, 3), "dims": (480, 960, 1920, 3840)},
+}
+
+
+def list_models() -> list[str]:
+    """Registered variant names, smallest first."""
+    return list(VARIANTS)
+
+
+def _canonical_name(name: str) -> str:
+    key = str(name).strip().lower().replace("-", "_")
+    if key in VARIANTS:
+        return key
+    if f"unireplknet_{key}" in VARIANTS:
+        return f"unireplknet_{key}"
+    raise ValueError(f"unknown UniRepLKNet variant {name!r}; available: {', '.join(VARIANTS)}")
+
+
+def create_model(name: str, pretrained: str | os.PathLike[str] | None = None, **overrides: Any) -> UniRepLKNet:
+    """Build a registered variant (``"unireplknet_a"`` or just ``"a"``) with any constructor argument overridden.
+
+    ``pretrained`` optionally names a checkpoint loaded strictly with :func:`load_pretrained`.
+    """
+    cfg: dict[str, Any] = dict(VARIANTS[_canonical_name(name)])
+    cfg.update(overrides)
+    model = UniRepLKNet(**cfg)
+    if pretrained is not None:
+        load_pretrained(model, pretrained)
+    return model
+
+
+# -------------------------------------------------------------------------------------------- checkpoints
+class CheckpointError(ValueError):
+    """A checkpoint does not match the model (missing/unexpected keys or shape mismatches)."""
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_pretrained` loaded and what did not match."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    source: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when every key matched in name and shape."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def __str__(self) -> str:
+        lines = [f"checkpoint {self.source}: loaded {len(self.loaded)} tensors"]
+        if self.missing:
+            lines.append(f"  missing in checkpoint ({len(self.missing)}): {_abbrev(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  unexpected in checkpoint ({len(self.unexpected)}): {_abbrev(self.unexpected)}")
+        if self.mismatched:
+            shown = ", ".join(f"{k}: model {list(a)} vs checkpoint {list(b)}" for k, a, b in self.mismatched[:8])
+            more = f" ... (+{len(self.mismatched) - 8})" if len(self.mismatched) > 8 else ""
+            lines.append(f"  shape mismatches ({len(self.mismatched)}): {shown}{more}")
+        lines.extend(f"  hint: {h}" for h in self.hints())
+        return "\n".join(lines)
+
+    def hints(self) -> list[str]:
+        """Likely causes of the mismatch."""
+        hints = []
+        train_marks = ("origin_bn", "dil_conv_", "pwconv2.2.", ".norm.running_mean", ".gamma", "act.1.beta")
+
+        def has_train(keys: list[str]) -> bool:
+            return any(m in k for k in keys for m in train_marks if k.startswith("stages."))
+
+        if has_train(self.missing) and not has_train(self.unexpected):
+            hints.append("the checkpoint looks re-parameterized (deploy form): build the model with deploy=True "
+                         "or call reparameterize_model(model) before loading")
+        if has_train(self.unexpected) and not has_train(self.missing):
+            hints.append("the checkpoint is in training form: build the model with deploy=False, load it, then "
+                         "call reparameterize_model(model)")
+        if any(k.startswith("head.") for k, _, _ in self.mismatched) or any(
+            k.startswith(("head.", "norm.")) for k in self.unexpected
+        ):
+            hints.append("the classification head differs (num_classes / out_indices): pass strict=False to load "
+                         "the backbone only")
+        return hints
+
+
+def _abbrev(keys: list[str], n: int = 8) -> str:
+    return ", ".join(keys[:n]) + (f" ... (+{len(keys) - n})" if len(keys) > n else "")
+
+
+def _unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    for _ in range(3):
+        if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            for key in ("model", "state_dict", "model_ema"):
+                if isinstance(obj.get(key), dict):
+                    obj = obj[key]
+                    break
+            else:
+                break
+        elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+            obj = obj["model"]
+        elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+            obj = obj["state_dict"]
+        else:
+            break
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{source}: no state dict found (expected a dict of tensors, optionally under "
+                              f"'model' or 'state_dict'), got {type(obj).__name__}")
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise CheckpointError(f"{source}: the state dict holds no tensors (keys: {_abbrev(list(obj))})")
+    for prefix in ("module.", "_orig_mod."):
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_pretrained(
+    model: nn.Module,
+    path: str | os.PathLike[str] | dict[str, Any],
+    strict: bool = True,
+    map_location: str | torch.device = "cpu",
+) -> LoadReport:
+    """Load a (released or own) UniRepLKNet checkpoint into ``model``.
+
+    ``path`` is a ``.pth`` file or an in-memory dict: a raw state dict, or one wrapped under ``model`` /
+    ``state_dict``; a ``module.`` (DataParallel) or ``_orig_mod.`` (torch.compile) prefix is stripped. With
+    ``strict=True`` any missing/unexpected key or shape mismatch raises :class:`CheckpointError` listing them all
+    (nothing is loaded); with ``strict=False`` the matching tensors are loaded and the report says what was not.
+    """
+    if isinstance(path, dict):
+        source, obj = "<in-memory state dict>", path
+    else:
+        source = os.fspath(path)
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"checkpoint not found: {source}")
+        try:
+            obj = torch.load(source, map_location=map_location, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the file name
+            raise CheckpointError(f"{source}: cannot read checkpoint ({exc})") from exc
+    state = _unwrap_state_dict(obj, source)
+    own = model.state_dict()
+    report = LoadReport(source=source)
+    report.missing = [k for k in own if k not in state]
+    report.unexpected = [k for k in state if k not in own]
+    for k, v in state.items():
+        if k in own:
+            if tuple(own[k].shape) != tuple(v.shape):
+                report.mismatched.append((k, tuple(own[k].shape), tuple(v.shape)))
+            else:
+                report.loaded.append(k)
+    if strict and not report.ok:
+        raise CheckpointError(f"checkpoint does not match the model (strict=True):\n{report}")
+    model.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
+    return report
