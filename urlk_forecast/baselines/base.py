@@ -241,11 +241,10 @@ def score_windows(predict: Callable[[Any, np.ndarray], np.ndarray], ws: Any,
         n_unforecast += int(no_fc.sum())
         mask = mask & ~no_fc
         n_points += int(mask.sum())
-        scored = mask.reshape(mask.shape[0], -1).any(axis=1)
-        k = int(scored.sum())
-        if k == 0:
+        if not mask.any():
             continue
-        m = evaluate_arrays(pred[scored], y[scored], mask[scored])
+        m = evaluate_arrays(pred, y, mask)  # skips windows without an observed, forecast target
+        k = int(m["windows"])
         tot["mse"] += float(m["mse"]) * k
         tot["mae"] += float(m["mae"]) * k
         weight += k
