@@ -1,0 +1,493 @@
+"""Training windows over station data: splits, time features, station order and a lazy window dataset.
+
+The conventions follow Informer/Corrformer, which the UniRepLKNet forecasting experiments reuse:
+
+* chronological train/val/test split 7:1:2 (``int(T*0.7)``, ``int(T*0.2)``, the rest is validation), unless the
+  source gives its own splits in ``ds.attrs["split_bounds"]``;
+* time features "timeF" for hourly data: hour/23, weekday/6, (day-1)/30, (yearday-1)/365, each minus 0.5;
+* a window is ``x`` = ``seq_len`` steps of history and ``y`` = ``label_len + pred_len`` steps whose first
+  ``label_len`` rows repeat the end of ``x`` (the decoder's start tokens) and whose last ``pred_len`` rows are the
+  targets.
+
+Missing data (see docs/data.md): the dataset is processed once, per station along time. Interior gaps of at most
+``max_gap`` steps are linearly interpolated and count as observed (mask True). Longer gaps are never zero-filled:
+targets there are NaN with ``y_mask`` False; inputs there hold the last observation (a causal edge hold; the first
+observation before a station's record starts) with ``x_mask`` False. A gap still open at the end of ``x`` is held
+and unobserved whatever its length (its length is only known later), so no input value or mask ever carries
+information from the forecast period.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+
+import numba
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+
+from .schema import SchemaError, make_dataset, validate
+
+__all__ = ["split_dataset", "time_features", "station_order", "hilbert_index", "WindowDataset", "fill_gaps"]
+
+SPLITS = ("train", "val", "test")
+
+
+# ----------------------------------------------------------------------------------------------------- splits
+
+
+def _parse_split_bounds(text: str) -> dict[str, tuple[pd.Timestamp, pd.Timestamp]]:
+    """Parse ``"train:START/END;val:START/END;test:START/END"`` (inclusive ISO times)."""
+    out: dict[str, tuple[pd.Timestamp, pd.Timestamp]] = {}
+    for part in str(text).split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, span = part.partition(":")
+        start, sep2, end = span.partition("/")
+        name = name.strip()
+        if not sep or not sep2 or name not in SPLITS:
+            raise SchemaError(
+                f"ds.attrs['split_bounds'] entry {part!r} is not 'NAME:START/END' with NAME in {SPLITS}: {text!r}"
+            )
+        try:
+            out[name] = (pd.Timestamp(start.strip()), pd.Timestamp(end.strip()))
+        except ValueError as exc:
+            raise SchemaError(f"ds.attrs['split_bounds'] entry {part!r} has a bad time: {exc}") from None
+        if out[name][1] < out[name][0]:
+            raise SchemaError(f"ds.attrs['split_bounds'] entry {part!r} ends before it starts")
+    missing = [s for s in SPLITS if s not in out]
+    if missing:
+        raise SchemaError(f"ds.attrs['split_bounds'] lacks {missing}: {text!r}")
+    return out
+
+
+def split_dataset(
+    ds: xr.Dataset, ratios: Sequence[float] = (0.7, 0.1, 0.2), context: int = 0
+) -> dict[str, xr.Dataset]:
+    """Split ``ds`` chronologically into ``{"train", "val", "test"}``.
+
+    With ``ds.attrs["split_bounds"]`` (a source's own splits, e.g. the Corrformer release) those inclusive time
+    ranges are used and ``ratios`` is ignored. Otherwise ``n_train = int(T*r0)``, ``n_test = int(T*r2)`` and
+    validation gets the rest (the Informer/Corrformer convention).
+
+    ``context`` > 0 prepends that many steps of history to val and test (as Informer's ``border1 = border - seq_len``)
+    so their first forecast can start right at the split boundary; the number actually prepended is stored in
+    ``attrs["split_context"]`` and :class:`WindowDataset` never puts a target inside it.
+    """
+    if "time" not in ds.dims:
+        raise SchemaError(f"split_dataset needs a 'time' dimension; dataset has dims {tuple(ds.dims)}")
+    if int(context) < 0:
+        raise ValueError(f"context must be >= 0, got {context}")
+    context = int(context)
+    times = pd.DatetimeIndex(ds["time"].values)
+    T = len(times)
+    bounds = ds.attrs.get("split_bounds")
+    spans: dict[str, tuple[int, int]] = {}
+    if bounds:
+        for name, (t0, t1) in _parse_split_bounds(bounds).items():
+            i0 = int(times.searchsorted(t0, side="left"))
+            i1 = int(times.searchsorted(t1, side="right"))
+            if i1 <= i0:
+                raise SchemaError(f"split {name!r} ({t0} .. {t1}) from ds.attrs['split_bounds'] selects no time step")
+            spans[name] = (i0, i1)
+    else:
+        r = [float(v) for v in ratios]
+        if len(r) != 3 or any(not math.isfinite(v) or v < 0 for v in r) or abs(sum(r) - 1.0) > 1e-6:
+            raise ValueError(f"ratios must be three non-negative numbers summing to 1, got {tuple(ratios)}")
+        n_train, n_test = int(T * r[0]), int(T * r[2])
+        n_val = T - n_train - n_test
+        for name, n, ratio in (("train", n_train, r[0]), ("val", n_val, r[1]), ("test", n_test, r[2])):
+            if ratio > 0 and n <= 0:
+                raise ValueError(f"{T} time steps are too few for a {name} split with ratios {tuple(r)}")
+        spans = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, T)}
+    attrs = {k: v for k, v in ds.attrs.items() if k != "split_bounds"}
+    out: dict[str, xr.Dataset] = {}
+    for name in SPLITS:
+        i0, i1 = spans[name]
+        c = 0 if name == "train" else min(context, i0)
+        part = ds.isel(time=slice(i0 - c, i1))
+        part.attrs = {**attrs, "split": name, "split_context": c}
+        out[name] = part
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- time features
+
+
+def time_features(times: Sequence | np.ndarray | pd.DatetimeIndex) -> np.ndarray:
+    """Informer/Corrformer "timeF" features, shape ``(T, 4)`` float32 in [-0.5, 0.5].
+
+    Columns: hour of day ``h/23``, day of week ``d/6`` (Monday = 0), day of month ``(d-1)/30``, day of year
+    ``(d-1)/365``, each minus 0.5.
+    """
+    t = pd.DatetimeIndex(pd.to_datetime(np.asarray(times).ravel()))
+    out = np.empty((len(t), 4), np.float32)
+    out[:, 0] = t.hour.to_numpy() / 23.0 - 0.5
+    out[:, 1] = t.day_of_week.to_numpy() / 6.0 - 0.5
+    out[:, 2] = (t.day.to_numpy() - 1) / 30.0 - 0.5
+    out[:, 3] = (t.day_of_year.to_numpy() - 1) / 365.0 - 0.5
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- station order
+
+
+def hilbert_index(x: np.ndarray, y: np.ndarray, bits: int = 16) -> np.ndarray:
+    """Position along a 2-D Hilbert curve of integer grid points ``(x, y)`` in ``[0, 2**bits)``."""
+    if not 1 <= bits <= 31:
+        raise ValueError(f"bits must be in 1..31, got {bits}")
+    n = np.int64(1) << bits
+    x = np.asarray(x, np.int64).copy()
+    y = np.asarray(y, np.int64).copy()
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape, got {x.shape} and {y.shape}")
+    if x.size and (x.min() < 0 or y.min() < 0 or x.max() >= n or y.max() >= n):
+        raise ValueError(f"grid coordinates must lie in [0, {int(n)})")
+    d = np.zeros(x.shape, np.int64)
+    full = n - 1
+    s = n >> 1
+    while s > 0:
+        rx = (x & s) > 0
+        ry = (y & s) > 0
+        d += s * s * ((3 * rx.astype(np.int64)) ^ ry.astype(np.int64))
+        # Rotate the quadrant so the sub-curve has the canonical orientation.
+        flip = ~ry & rx
+        x = np.where(flip, x ^ full, x)
+        y = np.where(flip, y ^ full, y)
+        swap = ~ry
+        x, y = np.where(swap, y, x), np.where(swap, x, y)
+        s >>= 1
+    return d
+
+
+def station_order(lat: Sequence[float] | np.ndarray, lon: Sequence[float] | np.ndarray, bits: int = 16) -> np.ndarray:
+    """Permutation that puts nearby stations next to each other (a Hilbert curve over lon/lat).
+
+    ``ds.isel(station=station_order(ds.lat, ds.lon))`` is the model order, in which consecutive groups of stations
+    are spatial neighbourhoods (the nodes of Corrformer/UniRepLKNet). Ties keep their input order (stable sort).
+    """
+    lat = np.asarray(lat, np.float64).ravel()
+    lon = np.asarray(lon, np.float64).ravel()
+    if lat.shape != lon.shape:
+        raise ValueError(f"lat and lon must have the same length, got {lat.size} and {lon.size}")
+    if not (np.all(np.isfinite(lat)) and np.all(np.isfinite(lon))):
+        bad = int(np.flatnonzero(~(np.isfinite(lat) & np.isfinite(lon)))[0])
+        raise ValueError(f"station {bad} has a non-finite lat/lon ({lat[bad]}, {lon[bad]})")
+    if lat.size and (lat.min() < -90 or lat.max() > 90):
+        raise ValueError(f"latitudes must lie in [-90, 90], got range [{lat.min()}, {lat.max()}]")
+    scale = float((1 << bits) - 1)
+    gx = np.rint(((lon + 180.0) % 360.0) / 360.0 * scale).astype(np.int64)
+    gy = np.rint((lat + 90.0) / 180.0 * scale).astype(np.int64)
+    return np.argsort(hilbert_index(gx, gy, bits), kind="stable")
+
+
+# ----------------------------------------------------------------------------------------------- gap filling
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_gaps_kernel(v: np.ndarray, max_gap: int, out: np.ndarray, mask: np.ndarray, observed: np.ndarray) -> None:
+    T, S = v.shape
+    last = np.full(S, -1, np.int64)
+    for t in range(T):
+        for s in range(S):
+            val = v[t, s]
+            if val == val:  # observed (not NaN)
+                p = last[s]
+                if p < 0:
+                    for k in range(t):  # leading gap: hold the first observation backwards, unobserved
+                        out[k, s] = val
+                else:
+                    g = t - p - 1
+                    if 0 < g <= max_gap:  # short interior gap: linear interpolation, counts as observed
+                        v0 = np.float64(v[p, s])
+                        step = (np.float64(val) - v0) / (g + 1)
+                        for k in range(1, g + 1):
+                            out[p + k, s] = v0 + step * k
+                            mask[p + k, s] = True
+                out[t, s] = val
+                mask[t, s] = True
+                observed[t, s] = True
+                last[s] = t
+            else:
+                p = last[s]
+                out[t, s] = v[p, s] if p >= 0 else np.nan  # causal hold of the last observation
+                mask[t, s] = False
+                observed[t, s] = False
+
+
+def fill_gaps(values: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fill NaN gaps of a ``(T, S)`` array per station along time.
+
+    Returns ``(filled, mask, observed)``: interior gaps of at most ``max_gap`` steps are interpolated linearly and
+    ``mask`` is True there; longer gaps hold the last observation (the first one before a record starts) with
+    ``mask`` False; ``observed`` marks the original non-NaN entries. Stations without any observation stay NaN.
+    """
+    v = np.ascontiguousarray(values, dtype=np.float32)
+    if v.ndim != 2:
+        raise ValueError(f"values must be (time, station), got shape {v.shape}")
+    if int(max_gap) < 0:
+        raise ValueError(f"max_gap must be >= 0, got {max_gap}")
+    out = np.empty_like(v)
+    mask = np.empty(v.shape, np.bool_)
+    observed = np.empty(v.shape, np.bool_)
+    _fill_gaps_kernel(v, int(max_gap), out, mask, observed)
+    return out, mask, observed
+
+
+def _great_circle_nearest(lat: np.ndarray, lon: np.ndarray, targets: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """For each station in ``targets`` the index (into the full arrays) of the nearest station in ``sources``."""
+    la, lo = np.radians(lat.astype(np.float64)), np.radians(lon.astype(np.float64))
+    xyz = np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], axis=1)
+    sim = xyz[targets] @ xyz[sources].T
+    return sources[np.argmax(sim, axis=1)]
+
+
+# ------------------------------------------------------------------------------------------------- windows
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """Sliding forecasting windows over one variable of a schema dataset (lazy: one ``(T, S)`` array, no copies).
+
+    Items are dicts of float32 tensors in physical units and model station order:
+    ``x`` (seq_len, S), ``x_mark`` (seq_len, 4), ``y`` (label_len + pred_len, S), ``y_mark`` (label_len + pred_len,
+    4), ``x_mask``/``y_mask`` (bool, True = observed or a short interpolated gap) and ``index`` (int).
+    The first ``label_len`` rows of ``y``/``y_mask`` equal the last rows of ``x``/``x_mask`` (NaN-free inputs); the
+    last ``pred_len`` rows are the targets, NaN where a gap is longer than ``max_gap``.
+    :meth:`batch` builds a stacked batch directly (the fast path for training).
+
+    ``order``: None = Hilbert order over lat/lon (:func:`station_order`), ``"identity"`` = dataset order, or an
+    explicit permutation of station indices. Stations without any observation get the inputs of their nearest
+    observed station (``x_mask`` False everywhere, a warning names them) and all-NaN targets.
+    """
+
+    def __init__(
+        self,
+        ds: xr.Dataset,
+        variable: str,
+        seq_len: int = 48,
+        label_len: int = 24,
+        pred_len: int = 24,
+        stride: int = 1,
+        max_gap: int = 3,
+        order: np.ndarray | Sequence[int] | str | None = None,
+    ) -> None:
+        for name, val, lo in (("seq_len", seq_len, 1), ("label_len", label_len, 0), ("pred_len", pred_len, 1),
+                              ("stride", stride, 1), ("max_gap", max_gap, 0)):
+            if int(val) != val or int(val) < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {val!r}")
+        if label_len > seq_len:
+            raise ValueError(f"label_len ({label_len}) must not exceed seq_len ({seq_len}): y's first rows repeat x's")
+        validate(ds, variables=[variable])
+        self.variable = variable
+        self.units = str(ds[variable].attrs.get("units", ""))
+        self.seq_len, self.label_len, self.pred_len = int(seq_len), int(label_len), int(pred_len)
+        self.stride, self.max_gap = int(stride), int(max_gap)
+        self.times = pd.DatetimeIndex(ds["time"].values)
+        S = ds.sizes["station"]
+        self.order = self._resolve_order(order, ds, S)
+        self.inverse_order = np.empty_like(self.order)
+        self.inverse_order[self.order] = np.arange(S)
+        self.station_ids = np.asarray([str(s) for s in ds["station"].values[self.order]], dtype=object)
+        lat = np.asarray(ds["lat"].values, np.float64)[self.order]
+        lon = np.asarray(ds["lon"].values, np.float64)[self.order]
+        elev = np.asarray(ds["elevation"].values, np.float64)[self.order]
+        self.lat, self.lon, self.elevation = lat.astype(np.float32), lon.astype(np.float32), elev.astype(np.float32)
+        self.coords = self._standardise(np.stack([lat, lon, elev], axis=1))
+        context = int(ds.attrs.get("split_context", 0) or 0)
+        self._start0 = max(0, context - self.seq_len)
+        raw = np.asarray(ds[variable].transpose("time", "station").values)[:, self.order]
+        self.values, self.mask, self.observed = fill_gaps(raw, self.max_gap)
+        del raw
+        self._fill_empty_stations()
+        self.marks = time_features(self.times)
+        span = self.seq_len + self.pred_len
+        self._len = max(0, (len(self.times) - self._start0 - span) // self.stride + 1)
+
+    # -- construction helpers
+
+    @staticmethod
+    def _resolve_order(order: np.ndarray | Sequence[int] | str | None, ds: xr.Dataset, S: int) -> np.ndarray:
+        if order is None or (isinstance(order, str) and order == "hilbert"):
+            return station_order(ds["lat"].values, ds["lon"].values)
+        if isinstance(order, str):
+            if order == "identity":
+                return np.arange(S)
+            raise ValueError(f"order must be None, 'hilbert', 'identity' or a permutation, got {order!r}")
+        perm = np.asarray(order, dtype=np.int64).ravel()
+        if perm.shape != (S,) or not np.array_equal(np.sort(perm), np.arange(S)):
+            raise ValueError(f"order must be a permutation of range({S}), got {perm.size} entries")
+        return perm
+
+    @staticmethod
+    def _standardise(c: np.ndarray) -> np.ndarray:
+        z = np.zeros(c.shape, np.float32)
+        for j in range(c.shape[1]):
+            col = c[:, j]
+            ok = np.isfinite(col)
+            if ok.sum() >= 1:
+                std = float(col[ok].std())
+                z[ok, j] = (col[ok] - col[ok].mean()) / (std if std > 1e-9 else 1.0)
+        return z  # unknown values (e.g. elevation) sit at the mean, 0
+
+    def _fill_empty_stations(self) -> None:
+        has = self.observed.any(axis=0)
+        empty = np.flatnonzero(~has)
+        if empty.size == 0:
+            return
+        if not has.any():
+            raise SchemaError(f"variable {self.variable!r} has no observation at all in this dataset")
+        warnings.warn(
+            f"{empty.size} station(s) have no {self.variable} observation in this dataset "
+            f"({', '.join(self.station_ids[empty[:5]])}{', ...' if empty.size > 5 else ''}): their inputs are "
+            "copied from the nearest observed station with x_mask False, their targets are NaN",
+            stacklevel=3,
+        )
+        src = _great_circle_nearest(self.lat, self.lon, empty, np.flatnonzero(has))
+        self.values[:, empty] = self.values[:, src]
+
+    @classmethod
+    def from_arrays(
+        cls,
+        values: np.ndarray,
+        times: Sequence | np.ndarray | pd.DatetimeIndex,
+        coords: np.ndarray,
+        station_ids: Sequence[str] | None = None,
+        variable: str = "temperature",
+        **kwargs: object,
+    ) -> WindowDataset:
+        """Build from a ``(T, S)`` array in physical units, ``T`` times and ``coords`` ``(S, 2|3)`` lat/lon[/elev]."""
+        values = np.asarray(values, np.float32)
+        coords = np.asarray(coords, np.float64)
+        if values.ndim != 2:
+            raise ValueError(f"values must be (time, station), got shape {values.shape}")
+        S = values.shape[1]
+        if coords.ndim != 2 or coords.shape[0] != S or coords.shape[1] not in (2, 3):
+            raise ValueError(f"coords must be (S={S}, 2 or 3) lat/lon[/elevation], got shape {coords.shape}")
+        ids = [f"s{i:05d}" for i in range(S)] if station_ids is None else list(station_ids)
+        elev = coords[:, 2] if coords.shape[1] == 3 else None
+        ds = make_dataset(times, ids, coords[:, 0], coords[:, 1], elev, **{variable: values})
+        return cls(ds, variable, **kwargs)  # type: ignore[arg-type]
+
+    # -- indexing
+
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def num_stations(self) -> int:
+        """Number of stations ``S``."""
+        return int(self.values.shape[1])
+
+    def starts(self, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """Time index of the first input step of each window."""
+        idx = np.arange(self._len) if indices is None else self._check_indices(indices)
+        return self._start0 + idx * self.stride
+
+    @property
+    def window_start_times(self) -> pd.DatetimeIndex:
+        """Time of the first input step of every window."""
+        return self.times[self.starts()]
+
+    @property
+    def forecast_start_times(self) -> pd.DatetimeIndex:
+        """Time of the first forecast (target) step of every window."""
+        return self.times[self.starts() + self.seq_len]
+
+    def _check_indices(self, indices: Sequence[int] | np.ndarray | int) -> np.ndarray:
+        idx = np.asarray(indices).reshape(-1)
+        if idx.size and not np.issubdtype(idx.dtype, np.integer):
+            raise TypeError(f"window indices must be integers, got dtype {idx.dtype}")
+        idx = idx.astype(np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= self._len):
+            bad = idx[(idx < 0) | (idx >= self._len)][0]
+            raise IndexError(f"window index {bad} out of range for {self._len} windows")
+        return idx
+
+    def batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
+        """Stacked windows ``indices`` as a dict of tensors with a leading batch dimension."""
+        idx = self._check_indices(indices)
+        B, L, P, Q, S = idx.size, self.seq_len, self.label_len, self.pred_len, self.num_stations
+        starts = self._start0 + idx * self.stride
+        rows_x = starts[:, None] + np.arange(L)
+        rows_p = starts[:, None] + np.arange(L, L + Q)
+        x = self.values[rows_x]  # (B, L, S) gathered rows: one copy, no materialised archive
+        x_mask = self.mask[rows_x]
+        if self.max_gap > 0 and B:
+            self._hold_trailing_gaps(x, x_mask, starts)
+        y = np.empty((B, P + Q, S), np.float32)
+        y_mask = np.empty((B, P + Q, S), np.bool_)
+        y[:, :P] = x[:, L - P:]
+        y_mask[:, :P] = x_mask[:, L - P:]
+        y_mask[:, P:] = self.mask[rows_p]
+        np.copyto(y[:, P:], self.values[rows_p])
+        y[:, P:][~y_mask[:, P:]] = np.nan
+        rows_y = starts[:, None] + np.arange(L - P, L + Q)
+        return {
+            "x": torch.from_numpy(x),
+            "x_mark": torch.from_numpy(self.marks[rows_x]),
+            "y": torch.from_numpy(y),
+            "y_mark": torch.from_numpy(self.marks[rows_y]),
+            "x_mask": torch.from_numpy(x_mask),
+            "y_mask": torch.from_numpy(y_mask),
+            "index": torch.from_numpy(idx),
+        }
+
+    def _hold_trailing_gaps(self, x: np.ndarray, x_mask: np.ndarray, starts: np.ndarray) -> None:
+        """Causal inputs: a gap still open at the end of ``x`` holds the last observation and is unobserved.
+
+        Whether such a gap is short (interpolated) or long is only known after the window ends, so both get the
+        same treatment; long ones already hold the last observation, so only gaps of at most ``max_gap`` change.
+        """
+        G, L = self.max_gap, self.seq_len
+        last = starts + L - 1
+        rows = last[:, None] - np.arange(G + 1)  # (B, G+1): rows e, e-1, ..., e-G
+        tail = self.observed[np.maximum(rows, 0)] & (rows >= 0)[:, :, None]
+        age = np.argmax(tail, axis=1)  # steps since the last observation; 0 = observed at e
+        fix = (age > 0) & tail.any(axis=1)
+        if not fix.any():
+            return
+        b, s = np.nonzero(fix)
+        a = age[b, s]
+        held = self.values[last[b] - a, s]
+        for k in range(1, min(G, L) + 1):
+            sel = a >= k
+            x[b[sel], L - k, s[sel]] = held[sel]
+            x_mask[b[sel], L - k, s[sel]] = False
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
+        n = self._len
+        if not isinstance(i, int | np.integer):
+            raise TypeError(f"window index must be an int, got {type(i).__name__}")
+        j = int(i) + n if i < 0 else int(i)
+        if not 0 <= j < n:
+            raise IndexError(f"window index {i} out of range for {n} windows")
+        item: dict[str, torch.Tensor | int] = {k: v[0] for k, v in self.batch([j]).items()}
+        item["index"] = j
+        return item
+
+    def iter_batches(
+        self, batch_size: int = 32, shuffle: bool = False, seed: int | None = None, drop_last: bool = False
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Yield :meth:`batch` dicts over all windows (optionally shuffled with ``seed``)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        idx = np.random.default_rng(seed).permutation(self._len) if shuffle else np.arange(self._len)
+        stop = self._len - (self._len % batch_size if drop_last else 0)
+        for i in range(0, stop, batch_size):
+            yield self.batch(idx[i : i + batch_size])
+
+    def to_dataset_order(self, a: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Reorder the last (station) axis of ``a`` from model order back to the dataset's order."""
+        return a[..., torch.as_tensor(self.inverse_order) if isinstance(a, torch.Tensor) else self.inverse_order]
+
+    def __repr__(self) -> str:
+        return (
+            f"WindowDataset({self.variable!r}, windows={self._len}, stations={self.num_stations}, "
+            f"seq_len={self.seq_len}, label_len={self.label_len}, pred_len={self.pred_len}, stride={self.stride}, "
+            f"max_gap={self.max_gap}, times={self.times[0] if len(self.times) else None}.."
+            f"{self.times[-1] if len(self.times) else None})"
+        )

@@ -1,0 +1,160 @@
+"""Forecast error metrics in physical units, computed the way the Corrformer test loop does.
+
+Corrformer (and the UniRepLKNet forecasting code built on it) reports MSE/MAE on un-normalised values: for every
+test window the error is averaged over the horizon x stations, then averaged over windows. With missing targets the
+per-window mean runs over observed entries only, and a window without any observed entry is skipped (it carries no
+information, and counting it as zero error would flatter the model). Arrays are ``(N, pred_len, S)``, numpy or torch;
+everything is accumulated in float64 in chunks of windows so a full 3850-station test set fits in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["mse", "mae", "rmse", "per_horizon", "per_station", "evaluate_arrays"]
+
+_CHUNK = 256  # windows per float64 chunk
+
+
+def _np(a: object, name: str) -> np.ndarray:
+    if hasattr(a, "detach"):  # torch.Tensor without importing torch here
+        a = a.detach().cpu().numpy()  # type: ignore[union-attr]
+    arr = np.asarray(a)
+    if arr.dtype == object:
+        raise TypeError(f"{name} must be a numeric array, got dtype object")
+    return arr
+
+
+def _prepare(pred: object, true: object, mask: object | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    p, t = _np(pred, "pred"), _np(true, "true")
+    if p.ndim == 2:  # a single window
+        p, t = p[None], t[None] if t.ndim == 2 else t
+    if p.ndim != 3:
+        raise ValueError(f"pred must be (N, pred_len, S), got shape {p.shape}")
+    if t.shape != p.shape:
+        hint = ""
+        if t.ndim == 3 and t.shape[0] == p.shape[0] and t.shape[2] == p.shape[2] and t.shape[1] > p.shape[1]:
+            hint = f" (a WindowDataset y holds label_len + pred_len steps: compare with true[:, -{p.shape[1]}:])"
+        raise ValueError(f"pred has shape {p.shape} but true has shape {t.shape}{hint}")
+    m = None
+    if mask is not None:
+        m = _np(mask, "mask")
+        if m.ndim == 2 and p.shape[0] == 1:
+            m = m[None]
+        if m.shape != p.shape:
+            raise ValueError(f"mask has shape {m.shape}, expected {p.shape} like pred")
+        m = m.astype(bool, copy=False)
+    return p, t, m
+
+
+def _chunks(n: int) -> range:
+    return range(0, n, _CHUNK)
+
+
+def _errors(p: np.ndarray, t: np.ndarray, m: np.ndarray | None, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Squared and absolute errors (float64, 0 where invalid) and the validity mask of windows ``i:i+_CHUNK``."""
+    pc = p[i : i + _CHUNK].astype(np.float64)
+    tc = t[i : i + _CHUNK].astype(np.float64)
+    valid = np.isfinite(tc)
+    if m is not None:
+        valid &= m[i : i + _CHUNK]
+    diff = np.where(valid, pc - tc, 0.0)  # a NaN prediction on an observed target stays NaN (an honest failure)
+    return diff * diff, np.abs(diff), valid
+
+
+def _per_window(pred: object, true: object, mask: object | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    p, t, m = _prepare(pred, true, mask)
+    n = p.shape[0]
+    se, ae, cnt = np.zeros(n), np.zeros(n), np.zeros(n, np.int64)
+    for i in _chunks(n):
+        sq, ab, valid = _errors(p, t, m, i)
+        se[i : i + _CHUNK] = sq.sum(axis=(1, 2))
+        ae[i : i + _CHUNK] = ab.sum(axis=(1, 2))
+        cnt[i : i + _CHUNK] = valid.sum(axis=(1, 2))
+    return se, ae, cnt
+
+
+def _mean_of_windows(total: np.ndarray, count: np.ndarray) -> float:
+    ok = count > 0
+    if not ok.any():
+        return float("nan")
+    return float(np.mean(total[ok] / count[ok]))
+
+
+def mse(pred: object, true: object, mask: object | None = None) -> float:
+    """Mean squared error: per window the mean over observed horizon x stations, then the mean over windows."""
+    se, _, cnt = _per_window(pred, true, mask)
+    return _mean_of_windows(se, cnt)
+
+
+def mae(pred: object, true: object, mask: object | None = None) -> float:
+    """Mean absolute error, averaged like :func:`mse`."""
+    _, ae, cnt = _per_window(pred, true, mask)
+    return _mean_of_windows(ae, cnt)
+
+
+def rmse(pred: object, true: object, mask: object | None = None) -> float:
+    """Square root of :func:`mse`."""
+    return float(np.sqrt(mse(pred, true, mask)))
+
+
+def evaluate_arrays(pred: object, true: object, mask: object | None = None) -> dict[str, float]:
+    """``{"mse", "mae", "rmse", "windows", "count"}`` in one pass (windows = windows with any observed target)."""
+    se, ae, cnt = _per_window(pred, true, mask)
+    m = _mean_of_windows(se, cnt)
+    return {
+        "mse": m,
+        "mae": _mean_of_windows(ae, cnt),
+        "rmse": float(np.sqrt(m)),
+        "windows": int((cnt > 0).sum()),
+        "count": int(cnt.sum()),
+    }
+
+
+def per_horizon(pred: object, true: object, mask: object | None = None) -> pd.DataFrame:
+    """Errors by lead time: columns ``horizon`` (1..pred_len), ``mse``, ``mae``, ``count``.
+
+    For each lead, the per-window mean over observed stations, averaged over windows with any observation there.
+    """
+    p, t, m = _prepare(pred, true, mask)
+    n, h = p.shape[0], p.shape[1]
+    se, ae, cnt = np.zeros((n, h)), np.zeros((n, h)), np.zeros((n, h), np.int64)
+    for i in _chunks(n):
+        sq, ab, valid = _errors(p, t, m, i)
+        se[i : i + _CHUNK], ae[i : i + _CHUNK], cnt[i : i + _CHUNK] = sq.sum(2), ab.sum(2), valid.sum(2)
+    return pd.DataFrame(
+        {
+            "horizon": np.arange(1, h + 1),
+            "mse": [_mean_of_windows(se[:, k], cnt[:, k]) for k in range(h)],
+            "mae": [_mean_of_windows(ae[:, k], cnt[:, k]) for k in range(h)],
+            "count": cnt.sum(axis=0),
+        }
+    )
+
+
+def per_station(
+    pred: object, true: object, mask: object | None = None, station_ids: Sequence[str] | np.ndarray | None = None
+) -> pd.DataFrame:
+    """Errors by station: columns ``station``, ``mse``, ``mae``, ``count`` (same window averaging as :func:`mse`).
+
+    ``station_ids`` label the last axis (e.g. ``ws.station_ids``, model order); default 0..S-1.
+    """
+    p, t, m = _prepare(pred, true, mask)
+    n, s = p.shape[0], p.shape[2]
+    if station_ids is not None and len(station_ids) != s:
+        raise ValueError(f"station_ids has {len(station_ids)} entries for {s} stations")
+    se, ae, cnt = np.zeros((n, s)), np.zeros((n, s)), np.zeros((n, s), np.int64)
+    for i in _chunks(n):
+        sq, ab, valid = _errors(p, t, m, i)
+        se[i : i + _CHUNK], ae[i : i + _CHUNK], cnt[i : i + _CHUNK] = sq.sum(1), ab.sum(1), valid.sum(1)
+    ok = cnt > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w_se, w_ae = np.where(ok, se / np.maximum(cnt, 1), 0.0), np.where(ok, ae / np.maximum(cnt, 1), 0.0)
+        nwin = ok.sum(axis=0)
+        st_mse = np.where(nwin > 0, w_se.sum(axis=0) / np.maximum(nwin, 1), np.nan)
+        st_mae = np.where(nwin > 0, w_ae.sum(axis=0) / np.maximum(nwin, 1), np.nan)
+    ids = np.arange(s) if station_ids is None else np.asarray(station_ids)
+    return pd.DataFrame({"station": ids, "mse": st_mse, "mae": st_mae, "count": cnt.sum(axis=0)})
