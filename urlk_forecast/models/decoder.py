@@ -1,0 +1,172 @@
+"""Corrformer-style decoder with progressive series decomposition (the decoder of paper §3.3).
+
+Each :class:`DecoderLayer` does
+
+1. self-correlation on the (seasonal) decoder input, residual, series decomposition → trend₁;
+2. cross-correlation/attention from the decoder queries to the encoder tokens, residual, decomposition → trend₂;
+3. a position-wise FFN (Conv1d k=1, no bias), residual, decomposition → trend₃;
+4. the residual trend ``trend₁+trend₂+trend₃`` projected to the node's D' channels by a circular Conv1d (k=3).
+
+:class:`Decoder` accumulates the projected trends onto the trend initialisation and projects the final
+seasonal part (after :class:`SeasonalLayerNorm`) with a Linear to D' channels; the forecast is seasonal +
+trend. The self/cross blocks are passed in as modules with the call signature ``block(x, cross) -> x-shaped``
+so the decoder serves both the convolutional encoders (cross *attention* to spatial image tokens) and the
+Corrformer encoder (cross *multi-correlation* to encoded time series).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "MovingAverage",
+    "SeriesDecomp",
+    "SeasonalLayerNorm",
+    "CrossAttention",
+    "DecoderLayer",
+    "Decoder",
+    "get_activation",
+]
+
+
+def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``"relu"`` or ``"gelu"`` → the function (a clear error otherwise)."""
+    if name == "relu":
+        return F.relu
+    if name == "gelu":
+        return F.gelu
+    raise ValueError(f"activation must be 'relu' or 'gelu', got {name!r}")
+
+
+class MovingAverage(nn.Module):
+    """Moving average over time with replicate ("edge") padding, so the output keeps the input length.
+
+    Odd kernels are centred (``(k-1)/2`` steps each side, as Autoformer/Corrformer); even kernels put the
+    extra step at the end.
+    """
+
+    def __init__(self, kernel_size: int) -> None:
+        super().__init__()
+        if kernel_size < 1:
+            raise ValueError(f"moving_avg kernel size must be >= 1, got {kernel_size}")
+        self.kernel_size = kernel_size
+        self.front = (kernel_size - 1) // 2
+        self.end = kernel_size - 1 - self.front
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, L, C) → (B, L, C)."""
+        if self.kernel_size == 1:
+            return x
+        xt = x.transpose(1, 2)
+        xt = F.pad(xt, (self.front, self.end), mode="replicate")
+        return F.avg_pool1d(xt, self.kernel_size, stride=1).transpose(1, 2)
+
+
+class SeriesDecomp(nn.Module):
+    """``x → (x - moving_average(x), moving_average(x))`` = (seasonal, trend)."""
+
+    def __init__(self, kernel_size: int) -> None:
+        super().__init__()
+        self.moving_avg = MovingAverage(kernel_size)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        trend = self.moving_avg(x)
+        return x - trend, trend
+
+
+class SeasonalLayerNorm(nn.Module):
+    """LayerNorm over channels, then the mean over time removed (the seasonal part has zero mean)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.layernorm = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_hat = self.layernorm(x)
+        return x_hat - x_hat.mean(dim=1, keepdim=True)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head scaled dot-product attention from decoder queries ``(B, L, C)`` to tokens ``(B, T, C)``.
+
+    Used when the encoder tokens are spatial patches of the Eq. 2 image (UniRepLKNet, ConvNeXt, ResNet):
+    a time-lag correlation is meaningless across image patches, attention is not.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.query_projection = nn.Linear(d_model, d_model)
+        self.key_projection = nn.Linear(d_model, d_model)
+        self.value_projection = nn.Linear(d_model, d_model)
+        self.out_projection = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+        B, L, _ = x.shape
+        T, H = cross.shape[1], self.n_heads
+        q = self.query_projection(x).view(B, L, H, -1).transpose(1, 2)
+        k = self.key_projection(cross).view(B, T, H, -1).transpose(1, 2)
+        v = self.value_projection(cross).view(B, T, H, -1).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.out_projection(out.transpose(1, 2).reshape(B, L, -1))
+
+
+class DecoderLayer(nn.Module):
+    """One decoder layer (see the module docstring); returns ``(seasonal, residual_trend)``."""
+
+    def __init__(self, self_block: nn.Module, cross_block: nn.Module, d_model: int, c_out: int,
+                 d_ff: int | None = None, moving_avg: int = 25, dropout: float = 0.05,
+                 activation: str = "gelu") -> None:
+        super().__init__()
+        d_ff = d_ff or 4 * d_model
+        self.self_block = self_block
+        self.cross_block = cross_block
+        self.conv1 = nn.Conv1d(d_model, d_ff, 1, bias=False)
+        self.conv2 = nn.Conv1d(d_ff, d_model, 1, bias=False)
+        self.decomp1 = SeriesDecomp(moving_avg)
+        self.decomp2 = SeriesDecomp(moving_avg)
+        self.decomp3 = SeriesDecomp(moving_avg)
+        self.dropout = nn.Dropout(dropout)
+        self.trend_projection = nn.Conv1d(d_model, c_out, 3, padding=1, padding_mode="circular", bias=False)
+        self.activation = get_activation(activation)
+
+    def forward(self, x: torch.Tensor, cross: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, trend1 = self.decomp1(x + self.self_block(x, x))
+        x, trend2 = self.decomp2(x + self.cross_block(x, cross))
+        y = self.dropout(self.activation(self.conv1(x.transpose(1, 2))))
+        y = self.dropout(self.conv2(y).transpose(1, 2))
+        x, trend3 = self.decomp3(x + y)
+        residual_trend = self.trend_projection((trend1 + trend2 + trend3).transpose(1, 2)).transpose(1, 2)
+        return x, residual_trend
+
+
+class Decoder(nn.Module):
+    """Stack of :class:`DecoderLayer` + seasonal LayerNorm + Linear projection to ``c_out`` channels."""
+
+    def __init__(self, layers: Sequence[DecoderLayer], d_model: int, c_out: int, with_cp: bool = False) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.norm = SeasonalLayerNorm(d_model)
+        self.projection = nn.Linear(d_model, c_out)
+        self.with_cp = with_cp
+
+    def forward(self, x: torch.Tensor, cross: torch.Tensor, trend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` (B, L, d_model) embedded seasonal init, ``cross`` (B, T, d_model), ``trend`` (B, L, c_out).
+
+        Returns ``(seasonal, trend)``, both (B, L, c_out).
+        """
+        for layer in self.layers:
+            if self.with_cp and self.training and torch.is_grad_enabled():
+                x, residual_trend = checkpoint(layer, x, cross, use_reentrant=False)
+            else:
+                x, residual_trend = layer(x, cross)
+            trend = trend + residual_trend
+        return self.projection(self.norm(x)), trend

@@ -1,0 +1,270 @@
+"""The forecasting network of paper §3.3 (Eq. 2): UniRepLKNet between Corrformer's embedding and decoder.
+
+``ForecastNet(**config)(batch) -> (B, pred_len, S)`` in physical units. Data flow for a batch of windows:
+
+1. RevIN: ``x`` (B, L, S) normalised per window and station by its observed mean/std (``x_mask``), learned
+   per-slot affine (:class:`~urlk_forecast.models.embedding.RevIN`).
+2. Decoder initialisation (on all stations at once): series decomposition of the normalised input (moving
+   average ``moving_avg``, replicate padding); seasonal init = the last ``label_len`` seasonal steps + zeros
+   for ``pred_len``; trend init = the last ``label_len`` trend steps + the input mean for ``pred_len``.
+3. Grouping ``(B, L, S) → (B·n, L, D')`` into ``n = ceil(S/D')`` nodes of D' consecutive stations.
+4. Corrformer embedding of the inputs (encoder) and of the seasonal init (decoder), each with the node's
+   coordinates (``coords`` buffer, standardised lat/lon/elevation).
+5. Encoder (``encoder=``: ``unireplknet`` any variant/K, ``convnext``, ``resnet``, ``corrformer``; see
+   :mod:`urlk_forecast.models.encoders`) → tokens ``(B·n, T, d_model)``; optional fusion of an auxiliary input.
+6. Decoder: ``d_layers`` of self multi-correlation (temporal auto-correlation + spatial cross-correlation
+   between nodes on the ``node_list`` tree), cross attention to image tokens (or cross multi-correlation to
+   Corrformer tokens), FFN, progressive decomposition and trend projection; output seasonal + trend.
+7. Ungroup, crop the padded stations, undo RevIN.
+
+The network never reads ``batch["y"]``. ``config`` holds the (JSON-serialisable) constructor arguments with
+defaults resolved; ``ForecastNet(**net.config)`` rebuilds the same architecture (the coordinates are a
+persistent buffer, restored by ``load_state_dict``).
+
+Fusion hook (the large-kernel fusion of §3.4, provided by :mod:`urlk_forecast.models.fusion`): with
+``fusion={...}`` the net calls ``urlk_forecast.models.fusion.build_forecast_fusion(**fusion, d_model=,
+seq_len=, n_nodes=, node_size=, n_stations=)`` and applies the returned module as
+``tokens = fusion(tokens, batch)`` to the encoder tokens ``(B·n, T, d_model)`` before the decoder.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .corrformer import auto_node_list, build_multi_correlation
+from .decoder import CrossAttention, Decoder, DecoderLayer, SeriesDecomp
+from .embedding import DataEmbedding, NodeGrouping, RevIN
+from .encoders import build_encoder
+
+__all__ = ["ForecastNet", "DEFAULT_D_MODEL", "default_d_model"]
+
+#: d_model per UniRepLKNet variant: the paper's 768 for S and larger (48·768 = 192²); smaller for the small
+#: variants so the Eq. 2 image stays cheap on a CPU (48·256 → 96×128, 48·384 → 96×192, 48·512 → 128×192).
+DEFAULT_D_MODEL: dict[str, int] = {
+    "a": 256, "f": 256, "p": 384, "n": 512, "t": 512, "s": 768, "b": 768, "l": 768, "xl": 768, "h": 768,
+}
+
+_BATCH_KEYS = ("x", "x_mark", "y_mark")
+
+
+def default_d_model(variant: str) -> int:
+    """Default ``d_model`` for a variant name such as ``"unireplknet_a"`` or ``"s"``."""
+    key = str(variant).strip().lower().replace("-", "_").removeprefix("unireplknet_")
+    if key not in DEFAULT_D_MODEL:
+        raise ValueError(f"unknown variant {variant!r}; available: {', '.join(DEFAULT_D_MODEL)}")
+    return DEFAULT_D_MODEL[key]
+
+
+def _to_jsonable(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (tuple, list)):
+        return [_to_jsonable(x) for x in v]
+    if isinstance(v, Mapping):
+        return {str(k): _to_jsonable(x) for k, x in v.items()}
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+class ForecastNet(nn.Module):
+    """UniRepLKNet time-series forecaster (see the module docstring for the data flow and options)."""
+
+    def __init__(
+        self,
+        n_stations: int,
+        coords: Any = None,
+        node_size: int = 11,
+        seq_len: int = 48,
+        label_len: int = 24,
+        pred_len: int = 24,
+        d_model: int | None = None,
+        encoder: str = "unireplknet",
+        variant: str = "unireplknet_a",
+        kernel_size: int | None = None,
+        dropout: float = 0.05,
+        moving_avg: int = 25,
+        n_heads: int = 8,
+        d_ff: int | None = None,
+        revin: bool = True,
+        with_cp: bool = False,
+        fusion: Mapping[str, Any] | None = None,
+        d_layers: int = 1,
+        node_list: Sequence[int] | None = None,
+        spatial: bool = True,
+        factor_temporal: float = 1.0,
+        factor_spatial: int = 1,
+        tcn_layers: int = 1,
+        activation: str = "gelu",
+        cross: str | None = None,
+        **encoder_kw: Any,
+    ) -> None:
+        super().__init__()
+        n_stations, node_size = int(n_stations), int(node_size)
+        seq_len, label_len, pred_len = int(seq_len), int(label_len), int(pred_len)
+        if n_stations < 1:
+            raise ValueError(f"n_stations must be >= 1, got {n_stations}")
+        if node_size < 1:
+            raise ValueError(f"node_size must be >= 1, got {node_size}")
+        if seq_len < 2 or pred_len < 1 or not 0 <= label_len <= seq_len:
+            raise ValueError(f"need seq_len >= 2, pred_len >= 1 and 0 <= label_len <= seq_len; got seq_len={seq_len}, "
+                             f"label_len={label_len}, pred_len={pred_len}")
+        d_model = int(d_model) if d_model is not None else default_d_model(variant)
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        encoder = str(encoder).strip().lower()
+
+        self.grouping = NodeGrouping(n_stations, node_size)
+        n_nodes = self.grouping.n_nodes
+        node_list = [int(v) for v in node_list] if node_list is not None else auto_node_list(n_nodes)
+        if math.prod(node_list) != n_nodes:
+            raise ValueError(f"node_list {node_list} multiplies to {math.prod(node_list)}, but {n_stations} stations "
+                             f"in nodes of {node_size} make {n_nodes} nodes")
+
+        self.n_stations, self.node_size, self.n_nodes = n_stations, node_size, n_nodes
+        self.seq_len, self.label_len, self.pred_len = seq_len, label_len, pred_len
+        self.d_model = d_model
+
+        if coords is None:
+            coords_t = torch.zeros(n_stations, 3)
+        else:
+            coords_t = torch.as_tensor(np.asarray(coords, dtype=np.float32))
+            if coords_t.shape != (n_stations, 3):
+                raise ValueError(f"coords must have shape (n_stations, 3) = ({n_stations}, 3), got "
+                                 f"{tuple(coords_t.shape)}")
+            if not torch.isfinite(coords_t).all():
+                raise ValueError("coords contain NaN/inf; standardise lat/lon/elevation and fill unknown "
+                                 "elevations before building the network")
+        self.register_buffer("coords", coords_t.clone())
+
+        self.revin = RevIN(node_size) if revin else None
+        self.decomp = SeriesDecomp(moving_avg)
+        self.enc_embedding = DataEmbedding(node_size, d_model, 4, dropout)
+        self.dec_embedding = DataEmbedding(node_size, d_model, 4, dropout)
+
+        corr_kw = dict(factor_temporal=factor_temporal, factor_spatial=factor_spatial, tcn_layers=tcn_layers,
+                       dropout=dropout, spatial=spatial)
+        enc_kw = dict(encoder_kw)
+        if encoder == "corrformer":
+            enc_kw.update(node_list=node_list, factor_temporal=factor_temporal, factor_spatial=factor_spatial,
+                          tcn_layers=tcn_layers, spatial=spatial, activation=activation)
+        self.encoder = build_encoder(encoder, d_model=d_model, seq_len=seq_len, n_nodes=n_nodes, variant=variant,
+                                     kernel_size=kernel_size, n_heads=n_heads, d_ff=d_ff, moving_avg=moving_avg,
+                                     dropout=dropout, with_cp=with_cp, **enc_kw)
+        token_kind = getattr(self.encoder, "token_kind", "spatial")
+        cross = cross or ("attention" if token_kind == "spatial" else "correlation")
+        if cross not in ("attention", "correlation"):
+            raise ValueError(f"cross must be 'attention' or 'correlation', got {cross!r}")
+
+        dec_len = label_len + pred_len
+        layers = []
+        for _ in range(int(d_layers)):
+            self_block = build_multi_correlation(d_model, n_heads, dec_len, node_list, **corr_kw)
+            cross_block = (CrossAttention(d_model, n_heads, dropout) if cross == "attention"
+                           else build_multi_correlation(d_model, n_heads, dec_len, node_list, **corr_kw))
+            layers.append(DecoderLayer(self_block, cross_block, d_model, node_size, d_ff, moving_avg, dropout,
+                                       activation))
+        self.decoder = Decoder(layers, d_model, node_size, with_cp=with_cp)
+
+        self.fusion = None
+        if fusion is not None:
+            from . import fusion as fusion_mod
+
+            builder = getattr(fusion_mod, "build_forecast_fusion", None)
+            if builder is None:
+                raise ValueError("fusion was requested but urlk_forecast.models.fusion has no build_forecast_fusion")
+            self.fusion = builder(**dict(fusion), d_model=d_model, seq_len=seq_len, n_nodes=n_nodes,
+                                  node_size=node_size, n_stations=n_stations)
+
+        self.config: dict[str, Any] = _to_jsonable(dict(
+            n_stations=n_stations, coords=None, node_size=node_size, seq_len=seq_len, label_len=label_len,
+            pred_len=pred_len, d_model=d_model, encoder=encoder, variant=variant, kernel_size=kernel_size,
+            dropout=dropout, moving_avg=moving_avg, n_heads=n_heads, d_ff=d_ff, revin=revin, with_cp=with_cp,
+            fusion=dict(fusion) if fusion is not None else None, d_layers=int(d_layers), node_list=node_list,
+            spatial=spatial, factor_temporal=factor_temporal, factor_spatial=factor_spatial, tcn_layers=tcn_layers,
+            activation=activation, cross=cross, **encoder_kw,
+        ))
+        self.reparameterized = False
+
+    # ------------------------------------------------------------------------------------------ forward
+    def _check_batch(self, batch: Mapping[str, torch.Tensor]) -> None:
+        missing = [k for k in _BATCH_KEYS if k not in batch]
+        if missing:
+            raise ValueError(f"batch is missing {missing}; ForecastNet reads {list(_BATCH_KEYS)} (+ optional x_mask)")
+        x, x_mark, y_mark = batch["x"], batch["x_mark"], batch["y_mark"]
+        B = x.shape[0]
+        if x.dim() != 3 or x.shape[1:] != (self.seq_len, self.n_stations):
+            raise ValueError(f"batch['x'] must be (batch, seq_len={self.seq_len}, stations={self.n_stations}), "
+                             f"got {tuple(x.shape)}")
+        if x_mark.dim() != 3 or x_mark.shape[:2] != (B, self.seq_len):
+            raise ValueError(f"batch['x_mark'] must be ({B}, {self.seq_len}, 4), got {tuple(x_mark.shape)}")
+        L = self.label_len + self.pred_len
+        if y_mark.dim() != 3 or y_mark.shape[:2] != (B, L):
+            raise ValueError(f"batch['y_mark'] must be ({B}, label_len+pred_len={L}, 4), got {tuple(y_mark.shape)}")
+        mask = batch.get("x_mask")
+        if mask is not None and tuple(mask.shape) != tuple(x.shape):
+            raise ValueError(f"batch['x_mask'] must match x {tuple(x.shape)}, got {tuple(mask.shape)}")
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Forecast ``(B, pred_len, S)`` in the units of ``batch["x"]`` (never reads ``batch["y"]``)."""
+        self._check_batch(batch)
+        g = self.grouping
+        dtype = self.coords.dtype
+        x = g.pad(batch["x"].to(dtype))
+        mask = batch.get("x_mask")
+        mask = g.pad(mask) if mask is not None else None
+        x_mark = batch["x_mark"].to(dtype)
+        y_mark = batch["y_mark"].to(dtype)
+
+        if self.revin is not None:
+            xn, stats = self.revin.normalize(x, mask)
+        else:
+            finite = torch.isfinite(x)
+            xn = torch.where(finite, x, torch.zeros((), dtype=dtype, device=x.device))
+            stats = None
+
+        B = xn.shape[0]
+        seasonal, trend = self.decomp(xn)
+        mean = xn.mean(dim=1, keepdim=True).expand(-1, self.pred_len, -1)
+        zeros = xn.new_zeros(B, self.pred_len, xn.shape[-1])
+        trend_init = torch.cat([trend[:, xn.shape[1] - self.label_len:], mean], dim=1)
+        seasonal_init = torch.cat([seasonal[:, xn.shape[1] - self.label_len:], zeros], dim=1)
+
+        node_coords = g.node_coords(self.coords)
+        enc_in = self.enc_embedding(g.to_nodes(xn), x_mark, node_coords)
+        tokens = self.encoder(enc_in)
+        if self.fusion is not None:
+            tokens = self.fusion(tokens, batch)
+        dec_in = self.dec_embedding(g.to_nodes(seasonal_init), y_mark, node_coords)
+        seasonal_part, trend_part = self.decoder(dec_in, tokens, g.to_nodes(trend_init))
+        out = g.from_nodes((seasonal_part + trend_part)[:, -self.pred_len:])
+        if self.revin is not None:
+            out = self.revin.denormalize(out, stats)
+        return g.crop(out)
+
+    # ----------------------------------------------------------------------------------------- helpers
+    def reparameterize(self) -> ForecastNet:
+        """Convert the encoder to its inference form in place (identical outputs in eval mode)."""
+        rep = getattr(self.encoder, "reparameterize", None)
+        if rep is not None:
+            rep()
+        self.reparameterized = True
+        return self
+
+    def num_parameters(self) -> int:
+        """Number of parameters (trainable or not)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"stations={self.n_stations}, nodes={self.n_nodes}x{self.node_size}, encoder={c['encoder']}"
+                f"({c['variant']}), d_model={self.d_model}, seq/label/pred={self.seq_len}/{self.label_len}/"
+                f"{self.pred_len}")
