@@ -1,0 +1,246 @@
+"""NOAA NCEI Global Hourly (ISD "CSV access") files.
+
+One quoted CSV per station-year (``/data/global-hourly/access/{YYYY}/{USAF}{WBAN}.csv``) with the
+mandatory-data columns ``"STATION","DATE","SOURCE","LATITUDE","LONGITUDE","ELEVATION","NAME",
+"REPORT_TYPE","CALL_SIGN","QUALITY_CONTROL","WND","CIG","VIS","TMP","DEW","SLP",...``.
+
+* ``TMP`` ``"+0056,1"``: degC x 10 and a quality code; ``+9999`` is missing.
+* ``WND`` ``"160,1,N,0046,1"``: direction, its quality code, type code, speed m/s x 10, speed quality
+  code; speed ``9999`` is missing; type ``C`` (calm) with speed ``0000`` is a real zero.
+* Quality codes 3 and 7 (erroneous) drop the value. Daily/monthly summary records (``SOD``/``SOM``
+  report types) are not observations and are skipped.
+
+Reports come at any minute (METAR at :51, SPECI in between, SYNOP on the hour). They are snapped to
+the hourly grid per variable: an hour takes the valid report closest to its top (within +-30 min;
+a tie goes to the earlier report), so a report at 00:51 counts for 01:00 unless one nearer to 01:00
+(e.g. 01:05) has a valid value; 01:20 loses to 00:51.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ..schema import make_dataset, validate
+from ._common import (
+    PathLike,
+    ReaderError,
+    as_paths,
+    csv_table,
+    decode_text,
+    isd_station_id,
+    missing_elevation,
+    parse_float,
+    place_on_grid,
+    read_bytes,
+    regular_grid,
+)
+from .isd_lite import TEMP_RANGE, WIND_RANGE
+
+__all__ = ["read_global_hourly", "parse_global_hourly", "snap_to_hour", "GLOBAL_HOURLY_REQUIRED"]
+
+GLOBAL_HOURLY_REQUIRED = ("STATION", "DATE")
+_TMP = re.compile(r"^([+-]\d{4}),([0-9A-Z])$")
+_WND = re.compile(r"^(\d{3}),([0-9A-Z]),([0-9A-Z]),(\d{4}),([0-9A-Z])$")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?$")
+_ERRONEOUS = frozenset("37")
+_SUMMARY_TYPES = frozenset({"SOD", "SOM"})
+_HOUR = np.int64(3_600_000_000_000)
+
+
+def _field(row: list[str], cols: dict[str, int], name: str) -> str:
+    i = cols.get(name)
+    return row[i].strip() if i is not None else ""
+
+
+def parse_global_hourly(data: bytes, path: PathLike = "<bytes>") -> dict[str, dict]:
+    """Parse one Global Hourly CSV (uncompressed bytes) into raw, un-snapped reports per station.
+
+    Returns ``{station_id: {"time", "temperature", "wind_speed", "line", "lat", "lon", "elevation",
+    "name"}}``; times are datetime64[ns] of the reports, values float32 (NaN = missing/erroneous).
+    Coordinates are those of the station's last report (stations move; the latest site wins).
+    """
+    text = decode_text(data, path, "utf-8")
+    header, cols, rows = csv_table(text, path, GLOBAL_HOURLY_REQUIRED, "Global Hourly (ISD CSV)")
+    if "TMP" not in cols and "WND" not in cols:
+        raise ReaderError(path, "not a Global Hourly CSV file: it has neither a TMP nor a WND column", 1)
+    acc: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    meta: dict[str, tuple[float, float, float, str]] = {}
+    implausible = {"TMP": [0, 0], "WND": [0, 0]}  # count, first line
+    for line, row in rows:
+        if _field(row, cols, "REPORT_TYPE") in _SUMMARY_TYPES:
+            continue
+        raw_id = _field(row, cols, "STATION")
+        if not raw_id:
+            raise ReaderError(path, "empty station id", line, "STATION")
+        sid = isd_station_id(raw_id)
+        date = _field(row, cols, "DATE")
+        if not _DATE.match(date):
+            raise ReaderError(path, f"{date[:40]!r} is not a time like 2019-01-01T00:51:00", line, "DATE")
+        temp = np.nan
+        tmp = _field(row, cols, "TMP")
+        if tmp:
+            m = _TMP.match(tmp)
+            if not m:
+                raise ReaderError(path, f"{tmp[:40]!r} is not like '+0056,1' (degC x 10, quality code)", line, "TMP")
+            v = int(m.group(1))
+            if abs(v) != 9999 and m.group(2) not in _ERRONEOUS:
+                temp = v / 10.0
+                if not TEMP_RANGE[0] <= temp <= TEMP_RANGE[1]:
+                    implausible["TMP"][0] += 1
+                    implausible["TMP"][1] = implausible["TMP"][1] or line
+                    temp = np.nan
+        wind = np.nan
+        wnd = _field(row, cols, "WND")
+        if wnd:
+            m = _WND.match(wnd)
+            if not m:
+                raise ReaderError(
+                    path, f"{wnd[:40]!r} is not like '160,1,N,0046,1' (dir, qc, type, m/s x 10, qc)", line, "WND"
+                )
+            v = int(m.group(4))
+            if v != 9999 and m.group(5) not in _ERRONEOUS:
+                wind = v / 10.0
+                if not WIND_RANGE[0] <= wind <= WIND_RANGE[1]:
+                    implausible["WND"][0] += 1
+                    implausible["WND"][1] = implausible["WND"][1] or line
+                    wind = np.nan
+        coords = []
+        for name in ("LATITUDE", "LONGITUDE", "ELEVATION"):
+            s = _field(row, cols, name)
+            try:
+                coords.append(parse_float(s))
+            except ValueError:
+                raise ReaderError(path, f"{s[:40]!r} is not a number", line, name) from None
+        if abs(coords[0]) > 90 or abs(coords[1]) > 180:
+            raise ReaderError(path, f"latitude/longitude {coords[0]}, {coords[1]} out of range", line, "LATITUDE")
+        meta[sid] = (coords[0], coords[1], missing_elevation(coords[2]), _field(row, cols, "NAME"))
+        a = acc[sid]
+        a["date"].append(date)
+        a["temperature"].append(temp)
+        a["wind_speed"].append(wind)
+        a["line"].append(line)
+    for key, (count, first) in implausible.items():
+        if count:
+            warnings.warn(
+                f"{path}: {count} {key} value(s) outside the plausible range set to NaN (first on line {first})",
+                stacklevel=3,
+            )
+    out = {}
+    for sid, a in acc.items():
+        lines = np.asarray(a["line"], np.int64)
+        try:
+            t = np.asarray(a["date"], dtype="datetime64[s]").astype("datetime64[ns]")
+        except ValueError:
+            for d, ln in zip(a["date"], lines):
+                try:
+                    np.datetime64(d, "s")
+                except ValueError:
+                    raise ReaderError(path, f"{d!r} is not a valid date/time", int(ln), "DATE") from None
+            raise
+        lat, lon, elev, name = meta[sid]
+        out[sid] = {
+            "time": t,
+            "temperature": np.asarray(a["temperature"], np.float32),
+            "wind_speed": np.asarray(a["wind_speed"], np.float32),
+            "line": lines,
+            "lat": lat,
+            "lon": lon,
+            "elevation": elev,
+            "name": name,
+            "variables": tuple(v for v, c in (("temperature", "TMP"), ("wind_speed", "WND")) if c in cols),
+        }
+    return out
+
+
+def snap_to_hour(times: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hourly (times, values) from sub-hourly reports: per hour the valid report nearest its top.
+
+    A report at ``t`` can only count for the hour nearest to it (``floor((t + 30 min) / 1 h)``);
+    among the valid (non-NaN) reports of an hour the one with the smallest ``|t - hour|`` wins and a
+    tie goes to the earlier report.
+    """
+    t = np.asarray(times, dtype="datetime64[ns]").astype(np.int64)
+    v = np.asarray(values)
+    ok = ~np.isnan(v)
+    t, v = t[ok], v[ok]
+    hour = (t + _HOUR // 2) // _HOUR
+    dist = np.abs(t - hour * _HOUR)
+    order = np.lexsort((t, dist, hour))
+    h = hour[order]
+    first = np.ones(len(h), bool)
+    first[1:] = h[1:] != h[:-1]
+    sel = order[first]
+    return (hour[sel] * _HOUR).astype("datetime64[ns]"), v[sel]
+
+
+def read_global_hourly(
+    paths: PathLike | list[PathLike],
+    *,
+    start: str | pd.Timestamp | None = None,
+    end: str | pd.Timestamp | None = None,
+) -> xr.Dataset:
+    """Read Global Hourly CSV files (one or many stations/years; ``.gz`` works too) into the schema.
+
+    Station ids become ``USAF-WBAN`` (``72509014739`` -> ``725090-14739``) to match ISD-Lite. Reports
+    are snapped to the hour (see :func:`snap_to_hour`); ``start``/``end`` widen the hourly axis.
+    """
+    files: list[Path] = []
+    for p in as_paths(paths):
+        if p.is_dir():
+            found = sorted(p.rglob("*.csv")) + sorted(p.rglob("*.csv.gz"))
+            if not found:
+                raise ReaderError(p, "no .csv files in this directory")
+            files.extend(found)
+        else:
+            files.append(p)
+    reports: dict[str, list[dict]] = defaultdict(list)
+    for f in dict.fromkeys(files):
+        for sid, rec in parse_global_hourly(read_bytes(f), f).items():
+            rec["file"] = f
+            reports[sid].append(rec)
+    if not reports:
+        raise ReaderError(files[0], "no observations (only a header, or only daily/monthly summary records)")
+    ids = sorted(reports)
+    present = {v for rs in reports.values() for r in rs for v in r["variables"]}
+    variables = [v for v in ("temperature", "wind_speed") if v in present]
+    snapped = {}
+    for sid in ids:
+        recs = reports[sid]
+        t = np.concatenate([r["time"] for r in recs])
+        snapped[sid] = {var: snap_to_hour(t, np.concatenate([r[var] for r in recs])) for var in variables}
+    # the axis spans every report's hour, also those whose values are all missing
+    raw = np.concatenate([r["time"] for rs in reports.values() for r in rs]).astype(np.int64)
+    hours = ((raw + _HOUR // 2) // _HOUR * _HOUR).astype("datetime64[ns]")
+    try:
+        grid = regular_grid(hours, pd.Timedelta("1h"), start, end)
+    except ValueError as e:
+        raise ReaderError(files[0], str(e)) from None
+    arrays = {v: np.full((len(grid), len(ids)), np.nan, np.float32) for v in variables}
+    for j, sid in enumerate(ids):
+        for var, (t, vals) in snapped[sid].items():
+            place_on_grid(grid, t, vals, arrays[var][:, j])
+    last = {sid: max(reports[sid], key=lambda r: r["time"].max())["file"] for sid in ids}
+    metas = [next(r for r in reports[sid] if r["file"] == last[sid]) for sid in ids]
+    ds = make_dataset(
+        grid,
+        ids,
+        [m["lat"] for m in metas],
+        [m["lon"] for m in metas],
+        elevation=[m["elevation"] for m in metas],
+        name=[m["name"] or sid for m in metas],
+        attrs={
+            "source": "NOAA NCEI Global Hourly (Integrated Surface Database, CSV access), "
+            "https://www.ncei.noaa.gov/data/global-hourly/access",
+            "source_format": "global-hourly",
+            "snapping": "per variable, the valid report nearest the top of the hour within +-30 min",
+        },
+        **arrays,
+    )
+    return validate(ds)

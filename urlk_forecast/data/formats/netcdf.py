@@ -1,0 +1,205 @@
+"""netCDF: our schema round-trip, and CF station files with other names mapped onto it.
+
+``write_netcdf`` is atomic: it writes a temp file in the destination directory, fsyncs it and
+``os.replace``s it over the target, so a crash or error never leaves a partial file (the temp file is
+removed on error). ``read_netcdf`` reads our own files back unchanged and maps foreign CF files
+(ERA5-at-stations, station archives) through ``name_map``, converting units with ``convert_units``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ..schema import VARIABLES, SchemaError, convert_units, make_dataset, validate
+from ._common import PathLike, ReaderError, regular_grid
+
+__all__ = ["read_netcdf", "write_netcdf", "NETCDF_MAGIC"]
+
+#: first bytes of netCDF classic (CDF\x01/\x02/\x05) and netCDF-4 (HDF5) files
+NETCDF_MAGIC = (b"CDF\x01", b"CDF\x02", b"CDF\x05", b"\x89HDF\r\n\x1a\n")
+
+# Names recognised without a name_map (unambiguous spellings of CF station files).
+_COORD_ALIASES = {
+    "latitude": "lat",
+    "longitude": "lon",
+    "altitude": "elevation",
+    "elev": "elevation",
+    "height": "elevation",
+    "station_name": "name",
+    "station_id": "station",
+    "stations": "station",
+    "valid_time": "time",
+}
+_STANDARD_NAMES = {meta["standard_name"]: var for var, meta in VARIABLES.items()}
+
+
+def _auto_map(ds: xr.Dataset) -> dict[str, str]:
+    """Renames we can infer: schema variables by CF standard_name, coords/dims by common aliases."""
+    names = set(ds.variables) | set(ds.dims)
+    out: dict[str, str] = {}
+    for var in ds.data_vars:
+        target = _STANDARD_NAMES.get(str(ds[var].attrs.get("standard_name", "")))
+        if target and target not in names and target not in out.values():
+            out[str(var)] = target
+    for src, dst in _COORD_ALIASES.items():
+        if src in names and dst not in names and dst not in out.values():
+            out[src] = dst
+    return out
+
+
+def read_netcdf(path: PathLike, name_map: Mapping[str, str] | None = None) -> xr.Dataset:
+    """Read a netCDF file into the schema (loaded into memory; the file is closed on return).
+
+    ``name_map`` maps names in the file — variables, coordinates or dimensions — onto the schema's
+    (``{"t2m": "temperature", "si10": "wind_speed", "stations": "station", "latitude": "lat"}``).
+    Without it, variables are recognised by CF ``standard_name`` (air_temperature, wind_speed) and
+    coordinates by common spellings (latitude, longitude, altitude, ...). Units are converted from
+    each variable's ``units`` attribute (e.g. K -> degC, knots -> m/s). Times with gaps on a regular
+    step are put on the full axis, gaps NaN. Global attributes are kept.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file")
+    with open(p, "rb") as fh:
+        magic = fh.read(8)
+    if not any(magic.startswith(m) for m in NETCDF_MAGIC):
+        raise ReaderError(p, f"not a netCDF file (starts with {magic[:8]!r})")
+    try:
+        src = xr.load_dataset(p)
+    except (OSError, ValueError, RuntimeError, KeyError, IndexError) as e:
+        raise ReaderError(p, f"cannot read netCDF (truncated or corrupt?): {e}") from None
+    try:
+        return _to_schema(src, p, name_map)
+    except SchemaError as e:
+        raise ReaderError(p, str(e)) from None
+
+
+def _to_schema(src: xr.Dataset, p: Path, name_map: Mapping[str, str] | None) -> xr.Dataset:
+    names = set(src.variables) | set(src.dims)
+    mapping = dict(name_map or {})
+    for k in mapping:
+        if k not in names:
+            raise ReaderError(p, f"name_map names {k!r}, which is not in the file; it has {sorted(map(str, names))}")
+    for k, v in _auto_map(src).items():
+        if k not in mapping and v not in mapping.values():
+            mapping[k] = v
+    # rename dims and variables separately: a dim without a coordinate variable is not a variable
+    dim_map = {k: v for k, v in mapping.items() if k in src.dims and k != v}
+    var_map = {k: v for k, v in mapping.items() if k in src.variables and k not in src.dims and k != v}
+    ds = src.rename_dims(dim_map) if dim_map else src
+    if var_map:
+        ds = ds.rename_vars(var_map)
+    for k, v in dim_map.items():  # dimension coordinate of a renamed dim
+        if k in ds.variables and v not in ds.variables:
+            ds = ds.rename_vars({k: v})
+    for dim in ("time", "station"):
+        if dim not in ds.dims:
+            raise ReaderError(
+                p,
+                f"no {dim!r} dimension (dims are {list(ds.dims)}); map the file's name onto it, "
+                f"e.g. name_map={{'<name>': '{dim}'}}",
+            )
+    present = [v for v in VARIABLES if v in ds.data_vars or v in ds.coords]
+    if not present:
+        raise ReaderError(
+            p,
+            f"no temperature or wind_speed variable (variables are {sorted(map(str, ds.data_vars))}); "
+            "map one, e.g. name_map={'t2m': 'temperature'}",
+        )
+    if "time" not in ds.coords:
+        raise ReaderError(p, "the time dimension has no coordinate values", field="time")
+    tv = np.asarray(ds["time"].values)
+    if not np.issubdtype(tv.dtype, np.datetime64):
+        raise ReaderError(
+            p, f"time values are {tv.dtype}, not dates (missing CF 'units' like 'hours since ...'?)", field="time"
+        )
+    t = pd.DatetimeIndex(tv)
+    if t.has_duplicates:
+        raise ReaderError(p, f"duplicate time {t[t.duplicated()][0]}", field="time")
+    if len(t) < 2:
+        grid = t
+    else:
+        try:
+            grid = regular_grid(t.values)
+        except ValueError as e:
+            raise ReaderError(p, str(e), field="time") from None
+    n = ds.sizes["station"]
+    ids = ds["station"].values if "station" in ds.variables else np.array([f"S{i:04d}" for i in range(n)])
+    ids = [x.decode() if isinstance(x, bytes) else str(x) for x in np.asarray(ids).tolist()]
+    coords = {}
+    for c in ("lat", "lon", "elevation"):
+        if c in ds.variables:
+            if ds[c].dims != ("station",):
+                raise ReaderError(p, f"{c} must be on the station dimension, found dims {ds[c].dims}", field=c)
+            coords[c] = np.asarray(ds[c].values, np.float64)
+        elif c == "elevation":
+            coords[c] = None
+        else:
+            raise ReaderError(p, f"no {c} coordinate; map the file's name onto it (name_map={{'<name>': '{c}'}})")
+    names_ = None
+    if "name" in ds.variables:
+        names_ = [x.decode() if isinstance(x, bytes) else str(x) for x in np.asarray(ds["name"].values).tolist()]
+    data = {}
+    for v in present:
+        da = ds[v]
+        extra = [d for d in da.dims if d not in ("time", "station")]
+        for d in extra:
+            if da.sizes[d] != 1:
+                raise ReaderError(p, f"{v} has an extra dimension {d!r} of size {da.sizes[d]}", field=v)
+        da = da.squeeze(extra, drop=True) if extra else da
+        if set(da.dims) != {"time", "station"}:
+            raise ReaderError(p, f"{v} must span (time, station), found dims {da.dims}", field=v)
+        units = da.attrs.get("units")
+        if units is None:
+            raise ReaderError(p, f"{v} has no units attribute; cannot tell what its numbers mean", field=v)
+        try:
+            vals = convert_units(da.transpose("time", "station").values, str(units), v)
+        except SchemaError as e:
+            raise ReaderError(p, str(e), field=v) from None
+        full = np.full((len(grid), n), np.nan, np.float32)
+        full[grid.get_indexer(t)] = vals
+        data[v] = full
+    attrs = {k: v for k, v in src.attrs.items() if k not in ("Conventions", "featureType")}
+    out = make_dataset(
+        grid, ids, coords["lat"], coords["lon"], elevation=coords["elevation"], name=names_, attrs=attrs, **data
+    )
+    return validate(out)
+
+
+def write_netcdf(ds: xr.Dataset, path: PathLike, compress: int = 0) -> Path:
+    """Validate ``ds`` and write it atomically to ``path`` (netCDF-4); returns the path.
+
+    ``compress`` is the zlib level (0 = off, the default: fastest to open; 1-9 smaller files).
+    """
+    validate(ds, regular=False)
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    enc: dict[str, dict] = {}
+    for v in ds.data_vars:
+        enc[str(v)] = {"dtype": "float32", "_FillValue": np.float32(np.nan)}
+        if compress:
+            enc[str(v)].update(zlib=True, complevel=int(compress), shuffle=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result should look like any new file
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=enc)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return dest

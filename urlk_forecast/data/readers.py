@@ -1,0 +1,146 @@
+"""Station-data readers: every format in, the one schema (``data/schema.py``) out.
+
+=================  ===========================================================  =====================
+format             what                                                         reader
+=================  ===========================================================  =====================
+``isd-lite``       NCEI ISD-Lite hourly files (+ ``isd-history.csv``)           :func:`read_isd_lite`
+``global-hourly``  NCEI Global Hourly / ISD CSV access files                    :func:`read_global_hourly`
+``gsod``           NCEI Global Summary of the Day CSV (daily)                   :func:`read_gsod`
+``corrformer``     Corrformer Global Temp/Wind ``.npy`` release (a directory)   :func:`read_corrformer_npy`
+``netcdf``         our own files, or CF files through a name map                :func:`read_netcdf`
+``csv-long``       ``station,time,temperature,wind_speed[,lat,lon,...]``        :func:`read_csv_long`
+=================  ===========================================================  =====================
+
+:func:`open_dataset` picks the reader from the path (extension, content, or a directory's files);
+:func:`write_netcdf` writes atomically. Truncated, mis-formatted or wrong-kind input raises
+:class:`ReaderError` (a ``ValueError``) naming the file and the line or field.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+from .formats._common import PathLike, ReaderError
+from .formats.corrformer import CORRFORMER_FILES, format_split_bounds, parse_split_bounds, read_corrformer_npy
+from .formats.csv_long import CSV_ALIASES, read_csv_long
+from .formats.global_hourly import read_global_hourly
+from .formats.gsod import read_gsod
+from .formats.isd_lite import ISD_LITE_NAME, read_isd_history, read_isd_lite
+from .formats.netcdf import NETCDF_MAGIC, read_netcdf, write_netcdf
+
+__all__ = [
+    "ReaderError",
+    "FORMATS",
+    "read_isd_lite",
+    "read_isd_history",
+    "read_global_hourly",
+    "read_gsod",
+    "read_corrformer_npy",
+    "read_netcdf",
+    "read_csv_long",
+    "open_dataset",
+    "detect_format",
+    "write_netcdf",
+    "format_split_bounds",
+    "parse_split_bounds",
+]
+
+#: format name -> reader; every reader takes the path first and returns a validated schema dataset
+FORMATS: dict[str, Callable[..., xr.Dataset]] = {
+    "isd-lite": read_isd_lite,
+    "global-hourly": read_global_hourly,
+    "gsod": read_gsod,
+    "corrformer": read_corrformer_npy,
+    "netcdf": read_netcdf,
+    "csv-long": read_csv_long,
+}
+_NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5")
+_ISD_LITE_LINE = re.compile(r"^\s*\d{4}(\s+-?\d+){11}\s*$")
+
+
+def _head(path: Path, n: int = 65536) -> bytes:
+    """The first ``n`` bytes of a file, gunzipped if it is gzip (partial streams are fine)."""
+    with open(path, "rb") as fh:
+        raw = fh.read(n)
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(raw, n)
+        except zlib.error as e:
+            raise ReaderError(path, f"corrupt gzip file ({e})") from None
+    return raw
+
+
+def _sniff_text(path: Path) -> str | None:
+    head = _head(path)
+    first = head.split(b"\n", 1)[0].decode("utf-8", "replace").strip().lstrip("\ufeff")
+    cols = {c.strip().strip('"').strip() for c in first.split(",")}
+    if {"STATION", "DATE"} <= cols and cols & {"TMP", "WND"}:
+        return "global-hourly"
+    if {"STATION", "DATE", "TEMP", "WDSP"} <= cols:
+        return "gsod"
+    if {"USAF", "WBAN", "LAT", "LON"} <= cols:
+        raise ReaderError(path, "this is the isd-history.csv station list, not data; read ISD-Lite files with it")
+    low = {c.lower() for c in cols}
+    if low & set(CSV_ALIASES["station"]) and low & set(CSV_ALIASES["time"]):
+        return "csv-long"
+    if _ISD_LITE_LINE.match(first):
+        return "isd-lite"
+    return None
+
+
+def detect_format(path: PathLike) -> str:
+    """The format name (a key of :data:`FORMATS`) of a file or directory, from names and content."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or directory")
+    if p.is_dir():
+        names = [f.name for f in p.iterdir() if f.is_file()]
+        if any(n.startswith(tuple(CORRFORMER_FILES.values())) and n.endswith(".npy") for n in names):
+            return "corrformer"
+        if any(ISD_LITE_NAME.match(n) for n in names) or any(
+            ISD_LITE_NAME.match(f.name) for f in p.rglob("*") if f.is_file()
+        ):
+            return "isd-lite"
+        csvs = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith((".csv", ".csv.gz")))
+        csvs = [f for f in csvs if f.name != "isd-history.csv"]
+        kinds = {k for k in (_sniff_text(f) for f in csvs) if k}
+        if len(kinds) == 1:
+            return kinds.pop()
+        if len(kinds) > 1:
+            raise ReaderError(p, f"directory mixes CSV formats {sorted(kinds)}; read them separately")
+        ncs = [n for n in names if n.endswith(_NETCDF_SUFFIXES)]
+        if ncs:
+            raise ReaderError(p, f"directory holds netCDF files {ncs[:3]}; open one file at a time")
+        raise ReaderError(p, f"cannot tell the format of this directory (files: {sorted(names)[:6]})")
+    with open(p, "rb") as fh:
+        magic = fh.read(8)
+    if any(magic.startswith(m) for m in NETCDF_MAGIC):
+        return "netcdf"
+    if p.suffix == ".npy":
+        raise ReaderError(p, "a Corrformer release is a directory of .npy files; pass the directory")
+    if p.suffix.lower() in _NETCDF_SUFFIXES:
+        raise ReaderError(p, f"named {p.suffix} but not a netCDF file (starts with {magic!r})")
+    kind = _sniff_text(p)
+    if kind is None:
+        first = _head(p, 200).split(b"\n", 1)[0][:80]
+        raise ReaderError(p, f"unknown format (first line {first!r}); pass format= one of {sorted(FORMATS)}", line=1)
+    return kind
+
+
+def open_dataset(path: PathLike, format: str | None = None, **kwargs: Any) -> xr.Dataset:
+    """Read any supported file or directory into the schema; ``format=None`` detects it.
+
+    ``kwargs`` go to the reader (``history=`` for ISD-Lite, ``split=`` for Corrformer, ``name_map=``
+    for netCDF, ``stations=``/``units=`` for CSV long, ``start=``/``end=`` for the NCEI formats).
+    A directory of ISD-Lite files uses the ``isd-history.csv`` inside it when present.
+    """
+    fmt = detect_format(path) if format is None else format
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; known: {sorted(FORMATS)}")
+    return FORMATS[fmt](path, **kwargs)
