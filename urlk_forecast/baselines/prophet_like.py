@@ -1,0 +1,354 @@
+"""Prophet-like additive model fitted for all stations at once, and a wrapper of the real ``prophet`` package.
+
+Model (Taylor & Letham 2018, "Forecasting at scale", with Prophet's default settings)::
+
+    y(t) = k t + m + sum_j delta_j (t - s_j)_+  +  Fourier daily (order 4) + weekly (3) + yearly (10)
+
+with ``t`` the training time scaled to [0, 1], ``n_changepoints`` = 25 changepoints ``s_j`` spread uniformly over the
+first 80 % of the training history, Fourier terms in days since the Unix epoch (periods 1, 7 and 365.25 days) and
+``y`` divided by its per-station absolute maximum (Prophet's ``absmax`` scaling).
+
+MAP fit by regularised least squares. Prophet's priors are k, m ~ N(0, 5), seasonal coefficients ~ N(0, 10) and
+changepoint deltas ~ Laplace(0, 0.05). A Laplace prior makes the MAP an L1 problem with no closed form, so here the
+deltas get a *Gaussian* prior with the same scale (ridge): the MAP is then the solution of one linear system per
+station, ``(A' W_s A + sigma_s^2 P) theta_s = A' W_s y_s`` (``W_s`` = the station's observed rows, ``P`` = the prior
+precisions). Deltas are shrunk smoothly instead of exactly to zero; the fitted trends are slightly less sparse than
+Prophet's. The noise variance ``sigma_s^2`` is estimated by iterating the solve with the residual variance (computed
+from the normal-equation quantities, no pass over the data). All stations share the design matrix, so the weighted
+Gram matrices of every station come from one matrix product over the time axis and the solves are batched.
+
+Forecasting evaluates the fitted function at the window's target times (the trend continues with its last slope,
+as Prophet's point forecast). Prophet has no notion of "the current window": with ``adjust_level=True`` the forecast
+is shifted by the mean residual of the window's last ``level_hours`` observed inputs (an option, off by default so the
+default row is faithful to Prophet; registry name ``prophet_like_adjusted`` turns it on).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .base import Baseline, input_times, resolve_indices, target_times, window_arrays, window_geometry
+
+__all__ = ["ProphetLike", "ProphetReal", "prophet_available", "fourier_terms"]
+
+_NS_PER_DAY = 86_400 * 10**9
+_PERIODS = (("daily", 1.0), ("weekly", 7.0), ("yearly", 365.25))
+
+
+def fourier_terms(times: np.ndarray, period_days: float, order: int) -> np.ndarray:
+    """Prophet's Fourier features: columns ``sin(2 pi n t / P), cos(2 pi n t / P)`` for n = 1..order, with ``t``
+    in days since the Unix epoch. Shape (len(times), 2 * order)."""
+    t = np.asarray(times, dtype="datetime64[ns]").astype(np.int64) / _NS_PER_DAY
+    cols = []
+    for n in range(1, order + 1):
+        arg = 2.0 * np.pi * n * t / period_days
+        cols += [np.sin(arg), np.cos(arg)]
+    return np.stack(cols, axis=1) if cols else np.zeros((t.size, 0))
+
+
+def prophet_available() -> bool:
+    """Whether the real ``prophet`` package is importable (the ``prophet`` extra)."""
+    try:
+        import prophet  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure (missing, broken cmdstan) means "not available"
+        return False
+    return True
+
+
+class ProphetLike(Baseline):
+    """Prophet's additive model with a Gaussian changepoint prior, fitted by batched regularised least squares.
+
+    Arguments mirror Prophet's (``n_changepoints``, ``changepoint_range``, ``changepoint_prior_scale``,
+    ``seasonality_prior_scale``, Fourier orders; an order of 0 drops that seasonality). ``sigma_iterations`` is
+    the number of noise-variance updates, ``adjust_level``/``level_hours`` the optional window level offset.
+    """
+
+    name = "Prophet-like"
+    kind = "statistical"
+
+    def __init__(self, n_changepoints: int = 25, changepoint_range: float = 0.8,
+                 changepoint_prior_scale: float = 0.05, seasonality_prior_scale: float = 10.0,
+                 daily_order: int = 4, weekly_order: int = 3, yearly_order: int = 10,
+                 adjust_level: bool = False, level_hours: int = 24, sigma_iterations: int = 3) -> None:
+        super().__init__()
+        if not 0.0 < changepoint_range <= 1.0:
+            raise ValueError(f"changepoint_range must be in (0, 1], got {changepoint_range}")
+        if changepoint_prior_scale <= 0 or seasonality_prior_scale <= 0:
+            raise ValueError("prior scales must be positive")
+        if min(n_changepoints, daily_order, weekly_order, yearly_order) < 0:
+            raise ValueError("n_changepoints and Fourier orders must be >= 0")
+        self.n_changepoints = int(n_changepoints)
+        self.changepoint_range = float(changepoint_range)
+        self.changepoint_prior_scale = float(changepoint_prior_scale)
+        self.seasonality_prior_scale = float(seasonality_prior_scale)
+        self.orders = {"daily": int(daily_order), "weekly": int(weekly_order), "yearly": int(yearly_order)}
+        self.adjust_level = bool(adjust_level)
+        self.level_hours = int(level_hours)
+        self.sigma_iterations = max(1, int(sigma_iterations))
+        self.coef: np.ndarray | None = None  # (P, S) in scaled units
+        self.y_scale: np.ndarray | None = None  # (S,)
+        self.sigma: np.ndarray | None = None  # (S,) residual std in scaled units
+        self.changepoints: np.ndarray | None = None  # datetime64[ns]
+        self._t0: np.int64 | None = None
+        self._tspan: float | None = None
+        self.unfitted: int = 0
+        if adjust_level:
+            self.name = "Prophet-like (level-adjusted)"
+
+    # -- design ---------------------------------------------------------------------------------------------------
+    def _scaled_time(self, times: np.ndarray) -> np.ndarray:
+        assert self._t0 is not None and self._tspan is not None
+        return (np.asarray(times, dtype="datetime64[ns]").astype(np.int64) - self._t0) / self._tspan
+
+    def design(self, times: np.ndarray) -> np.ndarray:
+        """Design matrix (len(times), P): intercept, slope, changepoint ramps, Fourier terms."""
+        assert self.changepoints is not None
+        t = self._scaled_time(times)
+        s = self._scaled_time(self.changepoints)
+        cols = [np.ones_like(t)[:, None], t[:, None], np.maximum(t[:, None] - s[None, :], 0.0)]
+        for key, period in _PERIODS:
+            if self.orders[key]:
+                cols.append(fourier_terms(times, period, self.orders[key]))
+        return np.concatenate(cols, axis=1)
+
+    def _prior_precision(self) -> np.ndarray:
+        n_f = 2 * sum(self.orders.values())
+        return np.concatenate([
+            [1 / 25.0, 1 / 25.0],  # k, m ~ N(0, 5)
+            np.full(self.n_changepoints, 1.0 / self.changepoint_prior_scale**2),
+            np.full(n_f, 1.0 / self.seasonality_prior_scale**2),
+        ])
+
+    @property
+    def columns(self) -> list[str]:
+        """Names of the design columns (coefficient rows of :attr:`coef`)."""
+        names = ["m", "k"] + [f"delta_{j}" for j in range(self.n_changepoints)]
+        for key, _ in _PERIODS:
+            for n in range(1, self.orders[key] + 1):
+                names += [f"{key}_sin{n}", f"{key}_cos{n}"]
+        return names
+
+    # -- fitting --------------------------------------------------------------------------------------------------
+    def fit(self, train: xr.Dataset, variable: str, chunk: int = 1024) -> ProphetLike:
+        """MAP fit of every station at once (see the module docstring)."""
+        t0 = time.perf_counter()
+        values, times, _ = self._begin_fit(train, variable)
+        T, S = values.shape
+        tn = times.values.astype("datetime64[ns]")
+        self._t0 = tn[0].astype(np.int64)
+        self._tspan = float(max(tn[-1].astype(np.int64) - self._t0, 1))
+        n_hist = max(int(np.floor(T * self.changepoint_range)), 1)
+        cp_idx = np.linspace(0, n_hist - 1, self.n_changepoints + 1).round().astype(np.int64)[1:]
+        self.changepoints = tn[cp_idx]
+        obs = np.isfinite(values)
+        n_obs = obs.sum(0)
+        with np.errstate(invalid="ignore"):
+            scale = np.where(n_obs > 0, np.nanmax(np.abs(np.where(obs, values, 0.0)), axis=0), 1.0)
+        scale = np.where(scale > 0, scale, 1.0)
+        y = np.where(obs, values / scale, 0.0)
+        w = obs.astype(np.float64)
+        P = len(self.columns)
+        iu, ju = np.triu_indices(P)
+        gram = np.zeros((iu.size, S))
+        rhs = np.zeros((P, S))
+        for a in range(0, T, chunk):
+            A = self.design(tn[a : a + chunk])
+            gram += (A[:, iu] * A[:, ju]).T @ w[a : a + chunk]
+            rhs += A.T @ y[a : a + chunk]
+        G = np.zeros((S, P, P))
+        G[:, iu, ju] = gram.T
+        G[:, ju, iu] = gram.T
+        yy = (y * y).sum(0)
+        prec = self._prior_precision()
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            sigma2 = np.where(n_obs > 1, np.nanvar(np.where(obs, y, np.nan), axis=0), 1.0)
+        sigma2 = np.where(np.isfinite(sigma2) & (sigma2 > 0), sigma2, 1.0)
+        eye = np.arange(P)
+        for _ in range(self.sigma_iterations):
+            M = G.copy()
+            M[:, eye, eye] += sigma2[:, None] * prec[None, :]
+            theta = np.linalg.solve(M, rhs.T[:, :, None])[:, :, 0]  # (S, P)
+            rss = yy - 2 * np.einsum("sp,ps->s", theta, rhs) + np.einsum("sp,spq,sq->s", theta, G, theta)
+            sigma2 = np.maximum(rss, 0.0) / np.maximum(n_obs, 1)
+            sigma2 = np.maximum(sigma2, 1e-10)
+        bad = n_obs < P
+        self.unfitted = int(bad.sum())
+        theta[bad] = np.nan
+        if self.unfitted:
+            warnings.warn(f"Prophet-like: {self.unfitted} of {S} stations have fewer than {P} training observations; "
+                          "they are not forecast (NaN)", RuntimeWarning, stacklevel=2)
+        self.coef = theta.T.copy()
+        self.y_scale = scale
+        self.sigma = np.sqrt(sigma2)
+        self.fit_seconds = time.perf_counter() - t0
+        return self
+
+    # -- forecasting ----------------------------------------------------------------------------------------------
+    def fitted_function(self, times: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
+        """The fitted model at ``times`` (1-D datetime64) for stations ``positions`` (training order), physical
+        units: (len(times), S)."""
+        if self.coef is None or self.y_scale is None:
+            raise RuntimeError(f"{self.name}: call fit(train, variable) first")
+        pos = np.arange(self.coef.shape[1]) if positions is None else positions
+        return (self.design(times) @ self.coef[:, pos]) * self.y_scale[pos][None, :]
+
+    def _on_grid(self, times: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Evaluate at a (N, K) grid of times via the unique times only (windows overlap heavily)."""
+        uniq, inv = np.unique(times.ravel(), return_inverse=True)
+        vals = self.fitted_function(uniq, pos)
+        return vals[inv.reshape(times.shape)]
+
+    def predict_windows(self, ws: Any, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """(N, pred_len, S): the fitted function at the target times (+ optional window level offset)."""
+        pos = self._check_ready(ws)
+        idx = resolve_indices(ws, indices)
+        pred = self._on_grid(target_times(ws, idx), pos)
+        if self.adjust_level:
+            geo = window_geometry(ws)
+            k = min(self.level_hours, geo.seq_len)
+            arrs = window_arrays(ws, idx)
+            fx = self._on_grid(input_times(ws, idx)[:, -k:], pos)
+            resid = np.where(arrs["x_mask"][:, -k:], arrs["x"][:, -k:] - fx, np.nan)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                off = np.nanmean(resid, axis=1)  # (N, S); no observed input -> no offset
+            pred = pred + np.where(np.isfinite(off), off, 0.0)[:, None, :]
+        return pred.astype(np.float32)
+
+    @property
+    def n_params(self) -> int:
+        """Coefficients per station (k, m, deltas, Fourier) plus the noise scale."""
+        return 0 if self.coef is None else int(self.coef.shape[0] + 1) * int(self.coef.shape[1])
+
+
+# ------------------------------------------------------------------------------------------------- real Prophet
+def _quiet_prophet() -> None:
+    logging.getLogger("prophet.plot").setLevel(logging.CRITICAL)  # "Importing plotly failed" at import time
+    import prophet  # noqa: F401 - importing it configures the loggers we then silence
+
+    try:  # cmdstanpy configures its logger lazily (level DEBUG) on first use: trigger that first
+        from cmdstanpy.utils.logging import get_logger
+
+        get_logger()
+    except ImportError:  # pragma: no cover - other cmdstanpy layout
+        pass
+    for name in ("cmdstanpy", "prophet", "prophet.plot"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _fit_prophet(times: np.ndarray, y: np.ndarray, kwargs: dict[str, Any]) -> str | None:
+    """Fit one Prophet model on the observed points; returns its JSON serialisation (None if too few points)."""
+    _quiet_prophet()
+    from prophet import Prophet
+    from prophet.serialize import model_to_json
+
+    ok = np.isfinite(y)
+    if ok.sum() < 2:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # prophet's own pandas deprecation warnings
+        model = Prophet(**kwargs)
+        model.fit(pd.DataFrame({"ds": pd.DatetimeIndex(times[ok]), "y": y[ok]}))
+        return model_to_json(model)
+
+
+class ProphetReal(Baseline):
+    """The real ``prophet`` package, one model per station (slow: seconds per station), same settings as
+    :class:`ProphetLike`. ``stations``: an int (that many stations, evenly spread) or a list of ids to fit; other
+    stations are not forecast (NaN, reported as unforecast). ``n_jobs`` worker processes fit stations in parallel.
+    """
+
+    name = "Prophet"
+    kind = "statistical"
+
+    def __init__(self, stations: int | Sequence[str] | None = 20, n_jobs: int = 1, n_changepoints: int = 25,
+                 changepoint_range: float = 0.8, changepoint_prior_scale: float = 0.05,
+                 seasonality_prior_scale: float = 10.0, daily_order: int = 4, weekly_order: int = 3,
+                 yearly_order: int = 10) -> None:
+        super().__init__()
+        if not prophet_available():
+            raise ImportError("the real Prophet baseline needs the 'prophet' package: "
+                              "pip install 'urlk-forecast[prophet]'")
+        self.stations = stations
+        self.n_jobs = max(1, int(n_jobs))
+        self.kwargs: dict[str, Any] = {
+            "growth": "linear", "n_changepoints": int(n_changepoints), "changepoint_range": changepoint_range,
+            "changepoint_prior_scale": changepoint_prior_scale, "seasonality_prior_scale": seasonality_prior_scale,
+            "daily_seasonality": int(daily_order) or False, "weekly_seasonality": int(weekly_order) or False,
+            "yearly_seasonality": int(yearly_order) or False, "uncertainty_samples": 0,
+        }
+        self.models: dict[str, Any] = {}
+
+    def selected(self, ids: np.ndarray) -> np.ndarray:
+        """Positions (in ``ids``) of the stations to fit."""
+        if self.stations is None:
+            return np.arange(len(ids))
+        if isinstance(self.stations, (int, np.integer)):
+            k = min(int(self.stations), len(ids))
+            return np.unique(np.linspace(0, len(ids) - 1, k).round().astype(np.int64))
+        want = pd.Index([str(s) for s in self.stations])
+        pos = pd.Index([str(s) for s in ids]).get_indexer(want)
+        if (pos < 0).any():
+            raise ValueError(f"Prophet: stations not in the training data: {list(want[pos < 0][:5])}")
+        return pos
+
+    def fit(self, train: xr.Dataset, variable: str) -> ProphetReal:
+        """Fit one Prophet model per selected station (in ``n_jobs`` processes)."""
+        from prophet.serialize import model_from_json
+
+        t0 = time.perf_counter()
+        values, times, ids = self._begin_fit(train, variable)
+        sel = self.selected(ids)
+        tn = times.values.astype("datetime64[ns]")
+        self.models = {}
+        if self.n_jobs == 1:
+            out = [_fit_prophet(tn, values[:, s], self.kwargs) for s in sel]
+        else:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(self.n_jobs, mp_context=mp.get_context("spawn")) as pool:
+                out = list(pool.map(_fit_prophet, [tn] * len(sel), [values[:, s] for s in sel],
+                                    [self.kwargs] * len(sel)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for s, js in zip(sel, out):
+                if js is not None:
+                    self.models[str(ids[s])] = model_from_json(js)
+        self.fit_seconds = time.perf_counter() - t0
+        return self
+
+    def predict_windows(self, ws: Any, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """(N, pred_len, S): Prophet's ``yhat`` at the target times for fitted stations, NaN for the others."""
+        self._check_ready(ws)
+        idx = resolve_indices(ws, indices)
+        tt = target_times(ws, idx)
+        uniq, inv = np.unique(tt.ravel(), return_inverse=True)
+        out = np.full((idx.size, tt.shape[1], len(ws.station_ids)), np.nan, np.float32)
+        frame = pd.DataFrame({"ds": pd.DatetimeIndex(uniq)})
+        _quiet_prophet()
+        for j, sid in enumerate(ws.station_ids):
+            model = self.models.get(str(sid))
+            if model is None:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yhat = model.predict(frame)["yhat"].to_numpy()
+            out[:, :, j] = yhat[inv].reshape(tt.shape)
+        return out
+
+    @property
+    def n_params(self) -> int:
+        """k, m, deltas, seasonal betas and sigma per fitted station."""
+        n_f = 2 * sum(int(self.kwargs[k] or 0) for k in ("daily_seasonality", "weekly_seasonality",
+                                                         "yearly_seasonality"))
+        return (3 + int(self.kwargs["n_changepoints"]) + n_f) * len(self.models)
