@@ -74,7 +74,7 @@ def _times(path: Path) -> pd.DatetimeIndex:
         raise ReaderError(path, f"expected a 1-d array of time strings, found shape {raw.shape}")
     strings = [x.decode() if isinstance(x, bytes) else str(x) for x in raw.tolist()]
     try:
-        return pd.DatetimeIndex(pd.to_datetime(strings, format="%Y-%m-%d %H:%M:%S"))
+        return pd.DatetimeIndex(pd.to_datetime(strings, format="%Y-%m-%d %H:%M:%S")).as_unit("ns")
     except (ValueError, TypeError):
         for i, s in enumerate(strings):
             try:
@@ -87,6 +87,8 @@ def _times(path: Path) -> pd.DatetimeIndex:
 def _values(path: Path, n_time: int, n_station: int | None) -> np.ndarray:
     try:
         a = _load(path)
+    except ReaderError:
+        raise
     except ValueError:
         raise ReaderError(path, "holds pickled Python objects, expected a numeric array") from None
     if a.ndim == 3:

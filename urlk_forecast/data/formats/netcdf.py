@@ -25,18 +25,16 @@ __all__ = ["read_netcdf", "write_netcdf", "NETCDF_MAGIC"]
 #: first bytes of netCDF classic (CDF\x01/\x02/\x05) and netCDF-4 (HDF5) files
 NETCDF_MAGIC = (b"CDF\x01", b"CDF\x02", b"CDF\x05", b"\x89HDF\r\n\x1a\n")
 
-# Names recognised without a name_map (unambiguous spellings of CF station files).
+# Names recognised without a name_map (unambiguous spellings in CF station files): 1-d variables
+# for the station coordinates, dimensions for the axes.
 _COORD_ALIASES = {
     "latitude": "lat",
     "longitude": "lon",
     "altitude": "elevation",
     "elev": "elevation",
-    "height": "elevation",
     "station_name": "name",
-    "station_id": "station",
-    "stations": "station",
-    "valid_time": "time",
 }
+_DIM_ALIASES = {"stations": "station", "station_id": "station", "valid_time": "time", "times": "time"}
 _STANDARD_NAMES = {meta["standard_name"]: var for var, meta in VARIABLES.items()}
 
 
@@ -49,7 +47,11 @@ def _auto_map(ds: xr.Dataset) -> dict[str, str]:
         if target and target not in names and target not in out.values():
             out[str(var)] = target
     for src, dst in _COORD_ALIASES.items():
-        if src in names and dst not in names and dst not in out.values():
+        if src in ds.variables and src not in ds.dims and ds[src].ndim == 1 and dst not in names:
+            if dst not in out.values():
+                out[src] = dst
+    for src, dst in _DIM_ALIASES.items():
+        if src in ds.dims and dst not in names and dst not in out.values():
             out[src] = dst
     return out
 
@@ -87,8 +89,11 @@ def _to_schema(src: xr.Dataset, p: Path, name_map: Mapping[str, str] | None) -> 
     for k in mapping:
         if k not in names:
             raise ReaderError(p, f"name_map names {k!r}, which is not in the file; it has {sorted(map(str, names))}")
-    for k, v in _auto_map(src).items():
-        if k not in mapping and v not in mapping.values():
+    def kind(name: str) -> str:
+        return "dim" if name in src.dims else "var"
+
+    for k, v in _auto_map(src).items():  # user entries win over guesses of the same kind
+        if k not in mapping and not any(t == v and kind(s) == kind(k) for s, t in mapping.items()):
             mapping[k] = v
     # rename dims and variables separately: a dim without a coordinate variable is not a variable
     dim_map = {k: v for k, v in mapping.items() if k in src.dims and k != v}
