@@ -57,6 +57,7 @@ def fourier_terms(times: np.ndarray, period_days: float, order: int) -> np.ndarr
 
 def prophet_available() -> bool:
     """Whether the real ``prophet`` package is importable (the ``prophet`` extra)."""
+    logging.getLogger("prophet.plot").setLevel(logging.CRITICAL)  # "Importing plotly failed" at import time
     try:
         import prophet  # noqa: F401
     except Exception:  # noqa: BLE001 - any import failure (missing, broken cmdstan) means "not available"
