@@ -143,6 +143,8 @@ def regular_grid(
     """
     t = np.unique(np.asarray(times, dtype="datetime64[ns]").astype(np.int64))
     if step is None:
+        if len(t) == 1 and start is None and end is None:
+            return pd.DatetimeIndex(t.astype("datetime64[ns]"))
         if len(t) < 2:
             raise ValueError("cannot infer a time step from fewer than 2 distinct times; pass the frequency")
         d = np.diff(t)

@@ -10,6 +10,7 @@ Empty cells / NA are missing values. Parsed with pandas' C parser; errors name t
 
 from __future__ import annotations
 
+import csv
 import io
 import re
 import warnings
@@ -65,8 +66,28 @@ def _read(text: str, path: PathLike, kind: str) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise ReaderError(path, f"empty file; expected a {kind} CSV header", 1) from None
     except (pd.errors.ParserError, ValueError) as e:
+        found = _locate_csv_problem(text)
+        if found is not None:
+            raise ReaderError(path, f"malformed CSV: {found[1]}", found[0]) from None
         m = re.search(r"line (\d+)", str(e))
         raise ReaderError(path, f"malformed CSV: {str(e).strip()}", int(m.group(1)) if m else None) from None
+
+
+def _locate_csv_problem(text: str) -> tuple[int, str] | None:
+    """(line, what) of the first row the strict stdlib CSV parser rejects or whose width is wrong."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    width = None
+    try:
+        for row in reader:
+            if not row:
+                continue
+            if width is None:
+                width = len(row)
+            elif len(row) != width:
+                return reader.line_num, f"expected {width} fields as in the header, found {len(row)}"
+    except csv.Error as e:
+        return reader.line_num, str(e)
+    return None
 
 
 def _numbers(col: pd.Series, lines: np.ndarray, path: PathLike, field: str) -> np.ndarray:

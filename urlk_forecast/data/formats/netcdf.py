@@ -89,6 +89,7 @@ def _to_schema(src: xr.Dataset, p: Path, name_map: Mapping[str, str] | None) -> 
     for k in mapping:
         if k not in names:
             raise ReaderError(p, f"name_map names {k!r}, which is not in the file; it has {sorted(map(str, names))}")
+
     def kind(name: str) -> str:
         return "dim" if name in src.dims else "var"
 
