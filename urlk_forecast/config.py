@@ -1,0 +1,257 @@
+"""Configuration dataclasses: the training schedule (:class:`TrainConfig`) and the forecaster defaults.
+
+Both round-trip through JSON (``to_json`` / ``from_json``) so a run directory records exactly how it
+was trained, and both reject unknown keys with a message listing the known ones (a typo in a JSON file
+or a CLI override must not be silently ignored).
+
+The defaults of :class:`TrainConfig` are the paper's schedule (the Corrformer / Informer script the
+paper trains with): Adam, lr 1e-4 halved after every epoch, 10 epochs, early stopping with patience 3
+on the validation loss, MSE loss, batch size 32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = [
+    "TrainConfig",
+    "ForecasterConfig",
+    "FORECASTER_DEFAULTS",
+    "QUICK_TRAIN_DEFAULTS",
+    "atomic_write_text",
+    "ConfigError",
+]
+
+_T = TypeVar("_T", bound="_JsonConfig")
+
+#: Defaults of :class:`urlk_forecast.forecaster.Forecaster` (the paper's script: 48 h in, 24 h out).
+FORECASTER_DEFAULTS: dict[str, Any] = {
+    "model": "unireplknet_a",
+    "variable": "temperature",
+    "seq_len": 48,
+    "label_len": 24,
+    "pred_len": 24,
+}
+
+#: Defaults of ``urlk-forecast train`` when no ``--data`` is given: the synthetic 3850-station set,
+#: shortened and time-boxed so that generation + training + evaluation end within ~15 minutes on a
+#: 2-core CPU (see docs/training.md). A GPU run should raise ``max_time`` / ``epochs``.
+QUICK_TRAIN_DEFAULTS: dict[str, Any] = {
+    "stations": 3850,
+    "hours": 24 * 120,  # four months of hourly data: 70 % train, 10 % val, 20 % test
+    "max_time": 600.0,  # seconds of optimisation
+    "batch_size": 8,
+    "lr": 1e-3,
+    "lr_decay": 0.5,
+    "epochs": 10,
+    "steps_per_epoch": 20,
+    "val_windows": 32,
+    "eval_windows": 48,
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid."""
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file in the same directory + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class _JsonConfig:
+    """Mixin: dict / JSON round trip with unknown-key checking for a dataclass."""
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of every field."""
+        return _jsonable(dataclasses.asdict(self))  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[_T], data: Mapping[str, Any], source: str = "config") -> _T:
+        """Build from a mapping; unknown keys raise :class:`ConfigError` naming them and ``source``."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        known = cls.field_names()
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"{source}: unknown {cls.__name__} key(s) {unknown}; known: {known}")
+        return cls(**dict(data))  # type: ignore[call-arg]
+
+    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
+        """The JSON text; also written atomically to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        if path is not None:
+            atomic_write_text(path, text)
+        return text
+
+    @classmethod
+    def from_json(cls: type[_T], path_or_text: str | os.PathLike[str]) -> _T:
+        """Load from a JSON file path or a JSON string."""
+        text = str(path_or_text)
+        source = "JSON text"
+        if not text.lstrip().startswith("{"):
+            p = Path(path_or_text)
+            if not p.is_file():
+                raise ConfigError(f"config file {p} does not exist")
+            text, source = p.read_text(encoding="utf-8"), str(p)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{source}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        return cls.from_dict(data, source=source)
+
+    def replace(self: _T, **overrides: Any) -> _T:
+        """A copy with ``overrides`` applied (unknown keys raise :class:`ConfigError`)."""
+        merged = {**dataclasses.asdict(self), **overrides}  # type: ignore[call-overload]
+        return type(self).from_dict(merged, source="overrides")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
+
+
+_AMP_CHOICES = (False, True, "bf16", "fp16", "auto", "none")
+_LOSS_NORMS = ("station", "none")
+_OPTIMIZERS = ("adam", "adamw")
+
+
+@dataclass
+class TrainConfig(_JsonConfig):
+    """Everything :func:`urlk_forecast.training.train` needs besides the model and the windows.
+
+    Schedule: ``lr`` for the first epoch, multiplied by ``lr_decay`` after every epoch (the paper's
+    "type1" halving), at most ``epochs`` epochs, early stopping after ``patience`` epochs without a
+    lower validation loss (``patience=0`` disables it); the weights of the best epoch are restored at the end.
+    Limits ``max_steps`` (optimiser steps) and ``max_time`` (seconds of training, summed over resumes)
+    stop cleanly: the validation loss is still computed and the checkpoint still written.
+    """
+
+    lr: float = 1e-4
+    epochs: int = 10
+    lr_decay: float = 0.5
+    patience: int = 3
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = None  # max global grad norm; None = no clipping
+    #: loss normalisation: "station" divides errors by each station's train std (the MSE Corrformer reports,
+    #: which standardises the data first); "none" is the MSE in physical units.
+    loss_norm: str = "station"
+    max_steps: int | None = None
+    max_time: float | None = None
+    steps_per_epoch: int | None = None  # None = one pass over the (shuffled) training windows
+    val_windows: int | None = None  # evenly spaced subset of validation windows per epoch; None = all
+    eval_batch_size: int | None = None  # None = batch_size
+    drop_last: bool = True
+    amp: bool | str = False  # False / "none", True / "auto" (bf16 on CPU, bf16 or fp16 on CUDA), "bf16", "fp16"
+    checkpointing: bool = False  # gradient checkpointing (sets with_cp on the model's blocks)
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms
+    device: str = "auto"  # "auto" = cuda if available else cpu; under DDP the local rank's device
+    checkpoint_every: int = 0  # also write the checkpoint every N optimiser steps (0 = only each epoch)
+    progress: bool | None = None  # tqdm bar; None = only when stderr is a terminal
+    log_every: int = 10  # steps between log lines when there is no progress bar
+    prefetch: bool = True  # build the next batch in a background thread
+    out_dir: str | None = None  # where checkpoints / history go (train(out_dir=...) takes precedence)
+    resume: bool = False  # continue from out_dir/checkpoint.pt (train(resume=True) takes precedence)
+    sync_batchnorm: bool = True  # under DDP convert BatchNorm to a synchronised BatchNorm (exact equivalence)
+    find_unused_parameters: bool = False  # passed to DistributedDataParallel
+    backend: str | None = None  # DDP backend; None = nccl on CUDA, gloo on CPU
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form metadata kept with the run
+
+    def __post_init__(self) -> None:
+        if isinstance(self.betas, list):
+            self.betas = tuple(self.betas)  # type: ignore[assignment]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid field."""
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}")
+
+        if not (self.lr > 0):
+            raise bad("lr", "must be > 0")
+        if not (0 < self.lr_decay <= 1):
+            raise bad("lr_decay", "must be in (0, 1]")
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise bad(name, "must be >= 1")
+        for name in ("patience", "checkpoint_every", "log_every"):
+            if int(getattr(self, name)) < 0:
+                raise bad(name, "must be >= 0")
+        for name in ("max_steps", "steps_per_epoch", "val_windows", "eval_batch_size"):
+            v = getattr(self, name)
+            if v is not None and int(v) < 1:
+                raise bad(name, "must be >= 1 or None")
+        if self.max_time is not None and not (self.max_time > 0):
+            raise bad("max_time", "must be > 0 seconds or None")
+        if self.weight_decay < 0:
+            raise bad("weight_decay", "must be >= 0")
+        if self.grad_clip is not None and not (self.grad_clip > 0):
+            raise bad("grad_clip", "must be > 0 or None")
+        if self.amp not in _AMP_CHOICES:
+            raise bad("amp", f"choose one of {list(_AMP_CHOICES)}")
+        if self.loss_norm not in _LOSS_NORMS:
+            raise bad("loss_norm", f"choose one of {list(_LOSS_NORMS)}")
+        if self.optimizer not in _OPTIMIZERS:
+            raise bad("optimizer", f"choose one of {list(_OPTIMIZERS)}")
+        if len(self.betas) != 2:
+            raise bad("betas", "must be two numbers")
+        if self.backend not in (None, "gloo", "nccl", "mpi"):
+            raise bad("backend", "choose gloo, nccl, mpi or None")
+
+
+@dataclass
+class ForecasterConfig(_JsonConfig):
+    """What a :class:`~urlk_forecast.forecaster.Forecaster` is built from (saved as JSON with a run)."""
+
+    model: str = FORECASTER_DEFAULTS["model"]
+    variable: str = FORECASTER_DEFAULTS["variable"]
+    seq_len: int = FORECASTER_DEFAULTS["seq_len"]
+    label_len: int = FORECASTER_DEFAULTS["label_len"]
+    pred_len: int = FORECASTER_DEFAULTS["pred_len"]
+    model_kw: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "pred_len"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"ForecasterConfig.{name}={getattr(self, name)!r}: must be >= 1")
+        if not (0 <= int(self.label_len) <= int(self.seq_len)):
+            raise ConfigError(
+                f"ForecasterConfig.label_len={self.label_len!r}: must be in [0, seq_len={self.seq_len}]"
+            )
+
+    def forecaster_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``Forecaster(**kw)``."""
+        kw = {k: getattr(self, k) for k in ("model", "variable", "seq_len", "label_len", "pred_len")}
+        return {**kw, **self.model_kw}
