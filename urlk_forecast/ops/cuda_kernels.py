@@ -79,15 +79,28 @@ def available() -> bool:
         return False
 
 
-def supports(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """Whether these kernels handle the given input and weight (device, dtypes, shapes); the dispatcher's test."""
+def supports(x: torch.Tensor, w: torch.Tensor, dil=1) -> bool:
+    """Whether these kernels handle this input, weight and dilation (device, dtypes, shapes, shared-memory fit).
+
+    The dispatcher's test before calling :func:`forward` & co.; a False answer means "use F.conv2d".
+    """
     if x.dim() != 4 or w.dim() != 4 or w.shape[1] != 1 or w.shape[0] != x.shape[1]:
         return False
     if x.dtype not in _KIND or w.dtype not in _KIND:
         return False
     if simulator_enabled():
-        return x.device.type == "cpu" and w.device == x.device
-    return x.is_cuda and w.device == x.device
+        if x.device.type != "cpu" or w.device != x.device:
+            return False
+    elif not (x.is_cuda and w.device == x.device):
+        return False
+    dh, dw = _pair(dil, "dil")
+    KH, KW = int(w.shape[2]), int(w.shape[3])
+    try:  # the largest tile any plane needs: 64 x 64 outputs (configs shrink tiles to fit, or raise)
+        fwd_config(64, 64, KH, KW, dh, dw, 1)
+        gw_config(1, 1, 64, 64, KH, KW, dh, dw)
+    except ValueError:
+        return False
+    return available()
 
 
 # --------------------------------------------------------------------------------------------------------------------
