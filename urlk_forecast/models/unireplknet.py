@@ -345,19 +345,26 @@ class UniRepLKNetBlock(nn.Module):
 
 
 class _FrozenBNStats:
-    """Context manager: BatchNorms in ``module`` use batch statistics but do not update running stats."""
+    """Context manager: BatchNorms in ``module`` keep their running statistics (and batch counter) unchanged.
+
+    Momentum is set to 0 so the (still batch-statistics) forward is bit-identical and autograd saves the same
+    tensors as in the first pass; the counter incremented by the forward is restored on exit.
+    """
 
     def __init__(self, module: nn.Module) -> None:
         self.bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     def __enter__(self) -> None:
-        self.saved = [m.track_running_stats for m in self.bns]
+        self.saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+                      for m in self.bns]
         for m in self.bns:
-            m.track_running_stats = False
+            m.momentum = 0.0
 
     def __exit__(self, *exc: object) -> None:
-        for m, s in zip(self.bns, self.saved):
-            m.track_running_stats = s
+        for m, (momentum, count) in zip(self.bns, self.saved):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
 
 
 def _checkpoint_once(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
