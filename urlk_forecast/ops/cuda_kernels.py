@@ -378,8 +378,19 @@ def _numba_type(kind: str):
     return {"f32": types.float32, "f16": types.float16, "bf16": types.int16}[kind]
 
 
-_FWD_BOUNDS = (256, 2)  # launch bounds: at most 256 threads a block, >= 2 blocks an SM (<= 128 registers)
-_GW_BOUNDS = (256, 2)
+def _env_ints(name: str) -> tuple[int, ...] | None:
+    v = os.environ.get(name)
+    if not v:
+        return None
+    try:
+        return tuple(int(t) for t in v.split(","))
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={v!r}: expected comma-separated integers") from exc
+
+
+# launch bounds: at most 256 threads a block, >= 2 blocks an SM (so <= 128 registers a thread); tuning overrides
+_FWD_BOUNDS: tuple[int, int] = _env_ints("URLK_CUDA_FWD_BOUNDS") or (256, 2)  # type: ignore[assignment]
+_GW_BOUNDS: tuple[int, int] = _env_ints("URLK_CUDA_GW_BOUNDS") or (256, 2)  # type: ignore[assignment]
 
 
 def cache_dir() -> str | None:
@@ -440,8 +451,11 @@ def _compile(src: str, argkinds: list[str], name: str, bounds: tuple[int, int]):
         return cuda.jit(fn)
     from numba import types
 
-    sig = [types.int64 if a == "i64" else types.CPointer(_numba_type(a)) for a in argkinds]
-    return cuda.jit(types.void(*sig), cache=cacheable, launch_bounds=bounds)(fn)
+    sig = types.void(*[types.int64 if a == "i64" else types.CPointer(_numba_type(a)) for a in argkinds])
+    try:
+        return cuda.jit(sig, cache=cacheable, launch_bounds=bounds)(fn)
+    except TypeError:  # numba-cuda < 0.13 has no launch_bounds
+        return cuda.jit(sig, cache=cacheable)(fn)
 
 
 _KERNELS: dict[tuple, object] = {}
@@ -492,16 +506,6 @@ class FwdConfig:
     TW: int
     NZ: int
     S: int
-
-
-def _env_ints(name: str) -> tuple[int, ...] | None:
-    v = os.environ.get(name)
-    if not v:
-        return None
-    try:
-        return tuple(int(t) for t in v.split(","))
-    except ValueError as exc:
-        raise ValueError(f"environment variable {name}={v!r}: expected comma-separated integers") from exc
 
 
 def _pad_stride(cols: int, lanes_x: int, P: int, Q: int) -> int:
