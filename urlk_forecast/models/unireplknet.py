@@ -670,7 +670,7 @@ class LoadReport:
         return not (self.missing or self.unexpected or self.mismatched)
 
     def __str__(self) -> str:
-        lines = [f"checkpoint {self.source}: loaded {len(self.loaded)} tensors"]
+        lines = [f"checkpoint {self.source}: {len(self.loaded)} tensors match the model"]
         if self.missing:
             lines.append(f"  missing in checkpoint ({len(self.missing)}): {_abbrev(self.missing)}")
         if self.unexpected:
@@ -704,8 +704,24 @@ class LoadReport:
         return hints
 
 
-def _abbrev(keys: list[str], n: int = 8) -> str:
-    return ", ".join(keys[:n]) + (f" ... (+{len(keys) - n})" if len(keys) > n else "")
+def _abbrev(keys: list[str], n: int = 16) -> str:
+    """Group keys by module pattern (stage/block indices as ``*``) with counts.
+
+    E.g. ``stages.*.*.norm.{weight,bias,running_mean,running_var,num_batches_tracked} (x12)``.
+    """
+    groups: dict[str, dict[str, int]] = {}
+    for k in keys:
+        parts = k.split(".")
+        module = ".".join("*" if p.isdigit() and i < 3 else p for i, p in enumerate(parts[:-1]))
+        names = groups.setdefault(module, {})
+        names[parts[-1]] = names.get(parts[-1], 0) + 1
+    items = []
+    for module, names in groups.items():
+        count = max(names.values())
+        leaf = next(iter(names)) if len(names) == 1 else "{" + ",".join(names) + "}"
+        key = f"{module}.{leaf}" if module else leaf
+        items.append(key if count == 1 else f"{key} (x{count})")
+    return ", ".join(items[:n]) + (f" ... (+{len(items) - n} more)" if len(items) > n else "")
 
 
 def _unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
