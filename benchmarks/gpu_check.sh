@@ -160,7 +160,7 @@ def overhead():
     print("host time per call, tiny tensors (us):", {k: round(v, 1) for k, v in res.items()})
 
 
-def timeit(fn, min_reps=3, max_reps=25, budget_s=0.8):
+def timeit(fn, min_reps=3, max_reps=25, budget_s=float(os.environ.get("BENCH_BUDGET_S", "0.4"))):
     """Median milliseconds of fn() over repeats after warm-up (CUDA events)."""
     fn()
     torch.cuda.synchronize()
