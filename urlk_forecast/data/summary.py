@@ -1,0 +1,106 @@
+"""A short description of a schema dataset: stations, span, frequency, missing share and value ranges.
+
+Used by ``urlk-forecast data info`` and handy before training to see what a file really holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .schema import VARIABLES
+
+__all__ = ["describe", "format_description", "format_step"]
+
+
+def format_step(step: pd.Timedelta) -> str:
+    """``Timedelta('1h')`` -> ``"1h"``, ``3 days`` -> ``"3D"``, ``30 min`` -> ``"30min"``."""
+    s = int(pd.Timedelta(step).total_seconds())
+    for unit, n in (("D", 86400), ("h", 3600), ("min", 60)):
+        if s and s % n == 0:
+            return f"{s // n}{unit}"
+    return f"{s}s"
+
+
+def describe(ds: xr.Dataset) -> dict[str, Any]:
+    """Plain-Python summary (JSON-serialisable) of a schema dataset."""
+    t = pd.DatetimeIndex(ds["time"].values)
+    freq: str | None = None
+    if len(t) >= 2:
+        d = np.diff(t.asi8)
+        freq = format_step(pd.Timedelta(int(d[0]))) if np.all(d == d[0]) else "irregular"
+    out: dict[str, Any] = {
+        "stations": int(ds.sizes["station"]),
+        "time_steps": int(ds.sizes["time"]),
+        "time_start": t[0].isoformat() if len(t) else None,
+        "time_end": t[-1].isoformat() if len(t) else None,
+        "frequency": freq,
+        "variables": {},
+        "coords": {},
+        "attrs": {k: str(v) for k, v in ds.attrs.items() if k not in ("Conventions", "featureType")},
+    }
+    for v in VARIABLES:
+        if v not in ds.data_vars:
+            continue
+        a = np.asarray(ds[v].values)
+        finite = np.isfinite(a)
+        n_ok = int(finite.sum())
+        stats: dict[str, Any] = {
+            "units": str(ds[v].attrs.get("units", "")),
+            "missing_pct": 100.0 * (1.0 - n_ok / a.size) if a.size else 0.0,
+            "stations_all_missing": int((~finite.any(axis=0)).sum()) if a.ndim == 2 else 0,
+        }
+        if n_ok:
+            vals = a[finite].astype(np.float64)
+            stats.update(min=float(vals.min()), max=float(vals.max()), mean=float(vals.mean()), std=float(vals.std()))
+        else:
+            stats.update(min=None, max=None, mean=None, std=None)
+        out["variables"][v] = stats
+    for c in ("lat", "lon", "elevation"):
+        a = np.asarray(ds[c].values, np.float64)
+        ok = np.isfinite(a)
+        out["coords"][c] = {
+            "min": float(a[ok].min()) if ok.any() else None,
+            "max": float(a[ok].max()) if ok.any() else None,
+            "unknown": int((~ok).sum()),
+        }
+    return out
+
+
+def _num(x: float | None, width: int = 10) -> str:
+    return f"{'-':>{width}}" if x is None else f"{x:>{width}.2f}"
+
+
+def format_description(info: dict[str, Any], title: str | None = None) -> str:
+    """Human-readable table of :func:`describe`'s output."""
+    lines = []
+    if title:
+        lines.append(f"dataset     {title}")
+    lines.append(f"stations    {info['stations']}")
+    span = f"{info['time_start']} .. {info['time_end']}" if info["time_start"] else "(empty)"
+    freq = f", every {info['frequency']}" if info["frequency"] and info["frequency"] != "irregular" else ""
+    irregular = ", IRREGULAR steps" if info["frequency"] == "irregular" else ""
+    lines.append(f"time        {span}  ({info['time_steps']} steps{freq}{irregular})")
+    lines.append("")
+    lines.append(
+        f"{'variable':<12} {'units':<6} {'missing%':>9} {'min':>10} {'mean':>10} {'max':>10} {'std':>10}  "
+        "all-missing stations"
+    )
+    for v, s in info["variables"].items():
+        lines.append(
+            f"{v:<12} {s['units']:<6} {s['missing_pct']:>9.2f} {_num(s['min'])} {_num(s['mean'])} {_num(s['max'])} "
+            f"{_num(s['std'])}  {s['stations_all_missing']}"
+        )
+    lines.append("")
+    parts = []
+    for c, unit in (("lat", "deg"), ("lon", "deg"), ("elevation", "m")):
+        s = info["coords"][c]
+        rng = "unknown" if s["min"] is None else f"[{s['min']:.2f}, {s['max']:.2f}] {unit}"
+        parts.append(f"{c} {rng}" + (f" ({s['unknown']} unknown)" if s["unknown"] and s["min"] is not None else ""))
+    lines.append("coords      " + "; ".join(parts))
+    for k, v in info["attrs"].items():
+        lines.append(f"{k:<11} {v if len(v) <= 160 else v[:157] + '...'}")
+    return "\n".join(lines)
