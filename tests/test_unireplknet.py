@@ -331,3 +331,19 @@ def test_gradient_checkpointing_same_gradients_and_bn_stats() -> None:
 def test_constructor_with_cp_flag() -> None:
     m = tiny(with_cp=True)
     assert m.with_cp and all(blk.with_cp for blk in m.blocks())
+
+
+def test_grn_zero_channel_has_finite_gradient() -> None:
+    grn = GRNwithNHWC(4).double()
+    with torch.no_grad():
+        grn.gamma.fill_(0.7)
+    x = torch.randn(2, 5, 6, 4, dtype=torch.float64)
+    x[:, :, :, 1] = 0.0
+    x.requires_grad_()
+    grn(x).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    # same gradient as the reference formula built on torch.linalg.vector_norm (which masks the zero norm)
+    xr = x.detach().clone().requires_grad_()
+    gx = torch.linalg.vector_norm(xr, 2, dim=(1, 2), keepdim=True)
+    ((grn.gamma * gx / (gx.mean(-1, keepdim=True) + 1e-6) + 1) * xr + grn.beta).sum().backward()
+    assert torch.allclose(x.grad, xr.grad, rtol=1e-10, atol=1e-12)
