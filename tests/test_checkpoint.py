@@ -116,8 +116,9 @@ def test_form_mismatch_reports_and_hints() -> None:
     assert "missing in checkpoint (494)" in msg and "stages.*.*.dwconv.origin_bn.{weight,bias,running_mean" in msg
     assert "unexpected in checkpoint (24)" in msg and "stages.*.*.dwconv.bias (x2)" in msg
     assert "deploy=True" in msg
+    # a generic wrapper around a deploy backbone cannot be converted automatically: the error says what to do
     with pytest.raises(CheckpointError, match="training form"):
-        load_pretrained(deploy, train.state_dict())
+        load_pretrained(torch.nn.Sequential(deploy), torch.nn.Sequential(train).state_dict())
 
 
 def test_head_mismatch_strict_and_non_strict() -> None:
@@ -162,3 +163,23 @@ def test_create_model_pretrained(tmp_path: Path) -> None:
     torch.save({"state_dict": src.state_dict()}, tmp_path / "w.pth")
     m = create_model("a", in_chans=1, num_classes=5, pretrained=tmp_path / "w.pth")
     assert torch.equal(m.head.weight, src.head.weight)
+
+
+def test_training_checkpoint_into_deploy_model_is_converted(tmp_path: Path) -> None:
+    """Released checkpoints are in training form; a deploy=True model loads them by re-parameterizing."""
+    train = create_model("unireplknet_a", num_classes=10).eval()
+    sd = fake_released([(k, tuple(v.shape)) for k, v in train.state_dict().items()], seed=4)
+    train.load_state_dict(sd)
+    torch.save({"model": sd}, tmp_path / "released.pth")
+    x = torch.randn(2, 3, 32, 64)
+    with torch.no_grad():
+        ref = train(x)
+    deploy = create_model("a", num_classes=10, deploy=True, pretrained=tmp_path / "released.pth").eval()
+    with torch.no_grad():
+        out = deploy(x)
+    assert float((out - ref).norm() / ref.norm()) < 1e-5
+    report = load_pretrained(deploy, tmp_path / "released.pth")
+    assert report.ok and "re-parameterized" in report.source
+    # a wrong head still fails strictly, naming the shapes
+    with pytest.raises(CheckpointError, match=r"head.weight: model \[7, 320\]"):
+        load_pretrained(create_model("a", num_classes=7, deploy=True), sd)

@@ -491,6 +491,13 @@ class UniRepLKNet(nn.Module):
             if not out_indices or len(set(out_indices)) != len(out_indices) or not set(out_indices) <= {0, 1, 2, 3}:
                 raise ValueError(f"out_indices must be distinct stage indices from 0..3, got {out_indices}")
             out_indices = tuple(sorted(out_indices))
+        #: constructor arguments (JSON-friendly), e.g. to rebuild the training form of a deploy model
+        self.config: dict[str, Any] = {
+            "in_chans": in_chans, "num_classes": num_classes, "depths": depths, "dims": dims,
+            "kernel_sizes": _resolve_kernel_sizes(kernel_sizes, depths), "drop_path_rate": drop_path_rate,
+            "layer_scale_init_value": layer_scale_init_value, "head_init_scale": head_init_scale, "deploy": deploy,
+            "with_cp": with_cp, "out_indices": out_indices,
+        }
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.depths, self.dims = depths, dims
@@ -697,7 +704,7 @@ class LoadReport:
         train_marks = ("origin_bn", "dil_conv_", "pwconv2.2.", ".norm.running_mean", ".gamma", "act.1.beta")
 
         def has_train(keys: list[str]) -> bool:
-            return any(m in k for k in keys for m in train_marks if k.startswith("stages."))
+            return any(m in k for k in keys for m in train_marks if "stages." in k)
 
         if has_train(self.missing) and not has_train(self.unexpected):
             hints.append("the checkpoint looks re-parameterized (deploy form): build the model with deploy=True "
@@ -774,6 +781,8 @@ def load_pretrained(
     ``state_dict``; a ``module.`` (DataParallel) or ``_orig_mod.`` (torch.compile) prefix is stripped. With
     ``strict=True`` any missing/unexpected key or shape mismatch raises :class:`CheckpointError` listing them all
     (nothing is loaded); with ``strict=False`` the matching tensors are loaded and the report says what was not.
+    A training-form checkpoint (e.g. a released one) given to a ``deploy=True`` UniRepLKNet is loaded into a
+    training-form twin, re-parameterized and copied over.
     """
     if isinstance(path, dict):
         source, obj = "<in-memory state dict>", path
@@ -796,7 +805,33 @@ def load_pretrained(
                 report.mismatched.append((k, tuple(own[k].shape), tuple(v.shape)))
             else:
                 report.loaded.append(k)
+    if not report.ok and _is_training_form_for(model, state):
+        return _load_training_into_deploy(model, state, source, strict)
     if strict and not report.ok:
         raise CheckpointError(f"checkpoint does not match the model (strict=True):\n{report}")
     model.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
+    return report
+
+
+def _is_training_form_for(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    """True if ``model`` is a deploy-form UniRepLKNet and ``state`` is a training-form state dict."""
+    if not isinstance(model, UniRepLKNet) or not model.deploy:
+        return False
+    if not any(k.startswith("stages.") and k.endswith(".pwconv2.2.running_mean") for k in state):
+        return False
+    return not any(k.endswith("origin_bn.weight") for k in model.state_dict())
+
+
+def _load_training_into_deploy(
+    model: UniRepLKNet, state: dict[str, torch.Tensor], source: str, strict: bool
+) -> LoadReport:
+    """Load a training-form checkpoint into a deploy-form model: load a training twin, reparameterize, copy."""
+    param = next(model.parameters())
+    with torch.device(param.device):
+        twin = UniRepLKNet(**{**model.config, "deploy": False, "with_cp": False})
+    twin = twin.to(param.dtype)
+    report = load_pretrained(twin, state, strict=strict)
+    report.source = f"{source} (training form, re-parameterized into the deploy model)"
+    reparameterize_model(twin.eval())
+    model.load_state_dict(twin.state_dict(), strict=True)
     return report
