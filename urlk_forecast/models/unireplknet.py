@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from urlk_forecast.ops import DWConv2d, dwconv2d
-from urlk_forecast.ops.reparam import branch_table, fuse_bn, merge_dilated_branches
+from urlk_forecast.ops.reparam import branch_table, fold_ffn_tail, fuse_bn, merge_dilated_branches
 
 __all__ = [
     "UniRepLKNet",
@@ -187,17 +187,9 @@ class DilatedReparamBlock(nn.Module):
 
     def _fused_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable merged kernel/bias using BN running stats (eval-mode equivalent)."""
-        w, b = _fold_bn_diff(self.lk_origin.weight, self.origin_bn)
-        size = self.kernel_size
-        for conv, bn, r in self._branches():
-            bw, bb = _fold_bn_diff(conv.weight, bn)
-            if r > 1:
-                ones = torch.ones(1, 1, 1, 1, dtype=bw.dtype, device=bw.device)
-                bw = F.conv_transpose2d(bw, ones, stride=r)
-            p = (size - bw.shape[-1]) // 2
-            w = w + F.pad(bw, (p, p, p, p))
-            b = b + bb
-        return w, b
+        w, b = fuse_bn(self.lk_origin.weight, self.origin_bn, differentiable=True)
+        branches = [(*fuse_bn(conv.weight, bn, differentiable=True), r) for conv, bn, r in self._branches()]
+        return merge_dilated_branches(w, b, branches, differentiable=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
@@ -228,12 +220,6 @@ class DilatedReparamBlock(nn.Module):
         if self.merged:
             return f"kernel_size={self.kernel_size}, merged"
         return f"kernel_size={self.kernel_size}, branches k={self.kernel_sizes} r={self.dilates}"
-
-
-def _fold_bn_diff(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Autograd-aware BN folding (eval statistics) for the on-the-fly fused eval path."""
-    t = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-    return weight * t.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * t
 
 
 def _new_dwconv(channels: int, kernel_size: int, weight: torch.Tensor, bias: torch.Tensor) -> DWConv2d:
@@ -329,19 +315,10 @@ class UniRepLKNetBlock(nn.Module):
                 self.dwconv = fused
             self.norm = nn.Identity()
         if len(self.pwconv2) == 3:
-            linear, bn = self.pwconv2[0], self.pwconv2[2]
-            grn = self.act[1]
-            weight = linear.weight.detach().double()
-            bias = linear.bias.detach().double() if linear.bias is not None else None
-            if grn.beta is not None:  # W (y + beta) = W y + W beta
-                wb = weight @ grn.beta.detach().double().reshape(-1)
-                bias = wb if bias is None else bias + wb
-            weight, bias = fuse_bn(weight, bn, bias)
-            if self.gamma is not None:
-                g = self.gamma.detach().double()
-                weight, bias = weight * g[:, None], bias * g
+            linear, bn, grn = self.pwconv2[0], self.pwconv2[2], self.act[1]
+            weight, bias = fold_ffn_tail(linear.weight, linear.bias, grn.beta, bn, self.gamma)
             new_linear = nn.Linear(weight.shape[1], weight.shape[0], bias=True)
-            new_linear = new_linear.to(device=linear.weight.device, dtype=linear.weight.dtype)
+            new_linear = new_linear.to(device=weight.device, dtype=weight.dtype)
             new_linear.weight.copy_(weight)
             new_linear.bias.copy_(bias)
             self.pwconv2 = nn.Sequential(new_linear, NHWCtoNCHW())

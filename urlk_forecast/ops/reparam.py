@@ -25,6 +25,7 @@ __all__ = [
     "RELEASED_BRANCH_TABLES",
     "branch_table",
     "fuse_bn",
+    "fold_ffn_tail",
     "dilated_to_dense",
     "pad_kernel",
     "merge_dilated_branches",
@@ -70,25 +71,59 @@ def branch_table(kernel_size: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 
 def fuse_bn(
-    weight: torch.Tensor, bn: nn.BatchNorm2d | nn.BatchNorm1d, bias: torch.Tensor | None = None
+    weight: torch.Tensor,
+    bn: nn.BatchNorm2d | nn.BatchNorm1d,
+    bias: torch.Tensor | None = None,
+    differentiable: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fold an eval-mode BatchNorm ``bn`` that follows a layer with ``weight`` (out channels first) and ``bias``.
 
     ``bn((W x + b)) = (W * t) x + (beta + (b - mu) * t)`` with ``t = gamma / sqrt(var + eps)``. Works for conv
-    kernels ``(C_out, ...)`` and linear weights ``(C_out, C_in)``. Returns ``(weight, bias)`` in ``weight``'s dtype.
+    kernels ``(C_out, ...)`` and linear weights ``(C_out, C_in)``. Returns ``(weight, bias)`` in ``weight``'s dtype,
+    computed in float64 - or, with ``differentiable=True``, in the input dtype and part of the autograd graph.
     """
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
     out_dtype = weight.dtype
-    w = weight.detach().double()
-    mean = bn.running_mean.detach().double()
-    std = (bn.running_var.detach().double() + bn.eps).sqrt()
-    t = (bn.weight.detach().double() / std) if bn.weight is not None else 1.0 / std
-    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(mean)
-    b = bias.detach().double() if bias is not None else torch.zeros_like(mean)
+
+    def prep(t: torch.Tensor) -> torch.Tensor:
+        return t if differentiable else t.detach().double()
+
+    w = prep(weight)
+    mean = prep(bn.running_mean)
+    t = torch.rsqrt(prep(bn.running_var) + bn.eps)
+    if bn.weight is not None:
+        t = prep(bn.weight) * t
     fused_w = w * t.reshape(-1, *([1] * (w.dim() - 1)))
-    fused_b = beta + (b - mean) * t
+    fused_b = -mean * t if bias is None else (prep(bias) - mean) * t
+    if bn.bias is not None:
+        fused_b = prep(bn.bias) + fused_b
     return fused_w.to(out_dtype), fused_b.to(out_dtype)
+
+
+def fold_ffn_tail(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    grn_beta: torch.Tensor | None,
+    bn: nn.BatchNorm2d,
+    gamma: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold GRN ``beta``, the BN after the last Linear and the layer scale ``gamma`` into that Linear.
+
+    ``gamma * BN(W (y + beta) + b) = W' y + b'``: first ``b += W beta``, then :func:`fuse_bn`, then both scaled by
+    ``gamma`` per output channel. float64 arithmetic, result in ``weight``'s dtype.
+    """
+    out_dtype = weight.dtype
+    w = weight.detach().double()
+    b = bias.detach().double() if bias is not None else None
+    if grn_beta is not None:
+        wb = w @ grn_beta.detach().double().reshape(-1)
+        b = wb if b is None else b + wb
+    w, b = fuse_bn(w, bn, b)
+    if gamma is not None:
+        g = gamma.detach().double()
+        w, b = w * g[:, None], b * g
+    return w.to(out_dtype), b.to(out_dtype)
 
 
 def dilated_to_dense(kernel: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -122,18 +157,21 @@ def merge_dilated_branches(
     kernel: torch.Tensor,
     bias: torch.Tensor,
     branches: Sequence[tuple[torch.Tensor, torch.Tensor, int]],
+    differentiable: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum the (BN-folded) K x K ``kernel``/``bias`` and each ``(kernel, bias, dilation)`` branch into one conv.
 
-    Each branch kernel is densified by Eq. (1), zero-padded to K x K and added; biases add up.
-    The sum is taken in float64 and returned in ``kernel``'s dtype.
+    Each branch kernel is densified by Eq. (1), zero-padded to K x K and added; biases add up. The sum is taken
+    in float64 and returned in ``kernel``'s dtype - or, with ``differentiable=True``, kept in the autograd graph.
     """
     size = kernel.shape[-1]
     out_dtype = kernel.dtype
-    total_k = kernel.detach().double()
-    total_b = bias.detach().double()
+
+    def prep(t: torch.Tensor) -> torch.Tensor:
+        return t if differentiable else t.detach().double()
+
+    total_k, total_b = prep(kernel), prep(bias)
     for bk, bb, r in branches:
-        dense = dilated_to_dense(bk.detach().double(), r)
-        total_k = total_k + pad_kernel(dense, size)
-        total_b = total_b + bb.detach().double()
+        total_k = total_k + pad_kernel(dilated_to_dense(prep(bk), r), size)
+        total_b = total_b + prep(bb)
     return total_k.to(out_dtype), total_b.to(out_dtype)
