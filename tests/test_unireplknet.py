@@ -347,3 +347,35 @@ def test_grn_zero_channel_has_finite_gradient() -> None:
     gx = torch.linalg.vector_norm(xr, 2, dim=(1, 2), keepdim=True)
     ((grn.gamma * gx / (gx.mean(-1, keepdim=True) + 1e-6) + 1) * xr + grn.beta).sum().backward()
     assert torch.allclose(x.grad, xr.grad, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------- benchmark
+def _load_benchmark():  # benchmarks/ is not a package
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "backbone.py"
+    spec = importlib.util.spec_from_file_location("bench_backbone", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_mac_count_closed_form() -> None:
+    bench = _load_benchmark()
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), DWConv2d(8, 7, dilation=2), nn.Flatten(2),
+                        nn.Linear(16 * 20, 5))
+    x = torch.randn(1, 3, 32, 40)
+    expected = 8 * 16 * 20 * 3 * 9 + 8 * 16 * 20 * 49 + 8 * 5 * 320
+    assert bench.count_macs(net, x) == expected
+    with torch.device("meta"):
+        a = create_model("a")
+    # the DRB's branches are all counted in training form (they are skipped by the fused eval path)
+    assert bench.count_macs(a, torch.empty(1, 3, 224, 224, device="meta")) == 674_684_480
+
+
+def test_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load_benchmark()
+    assert bench.main(["--variants", "a", "--size", "32", "64", "--batch", "1", "--iters", "1", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "| a | 32x64 | 1 | 4.65 / 4.44 |" in out
