@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from urlk_forecast.data.formats.global_hourly import snap_to_hour
-from urlk_forecast.data.formats.isd_lite import parse_isd_lite
+from urlk_forecast.data.formats.isd_lite import _fast_parse, parse_isd_lite
 from urlk_forecast.data.readers import (
     ReaderError,
     detect_format,
@@ -126,6 +126,7 @@ def test_isd_lite_fast_and_slow_paths_agree():
     lines = [_isd_line(t.year, t.month, t.day, t.hour, a, w) for t, a, w in zip(times[keep], temps, winds)]
     fixed = "".join(lines).encode()
     loose = "".join("  ".join(ln.split()) + "\r\n" for ln in lines).encode()  # not fixed width: slow path
+    assert _fast_parse(fixed) is not None and _fast_parse(loose) is None  # both paths really run
     a, b = parse_isd_lite(fixed), parse_isd_lite(loose)
     np.testing.assert_array_equal(a["time"], times[keep].values)
     for k in ("time", "temperature", "wind_speed"):

@@ -422,6 +422,7 @@ def fetch(
         ds = read_global_hourly(result.files, **span)
     else:
         ds = read_gsod(result.files, start=span["start"], end=f"{years[-1]}-12-31")
+    ds = ds.sel(time=slice(span["start"], span["end"]))  # reports rounded into the next year stay out
     ds.attrs.update(
         {
             "source_url": base,

@@ -141,8 +141,9 @@ def regular_grid(
     the first time that is not on the grid (so a caller can point at its line). ``start``/``end``
     widen the axis (e.g. to whole years); they never cut data off.
     """
-    t = np.unique(np.asarray(times, dtype="datetime64[ns]").astype(np.int64))
+    t = np.asarray(times, dtype="datetime64[ns]").astype(np.int64).ravel()
     if step is None:
+        t = np.unique(t)
         if len(t) == 1 and start is None and end is None:
             return pd.DatetimeIndex(t.astype("datetime64[ns]"))
         if len(t) < 2:
@@ -154,7 +155,7 @@ def regular_grid(
         step_ns = int(pd.Timedelta(step).value)
     if step_ns <= 0:
         raise ValueError(f"time step must be positive, got {pd.Timedelta(step_ns)}")
-    t0 = t[0] if len(t) else pd.Timestamp(start).value
+    t0 = int(t.min()) if len(t) else pd.Timestamp(start).value
     if start is not None:
         s = pd.Timestamp(start).value
         if len(t) and s > t0:
@@ -166,7 +167,7 @@ def regular_grid(
     if np.any(off):
         bad = pd.Timestamp(int(t[np.argmax(off != 0)]))
         raise ValueError(f"time {bad} is not on the regular {pd.Timedelta(step_ns)} grid starting {pd.Timestamp(t0)}")
-    t1 = t[-1] if len(t) else t0
+    t1 = int(t.max()) if len(t) else t0
     if end is not None:
         e = pd.Timestamp(end).value
         t1 = max(t1, t0 + ((e - t0) // step_ns) * step_ns)

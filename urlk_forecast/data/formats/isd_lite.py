@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 import warnings
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,6 @@ from ._common import (
     decode_text,
     missing_elevation,
     parse_float,
-    place_on_grid,
     read_bytes,
     regular_grid,
 )
@@ -77,30 +78,10 @@ _INT = re.compile(r"^-?\d{1,9}$")
 
 
 # ----------------------------------------------------------------------------------------------- parsing
-def _fixed_ints(c: np.ndarray) -> np.ndarray | None:
-    """Right-aligned signed integers from a (n, width) byte matrix, or None if any cell is unusual."""
-    n, w = c.shape
-    space = c == 32
-    digit = (c >= 48) & (c <= 57)
-    minus = c == 45
-    if not np.all(space | digit | minus):
-        return None
-    nonspace = ~space
-    if not np.all(nonspace.any(axis=1)):
-        return None
-    first = nonspace.argmax(axis=1)
-    pos = np.arange(w)
-    if np.any((pos[None, :] > first[:, None]) & ~digit):
-        return None
-    neg = c[np.arange(n), first] == 45
-    if np.any(neg & (first == w - 1)):
-        return None
-    val = np.where(digit, c.astype(np.int64) - 48, 0) @ (10 ** (w - 1 - pos)).astype(np.int64)
-    return np.where(neg, -val, val)
-
-
 def _fast_parse(data: bytes) -> np.ndarray | None:
-    """(n, 12) int64 records when ``data`` is exactly the fixed-width layout, else None."""
+    """(n, 12) int64 records when ``data`` is exactly the fixed-width layout, else None (numba, ~0.2 ms/year)."""
+    from ._isd_kernel import parse_fixed
+
     if not data:
         return None
     if not data.endswith(b"\n"):
@@ -109,18 +90,9 @@ def _fast_parse(data: bytes) -> np.ndarray | None:
     n = len(data) // width
     if n * width != len(data):
         return None
-    buf = np.frombuffer(data, np.uint8).reshape(n, width)
-    if not np.all(buf[:, -1] == 10):
-        return None
     out = np.empty((n, len(_WIDTHS)), np.int64)
-    col = 0
-    for k, w in enumerate(_WIDTHS):
-        vals = _fixed_ints(buf[:, col : col + w])
-        if vals is None:
-            return None
-        out[:, k] = vals
-        col += w
-    return out
+    bad = parse_fixed(np.frombuffer(data, np.uint8), np.asarray(_WIDTHS, np.int64), out)
+    return out if bad < 0 else None
 
 
 def _slow_parse(data: bytes, path: PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -384,10 +356,7 @@ def read_isd_lite(
             if problem and missing_coords == "drop":
                 keep[k] = False
 
-    series = {}
-    for k, sid in enumerate(ids):
-        if not keep[k]:
-            continue
+    def station_series(sid: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         parts = []
         for f, year in by_station[sid]:
             rec = parse_isd_lite(read_bytes(f), f)
@@ -396,32 +365,37 @@ def read_isd_lite(
                 if year is None
                 else rec["time"].astype("datetime64[Y]").astype(np.int64) + 1970 == year
             )
-            parts.append((rec, own, f))
-        t = np.concatenate([r["time"] for r, _, _ in parts])
-        pref = np.concatenate([o for _, o, _ in parts])
+            parts.append((rec, own))
+        t = np.concatenate([r["time"] for r, _ in parts])
+        pref = np.concatenate([o for _, o in parts])
         order = np.lexsort((~pref, t))
         ts = t[order]
         first = np.ones(len(ts), bool)
         first[1:] = ts[1:] != ts[:-1]
         sel = order[first]
-        series[sid] = (
-            t[sel],
-            np.concatenate([r["temperature"] for r, _, _ in parts])[sel],
-            np.concatenate([r["wind_speed"] for r, _, _ in parts])[sel],
+        hours = (t[sel].astype("datetime64[h]").astype(np.int64)).astype(np.int32)  # compact: 12 B per record
+        return (
+            hours,
+            np.concatenate([r["temperature"] for r, _ in parts])[sel],
+            np.concatenate([r["wind_speed"] for r, _ in parts])[sel],
         )
+
     kept = [sid for k, sid in enumerate(ids) if keep[k]]
     if not kept:
         raise ReaderError(None, "no station left to read (all dropped for missing coordinates)")
-    try:
-        grid = regular_grid(np.concatenate([s[0] for s in series.values()]), pd.Timedelta("1h"), start, end)
-    except ValueError as e:
-        raise ReaderError(files[0], str(e)) from None
+    # gunzip and the numba parser release the GIL: threads overlap them on several cores
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1, len(kept)))) as pool:
+        series = dict(zip(kept, pool.map(station_series, kept)))
+    lo = min(int(h[0]) for h, _, _ in series.values() if len(h))
+    hi = max(int(h[-1]) for h, _, _ in series.values() if len(h))
+    grid = regular_grid(np.array([lo, hi], "datetime64[h]").astype("datetime64[ns]"), pd.Timedelta("1h"), start, end)
+    g0 = int(grid[0].value // 3_600_000_000_000)
     temp = np.full((len(grid), len(kept)), np.nan, np.float32)
     wind = np.full((len(grid), len(kept)), np.nan, np.float32)
     for j, sid in enumerate(kept):
-        t, tv, wv = series[sid]
-        place_on_grid(grid, t, tv, temp[:, j])
-        place_on_grid(grid, t, wv, wind[:, j])
+        h, tv, wv = series.pop(sid)
+        temp[h - g0, j] = tv
+        wind[h - g0, j] = wv
     ds = make_dataset(
         grid,
         kept,
