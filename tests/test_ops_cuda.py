@@ -178,6 +178,20 @@ def test_import_is_cheap_and_safe():
         assert numba_cuda_after == "False"
 
 
+def test_numpy_row_stack_shim():
+    """numba-cuda <= 0.30 needs np.row_stack, which NumPy 2.5 removed; loading numba.cuda restores the alias."""
+    code = ("import numpy as np\n"
+            "np.__dict__.pop('row_stack', None)\n"
+            "assert not hasattr(np, 'row_stack')\n"
+            "from urlk_forecast.ops import cuda_kernels as ck\n"
+            "ck._cuda()\n"
+            "assert np.row_stack is np.vstack\n"
+            "print('ok')")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
 @pytest.mark.skipif(IN_SIM or ON_GPU, reason="checks the errors raised for CPU tensors without the simulator")
 def test_cpu_tensors_rejected_with_clear_errors():
     x = torch.randn(1, 2, 5, 5)

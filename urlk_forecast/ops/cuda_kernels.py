@@ -47,6 +47,7 @@ _KIND = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 _MAX_SMEM = 48 * 1024  # bytes of dynamic shared memory a block may use without an opt-in attribute
 
 _lock = threading.RLock()
+_log = logging.getLogger(__name__)
 
 
 def simulator_enabled() -> bool:
@@ -57,6 +58,10 @@ def simulator_enabled() -> bool:
 @functools.lru_cache(maxsize=1)
 def _cuda():
     """Import numba.cuda lazily (it takes ~1 s and loads the CUDA driver)."""
+    if not hasattr(np, "row_stack"):
+        # numba-cuda <= 0.30 registers an overload for np.row_stack unconditionally when its target loads; NumPy 2.5
+        # removed that alias of np.vstack, which breaks every kernel compilation. Restore the alias (same function).
+        np.row_stack = np.vstack
     from numba import cuda
 
     return cuda
@@ -456,6 +461,11 @@ def _compile(src: str, argkinds: list[str], name: str, bounds: tuple[int, int]):
         return cuda.jit(sig, cache=cacheable, launch_bounds=bounds)(fn)
     except TypeError:  # numba-cuda < 0.13 has no launch_bounds
         return cuda.jit(sig, cache=cacheable)(fn)
+    except Exception as exc:  # noqa: BLE001 - a broken disk cache must not stop the op: compile without it
+        if not cacheable:
+            raise
+        _log.debug("cuda_kernels: compiling %s without the disk cache (%s)", name, exc)
+        return cuda.jit(sig, cache=False, launch_bounds=bounds)(fn)
 
 
 _KERNELS: dict[tuple, object] = {}
@@ -632,7 +642,6 @@ def gw_config(B: int, C: int, Ho: int, Wo: int, KH: int, KW: int, DH: int, DW: i
 _STREAMS: dict[tuple[int, int], object] = {}
 _FAST: dict[tuple[int, int], object] = {}
 _fast_ok = [os.environ.get("URLK_CUDA_LAUNCH", "fast").strip().lower() != "numba"]
-_log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=1)
