@@ -401,3 +401,25 @@ def test_cli_fetch_errors_are_one_line(archive, tmp_path):
         data, ["fetch", "--years", "2019", "--stations", "1", "--base-url", srv.url + "/nowhere", *base[2:]]
     )
     assert r.exit_code == 1 and "nothing to convert" in r.output and "warning: 1 of 1 station-years" in r.output
+
+
+def test_fetch_from_a_local_mirror_with_file_urls(archive, tmp_path):
+    srv, truth = archive
+    with pytest.warns(FetchWarning, match=r"1 of 2 station-years .*948660-99999-2020"):
+        res = fetch(
+            "isd-lite",
+            [2020],
+            tmp_path / "out",
+            station_ids=["725090-14739", "948660-99999"],
+            base_url=(srv.root / "isd-lite").as_uri(),
+            history_url=(srv.root / "isd-history.csv").as_uri(),
+            cache=tmp_path / "cache",
+            backoff=0,
+            progress=False,
+        )
+    assert not srv.log  # nothing went over HTTP
+    temp, _ = truth[("725090-14739", 2020)]
+    np.testing.assert_array_equal(
+        read_netcdf(res.output).temperature.sel(station="725090-14739").values,
+        np.where(temp == -9999, np.nan, temp / 10).astype("f4"),
+    )

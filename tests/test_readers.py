@@ -280,3 +280,11 @@ def test_open_dataset_unknown_and_station_list(tmp_path):
         open_dataset(FIX / "isd-lite" / "isd-history.csv")
     with pytest.raises(FileNotFoundError):
         open_dataset(tmp_path / "absent.nc")
+
+
+@pytest.mark.parametrize("path", ["isd-lite", "global-hourly", "gsod", "csv-long/long.csv"])
+def test_dataset_samples_open(path):
+    """The user-facing samples in datasets/samples stay valid real-format files."""
+    ds = open_dataset(FIX.parent.parent / "datasets" / "samples" / path)
+    validate(ds)
+    assert ds.sizes["station"] >= 1 and np.isfinite(ds.temperature.values).any()

@@ -197,7 +197,11 @@ def download(
             ra = e.headers.get("Retry-After") if e.headers else None
             if ra and ra.isdigit():
                 wait = min(float(ra), 300.0)
-        except (_Retry, urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        except urllib.error.URLError as e:
+            if url.startswith("file:") and isinstance(e.reason, FileNotFoundError):
+                raise NotFoundError(f"{url}: no such file") from None
+            last = e
+        except (_Retry, http.client.HTTPException, OSError) as e:
             last = e
         if attempt < retries:
             sleep(wait)
