@@ -73,9 +73,21 @@ def test_corrformer_concatenated_with_split_bounds(tmp_path):
 def test_corrformer_one_split_three_channels_and_unicode_times(tmp_path):
     raw = _release(tmp_path, channels=3, time_dtype=str)
     ds = read_corrformer_npy(tmp_path, split="val", variables=["temperature"])
-    assert list(ds.data_vars) == ["temperature"] and ds.attrs["split"] == "val"
+    assert list(ds.data_vars) == ["temperature"] and ds.attrs["split"] == "val" and "split_bounds" not in ds.attrs
     np.testing.assert_array_equal(pd.DatetimeIndex(ds.time.values), raw["val"][0])
     np.testing.assert_allclose(ds.temperature.values, raw["val"][1] / 10.0, atol=1e-5)
+
+
+def test_corrformer_split_bounds_drive_split_dataset(tmp_path):
+    from urlk_forecast.data.windows import split_dataset
+
+    raw = _release(tmp_path)
+    parts = split_dataset(read_corrformer_npy(tmp_path), ratios=(0.5, 0.25, 0.25))  # ratios ignored
+    for name in T_SPLITS:
+        np.testing.assert_array_equal(pd.DatetimeIndex(parts[name].time.values), raw[name][0])
+    (tmp_path / "data_time_test.npy").unlink()
+    with pytest.raises(ReaderError, match=r"data_time_test.npy: missing.*pass split='train'"):
+        read_corrformer_npy(tmp_path)
 
 
 def test_corrformer_gap_between_splits_is_nan(tmp_path):

@@ -13,7 +13,8 @@ released split in ``ds.attrs["split_bounds"]``::
     "train:2019-01-01T01:00:00/2020-05-15T23:00:00;val:2020-05-16T00:00:00/...;test:.../..."
 
 i.e. ``name:START/END`` per split, ``;``-separated, ISO times, both ends inclusive — the format
-``split_dataset`` (data/windows.py) honours. ``split="train"`` (or val/test) returns that split only.
+``split_dataset`` (data/windows.py) honours. ``split="train"`` (or val/test) returns that split only
+(``attrs["split"]`` names it, and there is no split_bounds).
 """
 
 from __future__ import annotations
@@ -119,8 +120,6 @@ def read_corrformer_npy(
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
     splits = SPLITS if split is None else (split,)
-    if split is None:  # a partial release (e.g. only train + val) reads as what is there
-        splits = tuple(s for s in SPLITS if (d / f"data_time_{s}.npy").is_file()) or SPLITS
     if variables is None:
         variables = [v for v, pre in CORRFORMER_FILES.items() if any((d / f"{pre}_{s}.npy").is_file() for s in splits)]
         if not variables:
@@ -142,7 +141,8 @@ def read_corrformer_npy(
     for s in splits:
         tp = d / f"data_time_{s}.npy"
         if not tp.is_file():
-            raise ReaderError(tp, "missing: every split needs its data_time_<split>.npy")
+            hint = "; pass split='train' (or val/test) to read a single split" if split is None else ""
+            raise ReaderError(tp, f"missing: every split needs its data_time_<split>.npy{hint}")
         t = _times(tp)
         vals = {}
         for v in variables:
@@ -186,9 +186,10 @@ def read_corrformer_npy(
         "source": "Corrformer Global Temp/Wind release (NOAA NCEI stations, Wu et al. 2023), values / 10",
         "source_format": "corrformer",
         "coords_standardised": std,
-        "split_bounds": format_split_bounds(bounds),
     }
-    if split is not None:
+    if split is None:  # the released split, for split_dataset (data/windows.py)
+        attrs["split_bounds"] = format_split_bounds(bounds)
+    else:  # one split only: nothing left to split, so no split_bounds that would lack the others
         attrs["split"] = split
     ds = make_dataset(grid, ids, lat, lon, elevation=elev, attrs=attrs, **data)
     return validate(ds)
