@@ -54,9 +54,22 @@ _SUMMARY_TYPES = frozenset({"SOD", "SOM"})
 _HOUR = np.int64(3_600_000_000_000)
 
 
-def _field(row: list[str], cols: dict[str, int], name: str) -> str:
-    i = cols.get(name)
-    return row[i].strip() if i is not None else ""
+def _station_and_meta(key: tuple, path: PathLike, line: int, meta: dict) -> str:
+    """Station id from the raw STATION field; records lat/lon/elevation/name (latest wins) in ``meta``."""
+    raw_id, *fields = key
+    if not raw_id.strip():
+        raise ReaderError(path, "empty station id", line, "STATION")
+    sid = isd_station_id(raw_id)
+    coords = []
+    for name, s in zip(("LATITUDE", "LONGITUDE", "ELEVATION"), fields[:3]):
+        try:
+            coords.append(parse_float(s))
+        except ValueError:
+            raise ReaderError(path, f"{s.strip()[:40]!r} is not a number", line, name) from None
+    if abs(coords[0]) > 90 or abs(coords[1]) > 180:
+        raise ReaderError(path, f"latitude/longitude {coords[0]}, {coords[1]} out of range", line, "LATITUDE")
+    meta[sid] = (coords[0], coords[1], missing_elevation(coords[2]), fields[3].strip())
+    return sid
 
 
 def parse_global_hourly(data: bytes, path: PathLike = "<bytes>") -> dict[str, dict]:
@@ -73,31 +86,43 @@ def parse_global_hourly(data: bytes, path: PathLike = "<bytes>") -> dict[str, di
     acc: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     meta: dict[str, tuple[float, float, float, str]] = {}
     implausible = {"TMP": [0, 0], "WND": [0, 0]}  # count, first line
+    i_type, i_tmp, i_wnd = cols.get("REPORT_TYPE"), cols.get("TMP"), cols.get("WND")
+    i_station, i_date = cols["STATION"], cols["DATE"]
+    i_meta = [cols.get(c) for c in ("LATITUDE", "LONGITUDE", "ELEVATION", "NAME")]
+    prev_key: tuple | None = None
+    sid = ""
+    a_date = a_temp = a_wind = a_line = None
+    nan = float("nan")
+    t_lo, t_hi = TEMP_RANGE
+    w_lo, w_hi = WIND_RANGE
     for line, row in rows:
-        if _field(row, cols, "REPORT_TYPE") in _SUMMARY_TYPES:
+        if i_type is not None and row[i_type].strip() in _SUMMARY_TYPES:
             continue
-        raw_id = _field(row, cols, "STATION")
-        if not raw_id:
-            raise ReaderError(path, "empty station id", line, "STATION")
-        sid = isd_station_id(raw_id)
-        date = _field(row, cols, "DATE")
+        # station and site fields repeat on every row: parse them only when they change
+        key = (row[i_station], *(row[i] if i is not None else "" for i in i_meta))
+        if key != prev_key:
+            sid = _station_and_meta(key, path, line, meta)
+            a = acc[sid]
+            a_date, a_temp, a_wind, a_line = (a[k].append for k in ("date", "temperature", "wind_speed", "line"))
+            prev_key = key
+        date = row[i_date].strip()
         if not _DATE.match(date):
             raise ReaderError(path, f"{date[:40]!r} is not a time like 2019-01-01T00:51:00", line, "DATE")
-        temp = np.nan
-        tmp = _field(row, cols, "TMP")
+        temp = nan
+        tmp = row[i_tmp].strip() if i_tmp is not None else ""
         if tmp:
             m = _TMP.match(tmp)
             if not m:
                 raise ReaderError(path, f"{tmp[:40]!r} is not like '+0056,1' (degC x 10, quality code)", line, "TMP")
             v = int(m.group(1))
-            if abs(v) != 9999 and m.group(2) not in _ERRONEOUS:
+            if v != 9999 and v != -9999 and m.group(2) not in _ERRONEOUS:
                 temp = v / 10.0
-                if not TEMP_RANGE[0] <= temp <= TEMP_RANGE[1]:
+                if not t_lo <= temp <= t_hi:
                     implausible["TMP"][0] += 1
                     implausible["TMP"][1] = implausible["TMP"][1] or line
-                    temp = np.nan
-        wind = np.nan
-        wnd = _field(row, cols, "WND")
+                    temp = nan
+        wind = nan
+        wnd = row[i_wnd].strip() if i_wnd is not None else ""
         if wnd:
             m = _WND.match(wnd)
             if not m:
@@ -107,25 +132,14 @@ def parse_global_hourly(data: bytes, path: PathLike = "<bytes>") -> dict[str, di
             v = int(m.group(4))
             if v != 9999 and m.group(5) not in _ERRONEOUS:
                 wind = v / 10.0
-                if not WIND_RANGE[0] <= wind <= WIND_RANGE[1]:
+                if not w_lo <= wind <= w_hi:
                     implausible["WND"][0] += 1
                     implausible["WND"][1] = implausible["WND"][1] or line
-                    wind = np.nan
-        coords = []
-        for name in ("LATITUDE", "LONGITUDE", "ELEVATION"):
-            s = _field(row, cols, name)
-            try:
-                coords.append(parse_float(s))
-            except ValueError:
-                raise ReaderError(path, f"{s[:40]!r} is not a number", line, name) from None
-        if abs(coords[0]) > 90 or abs(coords[1]) > 180:
-            raise ReaderError(path, f"latitude/longitude {coords[0]}, {coords[1]} out of range", line, "LATITUDE")
-        meta[sid] = (coords[0], coords[1], missing_elevation(coords[2]), _field(row, cols, "NAME"))
-        a = acc[sid]
-        a["date"].append(date)
-        a["temperature"].append(temp)
-        a["wind_speed"].append(wind)
-        a["line"].append(line)
+                    wind = nan
+        a_date(date)  # type: ignore[misc]
+        a_temp(temp)  # type: ignore[misc]
+        a_wind(wind)  # type: ignore[misc]
+        a_line(line)  # type: ignore[misc]
     for key, (count, first) in implausible.items():
         if count:
             warnings.warn(
