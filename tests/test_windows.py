@@ -355,3 +355,33 @@ def test_gap_open_at_end_of_inputs_is_held_not_interpolated():
     np.testing.assert_allclose(later["x"][43:47, 0].numpy(), np.interp([46, 47, 48, 49], [45, 50], v[[45, 50], 0]),
                                rtol=1e-6)
     assert later["x_mask"][43:47, 0].all()
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    max_gap=st.integers(0, 6),
+    frac=st.floats(0.0, 0.7),
+    seq_len=st.integers(1, 30),
+    label_frac=st.floats(0.0, 1.0),
+    pred_len=st.integers(1, 12),
+    stride=st.integers(1, 5),
+)
+def test_fast_batch_matches_numpy_reference(seed, max_gap, frac, seq_len, label_frac, pred_len, stride):
+    rng = np.random.default_rng(seed)
+    T, S = 90, 7
+    v = rng.normal(size=(T, S)).astype(np.float32)
+    v[rng.random(v.shape) < frac] = np.nan
+    v[:, 0] = np.where(np.arange(T) % 11 < 5, np.nan, v[:, 0])  # regular gaps of 5
+    v[0, 1] = 1.0
+    label_len = int(label_frac * seq_len)
+    kw = dict(seq_len=seq_len, label_len=label_len, pred_len=pred_len, stride=stride, max_gap=max_gap)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ws = WindowDataset.from_arrays(v, pd.date_range("2022-01-01", periods=T, freq="h"),
+                                       np.c_[np.linspace(-40, 40, S), np.linspace(-120, 120, S)], **kw)
+    idx = rng.integers(0, len(ws), 9)
+    fast, ref = ws.batch(idx), ws._batch_reference(idx)
+    for k in ("x", "y", "x_mask", "y_mask"):
+        np.testing.assert_array_equal(fast[k].numpy(), ref[k], err_msg=k)
+    assert np.isfinite(fast["x"].numpy()).all()

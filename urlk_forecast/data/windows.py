@@ -238,6 +238,39 @@ def fill_gaps(values: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray,
     return out, mask, observed
 
 
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _gather_windows(values, mask, observed, starts, L, P, Q, G, x, xm, y, ym):  # pragma: no cover - compiled
+    """Fill ``x, x_mask, y, y_mask`` for windows starting at ``starts`` (rules: see WindowDataset)."""
+    S = values.shape[1]
+    for b in numba.prange(starts.size):
+        s0 = starts[b]
+        for r in range(L):
+            x[b, r, :] = values[s0 + r]
+            xm[b, r, :] = mask[s0 + r]
+        if G > 0:  # a gap still open at the end of x: hold the last observation, unobserved (no look-ahead)
+            e = s0 + L - 1
+            for s in range(S):
+                if observed[e, s]:
+                    continue
+                age = 1
+                while age <= G and e - age >= 0 and not observed[e - age, s]:
+                    age += 1
+                if age <= G and e - age >= 0:
+                    held = values[e - age, s]
+                    for k in range(1, min(age, L) + 1):
+                        x[b, L - k, s] = held
+                        xm[b, L - k, s] = False
+        for r in range(P):
+            y[b, r, :] = x[b, L - P + r]
+            ym[b, r, :] = xm[b, L - P + r]
+        for r in range(Q):
+            t = s0 + L + r
+            for s in range(S):
+                m = mask[t, s]
+                ym[b, P + r, s] = m
+                y[b, P + r, s] = values[t, s] if m else np.nan
+
+
 def _great_circle_nearest(lat: np.ndarray, lon: np.ndarray, targets: np.ndarray, sources: np.ndarray) -> np.ndarray:
     """For each station in ``targets`` the index (into the full arrays) of the nearest station in ``sources``."""
     la, lo = np.radians(lat.astype(np.float64)), np.radians(lon.astype(np.float64))
@@ -408,33 +441,44 @@ class WindowDataset(torch.utils.data.Dataset):
         return idx
 
     def batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
-        """Stacked windows ``indices`` as a dict of tensors with a leading batch dimension."""
+        """Stacked windows ``indices`` as a dict of tensors with a leading batch dimension.
+
+        One parallel pass copies the rows of every window straight into the output tensors (no intermediate
+        copies); :meth:`_batch_reference` is the plain-numpy statement of the same rules.
+        """
         idx = self._check_indices(indices)
         B, L, P, Q, S = idx.size, self.seq_len, self.label_len, self.pred_len, self.num_stations
         starts = self._start0 + idx * self.stride
+        out = {
+            "x": torch.empty((B, L, S), dtype=torch.float32),
+            "y": torch.empty((B, P + Q, S), dtype=torch.float32),
+            "x_mask": torch.empty((B, L, S), dtype=torch.bool),
+            "y_mask": torch.empty((B, P + Q, S), dtype=torch.bool),
+        }
+        if B:
+            _gather_windows(
+                self.values, self.mask, self.observed, starts, L, P, Q, self.max_gap,
+                out["x"].numpy(), out["x_mask"].numpy(), out["y"].numpy(), out["y_mask"].numpy(),
+            )  # fmt: skip
+        out["x_mark"] = torch.from_numpy(self.marks[starts[:, None] + np.arange(L)])
+        out["y_mark"] = torch.from_numpy(self.marks[starts[:, None] + np.arange(L - P, L + Q)])
+        out["index"] = torch.from_numpy(idx)
+        return {k: out[k] for k in ("x", "x_mark", "y", "y_mark", "x_mask", "y_mask", "index")}
+
+    def _batch_reference(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """Plain-numpy version of :meth:`batch` (the specification the fast path is tested against)."""
+        idx = self._check_indices(indices)
+        B, L, P, Q = idx.size, self.seq_len, self.label_len, self.pred_len
+        starts = self._start0 + idx * self.stride
         rows_x = starts[:, None] + np.arange(L)
         rows_p = starts[:, None] + np.arange(L, L + Q)
-        x = self.values[rows_x]  # (B, L, S) gathered rows: one copy, no materialised archive
+        x = self.values[rows_x]
         x_mask = self.mask[rows_x]
         if self.max_gap > 0 and B:
             self._hold_trailing_gaps(x, x_mask, starts)
-        y = np.empty((B, P + Q, S), np.float32)
-        y_mask = np.empty((B, P + Q, S), np.bool_)
-        y[:, :P] = x[:, L - P:]
-        y_mask[:, :P] = x_mask[:, L - P:]
-        y_mask[:, P:] = self.mask[rows_p]
-        np.copyto(y[:, P:], self.values[rows_p])
-        y[:, P:][~y_mask[:, P:]] = np.nan
-        rows_y = starts[:, None] + np.arange(L - P, L + Q)
-        return {
-            "x": torch.from_numpy(x),
-            "x_mark": torch.from_numpy(self.marks[rows_x]),
-            "y": torch.from_numpy(y),
-            "y_mark": torch.from_numpy(self.marks[rows_y]),
-            "x_mask": torch.from_numpy(x_mask),
-            "y_mask": torch.from_numpy(y_mask),
-            "index": torch.from_numpy(idx),
-        }
+        y = np.concatenate([x[:, L - P :], np.where(self.mask[rows_p], self.values[rows_p], np.nan)], axis=1)
+        y_mask = np.concatenate([x_mask[:, L - P :], self.mask[rows_p]], axis=1)
+        return {"x": x, "y": y.astype(np.float32), "x_mask": x_mask, "y_mask": y_mask}
 
     def _hold_trailing_gaps(self, x: np.ndarray, x_mask: np.ndarray, starts: np.ndarray) -> None:
         """Causal inputs: a gap still open at the end of ``x`` holds the last observation and is unobserved.
