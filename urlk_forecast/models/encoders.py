@@ -213,7 +213,7 @@ class ConvNeXtLike(nn.Module):
             [nn.Sequential(nn.Conv2d(in_chans, dims[0], 4, stride=4), _LayerNorm2d(dims[0]))]
             + [nn.Sequential(_LayerNorm2d(dims[i]), nn.Conv2d(dims[i], dims[i + 1], 2, stride=2)) for i in range(3)]
         )
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         cur = 0
         self.stages = nn.ModuleList()
         for i in range(4):

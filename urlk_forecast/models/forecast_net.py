@@ -45,9 +45,11 @@ from .encoders import build_encoder
 __all__ = ["ForecastNet", "DEFAULT_D_MODEL", "default_d_model"]
 
 #: d_model per UniRepLKNet variant: the paper's 768 for S and larger (48·768 = 192²); smaller for the small
-#: variants so the Eq. 2 image stays cheap on a CPU (48·256 → 96×128, 48·384 → 96×192, 48·512 → 128×192).
+#: variants so the Eq. 2 images (one per node: 350 per window at 3850 stations) stay affordable on a CPU:
+#: 48·128 → 64×96 (a, f), 48·256 → 96×128 (p, n), 48·512 → 128×192 (t). Measured on the 2-core CPU, one
+#: 3850-station window costs about 3× more forward+backward at 256 than at 128 (docs/forecasting.md).
 DEFAULT_D_MODEL: dict[str, int] = {
-    "a": 256, "f": 256, "p": 384, "n": 512, "t": 512, "s": 768, "b": 768, "l": 768, "xl": 768, "h": 768,
+    "a": 128, "f": 128, "p": 256, "n": 256, "t": 512, "s": 768, "b": 768, "l": 768, "xl": 768, "h": 768,
 }
 
 _BATCH_KEYS = ("x", "x_mark", "y_mark")
