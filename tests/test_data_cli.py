@@ -114,6 +114,8 @@ def test_convert_bad_input_one_line_error_and_no_output(tmp_path):
     assert r.exit_code == 1 and "station list, not data" in r.output and not (tmp_path / "h.nc").exists()
     r = CliRunner().invoke(data, ["convert", str(FIX / "gsod"), str(FIX / "csv-long" / "long.csv"), "-o", "x.nc"])
     assert r.exit_code == 2 and "inputs mix formats" in r.output
+    r = CliRunner().invoke(data, ["convert", str(FIX / "gsod"), "-o", "x.nc", "--name-map", "a=b"])
+    assert r.exit_code == 2 and "--name-map applies to netcdf input, not gsod" in r.output
 
 
 def test_info_numbers_match_the_data(tmp_path):

@@ -207,14 +207,23 @@ def convert(
         kind = kinds.pop()
         if len(inputs) > 1 and kind not in _MULTI_INPUT:
             raise click.UsageError(f"{kind} takes one input; got {len(inputs)}")
+        given = {
+            "--history": (history is not None, "isd-lite"),
+            "--missing-coords": (missing_coords != "raise", "isd-lite"),
+            "--split": (split is not None, "corrformer"),
+            "--name-map": (bool(name_map), "netcdf"),
+            "--stations-csv": (stations_csv is not None, "csv-long"),
+            "--units": (bool(units), "csv-long"),
+        }
+        for opt, (used, owner) in given.items():
+            if used and kind != owner:
+                raise click.UsageError(f"{opt} applies to {owner} input, not {kind}")
         kw: dict[str, Any] = {}
         if kind == "isd-lite":
             kw.update(missing_coords=missing_coords)
             if history is not None:
                 kw["history"] = history
         if split is not None:
-            if kind != "corrformer":
-                raise click.UsageError("--split applies to the Corrformer release only")
             kw["split"] = split
         if name_map:
             kw["name_map"] = _pairs(name_map, "--name-map")
