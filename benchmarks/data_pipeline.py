@@ -122,7 +122,12 @@ def main(argv: list[str] | None = None) -> dict:
             return next(it)
 
     rate, n = _throughput(one_loader_batch, max(args.seconds / 2, 1.0), bs)
-    report("windows_per_s_dataloader", rate, "windows/s", f"DataLoader per-item path, {n} batches")
+    report("windows_per_s_dataloader", rate, "windows/s", f"DataLoader per-item path + collate, {n} batches")
+    sampler = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(ws), bs, drop_last=False)
+    loader = torch.utils.data.DataLoader(ws, batch_size=None, sampler=sampler, num_workers=0)
+    it = iter(loader)
+    rate, n = _throughput(one_loader_batch, args.seconds, bs)
+    report("windows_per_s_batchsampler", rate, "windows/s", f"DataLoader + BatchSampler -> ws.batch, {n} batches")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     return res

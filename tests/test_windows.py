@@ -212,6 +212,12 @@ def test_batch_equals_stacked_items_and_dataloader():
     loader = torch.utils.data.DataLoader(ws, batch_size=4, shuffle=False)
     first = next(iter(loader))
     assert first["x"].shape == (4, 24, 9) and first["index"].tolist() == [0, 1, 2, 3]
+    fast = torch.utils.data.DataLoader(
+        ws, batch_size=None, sampler=torch.utils.data.BatchSampler(torch.utils.data.SequentialSampler(ws), 4, False)
+    )
+    via_sampler = next(iter(fast))
+    for k in ("x", "y_mask", "index"):
+        assert torch.equal(torch.nan_to_num(via_sampler[k]), torch.nan_to_num(first[k])), k
     batches = list(ws.iter_batches(batch_size=32, shuffle=True, seed=1))
     seen = torch.cat([bb["index"] for bb in batches])
     assert sorted(seen.tolist()) == list(range(len(ws)))

@@ -238,15 +238,20 @@ def fill_gaps(values: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray,
     return out, mask, observed
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True)
 def _gather_windows(values, mask, observed, starts, L, P, Q, G, x, xm, y, ym):  # pragma: no cover - compiled
-    """Fill ``x, x_mask, y, y_mask`` for windows starting at ``starts`` (rules: see WindowDataset)."""
+    """Fill ``x, x_mask, y, y_mask`` for windows starting at ``starts`` (rules: see WindowDataset).
+
+    Serial on purpose: it is a memory-bound row copy (~10+ GB/s on one core); threads only add overhead.
+    """
     S = values.shape[1]
-    for b in numba.prange(starts.size):
+    for b in range(starts.size):
         s0 = starts[b]
         for r in range(L):
-            x[b, r, :] = values[s0 + r]
-            xm[b, r, :] = mask[s0 + r]
+            t = s0 + r
+            for s in range(S):
+                x[b, r, s] = values[t, s]
+                xm[b, r, s] = mask[t, s]
         if G > 0:  # a gap still open at the end of x: hold the last observation, unobserved (no look-ahead)
             e = s0 + L - 1
             for s in range(S):
@@ -261,8 +266,9 @@ def _gather_windows(values, mask, observed, starts, L, P, Q, G, x, xm, y, ym):  
                         x[b, L - k, s] = held
                         xm[b, L - k, s] = False
         for r in range(P):
-            y[b, r, :] = x[b, L - P + r]
-            ym[b, r, :] = xm[b, L - P + r]
+            for s in range(S):
+                y[b, r, s] = x[b, L - P + r, s]
+                ym[b, r, s] = xm[b, L - P + r, s]
         for r in range(Q):
             t = s0 + L + r
             for s in range(S):
@@ -443,7 +449,7 @@ class WindowDataset(torch.utils.data.Dataset):
     def batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
         """Stacked windows ``indices`` as a dict of tensors with a leading batch dimension.
 
-        One parallel pass copies the rows of every window straight into the output tensors (no intermediate
+        One compiled pass copies the rows of every window straight into the output tensors (no intermediate
         copies); :meth:`_batch_reference` is the plain-numpy statement of the same rules.
         """
         idx = self._check_indices(indices)
@@ -502,10 +508,17 @@ class WindowDataset(torch.utils.data.Dataset):
             x[b[sel], L - k, s[sel]] = held[sel]
             x_mask[b[sel], L - k, s[sel]] = False
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
+    def __getitem__(self, i: int | Sequence[int] | np.ndarray) -> dict[str, torch.Tensor | int]:
+        """One window (an int), or a whole batch (a list/array of ints, as a ``BatchSampler`` passes).
+
+        ``DataLoader(ws, batch_size=None, sampler=BatchSampler(RandomSampler(ws), 32, False))`` thus gets the
+        :meth:`batch` fast path instead of stacking 32 single windows.
+        """
         n = self._len
+        if isinstance(i, list | tuple | np.ndarray | torch.Tensor):
+            return self.batch(np.asarray(i))
         if not isinstance(i, int | np.integer):
-            raise TypeError(f"window index must be an int, got {type(i).__name__}")
+            raise TypeError(f"window index must be an int or a sequence of ints, got {type(i).__name__}")
         j = int(i) + n if i < 0 else int(i)
         if not 0 <= j < n:
             raise IndexError(f"window index {i} out of range for {n} windows")
