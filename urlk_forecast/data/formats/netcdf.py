@@ -165,13 +165,20 @@ def _to_schema(src: xr.Dataset, p: Path, name_map: Mapping[str, str] | None) -> 
         units = da.attrs.get("units")
         if units is None:
             raise ReaderError(p, f"{v} has no units attribute; cannot tell what its numbers mean", field=v)
-        try:
-            vals = convert_units(da.transpose("time", "station").values, str(units), v)
-        except SchemaError as e:
-            raise ReaderError(p, str(e), field=v) from None
-        full = np.full((len(grid), n), np.nan, np.float32)
-        full[grid.get_indexer(t)] = vals
-        data[v] = full
+        raw = da.transpose("time", "station").values
+        if str(units) == VARIABLES[v]["units"]:  # our own files: no conversion, no float64 round trip
+            vals = np.asarray(raw, np.float32)
+        else:
+            try:
+                vals = convert_units(raw, str(units), v).astype(np.float32)
+            except SchemaError as e:
+                raise ReaderError(p, str(e), field=v) from None
+        if len(grid) == len(t) and (len(t) < 2 or t.is_monotonic_increasing):
+            data[v] = vals  # already on the regular axis: no copy
+        else:
+            full = np.full((len(grid), n), np.nan, np.float32)
+            full[grid.get_indexer(t)] = vals
+            data[v] = full
     attrs = {k: v for k, v in src.attrs.items() if k not in ("Conventions", "featureType")}
     out = make_dataset(
         grid, ids, coords["lat"], coords["lon"], elevation=coords["elevation"], name=names_, attrs=attrs, **data
