@@ -307,3 +307,23 @@ class TestGPU:
         a = ck.grad_weight(x, gy, (31, 31), (15, 15), (1, 1))
         b = ck.grad_weight(x, gy, (31, 31), (15, 15), (1, 1))
         assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(IN_SIM, reason="the disk cache is off in the simulator")
+def test_generated_sources_live_in_the_cache_dir(tmp_path, monkeypatch):
+    """Kernel sources go to URLK_CUDA_CACHE once (numba's disk cache keys on their time stamp) and import from there."""
+    monkeypatch.setenv("URLK_CUDA_CACHE", str(tmp_path))
+    src = ck.fwd_source(5, 5, 1, 1, 8, 2, "f32", "f32")
+    fn, cacheable = ck._load_function(src, "fwd")
+    assert cacheable
+    files = list(tmp_path.glob("urlk_dwconv_fwd_*.py"))
+    assert len(files) == 1 and fn.__code__.co_filename == str(files[0])
+    stamp = files[0].stat().st_mtime_ns
+    fn2, _ = ck._load_function(src, "fwd")
+    assert files[0].stat().st_mtime_ns == stamp and fn2.__code__.co_filename == str(files[0])
+    _, again = ck._load_function(ck.fwd_source(7, 7, 1, 1, 8, 2, "f32", "f32"), "fwd")
+    assert again and len(list(tmp_path.glob("urlk_dwconv_fwd_*.py"))) == 2
+    monkeypatch.setenv("URLK_CUDA_CACHE", "off")
+    assert ck.cache_dir() is None
+    fn3, cacheable3 = ck._load_function(src, "fwd")
+    assert not cacheable3 and fn3.__code__.co_filename.startswith("<urlk_dwconv_")
