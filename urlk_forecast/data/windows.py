@@ -19,6 +19,7 @@ information from the forecast period.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Iterator, Sequence
@@ -426,12 +427,12 @@ class WindowDataset(torch.utils.data.Dataset):
         idx = np.arange(self._len) if indices is None else self._check_indices(indices)
         return self._start0 + idx * self.stride
 
-    @property
+    @functools.cached_property
     def window_start_times(self) -> pd.DatetimeIndex:
         """Time of the first input step of every window."""
         return self.times[self.starts()]
 
-    @property
+    @functools.cached_property
     def forecast_start_times(self) -> pd.DatetimeIndex:
         """Time of the first forecast (target) step of every window."""
         return self.times[self.starts() + self.seq_len]
