@@ -129,3 +129,22 @@ def test_shape_errors_are_clear():
         per_station(p, p, station_ids=["a", "b"])
     with pytest.raises(ValueError, match="pred must be"):
         mse(np.zeros(5), np.zeros(5))
+
+
+def test_batch_averaging_reproduces_the_corrformer_test_loop():
+    """Corrformer's test(): per batch simple_metric = np.mean over the batch, then the mean over batches."""
+    rng = np.random.default_rng(4)
+    true = rng.normal(size=(70, 24, 6))
+    pred = true + rng.normal(scale=rng.uniform(0.5, 2.0, (70, 1, 1)), size=true.shape)
+    for bs, drop_last in ((32, False), (32, True), (16, False), (7, True)):
+        n = 70 - (70 % bs if drop_last else 0)
+        batches = [(pred[i : i + bs], true[i : i + bs]) for i in range(0, n, bs)]
+        ref_mse = np.mean([np.mean((p - t) ** 2) for p, t in batches])
+        ref_mae = np.mean([np.mean(np.abs(p - t)) for p, t in batches])
+        assert mse(pred, true, batch_size=bs, drop_last=drop_last) == pytest.approx(ref_mse, rel=1e-12)
+        assert mae(pred, true, batch_size=bs, drop_last=drop_last) == pytest.approx(ref_mae, rel=1e-12)
+    # the window average differs when the last batch is partial, and agrees when batches are full
+    assert mse(pred, true, batch_size=32) != pytest.approx(mse(pred, true), rel=1e-9)
+    assert mse(pred, true, batch_size=35) == pytest.approx(mse(pred, true), rel=1e-12)
+    with pytest.raises(ValueError, match="batch_size"):
+        mse(pred, true, batch_size=0)

@@ -77,37 +77,64 @@ def _per_window(pred: object, true: object, mask: object | None) -> tuple[np.nda
     return se, ae, cnt
 
 
-def _mean_of_windows(total: np.ndarray, count: np.ndarray) -> float:
+def _mean_of_windows(
+    total: np.ndarray, count: np.ndarray, batch_size: int | None = None, drop_last: bool = False
+) -> float:
+    """Mean over windows of ``total / count``; with ``batch_size``, over consecutive batches of windows instead."""
+    if batch_size is not None:
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        n = total.size - (total.size % batch_size if drop_last else 0)
+        starts = np.arange(0, n, batch_size)
+        if starts.size == 0:
+            return float("nan")
+        total, count = np.add.reduceat(total[:n], starts), np.add.reduceat(count[:n], starts)
     ok = count > 0
     if not ok.any():
         return float("nan")
     return float(np.mean(total[ok] / count[ok]))
 
 
-def mse(pred: object, true: object, mask: object | None = None) -> float:
-    """Mean squared error: per window the mean over observed horizon x stations, then the mean over windows."""
+def mse(
+    pred: object, true: object, mask: object | None = None, batch_size: int | None = None, drop_last: bool = False
+) -> float:
+    """Mean squared error: per window the mean over observed horizon x stations, then the mean over windows.
+
+    ``batch_size`` reproduces the released Corrformer test loop literally: the mean per batch of ``batch_size``
+    consecutive windows, averaged over batches (``drop_last`` drops a final partial batch, as a DataLoader with
+    ``drop_last=True`` does). Without missing values and with full batches every variant gives the same number.
+    """
     se, _, cnt = _per_window(pred, true, mask)
-    return _mean_of_windows(se, cnt)
+    return _mean_of_windows(se, cnt, batch_size, drop_last)
 
 
-def mae(pred: object, true: object, mask: object | None = None) -> float:
+def mae(
+    pred: object, true: object, mask: object | None = None, batch_size: int | None = None, drop_last: bool = False
+) -> float:
     """Mean absolute error, averaged like :func:`mse`."""
     _, ae, cnt = _per_window(pred, true, mask)
-    return _mean_of_windows(ae, cnt)
+    return _mean_of_windows(ae, cnt, batch_size, drop_last)
 
 
-def rmse(pred: object, true: object, mask: object | None = None) -> float:
+def rmse(
+    pred: object, true: object, mask: object | None = None, batch_size: int | None = None, drop_last: bool = False
+) -> float:
     """Square root of :func:`mse`."""
-    return float(np.sqrt(mse(pred, true, mask)))
+    return float(np.sqrt(mse(pred, true, mask, batch_size, drop_last)))
 
 
-def evaluate_arrays(pred: object, true: object, mask: object | None = None) -> dict[str, float]:
-    """``{"mse", "mae", "rmse", "windows", "count"}`` in one pass (windows = windows with any observed target)."""
+def evaluate_arrays(
+    pred: object, true: object, mask: object | None = None, batch_size: int | None = None, drop_last: bool = False
+) -> dict[str, float]:
+    """``{"mse", "mae", "rmse", "windows", "count"}`` in one pass (windows = windows with any observed target).
+
+    ``batch_size``/``drop_last`` as in :func:`mse`.
+    """
     se, ae, cnt = _per_window(pred, true, mask)
-    m = _mean_of_windows(se, cnt)
+    m = _mean_of_windows(se, cnt, batch_size, drop_last)
     return {
         "mse": m,
-        "mae": _mean_of_windows(ae, cnt),
+        "mae": _mean_of_windows(ae, cnt, batch_size, drop_last),
         "rmse": float(np.sqrt(m)),
         "windows": int((cnt > 0).sum()),
         "count": int(cnt.sum()),
