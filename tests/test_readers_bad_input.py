@@ -94,6 +94,12 @@ def test_isd_history_bad_rows(tmp_path):
     p.write_text(text.rsplit('","', 3)[0])  # truncated last row
     with pytest.raises(ReaderError, match=r"line 6: expected 11 fields"):
         read_isd_history(p)
+    p.write_text(text.replace('"19431001"', '"19430230"'))
+    with pytest.raises(ReaderError, match=r"line 5, field BEGIN: '19430230' is not a valid date"):
+        read_isd_history(p)
+    p.write_text(text.replace('"19431001"', '"1943-10-01"'))
+    with pytest.raises(ReaderError, match=r"line 5, field BEGIN: '1943-10-01' is not a YYYYMMDD date"):
+        read_isd_history(p)
     p.write_text("a,b,c\n1,2,3\n")
     with pytest.raises(ReaderError, match=r"line 1: not an isd-history.csv station list"):
         read_isd_history(p)

@@ -75,6 +75,7 @@ _HISTORY_REQUIRED = ("USAF", "WBAN", "LAT", "LON")
 #: ``USAF-WBAN-YYYY`` with optional ``.gz`` (the year part is optional too, for hand-made files)
 ISD_LITE_NAME = re.compile(r"^(?P<usaf>[0-9A-Z]{6})-(?P<wban>\d{5})(?:-(?P<year>\d{4}))?(?:\.gz)?$")
 _INT = re.compile(r"^-?\d{1,9}$")
+_YYYYMMDD = re.compile(r"^\d{8}$")
 
 
 # ----------------------------------------------------------------------------------------------- parsing
@@ -232,13 +233,9 @@ def read_isd_history(path: PathLike) -> pd.DataFrame:
             dates = []
             for name in ("BEGIN", "END"):
                 s = get(name)
-                if not s:
-                    dates.append(pd.NaT)
-                    continue
-                try:
-                    dates.append(pd.Timestamp(pd.to_datetime(s, format="%Y%m%d")))
-                except (ValueError, OverflowError):
-                    raise ReaderError(path, f"{s!r} is not a YYYYMMDD date", line, name) from None
+                if s and not _YYYYMMDD.match(s):
+                    raise ReaderError(path, f"{s!r} is not a YYYYMMDD date", line, name)
+                dates.append(s)
             sid = f"{usaf}-{wban}"
             if sid not in recs:
                 recs[sid] = (
@@ -258,8 +255,14 @@ def read_isd_history(path: PathLike) -> pd.DataFrame:
     cols = ["name", "ctry", "state", "icao", "lat", "lon", "elevation", "begin", "end", "line"]
     df = pd.DataFrame.from_dict(recs, orient="index", columns=cols)
     df.index.name = "station"
-    df["begin"] = pd.to_datetime(df["begin"])
-    df["end"] = pd.to_datetime(df["end"])
+    for c in ("begin", "end"):  # vectorised; an impossible date (e.g. 20190230) is named by its line
+        raw = df[c].astype(str)
+        conv = pd.to_datetime(raw.where(raw != "", None), format="%Y%m%d", errors="coerce")
+        bad = conv.isna() & (raw != "")
+        if bad.any():
+            i = int(np.argmax(bad.to_numpy()))
+            raise ReaderError(path, f"{raw.iloc[i]!r} is not a valid date", int(df["line"].iloc[i]), c.upper())
+        df[c] = conv
     return df
 
 
