@@ -72,7 +72,8 @@ def available() -> bool:
     """True when the kernels can run: a CUDA device usable by torch and numba, or the CUDA simulator."""
     if simulator_enabled():
         try:
-            return bool(_cuda().simulator_init if hasattr(_cuda(), "simulator_init") else True)
+            _cuda()
+            return True
         except Exception:  # noqa: BLE001 - any import problem means "not available"
             return False
     try:
