@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import os
 import re
 import socket
 import subprocess
@@ -423,3 +424,28 @@ def test_fetch_from_a_local_mirror_with_file_urls(archive, tmp_path):
         read_netcdf(res.output).temperature.sel(station="725090-14739").values,
         np.where(temp == -9999, np.nan, temp / 10).astype("f4"),
     )
+
+
+def test_running_year_files_are_refreshed_when_a_day_old(tmp_path):
+    this_year = pd.Timestamp.now().year
+    root = tmp_path / "www"
+    (root / "isd-lite" / str(this_year)).mkdir(parents=True)
+    (root / "isd-history.csv").write_text(HISTORY)
+    name = f"725090-14739-{this_year}.gz"
+    gz, _, _ = _isd_year(2020, seed=1)
+    (root / "isd-lite" / str(this_year) / name).write_bytes(gz)
+    cached = tmp_path / "cache" / "isd-lite" / str(this_year) / name
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"old")
+    kw = dict(
+        station_ids=["725090-14739"],
+        base_url=(root / "isd-lite").as_uri(),
+        history_url=(root / "isd-history.csv").as_uri(),
+        cache=tmp_path / "cache",
+        progress=False,
+        convert=False,
+    )
+    assert fetch("isd-lite", [this_year], tmp_path / "o", **kw).cached == [cached]  # fresh: kept
+    os.utime(cached, (cached.stat().st_atime, cached.stat().st_mtime - 2 * 86400))
+    res = fetch("isd-lite", [this_year], tmp_path / "o", **kw)
+    assert res.downloaded == [cached] and cached.read_bytes() == gz

@@ -366,7 +366,9 @@ def fetch(
     def one(task: tuple) -> tuple[str, Path | None, Exception | None]:
         sid, y, url, dest = task
         if dest.is_file():
-            return "cached", dest, None
+            # files of the running year grow daily at NCEI: refresh a cached copy older than a day
+            if y < this_year or time.time() - dest.stat().st_mtime < 86400:
+                return "cached", dest, None
         try:
             return (
                 "downloaded",
