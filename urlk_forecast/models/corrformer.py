@@ -75,9 +75,11 @@ def _match_length(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:
 def _circular_corr(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """``R[..., tau] = sum_t q[..., t + tau] * k[..., t]`` (circular), via the FFT over the last dim."""
     length = q.shape[-1]
-    qf = torch.fft.rfft(q.float(), dim=-1)
-    kf = torch.fft.rfft(k.float(), dim=-1)
-    return torch.fft.irfft(qf * torch.conj(kf), n=length, dim=-1).to(q.dtype)
+    if q.dtype in (torch.float16, torch.bfloat16):  # no half FFT for arbitrary lengths; compute in float32
+        q, k = q.float(), k.float()
+    qf = torch.fft.rfft(q, dim=-1)
+    kf = torch.fft.rfft(k, dim=-1)
+    return torch.fft.irfft(qf * torch.conj(kf), n=length, dim=-1)
 
 
 def _roll_gather(values: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:

@@ -76,8 +76,9 @@ class RevIN(nn.Module):
         """Undo :meth:`normalize` on an output ``(B, P, S)``."""
         mean, std = stats
         if self.affine:
-            y = (y - self._tiled(self.affine_bias, y.shape[-1])) / (self._tiled(self.affine_weight, y.shape[-1])
-                                                                  + 1e-10)
+            w = self.affine_weight
+            w = torch.where(w.abs() < 1e-10, torch.full_like(w, 1e-10), w)  # a weight of exactly 0 is not invertible
+            y = (y - self._tiled(self.affine_bias, y.shape[-1])) / self._tiled(w, y.shape[-1])
         return y * std + mean
 
 
