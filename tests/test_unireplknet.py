@@ -379,3 +379,32 @@ def test_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench.main(["--variants", "a", "--size", "32", "64", "--batch", "1", "--iters", "1", "--warmup", "0"]) == 0
     out = capsys.readouterr().out
     assert "| a | 32x64 | 1 | 4.65 / 4.44 |" in out
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_large_activations_stay_finite(dtype: torch.dtype) -> None:
+    """Half-precision autocast on inputs with huge values: LayerNorm/GRN reductions must not overflow (#14)."""
+    m = tiny(in_chans=1, num_classes=4, kernel_sizes=(3, 13, 13, 13)).eval()
+    x = torch.randn(2, 1, 96, 32) * 1e3
+    with torch.no_grad():
+        ref = m(x)
+        with torch.autocast("cpu", dtype=dtype):
+            out = m(x)
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out.float(), ref, rtol=0.1, atol=0.1)
+
+
+@pytest.mark.slow
+def test_training_384x128_full_variant_a_stays_finite() -> None:
+    """The released code reports NaN at 384x128 (AILab-CVC/UniRepLKNet#14): full variant A, 10 Adam steps."""
+    torch.manual_seed(0)
+    m = create_model("a", num_classes=10, drop_path_rate=0.1)
+    opt = torch.optim.AdamW(m.parameters(), lr=4e-3)
+    x, y = torch.randn(2, 3, 384, 128) * 2, torch.tensor([1, 7])
+    for _ in range(10):
+        opt.zero_grad()
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        assert torch.isfinite(loss)
+    assert all(torch.isfinite(p).all() for p in m.parameters())
