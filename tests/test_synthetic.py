@@ -49,6 +49,15 @@ def test_deterministic_per_seed():
     np.testing.assert_array_equal(short.temperature.values, long.temperature.values[:120])
 
 
+def test_threads_do_not_change_the_result(monkeypatch):
+    monkeypatch.setattr(syn.os, "cpu_count", lambda: 1)
+    one = synthetic_global(stations=1100, hours=60, seed=2)
+    monkeypatch.setattr(syn.os, "cpu_count", lambda: 4)
+    four = synthetic_global(stations=1100, hours=60, seed=2)
+    np.testing.assert_array_equal(one.temperature.values, four.temperature.values)
+    np.testing.assert_array_equal(one.wind_speed.values, four.wind_speed.values)
+
+
 def test_stations_on_land_with_plausible_elevation(year):
     lat, lon, elev = year.lat.values, year.lon.values, year.elevation.values
     assert is_land_like(lat, lon).all()

@@ -21,6 +21,9 @@ The field is low rank (bands x zonal wavenumbers), so it is evaluated as one mat
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
 import pandas as pd
@@ -237,18 +240,18 @@ def _uniform(key: np.uint64) -> float:
     return (np.float64(_mix64(key) >> np.uint64(11)) + 0.5) / 9007199254740992.0
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True)
+@numba.njit(cache=True, fastmath=True, nogil=True)
 def _weather_kernel(
-    field_c, grad_c, coarse, hour_utc, doy, st_params, seed, p_drop, out_t, out_w
+    field_c, grad_c, coarse, hour_utc, doy, st_params, seed, p_drop, out_t, out_w, s_begin, s_end
 ):  # pragma: no cover - compiled
     """Fused per-(hour, station) weather: climatology + diurnal + synoptic + AR(1) noise, dropouts, rounding.
 
+    Fills stations ``s_begin:s_end`` (callers run disjoint ranges in threads; the GIL is released).
     ``st_params`` rows: t_mean, t_seas, diurnal, syn_sigma, solar_offset, hemisphere, wind_base, wind_gain,
     wind_diurnal. ``out_t``/``out_w`` may have zero rows to skip a variable. Random numbers come from a hash of
     (seed, hour, station, stream), so the result does not depend on threads or block sizes.
     """
     T = hour_utc.size
-    S = field_c.shape[1]
     do_t = out_t.shape[0] == T
     do_w = out_w.shape[0] == T
     rho_t, rho_w = np.exp(-1.0 / NOISE_TAU_H[0]), np.exp(-1.0 / NOISE_TAU_H[1])
@@ -264,13 +267,11 @@ def _weather_kernel(
     cw, sw = np.cos(two_pi / 24.0), np.sin(two_pi / 24.0)  # wind peaks an hour earlier (~14 local)
     season0 = -np.cos(two_pi * (doy - 20.0) / 365.25)  # coldest ~20 Jan in the north
     block = 256
-    nblocks = (S + block - 1) // block
     base_key = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(0x632BE59BD9B4E019)
     t_mean, t_seas, d_amp, syn = st_params[0], st_params[1], st_params[2], st_params[3]
     hemi, w_base, w_gain, w_diu = st_params[5], st_params[6], st_params[7], st_params[8]
-    for bk in numba.prange(nblocks):
-        s0 = bk * block
-        n = min(S, s0 + block) - s0
+    for s0 in range(s_begin, s_end, block):
+        n = min(s_end, s0 + block) - s0
         # per-block buffers; every inner loop below touches few arrays so LLVM vectorises it
         nt, nw = np.zeros(n), np.zeros(n)
         a, b, c = np.empty(n), np.empty(n), np.empty(n)
@@ -393,7 +394,14 @@ def synthetic_global(
     doy = (times.dayofyear.to_numpy() - 1 + hour_utc / 24.0).astype(np.float64)
     out_t = np.empty((T if "temperature" in variables else 0, S), np.float32)
     out_w = np.empty((T if "wind_speed" in variables else 0, S), np.float32)
-    _weather_kernel(field_c, grad_c, _COARSE_HOURS, hour_utc, doy, params, seed, 0.25 * missing, out_t, out_w)
+    args = (field_c, grad_c, _COARSE_HOURS, hour_utc, doy, params, seed, 0.25 * missing, out_t, out_w)
+    n_threads = max(1, min(os.cpu_count() or 1, 16, S // 256))
+    bounds = np.linspace(0, S, n_threads + 1).astype(int)
+    if n_threads == 1:
+        _weather_kernel(*args, 0, S)
+    else:  # the kernel releases the GIL: plain threads give parallelism without numba's slow parallel compile
+        with ThreadPoolExecutor(n_threads) as pool:
+            list(pool.map(lambda i: _weather_kernel(*args, bounds[i], bounds[i + 1]), range(n_threads)))
     del field_c, grad_c
     if missing > 0:
         r, c = _gaps(T, S, float(missing), np.random.default_rng([seed, 3]))
