@@ -9,16 +9,20 @@ Forms:
 MACs are counted with forward hooks on every Conv2d/Linear (one multiply-add per weight tap per output element),
 no fvcore needed; elementwise ops (BN, GELU, GRN, SE scaling) are not counted, as is customary.
 
+``--dwconv`` picks the depthwise-conv path (``URLK_DWCONV``: ``auto``, ``own`` kernels, ``torch`` F.conv2d) or
+``both`` for one row per path; "torch + eval unfused" is how the released code runs on CPU.
+
 Example (the issue's quick form):
     python benchmarks/backbone.py --variants a --size 224 --iters 3
-Full table (A and S at 224x224, batch 8):
-    python benchmarks/backbone.py --variants a s --size 224 --batch 8 --iters 10
+Full table (A and S at 224x224, batch 8, own kernels vs torch):
+    python benchmarks/backbone.py --variants a s --size 224 --batch 8 --iters 10 --dwconv both
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -124,15 +128,16 @@ def bench_variant(variant: str, size: tuple[int, int], batch: int, iters: int, w
 
 def markdown(rows: list[dict]) -> str:
     """Render benchmark rows as a Markdown table."""
-    head = ("| variant | input | batch | params train / deploy (M) | GMACs train / deploy | train fwd+bwd img/s "
-            "| eval img/s | eval unfused img/s | reparam img/s |")
-    lines = [head, "|" + "---|" * 9]
+    head = ("| variant | dwconv | input | batch | params train / deploy (M) | GMACs train / deploy "
+            "| train fwd+bwd img/s | eval img/s | eval unfused img/s | reparam img/s |")
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         def f(key: str, r: dict = r) -> str:
             return f"{r[key]:.1f}" if key in r else "-"
 
         lines.append(
-            f"| {r['variant']} | {r['size']} | {r['batch']} | {r['params_train'] / 1e6:.2f} / "
+            f"| {r['variant']} | {r.get('dwconv', 'auto')} | {r['size']} | {r['batch']} | "
+            f"{r['params_train'] / 1e6:.2f} / "
             f"{r['params_deploy'] / 1e6:.2f} | {r['macs_train'] / 1e9:.3f} / {r['macs_deploy'] / 1e9:.3f} | "
             f"{f('train_img_s')} | {f('eval_img_s')} | {f('unfused_img_s')} | {f('reparam_img_s')} |"
         )
@@ -147,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=5, help="timed repeats (median reported)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--forms", nargs="+", default=list(FORMS), choices=FORMS)
+    p.add_argument("--dwconv", default="auto", choices=("auto", "own", "torch", "both"),
+                   help="depthwise-conv path (sets URLK_DWCONV); 'both' = own and torch rows")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
@@ -158,9 +165,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, {size[0]}x{size[1]}",
           file=sys.stderr)
     rows = []
-    for v in args.variants:
-        rows.append(bench_variant(v, size, args.batch, args.iters, args.warmup, tuple(args.forms)))
-        print(json.dumps(rows[-1]), file=sys.stderr)
+    backends = ("own", "torch") if args.dwconv == "both" else (args.dwconv,)
+    saved = os.environ.get("URLK_DWCONV")
+    try:
+        for v in args.variants:
+            for backend in backends:
+                os.environ["URLK_DWCONV"] = backend
+                row = bench_variant(v, size, args.batch, args.iters, args.warmup, tuple(args.forms))
+                rows.append({"dwconv": backend, **row})
+                print(json.dumps(rows[-1]), file=sys.stderr)
+    finally:
+        if saved is None:
+            os.environ.pop("URLK_DWCONV", None)
+        else:
+            os.environ["URLK_DWCONV"] = saved
     print(markdown(rows))
     if args.json:
         with open(args.json, "w") as fh:

@@ -378,7 +378,7 @@ def test_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     bench = _load_benchmark()
     assert bench.main(["--variants", "a", "--size", "32", "64", "--batch", "1", "--iters", "1", "--warmup", "0"]) == 0
     out = capsys.readouterr().out
-    assert "| a | 32x64 | 1 | 4.65 / 4.44 |" in out
+    assert "| a | auto | 32x64 | 1 | 4.65 / 4.44 |" in out
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
