@@ -391,3 +391,30 @@ def test_fast_batch_matches_numpy_reference(seed, max_gap, frac, seq_len, label_
     for k in ("x", "y", "x_mask", "y_mask"):
         np.testing.assert_array_equal(fast[k].numpy(), ref[k], err_msg=k)
     assert np.isfinite(fast["x"].numpy()).all()
+
+
+def test_end_to_end_persistence_score_matches_pandas_reference():
+    """synthetic -> split(context) -> windows -> metrics equals a direct pandas/float64 computation."""
+    from urlk_forecast.data.synthetic import synthetic_global
+    from urlk_forecast.metrics import evaluate_arrays
+
+    ds = synthetic_global(stations=60, hours=1500, seed=4, missing=0.05)
+    test = split_dataset(ds, context=48)["test"]
+    ws = WindowDataset(test, "temperature", seq_len=48, label_len=24, pred_len=24, max_gap=0, order="identity")
+    b = ws.batch(np.arange(len(ws)))
+    pred = b["x"][:, -1:, :].repeat(1, 24, 1)  # persistence of the last (held) input value
+    got = evaluate_arrays(pred, b["y"][:, 24:], b["y_mask"][:, 24:])
+
+    boundary = 1500 - int(1500 * 0.2)
+    raw = pd.DataFrame(ds.temperature.values[boundary - 48 :].astype(np.float64))  # the test split with context
+    held = raw.ffill().bfill().to_numpy()  # last observation carried forward (first one before a record starts)
+    v = raw.to_numpy()
+    per_window = []
+    for i in range(len(ws)):
+        t_last = 47 + i  # last input step of window i
+        truth = v[t_last + 1 : t_last + 25]
+        ok = np.isfinite(truth)
+        if ok.any():
+            per_window.append(np.mean((held[t_last][None, :].repeat(24, 0)[ok] - truth[ok]) ** 2))
+    assert len(ws) == 300 - 24 + 1
+    assert got["mse"] == pytest.approx(np.mean(per_window), rel=1e-6)
