@@ -1,0 +1,265 @@
+"""Forecaster: fit lowers the loss, predict format/semantics, evaluate vs metrics, save/load, reparameterize, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+
+from urlk_forecast.data.synthetic import synthetic_global
+from urlk_forecast.data.windows import WindowDataset
+from urlk_forecast.forecaster import Forecaster, parse_model_name
+from urlk_forecast.metrics import evaluate_arrays
+
+TINY = dict(d_model=32, n_heads=4, node_size=4, dims=(8, 16, 32, 64), kernel_size=7)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data() -> xr.Dataset:
+    return synthetic_global(stations=13, hours=24 * 24, seed=1, variables=("temperature",))
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fc = Forecaster("unireplknet_a", "temperature", **TINY)
+        result = fc.fit(data, max_steps=40, batch_size=8, lr=2e-3, progress=False, val_windows=16, seed=0)
+    finally:
+        torch.set_num_threads(n)
+    return fc, result
+
+
+# -------------------------------------------------------------------------------------------------- fit
+def test_fit_lowers_the_loss(trained):
+    fc, result = trained
+    losses = np.asarray(result.step_losses)
+    assert losses.size == 40 and np.isfinite(losses).all()
+    assert losses[-10:].mean() < 0.8 * losses[:5].mean()
+    assert result.best_val_loss is not None and np.isfinite(result.best_val_loss)
+    assert fc.net is not None and not fc.net.training
+    assert fc.frequency == pd.Timedelta(hours=1)
+    assert fc.train_info["train_windows"] > 0 and fc.train_info["val_windows"] > 0
+
+
+def test_trained_beats_untrained_on_held_out_windows(trained, data):
+    fc, _ = trained
+    fresh = Forecaster("unireplknet_a", "temperature", **TINY)
+    fresh.stations, fresh.frequency = fc.stations, fc.frequency
+    torch.manual_seed(0)
+    fresh.build_net(13, coords=fc.net.coords.numpy()).eval()
+    test = fc.evaluate(data, split="test", stride=4).attrs["mse"]
+    untrained = fresh.evaluate(data, split="test", stride=4).attrs["mse"]
+    assert test < 0.8 * untrained
+
+
+def test_fit_keeps_model_station_order(trained, data):
+    fc, _ = trained
+    ws = WindowDataset(data, "temperature")
+    assert list(fc.station_ids) == list(ws.station_ids)  # the space-filling-curve order of the windows
+    np.testing.assert_allclose(fc.net.coords.numpy(), ws.coords, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- predict
+def test_predict_format(trained, data):
+    fc, _ = trained
+    out = fc.predict(data)
+    assert out["temperature"].dims == ("lead_time", "station")
+    assert out.sizes == {"lead_time": 24, "station": 13}
+    last = pd.Timestamp(data["time"].values[-1])
+    np.testing.assert_array_equal(out["lead_time"].values, (np.arange(1, 25) * np.timedelta64(1, "h")))
+    np.testing.assert_array_equal(pd.DatetimeIndex(out["time"].values), last + pd.to_timedelta(np.arange(1, 25), "h"))
+    assert pd.Timestamp(out["forecast_reference_time"].values) == last
+    assert out.attrs["issue_time"] == str(last) and out.attrs["forecast_start"] == str(last + pd.Timedelta(hours=1))
+    assert out["temperature"].attrs["units"] == "degC"
+    assert out["temperature"].attrs["standard_name"] == "air_temperature"
+    np.testing.assert_array_equal(out["station"].values, data["station"].values)  # the history's order
+    np.testing.assert_array_equal(out["lat"].values, data["lat"].values)
+    assert np.isfinite(out["temperature"].values).all()
+    # plausible physical values: near the recent temperatures of each station
+    recent = data["temperature"].isel(time=slice(-48, None)).mean("time").values
+    assert np.nanmax(np.abs(out["temperature"].mean("lead_time").values - recent)) < 15
+
+
+def test_predict_uses_the_last_seq_len_steps(trained, data):
+    fc, _ = trained
+    full = fc.predict(data)["temperature"].values
+    complete = data.copy(deep=True)
+    filled = pd.DataFrame(complete["temperature"].values).interpolate(limit_direction="both").to_numpy()
+    complete["temperature"][:] = filled.astype(np.float32)
+    base = fc.predict(complete)["temperature"].values
+    np.testing.assert_allclose(fc.predict(complete.isel(time=slice(-48, None)))["temperature"].values, base,
+                               rtol=1e-5, atol=1e-5)
+    early = complete.copy(deep=True)
+    early["temperature"][: -48 - 30] += 50.0  # far before the input window: no effect
+    np.testing.assert_allclose(fc.predict(early)["temperature"].values, base, rtol=1e-5, atol=1e-5)
+    late = complete.copy(deep=True)
+    late["temperature"][-10:, 0] += 5.0  # inside the input window: changes the forecast
+    assert not np.allclose(fc.predict(late)["temperature"].values, base)
+    assert full.shape == base.shape
+
+
+def test_predict_station_order_does_not_matter(trained, data):
+    fc, _ = trained
+    out = fc.predict(data)
+    perm = np.random.default_rng(0).permutation(13)
+    shuffled = fc.predict(data.isel(station=perm))
+    np.testing.assert_array_equal(shuffled["station"].values, data["station"].values[perm])
+    np.testing.assert_allclose(shuffled["temperature"].values, out["temperature"].values[:, perm], rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_predict_nan_where_a_station_has_no_input(trained, data):
+    fc, _ = trained
+    gap = data.copy(deep=True)
+    sid = str(gap["station"].values[4])
+    gap["temperature"].loc[{"station": sid}] = np.nan
+    with pytest.warns(UserWarning, match="no temperature observation"):
+        out = fc.predict(gap)
+    vals = out["temperature"].sel(station=sid).values
+    assert np.isnan(vals).all()
+    others = out["temperature"].drop_sel(station=sid).values
+    assert np.isfinite(others).all()
+
+
+def test_predict_errors(trained, data):
+    fc, _ = trained
+    with pytest.raises(ValueError, match=r"history has 47 time step\(s\) of temperature, the model needs the last "
+                                         r"seq_len=48"):
+        fc.predict(data.isel(time=slice(-47, None)))
+    extra = data.assign_coords(station=[f"X{i}" if i == 3 else s for i, s in enumerate(data["station"].values)])
+    with pytest.raises(ValueError, match="1 station\\(s\\) the model was not trained on: X3; the model knows 13"):
+        fc.predict(extra)
+    with pytest.raises(ValueError, match="lacks 1 of the model's station"):
+        fc.predict(data.isel(station=slice(0, 12)))
+    wind = data.rename({"temperature": "wind_speed"})
+    wind["wind_speed"].attrs.update(units="m s-1", standard_name="wind_speed")
+    with pytest.raises(ValueError, match="no variable 'temperature'.*it has: wind_speed"):
+        fc.predict(wind)
+    with pytest.raises(ValueError, match="time step of 0 days 02:00:00"):
+        fc.predict(data.isel(time=slice(None, None, 2)))
+    with pytest.raises(RuntimeError, match="not trained yet"):
+        Forecaster().predict(data)
+
+
+# --------------------------------------------------------------------------------------------- evaluate
+def test_evaluate_matches_metrics_and_a_float64_recomputation(trained, data):
+    fc, _ = trained
+    df = fc.evaluate(data, stride=12)
+    assert list(df.columns[:3]) == ["horizon", "mse", "mae"]
+    assert len(df) == 25 and list(df["horizon"][:24]) == list(range(1, 25)) and df["horizon"].iloc[-1] == "all"
+    ws = WindowDataset(data, "temperature", stride=12, order=fc._order_for(data, "data"))
+    pred = fc.predict_windows(ws)
+    b = ws.batch(np.arange(len(ws)))
+    true, mask = b["y"][:, -24:].numpy(), b["y_mask"][:, -24:].numpy()
+    ref = evaluate_arrays(pred, true, mask)
+    assert df["mse"].iloc[-1] == pytest.approx(ref["mse"], rel=1e-12)
+    assert df.attrs["mae"] == pytest.approx(ref["mae"], rel=1e-12)
+    # independent float64: per window mean over observed (lead, station), then mean over windows
+    err = pred.astype(np.float64) - true.astype(np.float64)
+    per_window = [np.mean(err[i][mask[i]] ** 2) for i in range(len(ws)) if mask[i].any()]
+    assert df.attrs["mse"] == pytest.approx(np.mean(per_window), rel=1e-9)
+    assert df.attrs["windows"] == len(ws)
+    test_df = fc.evaluate(data, split="test")
+    assert test_df.attrs["windows"] > 0
+
+
+def test_predict_windows_respects_the_window_station_order(trained, data):
+    fc, _ = trained
+    ws_model = WindowDataset(data, "temperature", stride=24)
+    ws_ident = WindowDataset(data, "temperature", stride=24, order="identity")
+    a = fc.predict_windows(ws_model, [0, 2])
+    b = fc.predict_windows(ws_ident, [0, 2])
+    pos = {s: i for i, s in enumerate(ws_ident.station_ids)}
+    cols = [pos[s] for s in ws_model.station_ids]
+    np.testing.assert_allclose(b[..., cols], a, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ save / load
+def test_save_load_round_trip(trained, data, tmp_path):
+    fc, _ = trained
+    d = fc.save(tmp_path / "run")
+    assert sorted(os.listdir(d)) == ["config.json", "stations.json", "weights.pt"]  # no temp files left
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["format"] == "urlk-forecast/forecaster" and cfg["variable"] == "temperature"
+    assert cfg["net"]["n_stations"] == 13 and cfg["frequency"] == "0 days 01:00:00"
+    st = json.loads((d / "stations.json").read_text())
+    assert st["station"] == list(fc.station_ids) and len(st["coords"]) == 13
+    loaded = Forecaster.load(d, map_location="cpu")
+    assert loaded.device.type == "cpu"
+    np.testing.assert_array_equal(loaded.predict(data)["temperature"].values, fc.predict(data)["temperature"].values)
+    assert repr(loaded).startswith("Forecaster(model='unireplknet_a'")
+
+
+def test_load_errors(tmp_path, trained):
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        Forecaster.load(tmp_path / "nope")
+    fc, _ = trained
+    d = fc.save(tmp_path / "run")
+    (d / "weights.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="weights.pt is missing"):
+        Forecaster.load(d)
+    d2 = fc.save(tmp_path / "run2")
+    (d2 / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="invalid JSON"):
+        Forecaster.load(d2)
+
+
+def test_reparameterize_identical_predictions(trained, data, tmp_path):
+    fc, _ = trained
+    before = fc.predict(data)["temperature"].values
+    d = fc.save(tmp_path / "train_form")
+    rep = Forecaster.load(d).reparameterize()
+    after = rep.predict(data)["temperature"].values
+    assert np.abs(after - before).max() <= 1e-5 * np.abs(before).max()
+    assert not any("dil_conv" in k or "origin_bn" in k for k in rep.net.state_dict())
+    d2 = rep.save(tmp_path / "deploy_form")
+    again = Forecaster.load(d2)
+    assert again.reparameterized
+    np.testing.assert_array_equal(again.predict(data)["temperature"].values, after)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_saved_on_gpu_loads_on_cpu(trained, data, tmp_path):
+    fc, _ = trained
+    cpu_pred = fc.predict(data)["temperature"].values
+    gpu = Forecaster.load(fc.save(tmp_path / "a"), map_location="cuda")
+    assert gpu.device.type == "cuda"
+    back = Forecaster.load(gpu.save(tmp_path / "b"))
+    assert back.device.type == "cpu"
+    np.testing.assert_allclose(back.predict(data)["temperature"].values, cpu_pred, rtol=1e-5, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------- names / errors
+def test_model_names():
+    assert parse_model_name("unireplknet_s") == ("unireplknet", "unireplknet_s")
+    assert parse_model_name("S") == ("unireplknet", "unireplknet_s")
+    assert parse_model_name("convnext") == ("convnext", "unireplknet_a")
+    assert parse_model_name("resnet_xl") == ("resnet", "unireplknet_xl")
+    assert parse_model_name("corrformer") == ("corrformer", "unireplknet_a")
+    with pytest.raises(ValueError, match="unknown model 'vit'; available: unireplknet_a"):
+        parse_model_name("vit")
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match="unknown variable 'pressure'; available: temperature, wind_speed"):
+        Forecaster(variable="pressure")
+    with pytest.raises(ValueError, match="label_len \\(30\\) must not exceed seq_len \\(24\\)"):
+        Forecaster(seq_len=24, label_len=30)
+    with pytest.raises(ValueError, match="pred_len must be an integer >= 1"):
+        Forecaster(pred_len=0)
