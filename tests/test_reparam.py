@@ -18,6 +18,7 @@ from urlk_forecast.ops.reparam import (
     RELEASED_BRANCH_TABLES,
     branch_table,
     dilated_to_dense,
+    embed_dilated,
     fuse_bn,
     merge_dilated_branches,
     pad_kernel,
@@ -132,6 +133,19 @@ def test_fig11_dilated_equals_dense(k: int, r: int) -> None:
     y_dense = F.conv2d(x, dense, None, 1, size // 2, 1, C)
     assert rel_err(y_dense, y_dil) < 1e-14
     assert torch.equal(dilated_to_dense(w, 1), w)
+
+
+@pytest.mark.parametrize("k,r,size", [(3, 1, 3), (3, 2, 7), (5, 2, 13), (3, 7, 15), (9, 2, 17), (3, 15, 31)])
+def test_embed_dilated_equals_eq1(k: int, r: int, size: int) -> None:
+    w = torch.randn(5, 1, k, k, dtype=torch.float64, requires_grad=True)
+    fast = embed_dilated(w, r, size)
+    assert torch.equal(fast, pad_kernel(dilated_to_dense(w, r), size))
+    g = torch.randn_like(fast)
+    (fast * g).sum().backward()
+    off = (size - (k - 1) * r - 1) // 2
+    assert torch.equal(w.grad, g[:, :, off::r, off::r][:, :, :k, :k])
+    with pytest.raises(ValueError):
+        embed_dilated(w, r, size - 1)
 
 
 def test_pad_kernel() -> None:

