@@ -549,7 +549,8 @@ class UniRepLKNet(nn.Module):
             )
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Stage outputs: selected ones through ``norm{i}`` (features mode) or all four raw (classification)."""
+        """Stage outputs: the selected ones (increasing stage order) through ``norm{i}`` in features mode, or all
+        four raw outputs in classification mode."""
         self.check_input(x)
         outs: list[torch.Tensor] = []
         last = self.out_indices[-1] if self.out_indices else 3
