@@ -95,6 +95,9 @@ def test_fourier_terms_and_unfitted_station() -> None:
     with pytest.warns(RuntimeWarning, match="1 of 3 stations"):
         model = ProphetLike(yearly_order=0).fit(ds.isel(time=slice(0, T_TRAIN)), "temperature")
     assert np.isnan(model.coef[:, 1]).all() and np.isfinite(model.coef[:, [0, 2]]).all()
+    # 120 days of history cannot identify a yearly Fourier series: it is dropped (orders_), not extrapolated wildly
+    auto = ProphetLike().fit(ds.isel(time=slice(0, T_TRAIN)), "temperature")
+    assert auto.orders_ == {"daily": 4, "weekly": 3, "yearly": 0} and not any("yearly" in c for c in auto.columns)
 
 
 @pytest.mark.skipif(not prophet_available(), reason="the real prophet package is not installed")
@@ -105,8 +108,9 @@ def test_agrees_with_real_prophet() -> None:
     train = ds.isel(time=slice(0, T_TRAIN))
     test = ds.isel(time=slice(T_TRAIN - 48, None))
     ws = WindowDataset(test, "temperature", seq_len=48, label_len=0, pred_len=24, order="identity")
-    kw = {"yearly_order": 0}
+    kw = {"yearly_order": 10}  # dropped by both: 120 days of history (min_periods rule)
     real = ProphetReal(stations=None, **kw).fit(train, "temperature")
+    assert real.kwargs_["yearly_seasonality"] is False
     own = ProphetLike(**kw).fit(train, "temperature")
     p_real, p_own = real.predict_windows(ws), own.predict_windows(ws)
     assert np.isfinite(p_real).all()

@@ -69,8 +69,12 @@ class ProphetLike(Baseline):
     """Prophet's additive model with a Gaussian changepoint prior, fitted by batched regularised least squares.
 
     Arguments mirror Prophet's (``n_changepoints``, ``changepoint_range``, ``changepoint_prior_scale``,
-    ``seasonality_prior_scale``, Fourier orders; an order of 0 drops that seasonality). ``sigma_iterations`` is
-    the number of noise-variance updates, ``adjust_level``/``level_hours`` the optional window level offset.
+    ``seasonality_prior_scale``, Fourier orders; an order of 0 drops that seasonality). A seasonality whose period
+    the training history does not cover ``min_periods`` times is dropped at fit time (:attr:`orders_` holds the
+    orders used): Prophet's "auto" rule uses 2 periods, which would drop the yearly cycle on the default 1.4-year
+    training split; with less than one period a yearly Fourier series of order 10 is not identifiable against the
+    trend and extrapolates wildly. ``sigma_iterations`` is the number of noise-variance updates,
+    ``adjust_level``/``level_hours`` the optional window level offset.
     """
 
     name = "Prophet-like"
@@ -79,7 +83,8 @@ class ProphetLike(Baseline):
     def __init__(self, n_changepoints: int = 25, changepoint_range: float = 0.8,
                  changepoint_prior_scale: float = 0.05, seasonality_prior_scale: float = 10.0,
                  daily_order: int = 4, weekly_order: int = 3, yearly_order: int = 10,
-                 adjust_level: bool = False, level_hours: int = 24, sigma_iterations: int = 3) -> None:
+                 adjust_level: bool = False, level_hours: int = 24, sigma_iterations: int = 3,
+                 min_periods: float = 1.0) -> None:
         super().__init__()
         if not 0.0 < changepoint_range <= 1.0:
             raise ValueError(f"changepoint_range must be in (0, 1], got {changepoint_range}")
@@ -92,6 +97,8 @@ class ProphetLike(Baseline):
         self.changepoint_prior_scale = float(changepoint_prior_scale)
         self.seasonality_prior_scale = float(seasonality_prior_scale)
         self.orders = {"daily": int(daily_order), "weekly": int(weekly_order), "yearly": int(yearly_order)}
+        self.orders_ = dict(self.orders)  # the orders actually used (set by fit)
+        self.min_periods = float(min_periods)
         self.adjust_level = bool(adjust_level)
         self.level_hours = int(level_hours)
         self.sigma_iterations = max(1, int(sigma_iterations))
@@ -117,12 +124,12 @@ class ProphetLike(Baseline):
         s = self._scaled_time(self.changepoints)
         cols = [np.ones_like(t)[:, None], t[:, None], np.maximum(t[:, None] - s[None, :], 0.0)]
         for key, period in _PERIODS:
-            if self.orders[key]:
-                cols.append(fourier_terms(times, period, self.orders[key]))
+            if self.orders_[key]:
+                cols.append(fourier_terms(times, period, self.orders_[key]))
         return np.concatenate(cols, axis=1)
 
     def _prior_precision(self) -> np.ndarray:
-        n_f = 2 * sum(self.orders.values())
+        n_f = 2 * sum(self.orders_.values())
         return np.concatenate([
             [1 / 25.0, 1 / 25.0],  # k, m ~ N(0, 5)
             np.full(self.n_changepoints, 1.0 / self.changepoint_prior_scale**2),
@@ -134,7 +141,7 @@ class ProphetLike(Baseline):
         """Names of the design columns (coefficient rows of :attr:`coef`)."""
         names = ["m", "k"] + [f"delta_{j}" for j in range(self.n_changepoints)]
         for key, _ in _PERIODS:
-            for n in range(1, self.orders[key] + 1):
+            for n in range(1, self.orders_[key] + 1):
                 names += [f"{key}_sin{n}", f"{key}_cos{n}"]
         return names
 
@@ -147,6 +154,9 @@ class ProphetLike(Baseline):
         tn = times.values.astype("datetime64[ns]")
         self._t0 = tn[0].astype(np.int64)
         self._tspan = float(max(tn[-1].astype(np.int64) - self._t0, 1))
+        span_days = (tn[-1] - tn[0]) / np.timedelta64(1, "D")
+        self.orders_ = {key: (self.orders[key] if span_days >= self.min_periods * period else 0)
+                        for key, period in _PERIODS}
         n_hist = max(int(np.floor(T * self.changepoint_range)), 1)
         cp_idx = np.linspace(0, n_hist - 1, self.n_changepoints + 1).round().astype(np.int64)[1:]
         self.changepoints = tn[cp_idx]
@@ -275,7 +285,7 @@ class ProphetReal(Baseline):
     def __init__(self, stations: int | Sequence[str] | None = 20, n_jobs: int = 1, n_changepoints: int = 25,
                  changepoint_range: float = 0.8, changepoint_prior_scale: float = 0.05,
                  seasonality_prior_scale: float = 10.0, daily_order: int = 4, weekly_order: int = 3,
-                 yearly_order: int = 10) -> None:
+                 yearly_order: int = 10, min_periods: float = 1.0) -> None:
         super().__init__()
         if not prophet_available():
             raise ImportError("the real Prophet baseline needs the 'prophet' package: "
@@ -288,6 +298,8 @@ class ProphetReal(Baseline):
             "daily_seasonality": int(daily_order) or False, "weekly_seasonality": int(weekly_order) or False,
             "yearly_seasonality": int(yearly_order) or False, "uncertainty_samples": 0,
         }
+        self.min_periods = float(min_periods)
+        self.kwargs_: dict[str, Any] = dict(self.kwargs)  # as used by fit
         self.models: dict[str, Any] = {}
 
     def selected(self, ids: np.ndarray) -> np.ndarray:
@@ -311,15 +323,21 @@ class ProphetReal(Baseline):
         values, times, ids = self._begin_fit(train, variable)
         sel = self.selected(ids)
         tn = times.values.astype("datetime64[ns]")
+        span_days = (tn[-1] - tn[0]) / np.timedelta64(1, "D")
+        kwargs = dict(self.kwargs)
+        for key, period in _PERIODS:  # the same rule as ProphetLike: drop a seasonality the history cannot identify
+            if span_days < self.min_periods * period:
+                kwargs[f"{key}_seasonality"] = False
+        self.kwargs_ = kwargs
         self.models = {}
         if self.n_jobs == 1:
-            out = [_fit_prophet(tn, values[:, s], self.kwargs) for s in sel]
+            out = [_fit_prophet(tn, values[:, s], kwargs) for s in sel]
         else:
             import multiprocessing as mp
 
             with ProcessPoolExecutor(self.n_jobs, mp_context=mp.get_context("spawn")) as pool:
                 out = list(pool.map(_fit_prophet, [tn] * len(sel), [values[:, s] for s in sel],
-                                    [self.kwargs] * len(sel)))
+                                    [kwargs] * len(sel)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for s, js in zip(sel, out):
@@ -350,6 +368,6 @@ class ProphetReal(Baseline):
     @property
     def n_params(self) -> int:
         """k, m, deltas, seasonal betas and sigma per fitted station."""
-        n_f = 2 * sum(int(self.kwargs[k] or 0) for k in ("daily_seasonality", "weekly_seasonality",
-                                                         "yearly_seasonality"))
-        return (3 + int(self.kwargs["n_changepoints"]) + n_f) * len(self.models)
+        n_f = 2 * sum(int(self.kwargs_[k] or 0) for k in ("daily_seasonality", "weekly_seasonality",
+                                                          "yearly_seasonality"))
+        return (3 + int(self.kwargs_["n_changepoints"]) + n_f) * len(self.models)
