@@ -418,3 +418,20 @@ def test_end_to_end_persistence_score_matches_pandas_reference():
             per_window.append(np.mean((held[t_last][None, :].repeat(24, 0)[ok] - truth[ok]) ** 2))
     assert len(ws) == 300 - 24 + 1
     assert got["mse"] == pytest.approx(np.mean(per_window), rel=1e-6)
+
+
+def test_fill_gaps_reorders_and_threads_consistently(monkeypatch):
+    import urlk_forecast.data.windows as W
+
+    rng = np.random.default_rng(9)
+    v = rng.normal(size=(2000, 2100)).astype(np.float32)
+    v[rng.random(v.shape) < 0.3] = np.nan
+    order = rng.permutation(2100)
+    threaded = fill_gaps(v, 3, order)
+    monkeypatch.setattr(W.os, "cpu_count", lambda: 1)
+    single = fill_gaps(np.ascontiguousarray(v[:, order]), 3)
+    for a, b in zip(threaded, single):
+        np.testing.assert_array_equal(a, b)
+    f64 = fill_gaps(v[:50, :7].astype(np.float64), 3)[0]  # any float dtype in, float32 out
+    assert f64.dtype == np.float32
+    np.testing.assert_array_equal(f64, fill_gaps(v[:50, :7], 3)[0])

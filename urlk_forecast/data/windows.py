@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -190,21 +192,24 @@ def station_order(lat: Sequence[float] | np.ndarray, lon: Sequence[float] | np.n
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill_gaps_kernel(v: np.ndarray, max_gap: int, out: np.ndarray, mask: np.ndarray, observed: np.ndarray) -> None:
-    T, S = v.shape
-    last = np.full(S, -1, np.int64)
+def _fill_gaps_kernel(v, cols, max_gap, out, mask, observed, s_begin, s_end):  # pragma: no cover - compiled
+    """Output stations ``s_begin:s_end``; output column ``s`` is input column ``cols[s]`` (the reorder is free)."""
+    T = v.shape[0]
+    last = np.full(s_end - s_begin, -1, np.int64)
     for t in range(T):
-        for s in range(S):
-            val = v[t, s]
+        for s in range(s_begin, s_end):
+            c = cols[s]
+            val = v[t, c]
+            j = s - s_begin
             if val == val:  # observed (not NaN)
-                p = last[s]
+                p = last[j]
                 if p < 0:
                     for k in range(t):  # leading gap: hold the first observation backwards, unobserved
                         out[k, s] = val
                 else:
                     g = t - p - 1
                     if 0 < g <= max_gap:  # short interior gap: linear interpolation, counts as observed
-                        v0 = np.float64(v[p, s])
+                        v0 = np.float64(v[p, c])
                         step = (np.float64(val) - v0) / (g + 1)
                         for k in range(1, g + 1):
                             out[p + k, s] = v0 + step * k
@@ -212,30 +217,49 @@ def _fill_gaps_kernel(v: np.ndarray, max_gap: int, out: np.ndarray, mask: np.nda
                 out[t, s] = val
                 mask[t, s] = True
                 observed[t, s] = True
-                last[s] = t
+                last[j] = t
             else:
-                p = last[s]
-                out[t, s] = v[p, s] if p >= 0 else np.nan  # causal hold of the last observation
+                p = last[j]
+                out[t, s] = v[p, c] if p >= 0 else np.nan  # causal hold of the last observation
                 mask[t, s] = False
                 observed[t, s] = False
 
 
-def fill_gaps(values: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fill NaN gaps of a ``(T, S)`` array per station along time.
+def fill_gaps(
+    values: np.ndarray, max_gap: int, order: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fill NaN gaps of a ``(T, S)`` array per station along time (optionally reordering stations by ``order``).
 
-    Returns ``(filled, mask, observed)``: interior gaps of at most ``max_gap`` steps are interpolated linearly and
-    ``mask`` is True there; longer gaps hold the last observation (the first one before a record starts) with
-    ``mask`` False; ``observed`` marks the original non-NaN entries. Stations without any observation stay NaN.
+    Returns float32 ``filled`` and bool ``mask``, ``observed``, each ``(T, S)`` with columns ``values[:, order]``:
+    interior gaps of at most ``max_gap`` steps are interpolated linearly and ``mask`` is True there; longer gaps hold
+    the last observation (the first one before a record starts) with ``mask`` False; ``observed`` marks the original
+    non-NaN entries. Stations without any observation stay NaN. Runs in threads over station ranges.
     """
-    v = np.ascontiguousarray(values, dtype=np.float32)
+    v = np.asarray(values)
     if v.ndim != 2:
         raise ValueError(f"values must be (time, station), got shape {v.shape}")
+    if not np.issubdtype(v.dtype, np.floating):
+        v = v.astype(np.float32)
     if int(max_gap) < 0:
         raise ValueError(f"max_gap must be >= 0, got {max_gap}")
-    out = np.empty_like(v)
-    mask = np.empty(v.shape, np.bool_)
-    observed = np.empty(v.shape, np.bool_)
-    _fill_gaps_kernel(v, int(max_gap), out, mask, observed)
+    T, S = v.shape
+    cols = np.arange(S, dtype=np.int64) if order is None else np.asarray(order, np.int64)
+    if cols.shape != (S,):
+        raise ValueError(f"order must have {S} entries, got {cols.shape}")
+    out = np.empty((T, S), np.float32)
+    mask = np.empty((T, S), np.bool_)
+    observed = np.empty((T, S), np.bool_)
+    n_threads = max(1, min(os.cpu_count() or 1, 8, S // 512, T * S // 2_000_000))
+    bounds = np.linspace(0, S, n_threads + 1).astype(np.int64)
+
+    def run(i: int) -> None:
+        _fill_gaps_kernel(v, cols, int(max_gap), out, mask, observed, bounds[i], bounds[i + 1])
+
+    if n_threads == 1:
+        run(0)
+    else:  # the kernel releases the GIL
+        with ThreadPoolExecutor(n_threads) as pool:
+            list(pool.map(run, range(n_threads)))
     return out, mask, observed
 
 
@@ -339,9 +363,8 @@ class WindowDataset(torch.utils.data.Dataset):
         self.coords = self._standardise(np.stack([lat, lon, elev], axis=1))
         context = int(ds.attrs.get("split_context", 0) or 0)
         self._start0 = max(0, context - self.seq_len)
-        raw = np.asarray(ds[variable].transpose("time", "station").values)[:, self.order]
-        self.values, self.mask, self.observed = fill_gaps(raw, self.max_gap)
-        del raw
+        raw = ds[variable].transpose("time", "station").values
+        self.values, self.mask, self.observed = fill_gaps(raw, self.max_gap, self.order)
         self._fill_empty_stations()
         self.marks = time_features(self.times)
         span = self.seq_len + self.pred_len
