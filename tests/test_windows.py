@@ -435,3 +435,23 @@ def test_fill_gaps_reorders_and_threads_consistently(monkeypatch):
     f64 = fill_gaps(v[:50, :7].astype(np.float64), 3)[0]  # any float dtype in, float32 out
     assert f64.dtype == np.float32
     np.testing.assert_array_equal(f64, fill_gaps(v[:50, :7], 3)[0])
+
+
+def test_data_pipeline_benchmark_smoke(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "data_pipeline.py"
+    spec = importlib.util.spec_from_file_location("data_pipeline_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "bench.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = mod.main(["--stations", "40", "--hours", "400", "--seconds", "0.05", "--json", str(out),
+                        "--workdir", str(tmp_path)])
+    saved = json.loads(out.read_text())
+    for key in ("synthetic_generate_s", "netcdf_write_s", "netcdf_read_s", "windows_per_s_batch"):
+        assert saved[key] == res[key] and res[key] > 0
+    assert not list(tmp_path.glob("*/synthetic.nc"))  # the temporary netCDF is cleaned up
