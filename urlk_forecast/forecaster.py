@@ -280,7 +280,8 @@ class Forecaster:
         net = self._net()
         net.eval()
         dev = self.device
-        b = {k: v.to(dev) for k, v in batch.items() if k in ("x", "x_mark", "y_mark", "x_mask")}
+        # everything but the targets (the network must not see them; extra inputs such as a fusion "aux" pass)
+        b = {k: v.to(dev) for k, v in batch.items() if k not in ("y", "y_mask", "index") and torch.is_tensor(v)}
         out = net(b).float()
         from .models.embedding import RevIN
 
