@@ -285,6 +285,27 @@ def test_empty_station_is_flagged_not_zero_filled():
         WindowDataset(all_nan, "temperature")
 
 
+def test_leading_gap_inputs_come_from_nearest_station_with_data_causally():
+    T = 120
+    rng = np.random.default_rng(5)
+    v = rng.normal(size=(T, 4)).astype(np.float32).cumsum(0)
+    v[:30, 0] = np.nan  # station 0 starts at t=30
+    v[:10, 1] = np.nan  # its nearest neighbour starts at t=10 ...
+    v[20:22, 1] = np.nan  # ... and has a short gap (interpolated for itself, held when lent)
+    coords = np.array([[0.0, 0.0], [0.0, 1.0], [0.0, 10.0], [0.0, 50.0]])
+    ws = WindowDataset.from_arrays(v, pd.date_range("2020-01-01", periods=T, freq="h"), coords, order="identity",
+                                   seq_len=48, label_len=24, pred_len=24, max_gap=3)
+    x, xm, y = ws[0]["x"].numpy(), ws[0]["x_mask"].numpy(), ws[0]["y"].numpy()
+    np.testing.assert_array_equal(x[:10, 0], v[:10, 2])  # before any neighbour nearer than station 2 has data
+    np.testing.assert_array_equal(x[10:20, 0], v[10:20, 1])
+    np.testing.assert_array_equal(x[20:22, 0], [v[19, 1], v[19, 1]])  # donor's causal (held) value
+    np.testing.assert_array_equal(x[22:30, 0], v[22:30, 1])
+    np.testing.assert_array_equal(x[30:, 0], v[30:48, 0])
+    assert not xm[:30, 0].any() and xm[30:, 0].all()
+    np.testing.assert_allclose(x[20:22, 1], np.interp([20, 21], [19, 22], v[[19, 22], 1]), rtol=1e-6)  # own: interp
+    assert np.isfinite(y[:, 0]).all()  # the targets (rows 48..71) are observed
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     seed=st.integers(0, 10_000),
@@ -312,9 +333,11 @@ def test_inputs_never_see_the_future(seed, max_gap, frac, window):
         warnings.simplefilter("ignore")
         a = WindowDataset.from_arrays(v, times, coords, **kw).batch([window])
         b = WindowDataset.from_arrays(w, times, coords, **kw).batch([window])
-    past = np.isfinite(v[: e + 1]).any(axis=0)  # stations with some observation up to e
-    np.testing.assert_array_equal(a["x"][0].numpy()[:, past], b["x"][0].numpy()[:, past])
-    np.testing.assert_array_equal(a["x_mask"][0].numpy()[:, past], b["x_mask"][0].numpy()[:, past])
+    # every value is causal except rows before the first observation of any station (nothing exists to use there)
+    obs_rows = np.flatnonzero(np.isfinite(v[: e + 1]).any(axis=1))
+    r0 = max(0, obs_rows[0] - window) if obs_rows.size else L
+    np.testing.assert_array_equal(a["x"][0].numpy()[r0:], b["x"][0].numpy()[r0:])
+    np.testing.assert_array_equal(a["x_mask"][0].numpy(), b["x_mask"][0].numpy())
 
 
 def test_windows_hold_one_array_not_copies():
@@ -402,12 +425,15 @@ def test_end_to_end_persistence_score_matches_pandas_reference():
     test = split_dataset(ds, context=48)["test"]
     ws = WindowDataset(test, "temperature", seq_len=48, label_len=24, pred_len=24, max_gap=0, order="identity")
     b = ws.batch(np.arange(len(ws)))
-    pred = b["x"][:, -1:, :].repeat(1, 24, 1)  # persistence of the last (held) input value
-    got = evaluate_arrays(pred, b["y"][:, 24:], b["y_mask"][:, 24:])
-
     boundary = 1500 - int(1500 * 0.2)
     raw = pd.DataFrame(ds.temperature.values[boundary - 48 :].astype(np.float64))  # the test split with context
-    held = raw.ffill().bfill().to_numpy()  # last observation carried forward (first one before a record starts)
+    late = np.isnan(raw.to_numpy()[0])  # stations whose record starts late borrow neighbours' inputs: left out
+    assert 0 < late.sum() < 10
+    pred = b["x"][:, -1:, :].repeat(1, 24, 1)  # persistence of the last (held) input value
+    got = evaluate_arrays(pred, b["y"][:, 24:], b["y_mask"][:, 24:] & torch.from_numpy(~late))
+
+    raw.loc[:, late] = np.nan
+    held = raw.ffill().to_numpy()  # last observation carried forward
     v = raw.to_numpy()
     per_window = []
     for i in range(len(ws)):

@@ -11,10 +11,10 @@ The conventions follow Informer/Corrformer, which the UniRepLKNet forecasting ex
 
 Missing data (see docs/data.md): the dataset is processed once, per station along time. Interior gaps of at most
 ``max_gap`` steps are linearly interpolated and count as observed (mask True). Longer gaps are never zero-filled:
-targets there are NaN with ``y_mask`` False; inputs there hold the last observation (a causal edge hold; the first
-observation before a station's record starts) with ``x_mask`` False. A gap still open at the end of ``x`` is held
-and unobserved whatever its length (its length is only known later), so no input value or mask ever carries
-information from the forecast period.
+targets there are NaN with ``y_mask`` False; inputs there hold the last observation (a causal edge hold; before a
+station's record starts, the causal value of the nearest station with data) with ``x_mask`` False. A gap still open
+at the end of ``x`` is held and unobserved whatever its length (its length is only known later), so no input value
+or mask ever carries information from the forecast period.
 """
 
 from __future__ import annotations
@@ -302,14 +302,6 @@ def _gather_windows(values, mask, observed, starts, L, P, Q, G, x, xm, y, ym):  
                 y[b, P + r, s] = values[t, s] if m else np.nan
 
 
-def _great_circle_nearest(lat: np.ndarray, lon: np.ndarray, targets: np.ndarray, sources: np.ndarray) -> np.ndarray:
-    """For each station in ``targets`` the index (into the full arrays) of the nearest station in ``sources``."""
-    la, lo = np.radians(lat.astype(np.float64)), np.radians(lon.astype(np.float64))
-    xyz = np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], axis=1)
-    sim = xyz[targets] @ xyz[sources].T
-    return sources[np.argmax(sim, axis=1)]
-
-
 # ------------------------------------------------------------------------------------------------- windows
 
 
@@ -324,8 +316,9 @@ class WindowDataset(torch.utils.data.Dataset):
     :meth:`batch` builds a stacked batch directly (the fast path for training).
 
     ``order``: None = Hilbert order over lat/lon (:func:`station_order`), ``"identity"`` = dataset order, or an
-    explicit permutation of station indices. Stations without any observation get the inputs of their nearest
-    observed station (``x_mask`` False everywhere, a warning names them) and all-NaN targets.
+    explicit permutation of station indices. Before a station's first observation its inputs are the causal values
+    of the nearest station with data (``x_mask`` False); stations without any observation get only such inputs (a
+    warning names them) and all-NaN targets.
     """
 
     def __init__(
@@ -365,7 +358,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self._start0 = max(0, context - self.seq_len)
         raw = ds[variable].transpose("time", "station").values
         self.values, self.mask, self.observed = fill_gaps(raw, self.max_gap, self.order)
-        self._fill_empty_stations()
+        self._fill_leading_gaps()
         self.marks = time_features(self.times)
         span = self.seq_len + self.pred_len
         self._len = max(0, (len(self.times) - self._start0 - span) // self.stride + 1)
@@ -396,21 +389,46 @@ class WindowDataset(torch.utils.data.Dataset):
                 z[ok, j] = (col[ok] - col[ok].mean()) / (std if std > 1e-9 else 1.0)
         return z  # unknown values (e.g. elevation) sit at the mean, 0
 
-    def _fill_empty_stations(self) -> None:
+    def _fill_leading_gaps(self) -> None:
+        """Inputs before a station's first observation come from the nearest station with data at that time.
+
+        The donor's value is its causal one (its last observation), so no input carries information from later
+        times; ``x_mask`` stays False and targets stay NaN there. Rows before any station has data keep the
+        backward hold of :func:`fill_gaps` (nothing causal exists). Stations without any observation are named
+        in a warning.
+        """
+        T = self.values.shape[0]
         has = self.observed.any(axis=0)
-        empty = np.flatnonzero(~has)
-        if empty.size == 0:
-            return
         if not has.any():
             raise SchemaError(f"variable {self.variable!r} has no observation at all in this dataset")
-        warnings.warn(
-            f"{empty.size} station(s) have no {self.variable} observation in this dataset "
-            f"({', '.join(self.station_ids[empty[:5]])}{', ...' if empty.size > 5 else ''}): their inputs are "
-            "copied from the nearest observed station with x_mask False, their targets are NaN",
-            stacklevel=3,
-        )
-        src = _great_circle_nearest(self.lat, self.lon, empty, np.flatnonzero(has))
-        self.values[:, empty] = self.values[:, src]
+        first = np.where(has, np.argmax(self.observed, axis=0), T)
+        needy = np.flatnonzero(first > 0)
+        if needy.size == 0:
+            return
+        empty = np.flatnonzero(~has)
+        if empty.size:
+            warnings.warn(
+                f"{empty.size} station(s) have no {self.variable} observation in this dataset "
+                f"({', '.join(self.station_ids[empty[:5]])}{', ...' if empty.size > 5 else ''}): their inputs are "
+                "taken from the nearest observed stations with x_mask False, their targets are NaN",
+                stacklevel=3,
+            )
+        la, lo = np.radians(self.lat.astype(np.float64)), np.radians(self.lon.astype(np.float64))
+        xyz = np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], axis=1)
+        rows = np.arange(T)
+        causal: dict[int, np.ndarray] = {}
+        for s in needy:
+            upto = int(first[s])
+            for c in np.argsort(-(xyz @ xyz[s]), kind="stable"):  # nearest first
+                if first[c] >= upto:
+                    continue
+                if c not in causal:  # donor's last observation at or before each time (its causal value)
+                    last = np.maximum.accumulate(np.where(self.observed[:, c], rows, -1))
+                    causal[c] = self.values[np.maximum(last, 0), c]
+                self.values[first[c] : upto, s] = causal[c][first[c] : upto]
+                upto = int(first[c])
+                if upto == 0:
+                    break
 
     @classmethod
     def from_arrays(
