@@ -415,18 +415,17 @@ class WindowDataset(torch.utils.data.Dataset):
             )
         la, lo = np.radians(self.lat.astype(np.float64)), np.radians(self.lon.astype(np.float64))
         xyz = np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], axis=1)
-        rows = np.arange(T)
-        causal: dict[int, np.ndarray] = {}
         for s in needy:
             upto = int(first[s])
             for c in np.argsort(-(xyz @ xyz[s]), kind="stable"):  # nearest first
-                if first[c] >= upto:
+                lo = int(first[c])
+                if lo >= upto:
                     continue
-                if c not in causal:  # donor's last observation at or before each time (its causal value)
-                    last = np.maximum.accumulate(np.where(self.observed[:, c], rows, -1))
-                    causal[c] = self.values[np.maximum(last, 0), c]
-                self.values[first[c] : upto, s] = causal[c][first[c] : upto]
-                upto = int(first[c])
+                # the donor's last observation at or before each time (row lo is observed, so this is complete)
+                span = np.arange(lo, upto)
+                last = np.maximum.accumulate(np.where(self.observed[lo:upto, c], span, lo))
+                self.values[lo:upto, s] = self.values[last, c]
+                upto = lo
                 if upto == 0:
                     break
 
