@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..ops import DWConv2d
+from ..ops import DWConv2d, dwconv2d
 from .corrformer import CorrformerEncoder
 
 __all__ = [
@@ -189,7 +189,13 @@ class _ConvNeXtBlock(nn.Module):
         self.drop_path = _DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.dwconv(x).permute(0, 2, 3, 1)
+        conv = self.dwconv
+        if x.dtype != conv.weight.dtype:  # autocast (bf16/fp16): run the depthwise conv in the activation dtype
+            bias = conv.bias.to(x.dtype) if conv.bias is not None else None
+            y = dwconv2d(x, conv.weight.to(x.dtype), bias, conv.padding, conv.dilation)
+        else:
+            y = conv(x)
+        y = y.permute(0, 2, 3, 1)
         y = self.pwconv2(F.gelu(self.pwconv1(self.norm(y))))
         if self.gamma is not None:
             y = y * self.gamma
