@@ -21,6 +21,7 @@ Full table (A and S at 224x224, batch 8, own kernels vs torch):
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -80,16 +81,18 @@ def _set_fuse(model: nn.Module, value: bool, only: list[DilatedReparamBlock] | N
     return blocks
 
 
-def time_fn(fn: Callable[[], object], iters: int, warmup: int) -> float:
-    """Median wall time of ``fn`` in seconds after ``warmup`` untimed calls."""
+def time_interleaved(fns: dict[str, Callable[[], object]], iters: int, warmup: int) -> dict[str, float]:
+    """Median wall time (s) of each function, measured round-robin so load drift hits every form alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bench_variant(variant: str, size: tuple[int, int], batch: int, iters: int, warmup: int,
@@ -101,28 +104,30 @@ def bench_variant(variant: str, size: tuple[int, int], batch: int, iters: int, w
     one = x[:1]
     row: dict = {"variant": variant, "size": f"{size[0]}x{size[1]}", "batch": batch,
                  "params_train": count_params(model), "macs_train": count_macs(model, one)}
-    if "train" in forms:
-        model.train()
+    eval_model = copy.deepcopy(model).eval()
+    unfused_model = copy.deepcopy(model).eval()
+    _set_fuse(unfused_model, False)
+    deploy_model = reparameterize_model(copy.deepcopy(model).eval())
+    row["params_deploy"] = count_params(deploy_model)
+    row["macs_deploy"] = count_macs(deploy_model, one)
+    model.train()
 
-        def step() -> None:
-            model.zero_grad(set_to_none=True)
-            model(x).mean().backward()
-
-        row["train_img_s"] = batch / time_fn(step, iters, warmup)
+    def train_step() -> None:
         model.zero_grad(set_to_none=True)
-    model.eval()
-    with torch.no_grad():
-        if "unfused" in forms:
-            blocks = _set_fuse(model, False)
-            row["unfused_img_s"] = batch / time_fn(lambda: model(x), iters, warmup)
-            _set_fuse(model, True, only=blocks)
-        if "eval" in forms:
-            row["eval_img_s"] = batch / time_fn(lambda: model(x), iters, warmup)
-        reparameterize_model(model)
-        row["params_deploy"] = count_params(model)
-        row["macs_deploy"] = count_macs(model, one)
-        if "reparam" in forms:
-            row["reparam_img_s"] = batch / time_fn(lambda: model(x), iters, warmup)
+        model(x).mean().backward()
+
+    def infer(m: nn.Module) -> Callable[[], object]:
+        def run() -> object:
+            with torch.no_grad():
+                return m(x)
+
+        return run
+
+    fns = {"train": train_step, "eval": infer(eval_model), "unfused": infer(unfused_model),
+           "reparam": infer(deploy_model)}
+    timings = time_interleaved({k: fns[k] for k in FORMS if k in forms}, iters, warmup)
+    for k, t in timings.items():
+        row[f"{k}_img_s"] = batch / t
     return row
 
 
