@@ -408,3 +408,30 @@ def test_training_384x128_full_variant_a_stays_finite() -> None:
         opt.step()
         assert torch.isfinite(loss)
     assert all(torch.isfinite(p).all() for p in m.parameters())
+
+
+# ------------------------------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+def test_gpu_reparam_and_training_step() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from test_reparam import randomize_, rel_err, set_unfused
+
+    dev = torch.device("cuda")
+    model = set_unfused(randomize_(create_model("unireplknet_a"), seed=2)).to(dev).eval()
+    x = torch.randn(3, 3, 40, 72, device=dev)
+    with torch.no_grad():
+        ref = model(x)
+        model.reparameterize()
+        out = model(x)
+    assert rel_err(out, ref) <= 1e-5
+    net = create_model("a", in_chans=1, num_classes=3, drop_path_rate=0.1).to(dev).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    xb = torch.randn(4, 1, 48, 192, device=dev)
+    for _ in range(3):
+        opt.zero_grad()
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = F.cross_entropy(net(xb * 100), torch.tensor([0, 1, 2, 0], device=dev))
+        loss.backward()
+        opt.step()
+        assert torch.isfinite(loss)
