@@ -111,9 +111,15 @@ class AutoCorrelation(nn.Module):
         top_k = max(1, min(L, int(self.factor * math.log(L))))
         weights, delays = torch.topk(corr.mean(dim=2), top_k, dim=-1)  # (B, H, k)
         weights = self.dropout(torch.softmax(weights, dim=-1))
-        vals = v.permute(0, 2, 3, 1)  # (B, H, E, L)
-        rolled = _roll_gather(vals.reshape(B * H, E, L), delays.reshape(B * H, 1, top_k).expand(-1, E, -1))
-        agg = (rolled * weights.reshape(B * H, 1, top_k, 1)).sum(dim=2)  # (B·H, E, L)
+        vals = v.permute(0, 2, 3, 1).reshape(B * H, E, L)
+        delays = delays.reshape(B * H, top_k)
+        weights = weights.reshape(B * H, top_k)
+        t = torch.arange(L, device=v.device)
+        agg = None
+        for i in range(top_k):  # one lag at a time: peak memory of one rolled copy, not top_k
+            idx = ((t + delays[:, i, None]) % L)[:, None, :].expand(-1, E, -1)
+            term = torch.gather(vals, -1, idx) * weights[:, i, None, None].to(vals.dtype)
+            agg = term if agg is None else agg + term
         return agg.reshape(B, H, E, L).permute(0, 3, 1, 2)
 
 
