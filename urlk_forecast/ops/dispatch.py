@@ -1,0 +1,207 @@
+"""Path choice and autograd for the depthwise convolution: own CPU kernels, own CUDA kernels, or torch.
+
+Per call, :func:`choose` picks
+
+* ``"cpu"``  - :mod:`urlk_forecast.ops.cpu_kernels` for CPU tensors (float32/float64; float16/bfloat16 are computed
+  in float32 and cast back, since torch has no fast half-precision depthwise conv on CPU either);
+* ``"cuda"`` - :mod:`urlk_forecast.ops.cuda_kernels` for CUDA tensors when its ``available()`` says so;
+* ``"torch"`` - ``F.conv2d(..., groups=C)`` for everything else (other devices, padding beyond ``(K-1)*dilation``,
+  float64 on CUDA, a failed kernel import). Each distinct reason is logged once at DEBUG level on the
+  ``urlk_forecast.ops`` logger.
+
+Overrides, strongest first: :func:`use_backend` (a context manager, thread-local), then the environment variable
+``URLK_DWCONV`` = ``auto`` | ``own`` | ``torch`` (read on every call, so a benchmark can flip it). ``own`` makes an
+unsupported call an error instead of a silent fallback, which is what bisecting needs.
+
+The autograd functions are first-order (``once_differentiable``): double backward through the own kernels is not
+implemented; use ``URLK_DWCONV=torch`` for that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from urlk_forecast.ops import cpu_kernels
+
+__all__ = ["BACKENDS", "choose", "run", "use_backend", "get_backend", "Pads"]
+
+log = logging.getLogger("urlk_forecast.ops")
+
+BACKENDS = ("auto", "own", "torch")
+Pads = tuple[int, int, int, int]  # top, bottom, left, right
+
+_local = threading.local()
+_logged: set[str] = set()
+_logged_lock = threading.Lock()
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _log_once(key: str, msg: str) -> None:
+    with _logged_lock:
+        if key in _logged:
+            return
+        _logged.add(key)
+    log.debug(msg)
+
+
+def get_backend() -> str:
+    """The backend in force for this thread: the innermost :func:`use_backend`, else ``URLK_DWCONV``, else auto."""
+    forced = getattr(_local, "backend", None)
+    if forced is not None:
+        return forced
+    env = os.environ.get("URLK_DWCONV", "auto").strip().lower() or "auto"
+    if env not in BACKENDS:
+        raise ValueError(f"URLK_DWCONV must be one of {', '.join(BACKENDS)}, got {env!r}")
+    return env
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Force ``"own"``, ``"torch"`` or ``"auto"`` for depthwise convs run by this thread inside the block."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    old = getattr(_local, "backend", None)
+    _local.backend = name
+    try:
+        yield
+    finally:
+        _local.backend = old
+
+
+def _cuda_module():
+    try:
+        from urlk_forecast.ops import cuda_kernels
+    except Exception as exc:  # noqa: BLE001 - a broken optional backend must not break the op
+        _log_once("cuda-import", f"dwconv2d: CUDA kernels unavailable ({type(exc).__name__}: {exc}); using torch")
+        return None
+    return cuda_kernels
+
+
+def _own_reason(x: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, int]) -> tuple[str | None, str]:
+    """(path, reason): path "cpu"/"cuda" when the own kernels take the call, else None and why not."""
+    kh, kw = w.shape[-2:]
+    t, b, l, r = pads
+    if min(pads) < 0 or max(t, b) > (kh - 1) * dil[0] or max(l, r) > (kw - 1) * dil[1]:
+        return None, f"padding {pads} outside [0, (K-1)*dilation] for kernel {kh}x{kw}, dilation {dil}"
+    if x.device.type == "cpu":
+        if x.dtype not in cpu_kernels.SUPPORTED_DTYPES + _HALF:
+            return None, f"dtype {x.dtype} on CPU"
+        return "cpu", ""
+    if x.device.type == "cuda":
+        ck = _cuda_module()
+        if ck is None:
+            return None, "CUDA kernels failed to import"
+        try:
+            ok = ck.available()
+        except Exception as exc:  # noqa: BLE001
+            return None, f"cuda_kernels.available() raised {type(exc).__name__}: {exc}"
+        if not ok:
+            return None, "cuda_kernels.available() is False"
+        if t != b or l != r:
+            return "cuda", ""  # asymmetric padding is applied with F.pad first (see run)
+        if hasattr(ck, "supports") and not ck.supports(x, w):
+            return None, f"cuda_kernels does not support {x.dtype} input with {w.dtype} weight"
+        return "cuda", ""
+    return None, f"device {x.device.type}"
+
+
+def choose(x: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, int]) -> str:
+    """Return ``"cpu"``, ``"cuda"`` or ``"torch"`` for this call (logs the first fallback of each kind)."""
+    backend = get_backend()
+    if backend == "torch":
+        return "torch"
+    path, reason = _own_reason(x, w, pads, dil)
+    if path is not None:
+        return path
+    if backend == "own":
+        raise NotImplementedError(f"dwconv2d: URLK_DWCONV=own but the own kernels cannot run this call: {reason}")
+    _log_once(reason, f"dwconv2d: falling back to F.conv2d ({reason})")
+    return "torch"
+
+
+# ------------------------------------------------------------------------------------------------ autograd
+class _CPUFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
+                dil: tuple[int, int]) -> torch.Tensor:
+        ctx.pads, ctx.dil, ctx.has_bias = pads, dil, bias is not None
+        ctx.save_for_backward(x, w)
+        return cpu_kernels.forward(x, w, bias, pads, dil)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy: torch.Tensor):  # type: ignore[override]
+        x, w = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        gx = gw = gb = None
+        if need_x or need_w:
+            gx, gw = cpu_kernels.backward(x, gy, w, ctx.pads, ctx.dil, need_input=need_x, need_weight=need_w)
+        if need_b and ctx.has_bias:
+            gb = gy.sum((0, 2, 3), dtype=torch.float64).to(gy.dtype) if gy.dtype == torch.float32 else gy.sum((0, 2, 3))
+        return gx, gw, gb, None, None
+
+
+class _CUDAFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pad: tuple[int, int],
+                dil: tuple[int, int]) -> torch.Tensor:
+        from urlk_forecast.ops import cuda_kernels
+
+        ctx.pad, ctx.dil, ctx.has_bias = pad, dil, bias is not None
+        ctx.save_for_backward(x, w)
+        return cuda_kernels.forward(x, w, bias, pad, dil)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy: torch.Tensor):  # type: ignore[override]
+        from urlk_forecast.ops import cuda_kernels
+
+        x, w = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        gy = gy.contiguous()
+        gx = cuda_kernels.grad_input(gy, w, ctx.pad, ctx.dil, x.shape[-2:]) if need_x else None
+        gw = cuda_kernels.grad_weight(x, gy, w.shape[-2:], ctx.pad, ctx.dil) if need_w else None
+        gb = gy.sum((0, 2, 3), dtype=torch.float32).to(gy.dtype) if (need_b and ctx.has_bias) else None
+        return gx, gw, gb, None, None
+
+
+def _torch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
+           dil: tuple[int, int]) -> torch.Tensor:
+    t, b, l, r = pads
+    if t == b and l == r:
+        return F.conv2d(x, w, bias, 1, (t, l), dil, x.shape[1])
+    return F.conv2d(F.pad(x, (l, r, t, b)), w, bias, 1, 0, dil, x.shape[1])  # asymmetric ("same", even K)
+
+
+def run(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads, dil: tuple[int, int]) -> torch.Tensor:
+    """Depthwise conv with validated arguments on the chosen path (autograd-aware on every path)."""
+    path = choose(x, w, pads, dil)
+    if path == "torch":
+        return _torch(x, w, bias, pads, dil)
+    if path == "cpu":
+        out_dtype = x.dtype
+        if x.dtype in _HALF:  # computed in float32 (documented); the casts are part of the autograd graph
+            x, w = x.float(), w.float()
+            bias = bias.float() if bias is not None else None
+        xin = x
+        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        y = _CPUFunction.apply(xin, w, bias, pads, dil)
+        if channels_last:
+            y = y.contiguous(memory_format=torch.channels_last)
+        return y.to(out_dtype) if y.dtype != out_dtype else y
+    # cuda
+    t, b, l, r = pads
+    if t != b or l != r:
+        x = F.pad(x, (l, r, t, b))
+        pad = (0, 0)
+    else:
+        pad = (t, l)
+    return _CUDAFunction.apply(x, w, bias, pad, dil)
