@@ -242,12 +242,13 @@ class ForecastFusion(nn.Module):
     def _station_series(self, aux: torch.Tensor) -> torch.Tensor:
         """Any accepted aux layout → (B, length, S, channels)."""
         S, C, L = self.n_stations, self.channels, self.length
+        got = tuple(aux.shape)
         if self.grid_points is not None:
             if aux.dim() == 4:
                 aux = aux.unsqueeze(1).expand(-1, L, -1, -1, -1)
             if aux.dim() != 5 or aux.shape[1] != L or aux.shape[2] != C:
                 raise ValueError(f"batch[{self.key!r}] must be a gridded field (batch, {C}, H, W) or (batch, "
-                                 f"{L}, {C}, H, W) (length={L}, channels={C}), got {tuple(aux.shape)}")
+                                 f"{L}, {C}, H, W) (length={L}, channels={C}), got {got}")
             B, _, _, H, W = aux.shape
             grid = self.grid_points.to(aux.dtype).view(1, 1, S, 2).expand(B * L, 1, S, 2)
             vals = F.grid_sample(aux.reshape(B * L, C, H, W), grid, mode="bilinear", align_corners=True)
@@ -256,7 +257,7 @@ class ForecastFusion(nn.Module):
             aux = aux.unsqueeze(-1)
         if aux.dim() != 4 or aux.shape[1:] != (L, S, C):
             raise ValueError(f"batch[{self.key!r}] must be station series (batch, length={L}, stations={S}) or "
-                             f"(batch, {L}, {S}, channels={C}), got {tuple(aux.shape)}")
+                             f"(batch, {L}, {S}, channels={C}), got {got}")
         return aux
 
     def aux_features(self, aux: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
