@@ -263,3 +263,15 @@ def test_constructor_errors():
         Forecaster(seq_len=24, label_len=30)
     with pytest.raises(ValueError, match="pred_len must be an integer >= 1"):
         Forecaster(pred_len=0)
+
+
+def test_forecast_writes_to_netcdf(trained, data, tmp_path):
+    fc, _ = trained
+    out = fc.predict(data)
+    path = tmp_path / "forecast.nc"
+    out.to_netcdf(path)
+    back = xr.open_dataset(path, decode_timedelta=True)
+    np.testing.assert_array_equal(back["temperature"].values, out["temperature"].values)
+    assert pd.TimedeltaIndex(back["lead_time"].values)[0] == pd.Timedelta(hours=1)
+    assert pd.Timestamp(back["forecast_reference_time"].values) == pd.Timestamp(data["time"].values[-1])
+    back.close()

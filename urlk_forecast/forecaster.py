@@ -386,6 +386,8 @@ class Forecaster:
                 "pred_len": self.pred_len,
             },
         )
+        if freq % pd.Timedelta(hours=1) == pd.Timedelta(0):  # netCDF: lead_time = 1, 2, ... hours
+            result["lead_time"].encoding.update(units="hours", dtype="int32")
         result["forecast_reference_time"] = xr.DataArray(
             np.datetime64(times[-1].to_datetime64(), "ns"), attrs={"standard_name": "forecast_reference_time"})
         return result.set_coords("forecast_reference_time")
