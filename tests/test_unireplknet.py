@@ -435,3 +435,12 @@ def test_gpu_reparam_and_training_step() -> None:
         loss.backward()
         opt.step()
         assert torch.isfinite(loss)
+
+
+def test_config_rebuilds_same_model_and_frozen_reparam() -> None:
+    m = create_model("a", in_chans=2, num_classes=5, kernel_sizes=(3, 5, 17, 0), out_indices=None)
+    twin = UniRepLKNet(**m.config)
+    assert repr(twin) == repr(m)
+    m.requires_grad_(False)
+    m.eval().reparameterize()
+    assert not any(p.requires_grad for p in m.parameters())

@@ -210,7 +210,7 @@ class DilatedReparamBlock(nn.Module):
         w, b = fuse_bn(self.lk_origin.weight, self.origin_bn)
         branches = [(*fuse_bn(conv.weight, bn), r) for conv, bn, r in self._branches()]
         w, b = merge_dilated_branches(w, b, branches)
-        self.lk_origin = _new_dwconv(self.channels, self.kernel_size, w, b)
+        self.lk_origin = _new_dwconv(self.channels, self.kernel_size, w, b, self.lk_origin.weight.requires_grad)
         del self.origin_bn
         for k, r in zip(self.kernel_sizes, self.dilates):
             delattr(self, f"dil_conv_k{k}_{r}")
@@ -222,10 +222,13 @@ class DilatedReparamBlock(nn.Module):
         return f"kernel_size={self.kernel_size}, branches k={self.kernel_sizes} r={self.dilates}"
 
 
-def _new_dwconv(channels: int, kernel_size: int, weight: torch.Tensor, bias: torch.Tensor) -> DWConv2d:
+def _new_dwconv(channels: int, kernel_size: int, weight: torch.Tensor, bias: torch.Tensor,
+                requires_grad: bool = True) -> DWConv2d:
     conv = DWConv2d(channels, kernel_size, bias=True).to(device=weight.device, dtype=weight.dtype)
-    conv.weight.data.copy_(weight)
-    conv.bias.data.copy_(bias)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        conv.bias.copy_(bias)
+    conv.requires_grad_(requires_grad)
     return conv
 
 
@@ -308,7 +311,7 @@ class UniRepLKNetBlock(nn.Module):
         if isinstance(self.norm, nn.BatchNorm2d):
             conv = self.dwconv.lk_origin if isinstance(self.dwconv, DilatedReparamBlock) else self.dwconv
             w, b = fuse_bn(conv.weight, self.norm, conv.bias)
-            fused = _new_dwconv(self.dim, self.kernel_size, w, b)
+            fused = _new_dwconv(self.dim, self.kernel_size, w, b, conv.weight.requires_grad)
             if isinstance(self.dwconv, DilatedReparamBlock):
                 self.dwconv.lk_origin = fused
             else:
@@ -321,6 +324,7 @@ class UniRepLKNetBlock(nn.Module):
             new_linear = new_linear.to(device=weight.device, dtype=weight.dtype)
             new_linear.weight.copy_(weight)
             new_linear.bias.copy_(bias)
+            new_linear.requires_grad_(linear.weight.requires_grad)
             self.pwconv2 = nn.Sequential(new_linear, NHWCtoNCHW())
             grn.beta = None
             grn.use_bias = False
