@@ -444,3 +444,16 @@ def test_config_rebuilds_same_model_and_frozen_reparam() -> None:
     m.requires_grad_(False)
     m.eval().reparameterize()
     assert not any(p.requires_grad for p in m.parameters())
+
+
+def test_bf16_autocast_training_step() -> None:
+    """training.py defaults to bf16 autocast on CPU: a train step must work and give finite gradients."""
+    m = tiny(in_chans=1, num_classes=3, kernel_sizes=(3, 5, 7, 13)).train()
+    x = torch.randn(2, 1, 48, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(m(x), torch.tensor([0, 2]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in m.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert m.stages[2][1].dwconv.dil_conv_k5_1.weight.grad.abs().sum() > 0

@@ -152,6 +152,17 @@ def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels)
 
 
+def _dw(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run a depthwise conv module; under autocast (x in bf16/fp16, weights fp32) cast the weights to x's dtype.
+
+    ``F.conv2d`` is autocast-aware but the own op is not: it requires equal dtypes, as does any custom kernel.
+    """
+    if not isinstance(conv, DWConv2d) or x.dtype == conv.weight.dtype:
+        return conv(x)
+    bias = conv.bias.to(x.dtype) if conv.bias is not None else None
+    return dwconv2d(x, conv.weight.to(x.dtype), bias, conv.padding, conv.dilation)
+
+
 # ------------------------------------------------------------------------------------ Dilated Reparam Block
 class DilatedReparamBlock(nn.Module):
     """K x K depthwise conv + BN in parallel with dilated depthwise convs + BN, outputs summed (§3.2.2).
@@ -193,13 +204,13 @@ class DilatedReparamBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
-            return self.lk_origin(x)
+            return _dw(self.lk_origin, x)
         if self.fuse_in_eval and not self.training:
             w, b = self._fused_kernel()
-            return dwconv2d(x, w, b)
-        out = self.origin_bn(self.lk_origin(x))
+            return dwconv2d(x, w.to(x.dtype), b.to(x.dtype))
+        out = self.origin_bn(_dw(self.lk_origin, x))
         for conv, bn, _ in self._branches():
-            out = out + bn(conv(x))
+            out = out + bn(_dw(conv, x))
         return out
 
     @torch.no_grad()
@@ -286,7 +297,7 @@ class UniRepLKNetBlock(nn.Module):
         self.drop_path: nn.Module = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def _f(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.se(self.norm(self.dwconv(x)))
+        y = self.se(self.norm(_dw(self.dwconv, x)))
         return self.pwconv2(self.act(self.pwconv1(y)))
 
     def compute_residual(self, x: torch.Tensor) -> torch.Tensor:
