@@ -138,7 +138,7 @@ def markdown(rows: list[dict]) -> str:
     lines = [head, "|" + "---|" * 10]
     for r in rows:
         def f(key: str, r: dict = r) -> str:
-            return f"{r[key]:.1f}" if key in r else "-"
+            return f"{r[key]:.3g}" if key in r else "-"
 
         lines.append(
             f"| {r['variant']} | {r.get('dwconv', 'auto')} | {r['size']} | {r['batch']} | "
