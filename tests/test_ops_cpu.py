@@ -210,22 +210,26 @@ def test_grad_functions_match_contract():
     assert torch.allclose(gx, x.grad, atol=1e-12) and torch.allclose(gw, w.grad, atol=1e-12)
 
 
-def test_deterministic_and_thread_count_independent():
-    x = torch.randn(3, 5, 20, 18)
-    w = torch.randn(5, 1, 7, 7)
-    gy = torch.randn(3, 5, 20, 18)
+@pytest.mark.parametrize("B,C", [(3, 5), (8, 1)])  # grad-weight accumulated per channel / per plane
+def test_deterministic_and_thread_count_independent(B, C):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(B, C, 32, 30, generator=g)
+    w = torch.randn(C, 1, 7, 7, generator=g)
+    gy = torch.randn(B, C, 32, 30, generator=g)
     n = torch.get_num_threads()
     try:
         outs = []
-        for threads in (1, max(2, n)):
+        for threads in (1, 1, 2, 3):
             torch.set_num_threads(threads)
             y = cpu_kernels.forward(x, w, None, 3, 1)
             gx, gw = cpu_kernels.backward(x, gy, w, 3, 1)
             outs.append((y, gx, gw))
     finally:
         torch.set_num_threads(n)
-    for a, b in zip(*outs):
-        assert torch.equal(a, b)
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            assert torch.equal(a, b)
+    assert rel_err(outs[-1][2], reference(x, w, None, (3, 3, 3, 3), (1, 1), gy)[2]) <= TOL
 
 
 def test_unsupported_calls_rejected_by_kernels():

@@ -185,15 +185,14 @@ def _fwd_dilated_source(CW: int, R: int) -> list[str]:
 
 
 def _gw_plane_source(V: int, T: int) -> list[str]:
-    """Grad-weight kernel for one plane: per gy column chunk, aligned shifted copies of x, then T taps x V lanes of
-    partial sums in registers over the rows (one gradient vector load feeds T FMAs)."""
+    """Grad-weight kernel for one plane, added into ``gout[goff:goff+Kh*Kw]``: per gy column chunk, aligned shifted
+    copies of x, then T taps x V lanes of partial sums in registers over the rows (one gradient vector load feeds
+    T FMAs)."""
     L: list[str] = []
     e = L.append
     e(f"@njit(fastmath={_FASTMATH}, cache=True, nogil=True)")
     e(f"def gw_plane_{V}x{T}(xp, Wx, Hx, gp, Wgp, gr0, gc0, Ho, Wo, Kh, Kw, dh, dw, pt, pl, H, W, gout, goff, acc,")
     e("                     zero, S, soff):")
-    e("    for k in range(Kh * Kw):")
-    e("        gout[goff + k] = zero")
     e(f"    SL = np.uint64(Hx * {V})")
     e("    Wxu = np.uint64(Wx); Wgu = np.uint64(Wgp); dwu = np.uint64(dw); su = np.uint64(soff)")
     e(f"    for j0 in range(0, Wo, {V}):")
@@ -279,8 +278,12 @@ def fwd_{s}(x, wt, bias, has_bias, out, C, Kh, Kw, pt, pl, dh, dw, lo, hi, zero)
 
 
 @njit(fastmath={_FASTMATH}, cache=True, nogil=True)
-def bwd_{s}(x, gy, wtflip, need_gx, need_gw, gx, gwp, C, Kh, Kw, pt, pl, dh, dw, lo, hi, zero):
+def bwd_{s}(x, gy, wtflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, dw, by_channel, lo, hi, zero):
+    # by_channel: [lo, hi) are channels, gwa (C, Kh*Kw) float64 accumulates over the batch (no partials);
+    # else [lo, hi) are planes and gwa (planes, Kh*Kw) receives per-plane sums (reduced by the caller)
     P, H, W = x.shape
+    B = P // C
+    KK = Kh * Kw
     Ho = gy.shape[1]
     Wo = gy.shape[2]
     # grad-input: the forward kernel on gy padded by (ptb, plb) with the flipped kernel, output H x W
@@ -298,8 +301,19 @@ def bwd_{s}(x, gy, wtflip, need_gx, need_gw, gx, gwp, C, Kh, Kw, pt, pl, dh, dw,
     xp = np.zeros(Hx * Wx if need_gw else 1, x.dtype)
     S2, soff2 = _aligned_buffer((Kw + {T - 1}) * Hx * {GV} if need_gw else 0, x)
     acc = np.empty({T * GV}, x.dtype)
-    for n in range(lo, hi):
-        c = n % C
+    items = (hi - lo) * B if by_channel else hi - lo
+    for k in range(items):
+        if by_channel:
+            q = k // B
+            c = lo + q
+            n = (k - q * B) * C + c
+            goff = c * KK
+            fresh = k - q * B == 0
+        else:
+            n = lo + k
+            c = n % C
+            goff = n * KK
+            fresh = True
         gn = gy[n]
         for i in range(Ho):
             r = (i + ptb) * Wg + plb
@@ -307,22 +321,25 @@ def bwd_{s}(x, gy, wtflip, need_gx, need_gw, gx, gwp, C, Kh, Kw, pt, pl, dh, dw,
                 gp[r + j] = gn[i, j]
         if need_gx:
             if dh == 1:
-                fwd_plane_{s}(gp, Wg, wtflip, c * Kh * Kw, Kh, Kw, dw, o, Wc, H, W, ptb, plb, Ho, Wo, zero)
+                fwd_plane_{s}(gp, Wg, wtflip, c * KK, Kh, Kw, dw, o, Wc, H, W, ptb, plb, Ho, Wo, zero)
             else:
-                fwd_dil_{s}(gp, Wg, wtflip, c * Kh * Kw, Kh, Kw, dh, dw, o, Wc, H, W, ptb, plb, Ho, Wo, zero)
+                fwd_dil_{s}(gp, Wg, wtflip, c * KK, Kh, Kw, dh, dw, o, Wc, H, W, ptb, plb, Ho, Wo, zero)
             gxn = gx[n]
             for i in range(H):
                 r = i * Wc
                 for j in range(W):
                     gxn[i, j] = o[r + j]
         if need_gw:
+            if fresh:
+                for t in range(KK):
+                    gwa[goff + t] = 0.0
             xn = x[n]
             for i in range(H):
                 r = (i + pt) * Wx + pl
                 for j in range(W):
                     xp[r + j] = xn[i, j]
-            gw_plane_{GV}x{T}(xp, Wx, Hx, gp, Wg, ptb, plb, Ho, Wo, Kh, Kw, dh, dw, pt, pl, H, W, gwp, n * Kh * Kw,
-                             acc, zero, S2, soff2)
+            gw_plane_{GV}x{T}(xp, Wx, Hx, gp, Wg, ptb, plb, Ho, Wo, Kh, Kw, dh, dw, pt, pl, H, W, gwa, goff, acc, zero,
+                             S2, soff2)
 '''.splitlines()
 
 
@@ -444,17 +461,21 @@ def _get_pool(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def _run(name: str, head: tuple[Any, ...], planes: int, work: float, dtype: torch.dtype) -> None:
-    """Run driver ``name(*head, lo, hi, zero)`` over ``planes`` planes split across up to
-    ``torch.get_num_threads()`` threads (the kernels release the GIL)."""
+def _threads_for(units: int, work: float) -> int:
+    """Threads worth using: at most ``torch.get_num_threads()``, one per unit, one per ``_MIN_WORK_PER_THREAD``."""
+    return max(1, min(torch.get_num_threads(), units, int(work // _MIN_WORK_PER_THREAD)))
+
+
+def _run(name: str, head: tuple[Any, ...], units: int, threads: int, dtype: torch.dtype) -> None:
+    """Run driver ``name(*head, lo, hi, zero)`` over ``units`` work units (planes or channels) split into
+    ``threads`` contiguous ranges, one per thread (the kernels release the GIL)."""
     zero = np.float32(0) if dtype == torch.float32 else np.float64(0)
-    fn = _compiled_fn(name, head + (0, planes, zero), dtype)
-    n = max(1, min(torch.get_num_threads(), planes, int(work // _MIN_WORK_PER_THREAD)))
-    if n == 1:
-        fn(*head, 0, planes, zero)
+    fn = _compiled_fn(name, head + (0, units, zero), dtype)
+    if threads <= 1:
+        fn(*head, 0, units, zero)
         return
-    bounds = [planes * k // n for k in range(n + 1)]
-    futures = [_get_pool(n - 1).submit(fn, *head, bounds[k], bounds[k + 1], zero) for k in range(1, n)]
+    bounds = [units * k // threads for k in range(threads + 1)]
+    futures = [_get_pool(threads - 1).submit(fn, *head, bounds[k], bounds[k + 1], zero) for k in range(1, threads)]
     try:
         fn(*head, bounds[0], bounds[1], zero)
     finally:
@@ -525,11 +546,11 @@ def _check(x: torch.Tensor, w: torch.Tensor, pad: Pad, dil: int | Sequence[int],
         )
 
 
-def _empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+def _empty(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Output buffer; NaN-filled when URLK_DWCONV_POISON=1 so elements a kernel fails to write are caught."""
     if os.environ.get("URLK_DWCONV_POISON", "0") not in ("", "0"):
-        return torch.full(shape, float("nan"), dtype=like.dtype)
-    return torch.empty(shape, dtype=like.dtype)
+        return torch.full(shape, float("nan"), dtype=dtype or like.dtype)
+    return torch.empty(shape, dtype=dtype or like.dtype)
 
 
 def forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pad: Pad, dil: int | Sequence[int],
@@ -558,7 +579,7 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pad: Pa
     has_bias = bias is not None
     bv = bias.detach().to(x.dtype).contiguous().numpy() if bias is not None else np.zeros(C, x.numpy().dtype)
     head = (x.view(B * C, H, W).numpy(), wt, bv, has_bias, y.view(B * C, Ho, Wo).numpy(), C, KH, KW, t, l, dh, dw)
-    _run(f"fwd_{_variant(Ho, Wo)}", head, B * C, float(B * C * Ho * Wo * KH * KW), x.dtype)
+    _run(f"fwd_{_variant(Ho, Wo)}", head, B * C, _threads_for(B * C, float(B * C * Ho * Wo * KH * KW)), x.dtype)
     return y
 
 
@@ -566,7 +587,8 @@ def backward(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, pad: Pad, dil: 
              need_input: bool = True, need_weight: bool = True
              ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients (gx, gw) of :func:`forward` in one sweep over the planes (gx: NCHW contiguous; gw: (C, 1, KH, KW),
-    per-plane partial sums reduced over the batch in float64)."""
+    accumulated over the batch in float64: deterministic, and the same float32 per-plane sums whatever the thread
+    count, so results agree across thread counts up to float64 rounding of their sum)."""
     _check(x, w, pad, dil, "backward")
     t, b, l, r = _pads(pad)
     dh, dw = _pair(dil, "dil")
@@ -578,18 +600,24 @@ def backward(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, pad: Pad, dil: 
     if tuple(gy.shape) != (B, C, Ho, Wo):
         raise ValueError(f"cpu_kernels.backward: gy has shape {tuple(gy.shape)}, expected {(B, C, Ho, Wo)}")
     gx = _empty((B, C, H, W), x) if need_input else None
-    gwp = _empty((B * C, KH * KW), x) if need_weight else None
+    work = float(B * C * Ho * Wo * KH * KW) * (int(need_input) + int(need_weight))
+    threads = _threads_for(B * C, work)
+    # grad-weight accumulates per channel over the batch when the channels alone keep the threads busy; otherwise
+    # per plane, and the partial sums are reduced here (both in float64)
+    by_channel = threads == 1 or C >= 2 * threads
+    gwa = _empty((C if by_channel else B * C, KH * KW), x, torch.float64) if need_weight else None
     if B * C and (need_input or need_weight):
         wtflip = w.detach().flip(-2, -1).transpose(-1, -2).contiguous().view(-1).numpy()
         dummy = np.zeros((1, 1, 1), x.numpy().dtype)
         head = (x.view(B * C, H, W).numpy(), gy.view(B * C, Ho, Wo).numpy(), wtflip, need_input, need_weight,
                 gx.view(B * C, H, W).numpy() if gx is not None else dummy,
-                gwp.view(-1).numpy() if gwp is not None else dummy[0, 0], C, KH, KW, t, l, dh, dw)
-        work = float(B * C * Ho * Wo * KH * KW) * (int(need_input) + int(need_weight))
-        _run(f"bwd_{_variant(H, W)}", head, B * C, work, x.dtype)
+                gwa.view(-1).numpy() if gwa is not None else np.zeros(1), C, KH, KW, t, l, dh, dw, by_channel)
+        _run(f"bwd_{_variant(H, W)}", head, C if by_channel else B * C, threads, x.dtype)
     gw = None
-    if gwp is not None:
-        gw = gwp.view(B, C, KH, KW).sum(0, dtype=torch.float64).to(x.dtype).view(C, 1, KH, KW)
+    if gwa is not None:
+        if not by_channel:
+            gwa = gwa.view(B, C, KH * KW).sum(0)
+        gw = gwa.to(x.dtype).view(C, 1, KH, KW)
     return gx, gw
 
 
