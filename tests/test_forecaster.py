@@ -275,3 +275,29 @@ def test_forecast_writes_to_netcdf(trained, data, tmp_path):
     assert pd.TimedeltaIndex(back["lead_time"].values)[0] == pd.Timedelta(hours=1)
     assert pd.Timestamp(back["forecast_reference_time"].values) == pd.Timestamp(data["time"].values[-1])
     back.close()
+
+
+@pytest.mark.slow
+def test_default_model_beats_persistence_and_seasonal_naive():
+    """Variant A with its defaults (d_model 128), a few minutes of CPU training on synthetic data."""
+    from urlk_forecast.baselines import Persistence, SeasonalNaive
+    from urlk_forecast.data.windows import split_dataset
+
+    ds = synthetic_global(stations=44, hours=24 * 60, seed=3, variables=("temperature",))
+    parts = split_dataset(ds, context=48)
+    fc = Forecaster("unireplknet_a")
+    fc.fit(parts["train"], val=parts["val"], max_steps=80, batch_size=8, lr=1e-3, progress=False,
+           val_windows=16, steps_per_epoch=40, epochs=2, seed=0)
+    ws = WindowDataset(parts["test"], "temperature", order=fc._order_for(parts["test"], "test"), stride=6)
+    b = ws.batch(np.arange(len(ws)))
+    true, mask = b["y"][:, -24:].numpy(), b["y_mask"][:, -24:].numpy()
+    pred = fc.predict_windows(ws)
+    mask &= np.isfinite(pred)  # no forecast where a station had nothing observed in its input window
+    scores = {
+        "model": evaluate_arrays(pred, true, mask)["mse"],
+        "persistence": evaluate_arrays(Persistence().fit(parts["train"], "temperature").predict_windows(ws),
+                                       true, mask)["mse"],
+        "seasonal": evaluate_arrays(SeasonalNaive("1D").fit(parts["train"], "temperature").predict_windows(ws),
+                                    true, mask)["mse"],
+    }
+    assert scores["model"] < scores["persistence"] and scores["model"] < scores["seasonal"], scores
