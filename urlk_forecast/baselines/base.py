@@ -192,6 +192,15 @@ class Baseline(ABC):
         self.station_ids = ids
         return values, times, ids
 
+    def _record_stations(self, train: xr.Dataset, variable: str) -> None:
+        """Like ``_begin_fit`` for methods that learn nothing from the values (no copy of the data)."""
+        if not isinstance(train, xr.Dataset):
+            raise TypeError(f"train must be an xarray.Dataset in the station schema, got {type(train).__name__}")
+        if variable not in train.data_vars:
+            raise ValueError(f"variable {variable!r} not in the training data; it has {sorted(train.data_vars)}")
+        self.variable = variable
+        self.station_ids = np.asarray([str(s) for s in train["station"].values], dtype=object)
+
     def _check_ready(self, ws: Any) -> np.ndarray:
         """Raise if not fitted or fitted on another variable; return the positions of ``ws``'s stations."""
         if self.station_ids is None or self.variable is None:

@@ -29,7 +29,7 @@ class Persistence(Baseline):
 
     def fit(self, train: xr.Dataset, variable: str) -> Persistence:
         """Record the variable and stations (nothing to estimate)."""
-        self._begin_fit(train, variable)
+        self._record_stations(train, variable)
         self.fit_seconds = 0.0
         return self
 
@@ -75,7 +75,7 @@ class SeasonalNaive(Baseline):
 
     def fit(self, train: xr.Dataset, variable: str) -> SeasonalNaive:
         """Record the variable and stations (nothing to estimate)."""
-        self._begin_fit(train, variable)
+        self._record_stations(train, variable)
         self.fit_seconds = 0.0
         return self
 
