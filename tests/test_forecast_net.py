@@ -435,3 +435,18 @@ def test_bf16_autocast_forward_backward(encoder):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         net(batch).square().mean().backward()
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("encoder", ["unireplknet", "corrformer"])
+def test_cuda_matches_cpu(encoder):
+    """Device-agnostic: the same weights give the same forecast on CUDA (batch > 1, no hard-wired .cuda())."""
+    net = tiny_net(encoder=encoder).eval()
+    batch = make_batch(3)
+    ref = net(batch)
+    gpu = net.cuda()
+    out = gpu({k: v.cuda() for k, v in batch.items()})
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-3, atol=1e-3)
+    gpu.train()
+    gpu({k: v.cuda() for k, v in batch.items()}).square().mean().backward()
