@@ -414,14 +414,7 @@ def test_errors_are_clear():
         ForecastNet(12, seq_len=10, label_len=20, d_model=32, n_heads=4)
 
 
-_OP_AUTOCAST = pytest.mark.xfail(
-    strict=True, raises=TypeError,
-    reason="urlk_forecast.ops.dwconv2d rejects autocast inputs (bf16 x, float32 weight) inside the UniRepLKNet "
-           "backbone; reported to the op/backbone owners — remove this marker when it passes")
-
-
-@pytest.mark.parametrize("encoder", [pytest.param("unireplknet", marks=_OP_AUTOCAST), "convnext", "resnet",
-                                     "corrformer"])
+@pytest.mark.parametrize("encoder", ["unireplknet", "convnext", "resnet", "corrformer"])
 def test_bf16_autocast_forward_backward(encoder):
     """AMP on CPU (bf16 autocast): finite output close to float32, finite gradients."""
     net = tiny_net(encoder=encoder).eval()
