@@ -120,7 +120,18 @@ def _prepare_series(col: np.ndarray, n: int, m: int) -> tuple[np.ndarray, int] |
 
 def _fit_block(block: np.ndarray, phase0: int, n: int, m: int, init: str, use_brute: bool) -> np.ndarray:
     """Fit every column of ``block`` (T, k); returns (k, _NFIX + 2m) rows (see ``_NFIX``). ``phase0`` is the season
-    phase of ``block[0]``; the stored final seasonal states are rolled so that entry p is the state for phase p."""
+    phase of ``block[0]``; the stored final seasonal states are rolled so that entry p is the state for phase p.
+
+    BLAS is limited to one thread: scipy's L-BFGS-B calls tiny BLAS routines, and multi-threaded OpenBLAS made each
+    3-parameter optimiser step ~5x slower (worse on a busy machine); parallelism comes from the processes.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _fit_block_serial(block, phase0, n, m, init, use_brute)
+
+
+def _fit_block_serial(block: np.ndarray, phase0: int, n: int, m: int, init: str, use_brute: bool) -> np.ndarray:
     out = np.full((block.shape[1], _NFIX + 2 * m), np.nan)
     for i in range(block.shape[1]):
         prep = _prepare_series(block[:, i], n, m)
@@ -157,7 +168,7 @@ class HoltWinters(Baseline):
     per station, default 672 = 4 weeks: enough for a stable daily profile, short enough that all 3850 stations fit
     in a few minutes on two cores), ``initialization_method`` / ``use_brute`` (passed to statsmodels; default
     ``"heuristic"``: initial states from the first seasons, only alpha/beta/gamma optimised -- on the synthetic
-    3850-station set ``"estimated"`` costs ~4x the CPU for ~2 % lower window MSE and mostly lands on the degenerate
+    3850-station set ``"estimated"`` costs ~2.5x the CPU for 2-6 % lower window MSE and mostly lands on the degenerate
     alpha=1, beta=gamma=0 corner), ``n_jobs``
     (worker processes; default all cores, 1 = in-process) and ``window_init`` (``"fitted"`` or ``"window"``, see the
     module docstring).
