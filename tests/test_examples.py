@@ -39,8 +39,3 @@ def test_example_reaches_accuracy(script, args, chance, target, tmp_path):
         pytest.skip("espeak-ng is not installed (apt-get install -y espeak-ng)")
     acc = _run(script, args, tmp_path)
     assert acc >= target > 2 * chance, f"{script}: test accuracy {acc:.3f} < {target} (chance {chance:.2f})"
-
-
-@pytest.mark.slow
-def test_video_digit_task(tmp_path):
-    assert _run("video_moving_digits.py", ["--task", "digit", "--epochs", "4"], tmp_path) >= 0.5
