@@ -189,6 +189,14 @@ def test_hypothesis_against_torch(case):
 
 
 # ------------------------------------------------------------------------------------- kernel-level contract
+@pytest.mark.parametrize("variant", [f"{v}x{r}" for v, r in cpu_kernels._FWD_VARIANTS])
+@pytest.mark.parametrize("k,d", [(7, 1), (5, 2)])
+def test_every_register_block_variant(monkeypatch, variant, k, d):
+    # each (lanes x rows) block on a plane that is not a multiple of it, unit and non-unit dilation
+    monkeypatch.setattr(cpu_kernels, "_FORCE_VARIANT", variant)
+    check_case(2, 3, 11, 37, k, k, (d, d), None, same_padding(k, d), bias=True)
+
+
 def test_poison_buffers_are_nan_and_fully_overwritten():
     x = torch.randn(2, 3, 7, 19)
     w = torch.randn(3, 1, 5, 3)

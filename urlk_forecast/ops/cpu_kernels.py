@@ -68,9 +68,13 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64)
 _FWD_VARIANTS = ((32, 4), (16, 4), (8, 4), (4, 4))
 #: taps held at once by the grad-weight kernel
 _GW_TAPS = 8
-_GENERATOR_VERSION = "4"
+#: gradient rows loaded at once by the unit-dilation grad-weight kernel
+_GW_ROWS = 4
+_GENERATOR_VERSION = "5"
 
 _FASTMATH = "{'contract', 'nnan', 'ninf', 'nsz', 'arcp', 'afn'}"
+#: decorator of every generated kernel
+_JIT = f"@njit(fastmath={_FASTMATH}, cache=True, nogil=True, pipeline_class=NoSSACompiler)"
 
 _lock = threading.RLock()
 _module: ModuleType | None = None
@@ -95,8 +99,10 @@ def _hi_bound(idx: str, pad: str, size: str, d: str, K: str, lo: str) -> str:
 
 def _copy_vec(e, ind: str, V: int, dst: str, src: str, dst_arr: str, src_arr: str) -> None:
     """V-element copy written as V loads then V stores, so the SLP vectorizer needs no alias analysis."""
-    e(ind + "; ".join(f"v{l} = {src_arr}[{src} + {_u(l)}]" for l in range(V)))
-    e(ind + "; ".join(f"{dst_arr}[{dst} + {_u(l)}] = v{l}" for l in range(V)))
+    e(f"{ind}sv = {src_arr}[{src}:]")
+    e(f"{ind}dv = {dst_arr}[{dst}:]")
+    e(ind + "; ".join(f"v{l} = sv[{l}]" for l in range(V)))
+    e(ind + "; ".join(f"dv[{l}] = v{l}" for l in range(V)))
 
 
 def _fwd_ring_source(CW: int, R: int) -> list[str]:
@@ -105,7 +111,7 @@ def _fwd_ring_source(CW: int, R: int) -> list[str]:
     loaded vector feeds up to R FMAs (the loads, not the FMAs, bound a naive depthwise conv)."""
     L: list[str] = []
     e = L.append
-    e(f"@njit(fastmath={_FASTMATH}, cache=True, nogil=True)")
+    e(_JIT)
     e(f"def fwd_plane_{CW}x{R}(xp, Wp, wt, woff, Kh, Kw, dw, o, Wc, Ho, Wo, pt, pl, H, W, zero):")
     e("    Wpu = np.uint64(Wp); dwu = np.uint64(dw); Khu = np.uint64(Kh); wou = np.uint64(woff)")
     e(f"    for j0 in range(0, Wo, {CW}):")
@@ -122,30 +128,33 @@ def _fwd_ring_source(CW: int, R: int) -> list[str]:
     e("                kb = np.uint64(i0 + khlo) * Wpu + np.uint64(j0) + kw * dwu")
     e("                wb = wou + kw * Khu + np.uint64(khlo)")
     e("                for it in range(m):")
-    _ring_block(e, "                    ", R, R, CW)
+    _ring_block(e, "                    ", R, R, CW, "m")
     e(f"                    kb += {_u(R)} * Wpu")
     e(f"                    wb += {_u(R)}")
     for rho in range(1, R):
         e(f"                {'if' if rho == 1 else 'elif'} rem == {rho}:")
-        _ring_block(e, "                    ", rho, R, CW)
-    e("            ob = np.uint64(i0 * Wc + j0); Wcu = np.uint64(Wc)")
+        _ring_block(e, "                    ", rho, R, CW, f"r{rho}")
     for r in range(R):
-        if r:
-            e("            ob += Wcu")
-        e("            " + "; ".join(f"o[ob + {_u(l)}] = a{r}_{l}" for l in range(CW)))
+        e(f"            v = o[(i0 + {r}) * Wc + j0:]")
+        e("            " + "; ".join(f"v[{l}] = a{r}_{l}" for l in range(CW)))
     return L
 
 
-def _ring_block(e, ind: str, steps: int, R: int, CW: int) -> None:
-    """``steps`` consecutive kernel rows for the R accumulator rows: load rows kb + q*Wp, q < steps + R - 1."""
+def _ring_block(e, ind: str, steps: int, R: int, CW: int, tag: str) -> None:
+    """``steps`` consecutive kernel rows for the R accumulator rows: load rows kb + q*Wp, q < steps + R - 1, once.
+
+    Each accumulator gets one assignment per block (a sum of ``steps`` products, added left to right, i.e. in the
+    same order as one ``+=`` per kernel row): numba's SSA pass is superlinear in re-assignments, and this keeps
+    compilation to seconds. Locals get a per-block ``tag`` so that each is defined once.
+    """
     for q in range(steps + R - 1):
-        e(f"{ind}q{q} = kb + {_u(q)} * Wpu")
-        e(ind + "; ".join(f"x{q}_{l} = xp[q{q} + {_u(l)}]" for l in range(CW)))
+        e(f"{ind}v = xp[kb + {_u(q)} * Wpu:]")
+        e(ind + "; ".join(f"x{tag}{q}_{l} = v[{l}]" for l in range(CW)))
     for s in range(steps):
-        e(f"{ind}wv = wt[wb + {_u(s)}]")
+        e(f"{ind}w{tag}{s} = wt[wb + {_u(s)}]")
         for r in range(R):
             for l in range(CW):
-                e(f"{ind}a{r}_{l} += wv * x{s + r}_{l}")
+                e(f"{ind}a{r}_{l} += w{tag}{s} * x{tag}{s + r}_{l}")
 
 
 def _fwd_dilated_source(CW: int, R: int) -> list[str]:
@@ -153,7 +162,7 @@ def _fwd_dilated_source(CW: int, R: int) -> list[str]:
     straight from the padded plane."""
     L: list[str] = []
     e = L.append
-    e(f"@njit(fastmath={_FASTMATH}, cache=True, nogil=True)")
+    e(_JIT)
     e(f"def fwd_dil_{CW}x{R}(xp, Wp, wt, woff, Kh, Kw, dh, dw, o, Wc, Ho, Wo, pt, pl, H, W, zero):")
     e("    Wpu = np.uint64(Wp); dwu = np.uint64(dw); dhW = np.uint64(dh * Wp); Khu = np.uint64(Kh)")
     e("    wou = np.uint64(woff)")
@@ -172,15 +181,12 @@ def _fwd_dilated_source(CW: int, R: int) -> list[str]:
     e("                    wv = wt[wb + kh]")
     e("                    b0 = kb + kh * dhW")
     for r in range(R):
-        if r:
-            e(f"                    b{r} = b{r - 1} + Wpu")
+        e(f"                    v = xp[b0 + {_u(r)} * Wpu:]")
         for l in range(CW):
-            e(f"                    a{r}_{l} += wv * xp[b{r} + {_u(l)}]")
-    e("            ob = np.uint64(i0 * Wc + j0); Wcu = np.uint64(Wc)")
+            e(f"                    a{r}_{l} += wv * v[{l}]")
     for r in range(R):
-        if r:
-            e("            ob += Wcu")
-        e("            " + "; ".join(f"o[ob + {_u(l)}] = a{r}_{l}" for l in range(CW)))
+        e(f"            v = o[(i0 + {r}) * Wc + j0:]")
+        e("            " + "; ".join(f"v[{l}] = a{r}_{l}" for l in range(CW)))
     return L
 
 
@@ -190,7 +196,7 @@ def _gw_plane_source(V: int, T: int) -> list[str]:
     T FMAs)."""
     L: list[str] = []
     e = L.append
-    e(f"@njit(fastmath={_FASTMATH}, cache=True, nogil=True)")
+    e(_JIT)
     e(f"def gw_plane_{V}x{T}(xp, Wx, Hx, gp, Wgp, gr0, gc0, Ho, Wo, Kh, Kw, dh, dw, pt, pl, H, W, gout, goff, acc,")
     e("                     zero, S, soff):")
     e(f"    SL = np.uint64(Hx * {V})")
@@ -218,15 +224,12 @@ def _gw_plane_source(V: int, T: int) -> list[str]:
     e(f"                xb = su + np.uint64(kw0) * SL + np.uint64((ilo + kh * dh) * {V})")
     e("                gb = np.uint64(ilo + gr0) * Wgu + np.uint64(gc0) + j0u")
     e("                for i in range(np.uint64(ilo), np.uint64(ihi)):")
-    for l in range(V):
-        e(f"                    g{l} = gp[gb + {_u(l)}]")
+    e("                    gv = gp[gb:]")
+    e("                    " + "; ".join(f"g{l} = gv[{l}]" for l in range(V)))
     for t in range(T):
-        if t:
-            e(f"                    x{t} = x{t - 1} + SL")
-        else:
-            e("                    x0 = xb")
+        e(f"                    v = S[xb + {_u(t)} * SL:]")
         for l in range(V):
-            e(f"                    s{t}_{l} += g{l} * S[x{t} + {_u(l)}]")
+            e(f"                    s{t}_{l} += g{l} * v[{l}]")
     e(f"                    xb += {_u(V)}")
     e("                    gb += Wgu")
     # spill the partial sums with contiguous stores (a lane pattern the SLP vectorizer packs like the accumulation;
@@ -242,12 +245,69 @@ def _gw_plane_source(V: int, T: int) -> list[str]:
     return L
 
 
+def _gw_ring_source(V: int, T: int, U: int) -> list[str]:
+    """Grad-weight kernel for unit row dilation, added into lane partial sums ``glane[(kh*Kw + kw)*V + l]``
+    (float64): per kernel column, T kernel rows at a time; the rows of the gradient are taken U at a time and the
+    U + T - 1 input rows they meet are loaded once, so each loaded vector feeds up to T (or U) FMAs."""
+    L: list[str] = []
+    e = L.append
+    e(_JIT)
+    e(f"def gw_ring_{V}x{T}(xp, Wx, gp, Wgp, gr0, gc0, Ho, Wo, Kh, Kw, dw, pt, pl, H, W, glane, acc, zero):")
+    e("    Wxu = np.uint64(Wx); Wgu = np.uint64(Wgp); dwu = np.uint64(dw)")
+    e(f"    for j0 in range(0, Wo, {V}):")
+    e(f"        jl = min(j0 + {V}, Wo) - 1")
+    e("        kwlo = max(0, pl - jl) if dw == 1 else max(0, -((jl - pl) // dw))")
+    e("        kwhi = " + _hi_bound("j0", "pl", "W", "dw", "Kw", "kwlo"))
+    e("        for kw in range(kwlo, kwhi):")
+    e(f"            for kh0 in range(0, Kh, {T}):")
+    e(f"                ilo = max(0, pt - kh0 - {T - 1})")
+    e("                ihi = min(Ho, pt + H - kh0)")
+    e("                if ilo >= ihi:")
+    e("                    continue")
+    for t in range(T):
+        e("                " + "; ".join(f"s{t}_{l} = zero" for l in range(V)))
+    e("                xb = np.uint64(ilo + kh0) * Wxu + np.uint64(j0) + np.uint64(kw) * dwu")
+    e("                gb = np.uint64(ilo + gr0) * Wgu + np.uint64(gc0 + j0)")
+    e(f"                m = (ihi - ilo) // {U}")
+    e("                for it in range(m):")
+    ind = "                    "
+    for u in range(U):
+        e(f"{ind}p{u} = gb + {_u(u)} * Wgu")
+        e(f"{ind}v = gp[p{u}:]")
+        e(ind + "; ".join(f"g{u}_{l} = v[{l}]" for l in range(V)))
+    for q in range(U + T - 1):
+        e(f"{ind}v = xp[xb + {_u(q)} * Wxu:]")
+        e(ind + "; ".join(f"x{q}_{l} = v[{l}]" for l in range(V)))
+    for u in range(U):
+        for t in range(T):
+            for l in range(V):
+                e(f"{ind}s{t}_{l} += g{u}_{l} * x{u + t}_{l}")
+    e(f"{ind}xb += {_u(U)} * Wxu")
+    e(f"{ind}gb += {_u(U)} * Wgu")
+    e(f"                for it in range(ihi - ilo - m * {U}):")
+    e(f"{ind}v = gp[gb:]")
+    e(ind + "; ".join(f"h{l} = v[{l}]" for l in range(V)))
+    for t in range(T):
+        e(f"{ind}v = xp[xb + {_u(t)} * Wxu:]")
+        for l in range(V):
+            e(f"{ind}s{t}_{l} += h{l} * v[{l}]")
+    e(f"{ind}xb += Wxu")
+    e(f"{ind}gb += Wgu")
+    for t in range(T):
+        e("                " + "; ".join(f"acc[{t * V + l}] = s{t}_{l}" for l in range(V)))
+    e(f"                for t in range(min({T}, Kh - kh0)):")
+    e(f"                    gl = ((kh0 + t) * Kw + kw) * {V}")
+    e(f"                    for l in range({V}):")
+    e(f"                        glane[gl + l] += acc[t * {V} + l]")
+    return L
+
+
 def _drivers_source(V: int, R: int, T: int, GV: int) -> list[str]:
     """Serial drivers over the planes ``[lo, hi)`` (threads are run by the caller, see :func:`_run_chunks`)."""
     s = f"{V}x{R}"
     return f'''
 
-@njit(fastmath={_FASTMATH}, cache=True, nogil=True)
+{_JIT}
 def fwd_{s}(x, wt, bias, has_bias, out, C, Kh, Kw, pt, pl, dh, dw, lo, hi, zero):
     P, H, W = x.shape
     Ho = out.shape[1]
@@ -277,7 +337,7 @@ def fwd_{s}(x, wt, bias, has_bias, out, C, Kh, Kw, pt, pl, dh, dw, lo, hi, zero)
                 on[i, j] = o[r + j] + bv
 
 
-@njit(fastmath={_FASTMATH}, cache=True, nogil=True)
+{_JIT}
 def bwd_{s}(x, gy, wtflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, dw, by_channel, lo, hi, zero):
     # by_channel: [lo, hi) are channels, gwa (C, Kh*Kw) float64 accumulates over the batch (no partials);
     # else [lo, hi) are planes and gwa (planes, Kh*Kw) receives per-plane sums (reduced by the caller)
@@ -296,11 +356,12 @@ def bwd_{s}(x, gy, wtflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, dw,
     gp = np.zeros(Hg * Wg, x.dtype)
     o = np.empty(Hc * Wc, x.dtype)
     # grad-weight: only image rows of x are read; shifted copies for Kw + T - 1 taps
-    Hx = pt + H
     Wx = max(pl + W, (Wo + {GV - 1}) // {GV} * {GV} + (Kw - 1) * dw)
+    Hx = pt + H + {T}  # zero rows below the image: the unit-dilation kernel reads up to T - 1 rows past it
     xp = np.zeros(Hx * Wx if need_gw else 1, x.dtype)
-    S2, soff2 = _aligned_buffer((Kw + {T - 1}) * Hx * {GV} if need_gw else 0, x)
+    S2, soff2 = _aligned_buffer((Kw + {T - 1}) * Hx * {GV} if need_gw and dh > 1 else 0, x)
     acc = np.empty({T * GV}, x.dtype)
+    glane = np.zeros(KK * {GV} if need_gw and dh == 1 else 1, np.float64)
     items = (hi - lo) * B if by_channel else hi - lo
     for k in range(items):
         if by_channel:
@@ -309,11 +370,13 @@ def bwd_{s}(x, gy, wtflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, dw,
             n = (k - q * B) * C + c
             goff = c * KK
             fresh = k - q * B == 0
+            last = k - q * B == B - 1
         else:
             n = lo + k
             c = n % C
             goff = n * KK
             fresh = True
+            last = True
         gn = gy[n]
         for i in range(Ho):
             r = (i + ptb) * Wg + plb
@@ -338,8 +401,19 @@ def bwd_{s}(x, gy, wtflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, dw,
                 r = (i + pt) * Wx + pl
                 for j in range(W):
                     xp[r + j] = xn[i, j]
-            gw_plane_{GV}x{T}(xp, Wx, Hx, gp, Wg, ptb, plb, Ho, Wo, Kh, Kw, dh, dw, pt, pl, H, W, gwa, goff, acc, zero,
-                             S2, soff2)
+            if dh == 1:
+                if fresh:
+                    glane[:] = 0.0
+                gw_ring_{GV}x{T}(xp, Wx, gp, Wg, ptb, plb, Ho, Wo, Kh, Kw, dw, pt, pl, H, W, glane, acc, zero)
+                if last:  # lane partial sums -> per-tap sums, once per channel (or plane)
+                    for t in range(KK):
+                        tot = 0.0
+                        for l in range({GV}):
+                            tot += glane[t * {GV} + l]
+                        gwa[goff + t] = tot
+            else:
+                gw_plane_{GV}x{T}(xp, Wx, Hx, gp, Wg, ptb, plb, Ho, Wo, Kh, Kw, dh, dw, pt, pl, H, W, gwa, goff, acc,
+                                 zero, S2, soff2)
 '''.splitlines()
 
 
@@ -350,6 +424,8 @@ def generate_source() -> str:
         "import numpy as np",
         "from numba import njit",
         "",
+        "from urlk_forecast.ops.cpu_kernels import NoSSACompiler",
+        "",
         "",
         "@njit(cache=True, nogil=True)",
         "def _aligned_buffer(n, like):",
@@ -359,6 +435,7 @@ def generate_source() -> str:
     ]
     for V in sorted({min(v, 16) for v, _ in _FWD_VARIANTS}, reverse=True):
         lines += ["", ""] + _gw_plane_source(V, _GW_TAPS)
+        lines += ["", ""] + _gw_ring_source(V, _GW_TAPS, _GW_ROWS)
     for V, R in _FWD_VARIANTS:
         lines += ["", ""] + _fwd_ring_source(V, R)
         lines += ["", ""] + _fwd_dilated_source(V, R)
@@ -415,6 +492,34 @@ def _load() -> ModuleType:
         return mod
 
 
+def _no_ssa_compiler() -> type:
+    from numba.core.compiler import CompilerBase, DefaultPassBuilder
+
+    class NoSSACompiler(CompilerBase):
+        """numba's nopython pipeline without its SSA reconstruction pass.
+
+        That pass is superlinear in the number of re-assigned variables, and the generated kernels re-assign
+        hundreds of accumulators: with it a kernel takes ~3x longer to compile. LLVM's mem2reg builds SSA form
+        from numba's per-variable allocas anyway, so the machine code is the same.
+        """
+
+        def define_pipelines(self):  # type: ignore[no-untyped-def]
+            self.state.flags.enable_ssa = False
+            return [DefaultPassBuilder.define_nopython_pipeline(self.state)]
+
+    NoSSACompiler.__module__ = __name__
+    NoSSACompiler.__qualname__ = "NoSSACompiler"
+    return NoSSACompiler
+
+
+def __getattr__(name: str) -> Any:  # NoSSACompiler is built on first use: importing numba costs ~0.5 s
+    if name == "NoSSACompiler":
+        cls = _no_ssa_compiler()
+        globals()["NoSSACompiler"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @contextlib.contextmanager
 def _compile_ctx() -> Iterator[None]:
     """Enable LLVM's SLP vectorizer while our kernels compile (numba's default is off); restore afterwards."""
@@ -448,6 +553,7 @@ def _compiled_fn(name: str, args: tuple[Any, ...], dtype: torch.dtype) -> Any:
 #: below this many multiply-adds per thread, waking another thread costs more than it saves
 _MIN_WORK_PER_THREAD = 300_000
 _pool: ThreadPoolExecutor | None = None
+_FORCE_VARIANT = ""  # tests/debugging: force one register block ("32x4", "16x8", ...) for every call
 _pool_key: tuple[int, int] = (0, 0)
 
 
@@ -484,7 +590,9 @@ def _run(name: str, head: tuple[Any, ...], units: int, threads: int, dtype: torc
 
 
 def _variant(out_h: int, out_w: int) -> str:
-    """Register block for an output plane: lanes by width, 8 rows only for tall 16-lane planes."""
+    """Register block (lanes x rows) for an output plane: lanes by width, 4 rows."""
+    if _FORCE_VARIANT:
+        return _FORCE_VARIANT
     lanes = 32 if out_w > 16 else 16 if out_w > 8 else 8 if out_w > 4 else 4
     rows = 4
     assert (lanes, rows) in _FWD_VARIANTS
