@@ -8,6 +8,7 @@ import pytest
 
 from urlk_forecast.baselines import GBDT, Persistence, SeasonalNaive
 from urlk_forecast.baselines.base import window_arrays
+from urlk_forecast.baselines.gbdt import Forest
 from urlk_forecast.data.schema import make_dataset
 from urlk_forecast.data.windows import WindowDataset
 
@@ -29,8 +30,8 @@ def _lagged(T: int = 24 * 60, S: int = 8, seed: int = 0) -> object:
 def test_gbdt_beats_persistence_on_lagged_signal() -> None:
     ds = _lagged()
     train, test = ds.isel(time=slice(0, 24 * 50)), ds.isel(time=slice(24 * 50, None))
-    g = GBDT(max_rows=40_000, max_iter=150, n_threads=1).fit(train, "temperature")
-    assert 20_000 < g.n_train_rows <= 40_000 and g.n_params > 0 and g.kind == "ML"
+    g = GBDT(max_rows=30_000, n_threads=1).fit(train, "temperature")
+    assert 15_000 < g.n_train_rows <= 30_000 and g.n_params > 0 and g.kind == "ML"
     ws = WindowDataset(test, "temperature", seq_len=48, label_len=24, pred_len=24)
     res = g.evaluate(ws)
     pers = Persistence().fit(train, "temperature").evaluate(ws)
@@ -39,8 +40,32 @@ def test_gbdt_beats_persistence_on_lagged_signal() -> None:
     assert res["mse"] < 0.3 * pers["mse"], (res, pers)
     assert res["mse"] < snaive["mse"], (res, snaive)
     # deterministic given random_state
-    g2 = GBDT(max_rows=40_000, max_iter=150, n_threads=1).fit(train, "temperature")
+    g2 = GBDT(max_rows=30_000, n_threads=1).fit(train, "temperature")
     np.testing.assert_array_equal(g.predict_windows(ws, [0, 3]), g2.predict_windows(ws, [0, 3]))
+    # the compiled forest gives exactly scikit-learn's predictions
+    fast = g.predict_windows(ws, [1, 7])
+    g.forest = None
+    np.testing.assert_allclose(g.predict_windows(ws, [1, 7]), fast, rtol=0, atol=1e-5)
+
+
+def test_compiled_forest_equals_sklearn_predict() -> None:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(5000, 6)).astype(np.float32)
+    X[rng.random(X.shape) < 0.1] = np.nan
+    X[:, 5] = np.round(X[:, 5])  # ties on thresholds
+    y = np.nan_to_num(X[:, 0]) * 2 + np.sin(np.nan_to_num(X[:, 1])) + rng.normal(size=5000) * 0.1
+    model = HistGradientBoostingRegressor(max_iter=40, max_leaf_nodes=15, random_state=0).fit(X, y)
+    forest = Forest(model)
+    Xt = rng.normal(size=(3000, 6)).astype(np.float32)
+    Xt[rng.random(Xt.shape) < 0.2] = np.nan
+    Xt[:, 5] = np.round(Xt[:, 5])
+    np.testing.assert_array_equal(forest.predict(Xt), model.predict(Xt))
+    np.testing.assert_array_equal(forest.predict(Xt.astype(np.float64)), model.predict(Xt))
+    assert len(forest) == sum(len(it[0].nodes) for it in model._predictors)
+    with pytest.raises(ValueError, match="expected"):
+        forest.predict(Xt[:, :3])
 
 
 def test_feature_rows_match_their_definition() -> None:

@@ -61,6 +61,13 @@ def test_cli_tiny_synthetic_table_files_and_independent_scores(tmp_path: Path) -
     ref = evaluate_arrays(snaive, a["y"], a["y_mask"])
     assert csv.set_index("method").loc["Seasonal naive", "MSE"] == pytest.approx(ref["mse"], rel=1e-6)
     assert csv.set_index("method").loc["Holt-Winters", "parameters"] == 27 * 10
+    lead = pd.read_csv(out / "benchmark_temperature_per_lead.csv")
+    assert len(lead) == 6 * 24 and list(lead.columns) == ["method", "lead", "MSE", "MAE"]
+    pl = lead[lead["method"] == "Persistence"].set_index("lead")
+    err = (pers - a["y"]) ** 2
+    ref1 = np.mean([err[i, 0][a["y_mask"][i, 0]].mean() for i in range(idx.size) if a["y_mask"][i, 0].any()])
+    assert pl.loc[1, "MSE"] == pytest.approx(ref1, rel=1e-5)
+    assert pl.loc[1, "MSE"] < pl.loc[12, "MSE"]  # persistence error grows with lead
 
 
 def test_cli_netcdf_data_wind_and_synthetic_gfs(tmp_path: Path) -> None:

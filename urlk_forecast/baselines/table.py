@@ -52,6 +52,7 @@ class BenchmarkResult:
     prophet: pd.DataFrame | None = None
     reference: pd.DataFrame | None = None
     failures: dict[str, str] = field(default_factory=dict)
+    per_lead: pd.DataFrame | None = None
 
     def to_markdown(self) -> str:
         """The table(s) as Markdown, with a header describing the data and the windows."""
@@ -86,13 +87,16 @@ class BenchmarkResult:
         return self.to_markdown()
 
     def write(self, out_dir: str | os.PathLike[str]) -> list[Path]:
-        """Write ``benchmark_<variable>.md`` and ``.csv`` (and the Prophet comparison CSV) atomically."""
+        """Write ``benchmark_<variable>.md``, ``.csv``, ``_per_lead.csv`` (and ``_prophet.csv``) atomically."""
         d = Path(out_dir)
         d.mkdir(parents=True, exist_ok=True)
         var = self.info["variable"]
         paths = [d / f"benchmark_{var}.md", d / f"benchmark_{var}.csv"]
         _atomic_text(paths[0], self.to_markdown())
         _atomic_text(paths[1], self.rows.to_csv(index=False))
+        if self.per_lead is not None and len(self.per_lead):
+            paths.append(d / f"benchmark_{var}_per_lead.csv")
+            _atomic_text(paths[-1], self.per_lead.to_csv(index=False))
         if self.prophet is not None:
             paths.append(d / f"benchmark_{var}_prophet.csv")
             _atomic_text(paths[-1], self.prophet.to_csv(index=False))
@@ -313,17 +317,20 @@ def run_benchmark(data: Any = None, variable: str = "temperature", baselines: Se
     if prophet_real is not None:
         prophet_df = _prophet_side_by_side(prophet_real, dict(methods).get("prophet_like"), test, ws, idx,
                                            variable, seq_len, label_len, pred_len, max_gap, batch_size, say)
-    return BenchmarkResult(rows=rows, info=info, prophet=prophet_df, reference=reference, failures=failures)
+    return BenchmarkResult(rows=rows, info=info, prophet=prophet_df, reference=reference, failures=failures,
+                           per_lead=rows.attrs.get("per_lead"))
 
 
 def _score_all(methods: list[tuple[str, Any]], ws: Any, idx: np.ndarray, batch_size: int, say: Progress,
                failures: dict[str, str]) -> tuple[pd.DataFrame, int, int, int]:
     """Forecast every chunk of windows with every method; score all on the common observed+forecast points."""
-    from urlk_forecast.metrics import evaluate_arrays
+    from urlk_forecast.metrics import evaluate_arrays, per_horizon
 
     live = list(methods)
     pred_s = {n: 0.0 for n, _ in live}
     sums = {n: [0.0, 0.0] for n, _ in live}
+    lead_sums: dict[str, np.ndarray] = {}  # method -> (H, 2) window-weighted per-lead mse, mae
+    lead_w: np.ndarray | None = None
     own_cover = {n: 0 for n, _ in live}
     weight = points = observed = 0
     n_chunks = -(-idx.size // batch_size)
@@ -357,11 +364,16 @@ def _score_all(methods: list[tuple[str, Any]], ws: Any, idx: np.ndarray, batch_s
         points += int(common.sum())
         if common.any():
             k = None
+            wh = common.any(axis=2).sum(axis=0).astype(np.float64)  # windows with a scored point, per lead
+            lead_w = wh if lead_w is None else lead_w + wh
             for name, p in preds.items():
                 r = evaluate_arrays(p, y, common)
                 k = int(r["windows"])
                 sums[name][0] += r["mse"] * k
                 sums[name][1] += r["mae"] * k
+                ph = per_horizon(p, y, common)[["mse", "mae"]].to_numpy(np.float64)
+                acc = np.nan_to_num(ph) * wh[:, None]
+                lead_sums[name] = acc if name not in lead_sums else lead_sums[name] + acc
             weight += k or 0
         if time.perf_counter() - t_report > 30 or c == n_chunks - 1:
             say(f"  scored {min(start + batch_size, idx.size)}/{idx.size} windows")
@@ -384,6 +396,16 @@ def _score_all(methods: list[tuple[str, Any]], ws: Any, idx: np.ndarray, batch_s
             "coverage": own_cover[name] / observed if observed else float("nan"),
         })
     df = pd.DataFrame(rows, columns=["method", "type", "parameters", "MSE", "MAE", "fit_s", "predict_s", "coverage"])
+    leads = []
+    if lead_w is not None:
+        for (name, _), label in zip([(n, m) for n, m in methods if n in alive], df["method"]):
+            if name not in lead_sums:
+                continue
+            with np.errstate(invalid="ignore", divide="ignore"):
+                v = lead_sums[name] / lead_w[:, None]
+            for h in range(v.shape[0]):
+                leads.append({"method": label, "lead": h + 1, "MSE": v[h, 0], "MAE": v[h, 1]})
+    df.attrs["per_lead"] = pd.DataFrame(leads, columns=["method", "lead", "MSE", "MAE"])
     return df, points, observed, weight
 
 
