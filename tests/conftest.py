@@ -18,10 +18,15 @@ def _seed() -> None:
 
 @pytest.fixture(autouse=True)
 def _restore_package_logger():
-    """CLI commands run in-process (CliRunner) configure the package logger; undo it after each test."""
+    """CLI commands run in-process (CliRunner, also in module-scoped fixtures) configure the package logger;
+    give every test the pristine one."""
     logger = logging.getLogger("urlk_forecast")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
+
+    def reset() -> None:
+        logger.handlers.clear()
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
+
+    reset()
     yield
-    logger.handlers[:] = saved[0]
-    logger.setLevel(saved[1])
-    logger.propagate = saved[2]
+    reset()
