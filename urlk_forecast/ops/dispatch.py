@@ -105,11 +105,13 @@ def _own_reason(x: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, in
             return None, f"cuda_kernels.available() raised {type(exc).__name__}: {exc}"
         if not ok:
             return None, "cuda_kernels.available() is False"
-        if t != b or l != r:
-            return "cuda", ""  # asymmetric padding is applied with F.pad first (see run)
-        if hasattr(ck, "supports") and not ck.supports(x, w):
-            return None, f"cuda_kernels does not support {x.dtype} input with {w.dtype} weight"
-        return "cuda", ""
+        try:
+            sup = ck.supports(x, w, dil)
+        except Exception as exc:  # noqa: BLE001
+            return None, f"cuda_kernels.supports() raised {type(exc).__name__}: {exc}"
+        if not sup:
+            return None, f"cuda_kernels does not support {x.dtype} input, {w.dtype} weight {tuple(w.shape)}, dil {dil}"
+        return "cuda", ""  # asymmetric padding is applied with F.pad first (see run)
     return None, f"device {x.device.type}"
 
 
@@ -181,9 +183,30 @@ def _torch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pa
     return F.conv2d(F.pad(x, (l, r, t, b)), w, bias, 1, 0, dil, x.shape[1])  # asymmetric ("same", even K)
 
 
+def _autocast(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Apply torch.autocast's conv2d policy (cast to the autocast dtype), as F.conv2d would under autocast."""
+    dev = x.device.type
+    if dev not in ("cpu", "cuda"):
+        return x, w, bias
+    try:
+        enabled, dt = torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)
+    except (AttributeError, TypeError):  # torch < 2.4
+        cpu = dev == "cpu"
+        enabled = torch.is_autocast_cpu_enabled() if cpu else torch.is_autocast_enabled()
+        dt = torch.get_autocast_cpu_dtype() if cpu else torch.get_autocast_gpu_dtype()
+    if not enabled:
+        return x, w, bias
+    if not x.is_floating_point() or x.dtype == torch.float64:
+        return x, w, bias
+    return x.to(dt), w.to(dt), (bias.to(dt) if bias is not None else None)
+
+
 def run(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads, dil: tuple[int, int]) -> torch.Tensor:
     """Depthwise conv with validated arguments on the chosen path (autograd-aware on every path)."""
     path = choose(x, w, pads, dil)
+    if path != "torch":
+        x, w, bias = _autocast(x, w, bias)
     if path == "torch":
         return _torch(x, w, bias, pads, dil)
     if path == "cpu":
