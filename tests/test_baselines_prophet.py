@@ -122,3 +122,22 @@ def test_agrees_with_real_prophet() -> None:
     e_own = own.evaluate(ws)["mae"]
     assert abs(e_real - e_own) < 0.02 and np.isfinite(y["y"]).any()
     assert real.n_params == (3 + 25 + 2 * (4 + 3)) * 2
+
+
+def test_flat_direction_ridge_tames_an_unobserved_season() -> None:
+    """A 4-month outage in the only year of history: the exact MAP (flat_ridge=0) puts wild harmonics there."""
+    rng = np.random.default_rng(0)
+    T = 24 * 500
+    times = pd.date_range("2019-01-01", periods=T, freq="h")
+    days = np.arange(T) / 24
+    clean = 10 + 12 * np.sin(2 * np.pi * days / 365.25) + 4 * np.sin(2 * np.pi * days)
+    y = clean + rng.normal(0, 1.0, T) + np.cumsum(rng.normal(0, 0.05, T))
+    gap = slice(24 * 190, 24 * 310)
+    y[gap] = np.nan
+    ds = make_dataset(times, ["a"], [0.0], [0.0], temperature=y[:, None].astype(np.float32))
+    err = {}
+    for fr in (0.0, 1e-4):
+        f = ProphetLike(flat_ridge=fr).fit(ds, "temperature").fitted_function(times.values)[:, 0]
+        err[fr] = (np.abs(f[gap] - clean[gap]).mean(), np.nanmean(np.abs(f - y)))
+    assert err[0.0][0] > 50 and err[1e-4][0] < 20 and err[1e-4][0] < 0.2 * err[0.0][0]
+    assert err[1e-4][1] < 1.05 * err[0.0][1]  # the observed part is fitted as well as before

@@ -75,6 +75,15 @@ class ProphetLike(Baseline):
     training split; with less than one period a yearly Fourier series of order 10 is not identifiable against the
     trend and extrapolates wildly. ``sigma_iterations`` is the number of noise-variance updates,
     ``adjust_level``/``level_hours`` the optional window level offset.
+
+    ``flat_ridge`` (default 1e-4) adds ``flat_ridge * n_obs`` to the diagonal for every coefficient but intercept and
+    slope. Prophet's priors are so weak (seasonality N(0, 10) on absmax-scaled data) that the *exact* MAP moves freely
+    in directions the data barely determine -- e.g. yearly harmonics over a season a station never observed (a
+    four-month outage in the only year of history) traded against changepoint ramps -- and such stations forecast
+    errors of hundreds of degrees. Prophet's own L-BFGS fit starts at zero and stops before it gets there. The small
+    data-proportional ridge emulates that: it leaves well-determined directions (eigenvalues ~ n/2) essentially
+    untouched and damps the flat ones. On 40 random synthetic stations it brought the forecasts closest to the real
+    Prophet's (mean |difference| 0.9 degC vs 6.2 without; 1e-3 scores better but departs further from Prophet).
     """
 
     name = "Prophet-like"
@@ -84,7 +93,7 @@ class ProphetLike(Baseline):
                  changepoint_prior_scale: float = 0.05, seasonality_prior_scale: float = 10.0,
                  daily_order: int = 4, weekly_order: int = 3, yearly_order: int = 10,
                  adjust_level: bool = False, level_hours: int = 24, sigma_iterations: int = 3,
-                 min_periods: float = 1.0) -> None:
+                 min_periods: float = 1.0, flat_ridge: float = 1e-4) -> None:
         super().__init__()
         if not 0.0 < changepoint_range <= 1.0:
             raise ValueError(f"changepoint_range must be in (0, 1], got {changepoint_range}")
@@ -109,6 +118,7 @@ class ProphetLike(Baseline):
         self._t0: np.int64 | None = None
         self._tspan: float | None = None
         self.unfitted: int = 0
+        self.flat_ridge = float(flat_ridge)
         if adjust_level:
             self.name = "Prophet-like (level-adjusted)"
 
@@ -185,9 +195,12 @@ class ProphetLike(Baseline):
             sigma2 = np.where(n_obs > 1, np.nanvar(np.where(obs, y, np.nan), axis=0), 1.0)
         sigma2 = np.where(np.isfinite(sigma2) & (sigma2 > 0), sigma2, 1.0)
         eye = np.arange(P)
+        # flat-direction damping (see the class docstring): ridge flat_ridge * n_obs on all but intercept and slope
+        hard = np.zeros((S, P))
+        hard[:, 2:] = self.flat_ridge * np.maximum(n_obs, 1)[:, None]
         for _ in range(self.sigma_iterations):
             M = G.copy()
-            M[:, eye, eye] += sigma2[:, None] * prec[None, :]
+            M[:, eye, eye] += sigma2[:, None] * prec[None, :] + hard
             theta = np.linalg.solve(M, rhs.T[:, :, None])[:, :, 0]  # (S, P)
             rss = yy - 2 * np.einsum("sp,ps->s", theta, rhs) + np.einsum("sp,spq,sq->s", theta, G, theta)
             sigma2 = np.maximum(rss, 0.0) / np.maximum(n_obs, 1)
