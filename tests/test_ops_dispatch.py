@@ -98,6 +98,16 @@ def test_own_forced_on_unsupported_call_raises(monkeypatch):
         dwconv2d(x, w, padding=3)
 
 
+def test_autocast_policy_matches_conv2d():
+    x, w = torch.randn(2, 3, 9, 9), torch.randn(3, 1, 5, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with use_backend("own"):
+            y = dwconv2d(x, w)
+        ref = F.conv2d(x, w, None, 1, 2, 1, 3)
+    assert y.dtype == ref.dtype == torch.bfloat16
+    assert torch.allclose(y.float(), ref.float(), rtol=2e-2, atol=5e-2)
+
+
 def test_meta_device_falls_back_to_torch():
     x = torch.empty(2, 3, 8, 8, device="meta")
     w = torch.empty(3, 1, 5, 5, device="meta")

@@ -65,7 +65,7 @@ __all__ = [
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 #: (lanes V, rows R) of the forward register block: 16 lanes for wide maps (8 rows when tall), 8 or 4 for narrow ones
-_FWD_VARIANTS = ((32, 4), (16, 4), (8, 4), (4, 4))
+_FWD_VARIANTS = ((32, 4), (16, 8), (16, 4), (8, 4), (4, 4))
 #: taps held at once by the grad-weight kernel
 _GW_TAPS = 8
 #: gradient rows loaded at once by the unit-dilation grad-weight kernel
@@ -108,7 +108,7 @@ def _copy_vec(e, ind: str, V: int, dst: str, src: str, dst_arr: str, src_arr: st
 def _fwd_ring_source(CW: int, R: int) -> list[str]:
     """Forward kernel for unit row dilation: R output rows x CW columns of accumulators; per kernel column the
     kernel rows are taken R at a time and the 2R-1 input rows they touch are loaded once into registers, so every
-    loaded vector feeds up to R FMAs (the loads, not the FMAs, bound a naive depthwise conv)."""
+    loaded vector feeds up to R FMAs (the loads, not the FMAs, bound a naive depthwise conv). R is a power of two."""
     L: list[str] = []
     e = L.append
     e(_JIT)
@@ -131,9 +131,14 @@ def _fwd_ring_source(CW: int, R: int) -> list[str]:
     _ring_block(e, "                    ", R, R, CW, "m")
     e(f"                    kb += {_u(R)} * Wpu")
     e(f"                    wb += {_u(R)}")
-    for rho in range(1, R):
-        e(f"                {'if' if rho == 1 else 'elif'} rem == {rho}:")
-        _ring_block(e, "                    ", rho, R, CW, f"r{rho}")
+    # the remaining rem < R kernel rows in blocks of R/2, R/4, ..., 1 rows (binary decomposition of rem)
+    step = R // 2
+    while step >= 1:
+        e(f"                if rem & {step}:")
+        _ring_block(e, "                    ", step, R, CW, f"r{step}")
+        e(f"                    kb += {_u(step)} * Wpu")
+        e(f"                    wb += {_u(step)}")
+        step //= 2
     for r in range(R):
         e(f"            v = o[(i0 + {r}) * Wc + j0:]")
         e("            " + "; ".join(f"v[{l}] = a{r}_{l}" for l in range(CW)))
@@ -590,11 +595,11 @@ def _run(name: str, head: tuple[Any, ...], units: int, threads: int, dtype: torc
 
 
 def _variant(out_h: int, out_w: int) -> str:
-    """Register block (lanes x rows) for an output plane: lanes by width, 4 rows."""
+    """Register block (lanes x rows) for an output plane: lanes by width; 4 rows, or 8 for 16 lanes."""
     if _FORCE_VARIANT:
         return _FORCE_VARIANT
     lanes = 32 if out_w > 16 else 16 if out_w > 8 else 8 if out_w > 4 else 4
-    rows = 4
+    rows = 8 if lanes == 16 and out_h >= 8 else 4  # 16 lanes: 8 rows give 8 independent FMA chains
     assert (lanes, rows) in _FWD_VARIANTS
     return f"{lanes}x{rows}"
 
