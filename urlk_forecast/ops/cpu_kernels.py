@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import itertools
 import os
 import sys
 import tempfile
@@ -578,17 +579,28 @@ def _threads_for(units: int, work: float) -> int:
 
 
 def _run(name: str, head: tuple[Any, ...], units: int, threads: int, dtype: torch.dtype) -> None:
-    """Run driver ``name(*head, lo, hi, zero)`` over ``units`` work units (planes or channels) split into
-    ``threads`` contiguous ranges, one per thread (the kernels release the GIL)."""
+    """Run driver ``name(*head, lo, hi, zero)`` over ``units`` work units (planes or channels) on ``threads``
+    threads (the kernels release the GIL).
+
+    The units are cut into ~4 chunks per thread that the threads (the caller included) pull from a shared counter:
+    on a busy machine a worker that is scheduled late just takes fewer chunks instead of stalling the call.
+    """
     zero = np.float32(0) if dtype == torch.float32 else np.float64(0)
     fn = _compiled_fn(name, head + (0, units, zero), dtype)
     if threads <= 1:
         fn(*head, 0, units, zero)
         return
-    bounds = [units * k // threads for k in range(threads + 1)]
-    futures = [_get_pool(threads - 1).submit(fn, *head, bounds[k], bounds[k + 1], zero) for k in range(1, threads)]
+    chunks = min(units, 4 * threads)
+    bounds = [units * k // chunks for k in range(chunks + 1)]
+    counter = itertools.count()  # next() on it is atomic under the GIL
+
+    def work() -> None:
+        while (k := next(counter)) < chunks:
+            fn(*head, bounds[k], bounds[k + 1], zero)
+
+    futures = [_get_pool(threads - 1).submit(work) for _ in range(threads - 1)]
     try:
-        fn(*head, bounds[0], bounds[1], zero)
+        work()
     finally:
         for f in futures:
             f.result()
