@@ -95,6 +95,22 @@ def test_feature_rows_match_their_definition() -> None:
         assert F[r, names.index("elevation")] == pytest.approx(geo[s[r], 2])
 
 
+def test_grid_features_equal_row_features() -> None:
+    ds = _lagged(T=24 * 8, S=5)
+    ws = WindowDataset(ds, "temperature", seq_len=48, label_len=0, pred_len=24, order="identity")
+    g = GBDT()
+    idx = np.array([0, 4, 17])
+    a = window_arrays(ws, idx)
+    starts = np.asarray(ws.window_start_times, dtype="datetime64[ns]")[idx].astype(np.int64)
+    geo = g._station_geo(ds)
+    grid = g._grid_features(a["x"], a["x_mask"], starts, 3600 * 10**9, 24, geo)
+    n = np.repeat(np.arange(3), 24 * 5)
+    h = np.tile(np.repeat(np.arange(24), 5), 3)
+    s = np.tile(np.arange(5), 3 * 24)
+    rows = g._features(a["x"], a["x_mask"], starts, 3600 * 10**9, n, s, h, geo)
+    np.testing.assert_array_equal(grid, rows)
+
+
 def test_gbdt_geometry_errors() -> None:
     ds = _lagged(T=24 * 20, S=3)
     g = GBDT(max_rows=5_000, max_iter=20, n_threads=1).fit(ds, "temperature")
