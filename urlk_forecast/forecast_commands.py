@@ -84,10 +84,14 @@ def _user_errors() -> Iterator[None]:
                 msg = f"missing {msg}"
             raise click.ClickException(msg) from None
         finally:
+            shown = set()
             for w in caught:
-                if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning,
-                                               ResourceWarning)):
-                    click.echo(f"warning: {w.message}", err=True)
+                msg = str(w.message)
+                if msg in shown or issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning,
+                                                           FutureWarning, ResourceWarning)):
+                    continue
+                shown.add(msg)
+                click.echo(f"warning: {msg}", err=True)
 
 
 def _parse_model_kw(items: Sequence[str]) -> dict[str, Any]:
@@ -320,7 +324,7 @@ def _train_config(opts: dict[str, Any]) -> TrainConfig:
     if opts["schedule"] == "quick":
         q = QUICK_TRAIN_DEFAULTS
         base = {k: q[k] for k in ("max_time", "batch_size", "lr", "lr_decay", "epochs", "steps_per_epoch",
-                                  "val_windows")}
+                                  "val_windows", "grad_clip")}
     for k in ("epochs", "batch_size", "lr", "lr_decay", "patience", "steps_per_epoch", "max_time", "max_steps",
               "grad_clip", "val_windows", "checkpoint_every"):
         if opts.get(k) is not None:

@@ -552,7 +552,7 @@ def train(
         st.history.append(entry)
         if main:
             logger.info(
-                "epoch %d%s: train %s  val %s  lr %.3g  %.1f windows/s",
+                "epoch %d%s: train %s  val %s  lr %.3g  %.3g windows/s",
                 entry["epoch"], " (partial)" if partial else "",
                 _fmt(entry["train_loss"]), _fmt(entry["val_loss"]), entry["lr"], entry["windows_per_s"] or 0.0,
             )
