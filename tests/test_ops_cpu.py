@@ -89,6 +89,7 @@ def check_case(B, C, H, W, kh, kw, dil, padding, pads, bias, layout="contiguous"
         (1, 2, 40, 37, 31, 1),   # K = 31, width not a multiple of the lanes
         (3, 2, 17, 1, 5, 1),     # width 1
         (1, 1, 1, 9, 3, 2),      # height 1
+        (1, 2, 45, 70, 51, 1),   # K beyond 31, several 32-lane column chunks
     ],
 )
 def test_same_padding_matches_torch(B, C, H, W, k, d):
@@ -189,12 +190,15 @@ def test_hypothesis_against_torch(case):
 
 
 # ------------------------------------------------------------------------------------- kernel-level contract
-@pytest.mark.parametrize("variant", [f"{v}x{r}" for v, r in cpu_kernels._FWD_VARIANTS])
+@pytest.mark.parametrize("variant", [f"{v}x{r}" for v, r in cpu_kernels._FWD_VARIANTS]
+                         + [f"cb{p}" for p in cpu_kernels._CB_PIXELS])
 @pytest.mark.parametrize("k,d", [(7, 1), (5, 2)])
 def test_every_register_block_variant(monkeypatch, variant, k, d):
-    # each (lanes x rows) block on a plane that is not a multiple of it, unit and non-unit dilation
+    # each (lanes x rows) block on a plane that is not a multiple of it, and each channel-blocked kernel with a
+    # channel count that is not a multiple of 16, unit and non-unit dilation
     monkeypatch.setattr(cpu_kernels, "_FORCE_VARIANT", variant)
-    check_case(2, 3, 11, 37, k, k, (d, d), None, same_padding(k, d), bias=True)
+    C = 19 if variant.startswith("cb") else 3
+    check_case(2, C, 11, 37, k, k, (d, d), None, same_padding(k, d), bias=True)
 
 
 def test_poison_buffers_are_nan_and_fully_overwritten():

@@ -1,4 +1,4 @@
-"""Depthwise convolution on CPU: numba kernels generated as straight-line code, compiled once and cached on disk.
+"""Depthwise convolution on CPU: numba kernels, generated as straight-line code, compiled once and cached on disk.
 
 Problem (stride 1, one filter per channel, pads ``top/left`` with the output size fixing ``bottom/right``)::
 
@@ -6,29 +6,22 @@ Problem (stride 1, one filter per channel, pads ``top/left`` with the output siz
     gx          = the same correlation of gy with the kernel rotated by 180 degrees (padding (K-1)*d - pad)
     gw[c, a, b] = sum_{batch} sum_{i,j} gy[n, i, j] * x[n, i + a*dh - top, j + b*dw - left]
 
-Design (why it is fast):
+This module is the runtime: it loads the kernel module written by :mod:`urlk_forecast.ops.cpu_codegen` (design of
+the kernels there and in ``docs/ops.md``), compiles it under the right LLVM settings, splits the work over threads
+and wraps it for torch tensors.
 
-* Work is split over the ``B*C`` planes (``prange`` over one chunk of planes per thread). Each thread owns scratch
-  buffers: the input plane is copied once into a zero-padded buffer, so the hot loops have no bounds checks.
-* The forward kernel computes a block of ``R`` output rows x ``V`` output columns held in ``R*V`` scalar
-  accumulators. Per kernel tap it loads the weight once and does ``R`` vector FMAs against rows of the padded input
-  (innermost: ``V`` contiguous columns). numba has no SIMD intrinsics and no unroll pragma, so the block is written
-  out as straight-line code by :func:`generate_source`; LLVM's SLP vectorizer turns each row of ``V`` accumulators
-  into one AVX-512 (V=16, float32) / AVX2 / SSE register. The accumulators stay in registers across all taps.
-* Taps whose rows (per row block) or columns (per column block) read only zero padding are skipped: with K=31 on a
-  32x32 map that is 30-40 % of the work, and on the 3x4 maps of a UniRepLKNet stage 3 it is 90 %.
-* The backward pass is one sweep over the planes: grad-input is the forward kernel on the padded output gradient
-  with the flipped kernel; grad-weight keeps ``T`` taps x ``V`` lanes of partial sums in registers, loading each
-  gradient vector once for ``T`` FMAs. Per-plane partial sums (``B*C x K*K``) are reduced over the batch in float64,
-  so the result does not depend on the thread count.
-* Floating point: ``fastmath`` minus reassociation (``contract`` lets LLVM fuse multiply-adds). Without ``reassoc``
-  LLVM's loop vectorizer cannot turn the tap loops into (slow) gather reductions, which leaves them to the SLP
-  vectorizer. Summation order is fixed, results are deterministic.
-
-numba disables the SLP vectorizer by default (``NUMBA_SLP_VECTORIZE=0``); it is switched on only while these
-kernels are compiled (:func:`_compile_ctx`, under numba's compiler lock). The generated module is written to a user
-cache directory (``URLK_CACHE_DIR``, else ``$XDG_CACHE_HOME/urlk_forecast``, else a temp dir) so numba's on-disk
-cache (``cache=True``) works and the compilation (~10 s per kernel family and dtype) happens once per machine.
+* Wide maps run the spatial kernels (vectors along image rows, one (batch, channel) plane at a time, register
+  blocks that load each input row once per several kernel rows); maps at most ~12 (forward) / 16 (backward) wide
+  run the channel-blocked kernels (16 channels per vector). Kernel taps that only read zero padding are skipped.
+* Work units (planes, channel blocks, or channels for grad-weight) are cut into ~4 chunks per thread, pulled by
+  ``torch.get_num_threads()`` threads (:func:`_run`); the numba functions release the GIL.
+* grad-weight accumulates over the batch in float64 per channel (or per plane, summed afterwards, when there are
+  too few channels for the threads); results are deterministic and equal across thread counts in the tests.
+* numba disables LLVM's SLP vectorizer by default (``NUMBA_SLP_VECTORIZE=0``); it is switched on only while these
+  kernels compile (:func:`_compile_ctx`, under numba's compiler lock), with numba's pipeline minus its SSA pass
+  (:class:`NoSSACompiler`). The generated module lives in a user cache directory (``URLK_CACHE_DIR``, else
+  ``$XDG_CACHE_HOME/urlk_forecast``, else a temp dir) so numba's on-disk cache works: the first compilation (about a
+  minute of CPU for all float32 variants) happens once per machine.
 
 The public functions take and return torch CPU tensors (zero-copy ``.numpy()`` views); float32 and float64.
 """
@@ -51,6 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from urlk_forecast.ops.cpu_codegen import CB_LANES, CB_PIXELS, FWD_VARIANTS, GENERATOR_VERSION, generate_source
+
 __all__ = [
     "SUPPORTED_DTYPES",
     "supports",
@@ -65,388 +60,17 @@ __all__ = [
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
-#: (lanes V, rows R) of the forward register block: 16 lanes for wide maps (8 rows when tall), 8 or 4 for narrow ones
-_FWD_VARIANTS = ((32, 4), (16, 8), (16, 4), (8, 4), (4, 4))
-#: taps held at once by the grad-weight kernel
-_GW_TAPS = 8
-#: gradient rows loaded at once by the unit-dilation grad-weight kernel
-_GW_ROWS = 4
-_GENERATOR_VERSION = "5"
-
-_FASTMATH = "{'contract', 'nnan', 'ninf', 'nsz', 'arcp', 'afn'}"
-#: decorator of every generated kernel
-_JIT = f"@njit(fastmath={_FASTMATH}, cache=True, nogil=True, pipeline_class=NoSSACompiler)"
+#: maps at most this wide (input and output) use the channel-blocked kernels, forward / backward
+_CB_MAX_WIDTH_FWD = 12
+_CB_MAX_WIDTH_BWD = 16
+# aliases used by the tests
+_FWD_VARIANTS = FWD_VARIANTS
+_CB_PIXELS = CB_PIXELS
 
 _lock = threading.RLock()
 _module: ModuleType | None = None
 _compiled: set[tuple[str, tuple[str, ...]]] = set()
 
-
-# --------------------------------------------------------------------------------------------- code generation
-def _u(k: int) -> str:
-    return f"np.uint64({k})"
-
-
-def _lo_bound(idx: str, span: int, pad: str, d: str) -> str:
-    """First tap index k with idx + span - 1 + k*d >= pad (ceil division without a divide when d == 1)."""
-    return f"max(0, {pad} - {idx} - {span - 1}) if {d} == 1 else max(0, -(({idx} + {span - 1} - {pad}) // {d}))"
-
-
-def _hi_bound(idx: str, pad: str, size: str, d: str, K: str, lo: str) -> str:
-    """One past the last tap index k with idx + k*d <= pad + size - 1, clamped to [lo, K]."""
-    return (f"max({lo}, min({K}, {pad} + {size} - {idx})) if {d} == 1 else "
-            f"max({lo}, min({K}, ({pad} + {size} - 1 - {idx}) // {d} + 1))")
-
-
-def _copy_vec(e, ind: str, V: int, dst: str, src: str, dst_arr: str, src_arr: str) -> None:
-    """V-element copy written as V loads then V stores, so the SLP vectorizer needs no alias analysis."""
-    e(f"{ind}sv = {src_arr}[{src}:]")
-    e(f"{ind}dv = {dst_arr}[{dst}:]")
-    e(ind + "; ".join(f"v{l} = sv[{l}]" for l in range(V)))
-    e(ind + "; ".join(f"dv[{l}] = v{l}" for l in range(V)))
-
-
-def _fwd_ring_source(CW: int, R: int) -> list[str]:
-    """Forward kernel for unit row dilation: R output rows x CW columns of accumulators; per kernel column the
-    kernel rows are taken R at a time and the 2R-1 input rows they touch are loaded once into registers, so every
-    loaded vector feeds up to R FMAs (the loads, not the FMAs, bound a naive depthwise conv). R is a power of two."""
-    L: list[str] = []
-    e = L.append
-    e(_JIT)
-    e(f"def fwd_plane_{CW}x{R}(xp, Wp, wt, woff, Kh, Kw, dw, o, Wc, Ho, Wo, pt, pl, H, W, zero):")
-    e("    Wpu = np.uint64(Wp); dwu = np.uint64(dw); Khu = np.uint64(Kh); wou = np.uint64(woff)")
-    e(f"    for j0 in range(0, Wo, {CW}):")
-    e("        kwlo = " + _lo_bound("j0", CW, "pl", "dw"))
-    e("        kwhi = " + _hi_bound("j0", "pl", "W", "dw", "Kw", "kwlo"))
-    e(f"        for i0 in range(0, Ho, {R}):")
-    e(f"            khlo = max(0, pt - i0 - {R - 1})")
-    e("            khhi = max(khlo, min(Kh, pt + H - i0))")
-    e(f"            m = (khhi - khlo) // {R}")
-    e(f"            rem = khhi - khlo - m * {R}")
-    for r in range(R):
-        e("            " + "; ".join(f"a{r}_{l} = zero" for l in range(CW)))
-    e("            for kw in range(np.uint64(kwlo), np.uint64(kwhi)):")
-    e("                kb = np.uint64(i0 + khlo) * Wpu + np.uint64(j0) + kw * dwu")
-    e("                wb = wou + kw * Khu + np.uint64(khlo)")
-    e("                for it in range(m):")
-    _ring_block(e, "                    ", R, R, CW, "m")
-    e(f"                    kb += {_u(R)} * Wpu")
-    e(f"                    wb += {_u(R)}")
-    # the remaining rem < R kernel rows in blocks of R/2, R/4, ..., 1 rows (binary decomposition of rem)
-    step = R // 2
-    while step >= 1:
-        e(f"                if rem & {step}:")
-        _ring_block(e, "                    ", step, R, CW, f"r{step}")
-        e(f"                    kb += {_u(step)} * Wpu")
-        e(f"                    wb += {_u(step)}")
-        step //= 2
-    for r in range(R):
-        e(f"            v = o[(i0 + {r}) * Wc + j0:]")
-        e("            " + "; ".join(f"v[{l}] = a{r}_{l}" for l in range(CW)))
-    return L
-
-
-def _ring_block(e, ind: str, steps: int, R: int, CW: int, tag: str) -> None:
-    """``steps`` consecutive kernel rows for the R accumulator rows: load rows kb + q*Wp, q < steps + R - 1, once.
-
-    Each accumulator gets one assignment per block (a sum of ``steps`` products, added left to right, i.e. in the
-    same order as one ``+=`` per kernel row): numba's SSA pass is superlinear in re-assignments, and this keeps
-    compilation to seconds. Locals get a per-block ``tag`` so that each is defined once.
-    """
-    for q in range(steps + R - 1):
-        e(f"{ind}v = xp[kb + {_u(q)} * Wpu:]")
-        e(ind + "; ".join(f"x{tag}{q}_{l} = v[{l}]" for l in range(CW)))
-    for s in range(steps):
-        e(f"{ind}w{tag}{s} = wt[wb + {_u(s)}]")
-        for r in range(R):
-            for l in range(CW):
-                e(f"{ind}a{r}_{l} += w{tag}{s} * x{tag}{s + r}_{l}")
-
-
-def _fwd_dilated_source(CW: int, R: int) -> list[str]:
-    """Forward kernel for any row dilation: R x CW accumulators, one weight broadcast and R vector FMAs per tap
-    straight from the padded plane."""
-    L: list[str] = []
-    e = L.append
-    e(_JIT)
-    e(f"def fwd_dil_{CW}x{R}(xp, Wp, wt, woff, Kh, Kw, dh, dw, o, Wc, Ho, Wo, pt, pl, H, W, zero):")
-    e("    Wpu = np.uint64(Wp); dwu = np.uint64(dw); dhW = np.uint64(dh * Wp); Khu = np.uint64(Kh)")
-    e("    wou = np.uint64(woff)")
-    e(f"    for j0 in range(0, Wo, {CW}):")
-    e("        kwlo = " + _lo_bound("j0", CW, "pl", "dw"))
-    e("        kwhi = " + _hi_bound("j0", "pl", "W", "dw", "Kw", "kwlo"))
-    e(f"        for i0 in range(0, Ho, {R}):")
-    e("            khlo = " + _lo_bound("i0", R, "pt", "dh"))
-    e("            khhi = " + _hi_bound("i0", "pt", "H", "dh", "Kh", "khlo"))
-    for r in range(R):
-        e("            " + "; ".join(f"a{r}_{l} = zero" for l in range(CW)))
-    e("            for kw in range(np.uint64(kwlo), np.uint64(kwhi)):")
-    e("                kb = np.uint64(i0) * Wpu + np.uint64(j0) + kw * dwu")
-    e("                wb = wou + kw * Khu")
-    e("                for kh in range(np.uint64(khlo), np.uint64(khhi)):")
-    e("                    wv = wt[wb + kh]")
-    e("                    b0 = kb + kh * dhW")
-    for r in range(R):
-        e(f"                    v = xp[b0 + {_u(r)} * Wpu:]")
-        for l in range(CW):
-            e(f"                    a{r}_{l} += wv * v[{l}]")
-    for r in range(R):
-        e(f"            v = o[(i0 + {r}) * Wc + j0:]")
-        e("            " + "; ".join(f"v[{l}] = a{r}_{l}" for l in range(CW)))
-    return L
-
-
-def _gw_plane_source(V: int, T: int) -> list[str]:
-    """Grad-weight kernel for one plane, added into ``gout[goff:goff+Kh*Kw]``: per gy column chunk, aligned shifted
-    copies of x, then T taps x V lanes of partial sums in registers over the rows (one gradient vector load feeds
-    T FMAs)."""
-    L: list[str] = []
-    e = L.append
-    e(_JIT)
-    e(f"def gw_plane_{V}x{T}(xp, Wx, Hx, gp, Wgp, gr0, gc0, Ho, Wo, Kh, Kw, dh, dw, pt, pl, H, W, gout, goff, acc,")
-    e("                     zero, S, soff):")
-    e(f"    SL = np.uint64(Hx * {V})")
-    e("    Wxu = np.uint64(Wx); Wgu = np.uint64(Wgp); dwu = np.uint64(dw); su = np.uint64(soff)")
-    e(f"    for j0 in range(0, Wo, {V}):")
-    e(f"        jl = min(j0 + {V}, Wo) - 1")
-    e("        kwlo = max(0, pl - jl) if dw == 1 else max(0, -((jl - pl) // dw))")
-    e("        kwhi = " + _hi_bound("j0", "pl", "W", "dw", "Kw", "kwlo"))
-    e("        j0u = np.uint64(j0)")
-    e("        for kw in range(np.uint64(kwlo), np.uint64(kwhi)):")
-    e("            sb = su + kw * SL")
-    e("            cb = j0u + kw * dwu")
-    e("            for rho in range(np.uint64(pt), np.uint64(pt + H)):")
-    e("                src = rho * Wxu + cb")
-    e(f"                dst = sb + rho * {_u(V)}")
-    _copy_vec(e, "                ", V, "dst", "src", "S", "xp")
-    e("        for kh in range(Kh):")
-    e("            ilo = max(0, pt - kh * dh)")
-    e("            ihi = min(Ho, pt + H - kh * dh)")
-    e("            if ilo >= ihi:")
-    e("                continue")
-    e(f"            for kw0 in range(kwlo, kwhi, {T}):")
-    for t in range(T):
-        e("                " + "; ".join(f"s{t}_{l} = zero" for l in range(V)))
-    e(f"                xb = su + np.uint64(kw0) * SL + np.uint64((ilo + kh * dh) * {V})")
-    e("                gb = np.uint64(ilo + gr0) * Wgu + np.uint64(gc0) + j0u")
-    e("                for i in range(np.uint64(ilo), np.uint64(ihi)):")
-    e("                    gv = gp[gb:]")
-    e("                    " + "; ".join(f"g{l} = gv[{l}]" for l in range(V)))
-    for t in range(T):
-        e(f"                    v = S[xb + {_u(t)} * SL:]")
-        for l in range(V):
-            e(f"                    s{t}_{l} += g{l} * v[{l}]")
-    e(f"                    xb += {_u(V)}")
-    e("                    gb += Wgu")
-    # spill the partial sums with contiguous stores (a lane pattern the SLP vectorizer packs like the accumulation;
-    # a horizontal sum tree here would make it re-pack the accumulators), then reduce them
-    for t in range(T):
-        e("                " + "; ".join(f"acc[{t * V + l}] = s{t}_{l}" for l in range(V)))
-    e("                base = goff + kh * Kw + kw0")
-    e(f"                for t in range(min({T}, kwhi - kw0)):")
-    e("                    tot = zero")
-    e(f"                    for l in range({V}):")
-    e(f"                        tot += acc[t * {V} + l]")
-    e("                    gout[base + t] += tot")
-    return L
-
-
-def _gw_ring_source(V: int, T: int, U: int) -> list[str]:
-    """Grad-weight kernel for unit row dilation, added into lane partial sums ``glane[(kh*Kw + kw)*V + l]``
-    (float64): per kernel column, T kernel rows at a time; the rows of the gradient are taken U at a time and the
-    U + T - 1 input rows they meet are loaded once, so each loaded vector feeds up to T (or U) FMAs."""
-    L: list[str] = []
-    e = L.append
-    e(_JIT)
-    e(f"def gw_ring_{V}x{T}(xp, Wx, gp, Wgp, gr0, gc0, Ho, Wo, Kh, Kw, dw, pt, pl, H, W, glane, acc, zero):")
-    e("    Wxu = np.uint64(Wx); Wgu = np.uint64(Wgp); dwu = np.uint64(dw)")
-    e(f"    for j0 in range(0, Wo, {V}):")
-    e(f"        jl = min(j0 + {V}, Wo) - 1")
-    e("        kwlo = max(0, pl - jl) if dw == 1 else max(0, -((jl - pl) // dw))")
-    e("        kwhi = " + _hi_bound("j0", "pl", "W", "dw", "Kw", "kwlo"))
-    e("        for kw in range(kwlo, kwhi):")
-    e(f"            for kh0 in range(0, Kh, {T}):")
-    e(f"                ilo = max(0, pt - kh0 - {T - 1})")
-    e("                ihi = min(Ho, pt + H - kh0)")
-    e("                if ilo >= ihi:")
-    e("                    continue")
-    for t in range(T):
-        e("                " + "; ".join(f"s{t}_{l} = zero" for l in range(V)))
-    e("                xb = np.uint64(ilo + kh0) * Wxu + np.uint64(j0) + np.uint64(kw) * dwu")
-    e("                gb = np.uint64(ilo + gr0) * Wgu + np.uint64(gc0 + j0)")
-    e(f"                m = (ihi - ilo) // {U}")
-    e("                for it in range(m):")
-    ind = "                    "
-    for u in range(U):
-        e(f"{ind}p{u} = gb + {_u(u)} * Wgu")
-        e(f"{ind}v = gp[p{u}:]")
-        e(ind + "; ".join(f"g{u}_{l} = v[{l}]" for l in range(V)))
-    for q in range(U + T - 1):
-        e(f"{ind}v = xp[xb + {_u(q)} * Wxu:]")
-        e(ind + "; ".join(f"x{q}_{l} = v[{l}]" for l in range(V)))
-    for u in range(U):
-        for t in range(T):
-            for l in range(V):
-                e(f"{ind}s{t}_{l} += g{u}_{l} * x{u + t}_{l}")
-    e(f"{ind}xb += {_u(U)} * Wxu")
-    e(f"{ind}gb += {_u(U)} * Wgu")
-    e(f"                for it in range(ihi - ilo - m * {U}):")
-    e(f"{ind}v = gp[gb:]")
-    e(ind + "; ".join(f"h{l} = v[{l}]" for l in range(V)))
-    for t in range(T):
-        e(f"{ind}v = xp[xb + {_u(t)} * Wxu:]")
-        for l in range(V):
-            e(f"{ind}s{t}_{l} += h{l} * v[{l}]")
-    e(f"{ind}xb += Wxu")
-    e(f"{ind}gb += Wgu")
-    for t in range(T):
-        e("                " + "; ".join(f"acc[{t * V + l}] = s{t}_{l}" for l in range(V)))
-    e(f"                for t in range(min({T}, Kh - kh0)):")
-    e(f"                    gl = ((kh0 + t) * Kw + kw) * {V}")
-    e(f"                    for l in range({V}):")
-    e(f"                        glane[gl + l] += acc[t * {V} + l]")
-    return L
-
-
-def _drivers_source(V: int, R: int, T: int, GV: int) -> list[str]:
-    """Serial drivers over the planes ``[lo, hi)`` (threads are run by the caller, see :func:`_run_chunks`)."""
-    s = f"{V}x{R}"
-    return f'''
-
-{_JIT}
-def fwd_{s}(x, wt, bias, has_bias, out, C, Kh, Kw, pt, pl, dh, dw, lo, hi, zero):
-    P, H, W = x.shape
-    Ho = out.shape[1]
-    Wo = out.shape[2]
-    Hc = (Ho + {R - 1}) // {R} * {R}
-    Wc = (Wo + {V - 1}) // {V} * {V}
-    Hp = pt + H + {R - 1}
-    Wp = pl + W + {V - 1}
-    xp = np.zeros(Hp * Wp, x.dtype)
-    o = np.empty(Hc * Wc, x.dtype)
-    for n in range(lo, hi):
-        c = n % C
-        xn = x[n]
-        for i in range(H):
-            r = (i + pt) * Wp + pl
-            for j in range(W):
-                xp[r + j] = xn[i, j]
-        if dh == 1:
-            fwd_plane_{s}(xp, Wp, wt, c * Kh * Kw, Kh, Kw, dw, o, Wc, Ho, Wo, pt, pl, H, W, zero)
-        else:
-            fwd_dil_{s}(xp, Wp, wt, c * Kh * Kw, Kh, Kw, dh, dw, o, Wc, Ho, Wo, pt, pl, H, W, zero)
-        bv = bias[c] if has_bias else zero
-        on = out[n]
-        for i in range(Ho):
-            r = i * Wc
-            for j in range(Wo):
-                on[i, j] = o[r + j] + bv
-
-
-{_JIT}
-def bwd_{s}(x, gy, wtflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, dw, by_channel, lo, hi, zero):
-    # by_channel: [lo, hi) are channels, gwa (C, Kh*Kw) float64 accumulates over the batch (no partials);
-    # else [lo, hi) are planes and gwa (planes, Kh*Kw) receives per-plane sums (reduced by the caller)
-    P, H, W = x.shape
-    B = P // C
-    KK = Kh * Kw
-    Ho = gy.shape[1]
-    Wo = gy.shape[2]
-    # grad-input: the forward kernel on gy padded by (ptb, plb) with the flipped kernel, output H x W
-    ptb = (Kh - 1) * dh - pt
-    plb = (Kw - 1) * dw - pl
-    Hc = (H + {R - 1}) // {R} * {R}
-    Wc = (W + {V - 1}) // {V} * {V}
-    Hg = ptb + Ho + {R - 1}
-    Wg = plb + Wo + {V - 1}
-    gp = np.zeros(Hg * Wg, x.dtype)
-    o = np.empty(Hc * Wc, x.dtype)
-    # grad-weight: only image rows of x are read; shifted copies for Kw + T - 1 taps
-    Wx = max(pl + W, (Wo + {GV - 1}) // {GV} * {GV} + (Kw - 1) * dw)
-    Hx = pt + H + {T}  # zero rows below the image: the unit-dilation kernel reads up to T - 1 rows past it
-    xp = np.zeros(Hx * Wx if need_gw else 1, x.dtype)
-    S2, soff2 = _aligned_buffer((Kw + {T - 1}) * Hx * {GV} if need_gw and dh > 1 else 0, x)
-    acc = np.empty({T * GV}, x.dtype)
-    glane = np.zeros(KK * {GV} if need_gw and dh == 1 else 1, np.float64)
-    items = (hi - lo) * B if by_channel else hi - lo
-    for k in range(items):
-        if by_channel:
-            q = k // B
-            c = lo + q
-            n = (k - q * B) * C + c
-            goff = c * KK
-            fresh = k - q * B == 0
-            last = k - q * B == B - 1
-        else:
-            n = lo + k
-            c = n % C
-            goff = n * KK
-            fresh = True
-            last = True
-        gn = gy[n]
-        for i in range(Ho):
-            r = (i + ptb) * Wg + plb
-            for j in range(Wo):
-                gp[r + j] = gn[i, j]
-        if need_gx:
-            if dh == 1:
-                fwd_plane_{s}(gp, Wg, wtflip, c * KK, Kh, Kw, dw, o, Wc, H, W, ptb, plb, Ho, Wo, zero)
-            else:
-                fwd_dil_{s}(gp, Wg, wtflip, c * KK, Kh, Kw, dh, dw, o, Wc, H, W, ptb, plb, Ho, Wo, zero)
-            gxn = gx[n]
-            for i in range(H):
-                r = i * Wc
-                for j in range(W):
-                    gxn[i, j] = o[r + j]
-        if need_gw:
-            if fresh:
-                for t in range(KK):
-                    gwa[goff + t] = 0.0
-            xn = x[n]
-            for i in range(H):
-                r = (i + pt) * Wx + pl
-                for j in range(W):
-                    xp[r + j] = xn[i, j]
-            if dh == 1:
-                if fresh:
-                    glane[:] = 0.0
-                gw_ring_{GV}x{T}(xp, Wx, gp, Wg, ptb, plb, Ho, Wo, Kh, Kw, dw, pt, pl, H, W, glane, acc, zero)
-                if last:  # lane partial sums -> per-tap sums, once per channel (or plane)
-                    for t in range(KK):
-                        tot = 0.0
-                        for l in range({GV}):
-                            tot += glane[t * {GV} + l]
-                        gwa[goff + t] = tot
-            else:
-                gw_plane_{GV}x{T}(xp, Wx, Hx, gp, Wg, ptb, plb, Ho, Wo, Kh, Kw, dh, dw, pt, pl, H, W, gwa, goff, acc,
-                                 zero, S2, soff2)
-'''.splitlines()
-
-
-def generate_source() -> str:
-    """Python source of the kernel module (deterministic; its hash names the cached file)."""
-    lines = [
-        '"""Generated by urlk_forecast.ops.cpu_kernels.generate_source - do not edit."""',
-        "import numpy as np",
-        "from numba import njit",
-        "",
-        "from urlk_forecast.ops.cpu_kernels import NoSSACompiler",
-        "",
-        "",
-        "@njit(cache=True, nogil=True)",
-        "def _aligned_buffer(n, like):",
-        '    """Zeroed buffer of n elements starting at a 64-byte boundary: (array, offset of that boundary)."""',
-        "    S = np.zeros(n + 16, like.dtype)",
-        "    return S, ((64 - S.ctypes.data % 64) % 64) // S.itemsize",
-    ]
-    for V in sorted({min(v, 16) for v, _ in _FWD_VARIANTS}, reverse=True):
-        lines += ["", ""] + _gw_plane_source(V, _GW_TAPS)
-        lines += ["", ""] + _gw_ring_source(V, _GW_TAPS, _GW_ROWS)
-    for V, R in _FWD_VARIANTS:
-        lines += ["", ""] + _fwd_ring_source(V, R)
-        lines += ["", ""] + _fwd_dilated_source(V, R)
-        lines += _drivers_source(V, R, _GW_TAPS, min(V, 16))
-    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------------ loading, compiling
@@ -481,7 +105,7 @@ def _load() -> ModuleType:
         if _module is not None:
             return _module
         src = generate_source()
-        digest = hashlib.sha256((src + _GENERATOR_VERSION).encode()).hexdigest()[:16]
+        digest = hashlib.sha256((src + GENERATOR_VERSION).encode()).hexdigest()[:16]
         name = f"urlk_dwconv_cpu_{digest}"
         path = os.path.join(cache_dir(), name + ".py")
         if not os.path.exists(path) or open(path, encoding="utf-8").read() != src:
@@ -606,13 +230,36 @@ def _run(name: str, head: tuple[Any, ...], units: int, threads: int, dtype: torc
             f.result()
 
 
+def _cb_pixels(w: int, out_w: int, backward: bool) -> int:
+    """Pixels per row group (8 or 4) when the channel-blocked kernels suit these maps, else 0.
+
+    Small maps: spatial vectors would be mostly empty lanes and every plane pays loop overheads; 16 channels per
+    vector fill the registers, and kernel taps are skipped exactly per output row. The price is a transpose in and
+    out, so the forward switches at a smaller width than the backward (measured on AVX-512, see docs/ops.md).
+    """
+    if _FORCE_VARIANT.startswith("cb"):
+        return int(_FORCE_VARIANT[2:])
+    if _FORCE_VARIANT or max(w, out_w) > (_CB_MAX_WIDTH_BWD if backward else _CB_MAX_WIDTH_FWD):
+        return 0
+    return 8 if out_w > 4 else 4
+
+
+def _cb_weights(w: torch.Tensor, flip: bool) -> np.ndarray:
+    """(C, 1, KH, KW) -> flat (ceil(C/16), KH, KW, 16), zero-padded channels, optionally rotated by 180 degrees."""
+    C, _, KH, KW = w.shape
+    nb = -(-C // CB_LANES)
+    wp = torch.zeros(nb * CB_LANES, KH, KW, dtype=w.dtype)
+    wp[:C] = w.detach()[:, 0].flip(-2, -1) if flip else w.detach()[:, 0]
+    return wp.view(nb, CB_LANES, KH, KW).permute(0, 2, 3, 1).contiguous().view(-1).numpy()
+
+
 def _variant(out_h: int, out_w: int) -> str:
     """Register block (lanes x rows) for an output plane: lanes by width; 4 rows, or 8 for 16 lanes."""
     if _FORCE_VARIANT:
         return _FORCE_VARIANT
     lanes = 32 if out_w > 16 else 16 if out_w > 8 else 8 if out_w > 4 else 4
     rows = 8 if lanes == 16 and out_h >= 8 else 4  # 16 lanes: 8 rows give 8 independent FMA chains
-    assert (lanes, rows) in _FWD_VARIANTS
+    assert (lanes, rows) in FWD_VARIANTS
     return f"{lanes}x{rows}"
 
 
@@ -700,11 +347,19 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pad: Pa
         y = out
     if y.numel() == 0:
         return y
-    wt = w.detach().transpose(-1, -2).contiguous().view(-1).numpy()  # [c][kw][kh]: the kernel's loop order
     has_bias = bias is not None
     bv = bias.detach().to(x.dtype).contiguous().numpy() if bias is not None else np.zeros(C, x.numpy().dtype)
+    work = float(B * C * Ho * Wo * KH * KW)
+    cbp = _cb_pixels(W, Wo, backward=False)
+    if cbp:
+        units = B * -(-C // CB_LANES)
+        head = (x.view(B * C, H, W).numpy(), _cb_weights(w, False), bv, has_bias, y.view(B * C, Ho, Wo).numpy(), C,
+                KH, KW, t, l, dh, dw)
+        _run(f"cbfwd_{cbp}", head, units, _threads_for(units, work), x.dtype)
+        return y
+    wt = w.detach().transpose(-1, -2).contiguous().view(-1).numpy()  # [c][kw][kh]: the kernel's loop order
     head = (x.view(B * C, H, W).numpy(), wt, bv, has_bias, y.view(B * C, Ho, Wo).numpy(), C, KH, KW, t, l, dh, dw)
-    _run(f"fwd_{_variant(Ho, Wo)}", head, B * C, _threads_for(B * C, float(B * C * Ho * Wo * KH * KW)), x.dtype)
+    _run(f"fwd_{_variant(Ho, Wo)}", head, B * C, _threads_for(B * C, work), x.dtype)
     return y
 
 
@@ -726,6 +381,9 @@ def backward(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, pad: Pad, dil: 
         raise ValueError(f"cpu_kernels.backward: gy has shape {tuple(gy.shape)}, expected {(B, C, Ho, Wo)}")
     gx = _empty((B, C, H, W), x) if need_input else None
     work = float(B * C * Ho * Wo * KH * KW) * (int(need_input) + int(need_weight))
+    cbp = _cb_pixels(W, Wo, backward=True)
+    if cbp:
+        return _backward_cb(x, gy, w, gx, (t, l), (dh, dw), need_input, need_weight, cbp, work)
     threads = _threads_for(B * C, work)
     # grad-weight accumulates per channel over the batch when the channels alone keep the threads busy; otherwise
     # per plane, and the partial sums are reduced here (both in float64)
@@ -743,6 +401,33 @@ def backward(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, pad: Pad, dil: 
         if not by_channel:
             gwa = gwa.view(B, C, KH * KW).sum(0)
         gw = gwa.to(x.dtype).view(C, 1, KH, KW)
+    return gx, gw
+
+
+def _backward_cb(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, gx: torch.Tensor | None,
+                 tl: tuple[int, int], dil: tuple[int, int], need_input: bool, need_weight: bool, cbp: int,
+                 work: float) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """:func:`backward` with the channel-blocked kernels (units: blocks of 16 channels, or (batch, block))."""
+    B, C, H, W = x.shape
+    Ho, Wo = gy.shape[-2:]
+    KH, KW = w.shape[-2:]
+    nb = -(-C // CB_LANES)
+    threads = _threads_for(B * nb, work)
+    by_channel = threads == 1 or nb >= 2 * threads
+    rows = nb * CB_LANES
+    gwa = _empty((rows, KH * KW) if by_channel else (B, rows, KH * KW), x, torch.float64) if need_weight else None
+    if B * C and (need_input or need_weight):
+        dummy = np.zeros((1, 1, 1), x.numpy().dtype)
+        head = (x.view(B * C, H, W).numpy(), gy.view(B * C, Ho, Wo).numpy(), _cb_weights(w, True), need_input,
+                need_weight, gx.view(B * C, H, W).numpy() if gx is not None else dummy,
+                gwa.view(-1).numpy() if gwa is not None else np.zeros(1), C, KH, KW, tl[0], tl[1], dil[0], dil[1],
+                by_channel)
+        units = nb if by_channel else B * nb
+        _run(f"cbbwd_{cbp}", head, units, min(threads, units), x.dtype)
+    gw = None
+    if gwa is not None:
+        gwa = gwa[:C] if by_channel else gwa[:, :C].sum(0)
+        gw = gwa.to(x.dtype).reshape(C, 1, KH, KW)
     return gx, gw
 
 
@@ -769,7 +454,7 @@ def grad_weight(x: torch.Tensor, gy: torch.Tensor, k: int | Sequence[int], pad: 
 def warmup(dtypes: Sequence[torch.dtype] = (torch.float32,)) -> None:
     """Compile (or load from the disk cache) every kernel variant for the given dtypes."""
     for dt in dtypes:
-        for V, _ in _FWD_VARIANTS:
+        for V, _ in FWD_VARIANTS:
             x = torch.zeros(1, 1, 3, max(1, V - 1), dtype=dt)
             w = torch.zeros(1, 1, 3, 3, dtype=dt)
             y = forward(x, w, None, 1, 1)
