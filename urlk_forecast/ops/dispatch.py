@@ -20,6 +20,7 @@ implemented; use ``URLK_DWCONV=torch`` for that.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import threading
@@ -77,8 +78,8 @@ def use_backend(name: str) -> Iterator[None]:
 
 
 def _cuda_module():
-    try:
-        from urlk_forecast.ops import cuda_kernels
+    try:  # through sys.modules (not the package attribute), so a broken/blocked import is seen every time
+        cuda_kernels = importlib.import_module("urlk_forecast.ops.cuda_kernels")
     except Exception as exc:  # noqa: BLE001 - a broken optional backend must not break the op
         _log_once("cuda-import", f"dwconv2d: CUDA kernels unavailable ({type(exc).__name__}: {exc}); using torch")
         return None
