@@ -65,7 +65,7 @@ class BenchmarkResult:
             f"{' (evenly spaced over the test split)' if i['windows'] < i['windows_total'] else ''}; "
             f"seq_len/label_len/pred_len = {i['seq_len']}/{i['label_len']}/{i['pred_len']}",
             f"- scored target points (observed, forecast by every method): {i['points']} of {i['observed']} observed",
-            f"- train {i['train_period']}, test {i['test_period']}",
+            f"- train {i['train_period']}; test {i['test_period']} (plus {i['seq_len']} steps of input history)",
             "",
             _markdown_table(self.rows, ["method", "type", "parameters", "MSE", "MAE", "fit_s", "predict_s",
                                         "coverage"]),
@@ -307,7 +307,8 @@ def run_benchmark(data: Any = None, variable: str = "temperature", baselines: Se
         "windows_scored": int(windows), "points": int(points), "observed": int(observed),
         "seq_len": seq_len, "label_len": label_len, "pred_len": pred_len,
         "train_period": f"{pd.Timestamp(train.time.values[0])} .. {pd.Timestamp(train.time.values[-1])}",
-        "test_period": f"{pd.Timestamp(test.time.values[0])} .. {pd.Timestamp(test.time.values[-1])}",
+        "test_period": f"{pd.Timestamp(test.time.values[int(test.attrs.get('split_context', 0) or 0)])} .. "
+                       f"{pd.Timestamp(test.time.values[-1])}",
     }
     reference = None
     if str(ds.attrs.get("source_format", "")) == "corrformer":
