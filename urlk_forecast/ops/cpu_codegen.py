@@ -28,7 +28,7 @@ FWD_VARIANTS = ((32, 4), (16, 8), (16, 4), (8, 4), (4, 4))
 _GW_TAPS = 8
 #: gradient rows loaded at once by the unit-dilation grad-weight kernel
 _GW_ROWS = 4
-GENERATOR_VERSION = "6"
+GENERATOR_VERSION = "11"
 CB_LANES = 16  # channels per vector of the channel-blocked kernels
 CB_PIXELS = (8, 4)  # output pixels of a row they hold at once
 _CB_TAPS = 4  # kernel columns per channel-blocked grad-weight pass
@@ -207,60 +207,85 @@ def _gw_plane_source(V: int, T: int) -> list[str]:
 
 
 def _gw_ring_source(V: int, T: int, U: int) -> list[str]:
-    """Grad-weight kernel for unit row dilation, added into lane partial sums ``glane[(kh*Kw + kw)*V + l]``
-    (float64): per kernel column, T kernel rows at a time; the rows of the gradient are taken U at a time and the
-    U + T - 1 input rows they meet are loaded once, so each loaded vector feeds up to T (or U) FMAs."""
+    """Grad-weight kernel for unit row dilation over ``nb`` planes of one channel (padded inputs ``xp`` and
+    gradients ``gp``, plane strides ``Sx``/``Sg``), added into lane partial sums ``glane[(kh*Kw + kw)*V + l]``
+    (float64): per kernel column, T kernel rows at a time (then T/2, T/4, ... for the rest, so no tap is wasted);
+    the rows of the gradient are taken U at a time and the U + T - 1 input rows they meet are loaded once, so each
+    loaded vector feeds up to T (or U) FMAs. The partial sums stay in registers across the nb planes."""
     L: list[str] = []
     e = L.append
     e(_JIT)
-    e(f"def gw_ring_{V}x{T}(xp, Wx, gp, Wgp, gr0, gc0, Ho, Wo, Kh, Kw, dw, pt, pl, H, W, glane, acc, zero):")
+    e(f"def gw_ring_{V}x{T}(xp, Wx, Sx, gp, Wgp, Sg, nb, gr0, gc0, Ho, Wo, Kh, Kw, dw, pt, pl, H, W, glane, acc,")
+    e("                 zero):")
     e("    Wxu = np.uint64(Wx); Wgu = np.uint64(Wgp); dwu = np.uint64(dw)")
     e(f"    for j0 in range(0, Wo, {V}):")
     e(f"        jl = min(j0 + {V}, Wo) - 1")
     e("        kwlo = max(0, pl - jl) if dw == 1 else max(0, -((jl - pl) // dw))")
     e("        kwhi = " + _hi_bound("j0", "pl", "W", "dw", "Kw", "kwlo"))
     e("        for kw in range(kwlo, kwhi):")
-    e(f"            for kh0 in range(0, Kh, {T}):")
-    e(f"                ilo = max(0, pt - kh0 - {T - 1})")
-    e("                ihi = min(Ho, pt + H - kh0)")
-    e("                if ilo >= ihi:")
-    e("                    continue")
-    for t in range(T):
-        e("                " + "; ".join(f"s{t}_{l} = zero" for l in range(V)))
-    e("                xb = np.uint64(ilo + kh0) * Wxu + np.uint64(j0) + np.uint64(kw) * dwu")
-    e("                gb = np.uint64(ilo + gr0) * Wgu + np.uint64(gc0 + j0)")
-    e(f"                m = (ihi - ilo) // {U}")
-    e("                for it in range(m):")
-    ind = "                    "
+    e("            kh0 = 0")
+    e(f"            while kh0 + {T} <= Kh:")
+    _gw_ring_group(e, "                ", V, T, U, f"t{T}")
+    e(f"                kh0 += {T}")
+    tg = T // 2
+    while tg >= 1:
+        e(f"            if (Kh - kh0) & {tg}:")
+        _gw_ring_group(e, "                ", V, tg, U, f"t{tg}")
+        e(f"                kh0 += {tg}")
+        tg //= 2
+    return L
+
+
+def _gw_ring_group(e, ind: str, V: int, T: int, U: int, tag: str) -> None:
+    """One group of T kernel rows kh0 .. kh0+T-1 at kernel column kw (all rows of the gradient, nb planes).
+
+    Groups of fewer than 8 taps keep ``A = 8 // T`` sets of partial sums (gradient row u goes to set u % A) so that
+    8 independent FMA chains hide the FMA latency; the sets are added at the end.
+    """
+    A = max(1, min(U, 8 // T))
+    e(f"{ind}ilo = max(0, pt - kh0 - {T - 1})")
+    e(f"{ind}ihi = min(Ho, pt + H - kh0)")
+    e(f"{ind}if ilo < ihi:")
+    ind2 = ind + "    "
+    for a in range(A):
+        for t in range(T):
+            e(ind2 + "; ".join(f"s{tag}{a}{t}_{l} = zero" for l in range(V)))
+    e(f"{ind2}m = (ihi - ilo) // {U}")
+    e(f"{ind2}for bb in range(nb):")
+    ind2 = ind2 + "    "
+    e(f"{ind2}xb = np.uint64(bb * Sx) + np.uint64(ilo + kh0) * Wxu + np.uint64(j0) + np.uint64(kw) * dwu")
+    e(f"{ind2}gb = np.uint64(bb * Sg) + np.uint64(ilo + gr0) * Wgu + np.uint64(gc0 + j0)")
+    e(f"{ind2}for it in range(m):")
+    ind3 = ind2 + "    "
     for u in range(U):
-        e(f"{ind}p{u} = gb + {_u(u)} * Wgu")
-        e(f"{ind}v = gp[p{u}:]")
-        e(ind + "; ".join(f"g{u}_{l} = v[{l}]" for l in range(V)))
+        e(f"{ind3}v = gp[gb + {_u(u)} * Wgu:]")
+        e(ind3 + "; ".join(f"g{tag}{u}_{l} = v[{l}]" for l in range(V)))
     for q in range(U + T - 1):
-        e(f"{ind}v = xp[xb + {_u(q)} * Wxu:]")
-        e(ind + "; ".join(f"x{q}_{l} = v[{l}]" for l in range(V)))
+        e(f"{ind3}v = xp[xb + {_u(q)} * Wxu:]")
+        e(ind3 + "; ".join(f"x{tag}{q}_{l} = v[{l}]" for l in range(V)))
     for u in range(U):
         for t in range(T):
             for l in range(V):
-                e(f"{ind}s{t}_{l} += g{u}_{l} * x{u + t}_{l}")
-    e(f"{ind}xb += {_u(U)} * Wxu")
-    e(f"{ind}gb += {_u(U)} * Wgu")
-    e(f"                for it in range(ihi - ilo - m * {U}):")
-    e(f"{ind}v = gp[gb:]")
-    e(ind + "; ".join(f"h{l} = v[{l}]" for l in range(V)))
+                e(f"{ind3}s{tag}{u % A}{t}_{l} += g{tag}{u}_{l} * x{tag}{u + t}_{l}")
+    e(f"{ind3}xb += {_u(U)} * Wxu")
+    e(f"{ind3}gb += {_u(U)} * Wgu")
+    e(f"{ind2}for it in range(ihi - ilo - m * {U}):")
+    e(f"{ind3}v = gp[gb:]")
+    e(ind3 + "; ".join(f"h{tag}{l} = v[{l}]" for l in range(V)))
     for t in range(T):
-        e(f"{ind}v = xp[xb + {_u(t)} * Wxu:]")
+        e(f"{ind3}v = xp[xb + {_u(t)} * Wxu:]")
         for l in range(V):
-            e(f"{ind}s{t}_{l} += h{l} * v[{l}]")
-    e(f"{ind}xb += Wxu")
-    e(f"{ind}gb += Wgu")
+            e(f"{ind3}s{tag}0{t}_{l} += h{tag}{l} * v[{l}]")
+    e(f"{ind3}xb += Wxu")
+    e(f"{ind3}gb += Wgu")
+    ind2 = ind2[:-4]
     for t in range(T):
-        e("                " + "; ".join(f"acc[{t * V + l}] = s{t}_{l}" for l in range(V)))
-    e(f"                for t in range(min({T}, Kh - kh0)):")
-    e(f"                    gl = ((kh0 + t) * Kw + kw) * {V}")
-    e(f"                    for l in range({V}):")
-    e(f"                        glane[gl + l] += acc[t * {V} + l]")
-    return L
+        sets = lambda l, t=t: " + ".join(f"s{tag}{a}{t}_{l}" for a in range(A))  # noqa: E731
+        e(ind2 + "; ".join(f"acc[{t * V + l}] = {sets(l)}" for l in range(V)))
+    e(f"{ind2}for t in range({T}):")
+    e(f"{ind3}gl = ((kh0 + t) * Kw + kw) * {V}")
+    e(f"{ind3}for l in range({V}):")
+    e(f"{ind3}    glane[gl + l] += acc[t * {V} + l]")
 
 
 def _drivers_source(V: int, R: int, T: int, GV: int) -> list[str]:
@@ -282,20 +307,13 @@ def fwd_{s}(x, wt, bias, has_bias, out, C, Kh, Kw, pt, pl, dh, dw, lo, hi, zero)
     for n in range(lo, hi):
         c = n % C
         xn = x[n]
-        for i in range(H):
-            r = (i + pt) * Wp + pl
-            for j in range(W):
-                xp[r + j] = xn[i, j]
+        _put(xp, pt * Wp + pl, Wp, xn)
         if dh == 1:
             fwd_plane_{s}(xp, Wp, wt, c * Kh * Kw, Kh, Kw, dw, o, Wc, Ho, Wo, pt, pl, H, W, zero)
         else:
             fwd_dil_{s}(xp, Wp, wt, c * Kh * Kw, Kh, Kw, dh, dw, o, Wc, Ho, Wo, pt, pl, H, W, zero)
         bv = bias[c] if has_bias else zero
-        on = out[n]
-        for i in range(Ho):
-            r = i * Wc
-            for j in range(Wo):
-                on[i, j] = o[r + j] + bv
+        _get(out[n], o, 0, Wc, bv)
 
 
 {_JIT}
@@ -314,67 +332,69 @@ def bwd_{s}(x, gy, wtflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, dw,
     Wc = (W + {V - 1}) // {V} * {V}
     Hg = ptb + Ho + {R - 1}
     Wg = plb + Wo + {V - 1}
-    gp = np.zeros(Hg * Wg, x.dtype)
     o = np.empty(Hc * Wc, x.dtype)
     # grad-weight: only image rows of x are read; shifted copies for Kw + T - 1 taps
     Wx = max(pl + W, (Wo + {GV - 1}) // {GV} * {GV} + (Kw - 1) * dw)
     Hx = pt + H + {T}  # zero rows below the image: the unit-dilation kernel reads up to T - 1 rows past it
-    xp = np.zeros(Hx * Wx if need_gw else 1, x.dtype)
+    Sg = Hg * Wg
+    Sx = Hx * Wx
+    # The grad-weight kernel can keep its partial sums in registers across NB planes of a channel, but then the
+    # float32 rounding would depend on whether a thread owns whole channels, i.e. on the thread count; one plane
+    # at a time keeps results identical for any thread count (the batching gained < 10 %).
+    NB = 1
+    gpB = np.zeros(NB * Sg, x.dtype)
+    xpB = np.zeros(NB * Sx if need_gw else 1, x.dtype)
     S2, soff2 = _aligned_buffer((Kw + {T - 1}) * Hx * {GV} if need_gw and dh > 1 else 0, x)
     acc = np.empty({T * GV}, x.dtype)
     glane = np.zeros(KK * {GV} if need_gw and dh == 1 else 1, np.float64)
-    items = (hi - lo) * B if by_channel else hi - lo
+    nblk = (B + NB - 1) // NB
+    items = (hi - lo) * nblk if by_channel else hi - lo
     for k in range(items):
         if by_channel:
-            q = k // B
+            q = k // nblk
             c = lo + q
-            n = (k - q * B) * C + c
+            blk = k - q * nblk
+            nb = min(NB, B - blk * NB)
+            n0 = blk * NB * C + c
             goff = c * KK
-            fresh = k - q * B == 0
-            last = k - q * B == B - 1
+            fresh = blk == 0
+            last = blk == nblk - 1
         else:
-            n = lo + k
-            c = n % C
-            goff = n * KK
+            n0 = lo + k
+            c = n0 % C
+            nb = 1
+            goff = n0 * KK
             fresh = True
             last = True
-        gn = gy[n]
-        for i in range(Ho):
-            r = (i + ptb) * Wg + plb
-            for j in range(Wo):
-                gp[r + j] = gn[i, j]
-        if need_gx:
-            if dh == 1:
-                fwd_plane_{s}(gp, Wg, wtflip, c * KK, Kh, Kw, dw, o, Wc, H, W, ptb, plb, Ho, Wo, zero)
-            else:
-                fwd_dil_{s}(gp, Wg, wtflip, c * KK, Kh, Kw, dh, dw, o, Wc, H, W, ptb, plb, Ho, Wo, zero)
-            gxn = gx[n]
-            for i in range(H):
-                r = i * Wc
-                for j in range(W):
-                    gxn[i, j] = o[r + j]
-        if need_gw:
-            if fresh:
+        if need_gw and fresh:
+            for t in range(KK):
+                gwa[goff + t] = 0.0
+            glane[:] = 0.0
+        for bb in range(nb):
+            n = n0 + bb * C
+            gp = gpB[bb * Sg:]
+            _put(gp, ptb * Wg + plb, Wg, gy[n])
+            if need_gx:
+                if dh == 1:
+                    fwd_plane_{s}(gp, Wg, wtflip, c * KK, Kh, Kw, dw, o, Wc, H, W, ptb, plb, Ho, Wo, zero)
+                else:
+                    fwd_dil_{s}(gp, Wg, wtflip, c * KK, Kh, Kw, dh, dw, o, Wc, H, W, ptb, plb, Ho, Wo, zero)
+                _get(gx[n], o, 0, Wc, zero)
+            if need_gw:
+                xp = xpB[bb * Sx:]
+                _put(xp, pt * Wx + pl, Wx, x[n])
+                if dh > 1:
+                    gw_plane_{GV}x{T}(xp, Wx, Hx, gp, Wg, ptb, plb, Ho, Wo, Kh, Kw, dh, dw, pt, pl, H, W, gwa, goff,
+                                     acc, zero, S2, soff2)
+        if need_gw and dh == 1:
+            gw_ring_{GV}x{T}(xpB, Wx, Sx, gpB, Wg, Sg, nb, ptb, plb, Ho, Wo, Kh, Kw, dw, pt, pl, H, W, glane, acc,
+                             zero)
+            if last:  # lane partial sums -> per-tap sums, once per channel (or plane)
                 for t in range(KK):
-                    gwa[goff + t] = 0.0
-            xn = x[n]
-            for i in range(H):
-                r = (i + pt) * Wx + pl
-                for j in range(W):
-                    xp[r + j] = xn[i, j]
-            if dh == 1:
-                if fresh:
-                    glane[:] = 0.0
-                gw_ring_{GV}x{T}(xp, Wx, gp, Wg, ptb, plb, Ho, Wo, Kh, Kw, dw, pt, pl, H, W, glane, acc, zero)
-                if last:  # lane partial sums -> per-tap sums, once per channel (or plane)
-                    for t in range(KK):
-                        tot = 0.0
-                        for l in range({GV}):
-                            tot += glane[t * {GV} + l]
-                        gwa[goff + t] = tot
-            else:
-                gw_plane_{GV}x{T}(xp, Wx, Hx, gp, Wg, ptb, plb, Ho, Wo, Kh, Kw, dh, dw, pt, pl, H, W, gwa, goff, acc,
-                                 zero, S2, soff2)
+                    tot = 0.0
+                    for l in range({GV}):
+                        tot += glane[t * {GV} + l]
+                    gwa[goff + t] = tot
 '''.splitlines()
 
 
@@ -472,19 +492,10 @@ def cbfwd_{P}(x, wl, bias, has_bias, out, C, Kh, Kw, pt, pl, dh, dw, lo, hi, zer
         c0 = (u - b * NCB) * {L_}
         nl = min({L_}, C - c0)
         for l in range(nl):
-            xn = x[b * C + c0 + l]
-            for i in range(H):
-                r = ((i + pt) * Ws + pl) * {L_} + l
-                for j in range(W):
-                    xs[r + j * {L_}] = xn[i, j]
+            _put_s(xs, (pt * Ws + pl) * {L_} + l, Ws * {L_}, {L_}, x[b * C + c0 + l])
         cb_conv_{P}(xs, Ws, wl, (c0 // {L_}) * Kh * Kw * {L_}, Kh, Kw, dh, dw, os, Ho, Wo, pt, pl, H, W, zero)
         for l in range(nl):
-            on = out[b * C + c0 + l]
-            bv = bias[c0 + l] if has_bias else zero
-            for i in range(Ho):
-                r = i * Wo * {L_} + l
-                for j in range(Wo):
-                    on[i, j] = os[r + j * {L_}] + bv
+            _get_s(out[b * C + c0 + l], os, l, Wo * {L_}, {L_}, bias[c0 + l] if has_bias else zero)
 
 
 {_JIT}
@@ -523,26 +534,14 @@ def cbbwd_{P}(x, gy, wlflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, d
         c0 = cb * {L_}
         nl = min({L_}, C - c0)
         for l in range(nl):
-            gn = gy[b * C + c0 + l]
-            for i in range(Ho):
-                r = ((i + ptb) * Wg + plb) * {L_} + l
-                for j in range(Wo):
-                    gs[r + j * {L_}] = gn[i, j]
+            _put_s(gs, (ptb * Wg + plb) * {L_} + l, Wg * {L_}, {L_}, gy[b * C + c0 + l])
         if need_gx:
             cb_conv_{P}(gs, Wg, wlflip, cb * KK * {L_}, Kh, Kw, dh, dw, os, H, W, ptb, plb, Ho, Wo, zero)
             for l in range(nl):
-                gxn = gx[b * C + c0 + l]
-                for i in range(H):
-                    r = i * W * {L_} + l
-                    for j in range(W):
-                        gxn[i, j] = os[r + j * {L_}]
+                _get_s(gx[b * C + c0 + l], os, l, W * {L_}, {L_}, zero)
         if need_gw:
             for l in range(nl):
-                xn = x[b * C + c0 + l]
-                for i in range(H):
-                    r = ((i + pt) * Wx + pl + {T - 1} * dw) * {L_} + l
-                    for j in range(W):
-                        xs[r + j * {L_}] = xn[i, j]
+                _put_s(xs, ((pt * Wx + pl + {T - 1} * dw) * {L_}) + l, Wx * {L_}, {L_}, x[b * C + c0 + l])
             if first:
                 gl[:] = 0.0
             cb_gw_{T}(xs, Wx, gs, Wg, ptb, plb, Ho, Wo, Kh, Kw, dh, dw, pt, pl, H, W, gl, acc, zero)
@@ -562,6 +561,52 @@ def generate_source() -> str:
         "from numba import njit",
         "",
         "from urlk_forecast.ops.cpu_kernels import NoSSACompiler",
+        "",
+        "",
+        "@njit(cache=True, nogil=True)",
+        "def _put(dst, off, stride, src):",
+        '    """dst[off + i*stride + j] = src[i, j] (unsigned indices: no wrap-around tests, vectorizable)."""',
+        "    H, W = src.shape",
+        "    for i in range(H):",
+        "        row = src[i]",
+        "        b = np.uint64(off + i * stride)",
+        "        for j in range(np.uint64(W)):",
+        "            dst[b + j] = row[j]",
+        "",
+        "",
+        "@njit(cache=True, nogil=True)",
+        "def _get(dst, src, off, stride, add):",
+        '    """dst[i, j] = src[off + i*stride + j] + add."""',
+        "    H, W = dst.shape",
+        "    for i in range(H):",
+        "        row = dst[i]",
+        "        b = np.uint64(off + i * stride)",
+        "        for j in range(np.uint64(W)):",
+        "            row[j] = src[b + j] + add",
+        "",
+        "",
+        "@njit(cache=True, nogil=True)",
+        "def _put_s(dst, off, stride, step, src):",
+        '    """dst[off + i*stride + j*step] = src[i, j]."""',
+        "    H, W = src.shape",
+        "    su = np.uint64(step)",
+        "    for i in range(H):",
+        "        row = src[i]",
+        "        b = np.uint64(off + i * stride)",
+        "        for j in range(np.uint64(W)):",
+        "            dst[b + j * su] = row[j]",
+        "",
+        "",
+        "@njit(cache=True, nogil=True)",
+        "def _get_s(dst, src, off, stride, step, add):",
+        '    """dst[i, j] = src[off + i*stride + j*step] + add."""',
+        "    H, W = dst.shape",
+        "    su = np.uint64(step)",
+        "    for i in range(H):",
+        "        row = dst[i]",
+        "        b = np.uint64(off + i * stride)",
+        "        for j in range(np.uint64(W)):",
+        "            row[j] = src[b + j * su] + add",
         "",
         "",
         "@njit(cache=True, nogil=True)",
