@@ -190,7 +190,10 @@ def _table(rows: list[dict[str, Any]]) -> str:
         cells = []
         for k, _ in cols:
             v = r.get(k)
-            cells.append(f"{v:.3g}" if isinstance(v, float) else str(v))
+            if isinstance(v, float):
+                cells.append(f"{v:.0f}" if abs(v) >= 1000 else f"{v:.3g}")
+            else:
+                cells.append(str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -29,7 +29,10 @@ TINY = ["--model-kw", "d_model=32", "--model-kw", "dims=[8,16,32,64]", "--model-
 
 
 def _env(runs: Path) -> dict[str, str]:
-    return {**os.environ, "URLK_RUNS_DIR": str(runs), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # subprocesses use torch's depthwise conv: the own op's per-process kernel start-up (tens of seconds) would
+    # dominate these short runs, and what they test (CLI, resume, DDP) does not depend on the conv path
+    return {**os.environ, "URLK_RUNS_DIR": str(runs), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+            "URLK_DWCONV": "torch"}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     run = runs / "tiny"
     res = CliRunner().invoke(cli, ["train", *TINY, "--max-steps", "8", "--steps-per-epoch", "4", "--batch-size",
                                    "2", "--lr", "3e-3", "--val-windows", "6", "--eval-windows", "6", "--out",
-                                   str(run)], env={"URLK_RUNS_DIR": str(runs)}, catch_exceptions=False)
+                                   str(run)], env={"URLK_RUNS_DIR": str(runs), "URLK_DWCONV": "torch"},
+                        catch_exceptions=False)  # predict tests below run the default (own-op) path
     assert res.exit_code == 0, res.output
     return runs, run, res.output
 

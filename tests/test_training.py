@@ -379,6 +379,7 @@ def _run_worker(out: Path, **kw: object) -> dict:
     return json.loads((out / "result.json").read_text())
 
 
+@pytest.mark.slow  # the default suite kills a real `urlk-forecast train` process instead (test_cli_train.py)
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     """A real training process is SIGKILLed after a mid-training checkpoint; the resumed run ends identically."""
     kw = dict(epochs=3, steps_per_epoch=10, checkpoint_every=3, dropout=0.2)
