@@ -253,6 +253,18 @@ def test_unsupported_calls_rejected_by_kernels():
     assert not cpu_kernels.supports(x, torch.randn(3, 1, 3, 3))
 
 
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX permissions")
+def test_cache_dir_refuses_directories_others_can_write(tmp_path, monkeypatch):
+    # the generated kernel module is imported from the cache dir: never from one another user could plant code in
+    shared = tmp_path / "shared" / "dwconv"
+    shared.mkdir(parents=True)
+    os.chmod(shared, 0o777)
+    monkeypatch.setenv("URLK_CACHE_DIR", str(shared.parent))
+    assert cpu_kernels.cache_dir() != str(shared)
+    os.chmod(shared, 0o700)
+    assert cpu_kernels.cache_dir() == str(shared)
+
+
 def test_generated_source_is_deterministic_and_cached():
     assert cpu_kernels.generate_source() == cpu_kernels.generate_source()
     d = cpu_kernels.cache_dir()

@@ -69,14 +69,18 @@ _CB_PIXELS = CB_PIXELS
 
 _lock = threading.RLock()
 _module: ModuleType | None = None
-_compiled: set[tuple[str, tuple[str, ...]]] = set()
-
+_compiled: set[tuple[str, str]] = set()
 
 
 # ------------------------------------------------------------------------------------------ loading, compiling
 def _writable(path: str) -> bool:
+    """True for a directory we can write and that only we can write (the kernel module there gets imported)."""
     try:
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        if hasattr(os, "getuid"):
+            st = os.stat(path)
+            if st.st_uid != os.getuid() or st.st_mode & 0o022:
+                return False
         with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
             pass
         return True
@@ -99,7 +103,16 @@ def cache_dir() -> str:
     raise OSError(f"no writable cache directory for the dwconv kernels among {candidates}; set URLK_CACHE_DIR")
 
 
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
 def _load() -> ModuleType:
+    """Write (if needed) and import the generated kernel module; one instance per process."""
     global _module
     with _lock:
         if _module is not None:
@@ -108,7 +121,7 @@ def _load() -> ModuleType:
         digest = hashlib.sha256((src + GENERATOR_VERSION).encode()).hexdigest()[:16]
         name = f"urlk_dwconv_cpu_{digest}"
         path = os.path.join(cache_dir(), name + ".py")
-        if not os.path.exists(path) or open(path, encoding="utf-8").read() != src:
+        if _read(path) != src:  # written atomically; rewritten if stale or altered
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".py")
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(src)
