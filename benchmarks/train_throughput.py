@@ -39,17 +39,17 @@ def _peak_rss_mib() -> float:
 
 
 def _activation_bytes(net: Any, batch: dict) -> int:
-    """Bytes of distinct tensors autograd saves for backward in one forward (the activation memory)."""
+    """Bytes of distinct non-parameter tensors autograd saves for backward in one forward (activation memory)."""
     import torch
 
-    seen: set[tuple[int, int]] = set()
+    # parameters and buffers are saved by reference by many ops: they are weights, not activations
+    seen: set[int] = {t.untyped_storage().data_ptr() for t in [*net.parameters(), *net.buffers()]}
     total = [0]
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         st = t.untyped_storage()
-        key = (st.data_ptr(), st.nbytes())
-        if key not in seen:
-            seen.add(key)
+        if st.data_ptr() not in seen:
+            seen.add(st.data_ptr())
             total[0] += st.nbytes()
         return t
 
