@@ -340,6 +340,23 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
         train(TinyNet(), make_ws(200), None, small_cfg(), resume=True)
 
 
+def test_forecaster_config_round_trip_and_defaults_match_the_forecaster(tmp_path: Path) -> None:
+    import inspect
+
+    from urlk_forecast.config import FORECASTER_DEFAULTS, ForecasterConfig
+    from urlk_forecast.forecaster import Forecaster
+
+    sig = inspect.signature(Forecaster.__init__).parameters
+    assert {k: sig[k].default for k in FORECASTER_DEFAULTS} == FORECASTER_DEFAULTS
+    fc = ForecasterConfig(model="unireplknet_s", pred_len=12, model_kw={"d_model": 64, "dims": [8, 16, 32, 64]})
+    back = ForecasterConfig.from_json(fc.to_json(tmp_path / "f.json"))
+    assert back == fc and back.forecaster_kwargs()["d_model"] == 64
+    f = Forecaster(**back.forecaster_kwargs())
+    assert (f.model, f.pred_len, f.model_kw["d_model"]) == ("unireplknet_s", 12, 64)
+    with pytest.raises(ConfigError, match="label_len=60"):
+        ForecasterConfig(label_len=60)
+
+
 # -------------------------------------------------------------------------------------------- resume
 
 
