@@ -28,7 +28,7 @@ FWD_VARIANTS = ((32, 4), (16, 8), (16, 4), (8, 4), (4, 4))
 _GW_TAPS = 8
 #: gradient rows loaded at once by the unit-dilation grad-weight kernel
 _GW_ROWS = 4
-GENERATOR_VERSION = "11"
+GENERATOR_VERSION = "12"
 CB_LANES = 16  # channels per vector of the channel-blocked kernels
 CB_PIXELS = (8, 4)  # output pixels of a row they hold at once
 _CB_TAPS = 4  # kernel columns per channel-blocked grad-weight pass
@@ -294,7 +294,7 @@ def _drivers_source(V: int, R: int, T: int, GV: int) -> list[str]:
     return f'''
 
 {_JIT}
-def fwd_{s}(x, wt, bias, has_bias, out, C, Kh, Kw, pt, pl, dh, dw, lo, hi, zero):
+def fwd_{s}(x, wt, bias, has_bias, out, C, Kh, Kw, pt, pl, dh, dw, poison, lo, hi, zero):
     P, H, W = x.shape
     Ho = out.shape[1]
     Wo = out.shape[2]
@@ -308,6 +308,8 @@ def fwd_{s}(x, wt, bias, has_bias, out, C, Kh, Kw, pt, pl, dh, dw, lo, hi, zero)
         c = n % C
         xn = x[n]
         _put(xp, pt * Wp + pl, Wp, xn)
+        if poison:  # test mode: scratch an unwritten output element would be read from is NaN
+            o[:] = np.nan
         if dh == 1:
             fwd_plane_{s}(xp, Wp, wt, c * Kh * Kw, Kh, Kw, dw, o, Wc, Ho, Wo, pt, pl, H, W, zero)
         else:
@@ -317,7 +319,8 @@ def fwd_{s}(x, wt, bias, has_bias, out, C, Kh, Kw, pt, pl, dh, dw, lo, hi, zero)
 
 
 {_JIT}
-def bwd_{s}(x, gy, wtflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, dw, by_channel, lo, hi, zero):
+def bwd_{s}(x, gy, wtflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, dw, by_channel, poison, lo, hi,
+          zero):
     # by_channel: [lo, hi) are channels, gwa (C, Kh*Kw) float64 accumulates over the batch (no partials);
     # else [lo, hi) are planes and gwa (planes, Kh*Kw) receives per-plane sums (reduced by the caller)
     P, H, W = x.shape
@@ -375,6 +378,8 @@ def bwd_{s}(x, gy, wtflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, dw,
             gp = gpB[bb * Sg:]
             _put(gp, ptb * Wg + plb, Wg, gy[n])
             if need_gx:
+                if poison:
+                    o[:] = np.nan
                 if dh == 1:
                     fwd_plane_{s}(gp, Wg, wtflip, c * KK, Kh, Kw, dw, o, Wc, H, W, ptb, plb, Ho, Wo, zero)
                 else:
@@ -478,7 +483,7 @@ def _cb_drivers_source(P: int, T: int) -> list[str]:
     return f'''
 
 {_JIT}
-def cbfwd_{P}(x, wl, bias, has_bias, out, C, Kh, Kw, pt, pl, dh, dw, lo, hi, zero):
+def cbfwd_{P}(x, wl, bias, has_bias, out, C, Kh, Kw, pt, pl, dh, dw, poison, lo, hi, zero):
     P_, H, W = x.shape
     Ho = out.shape[1]
     Wo = out.shape[2]
@@ -493,13 +498,16 @@ def cbfwd_{P}(x, wl, bias, has_bias, out, C, Kh, Kw, pt, pl, dh, dw, lo, hi, zer
         nl = min({L_}, C - c0)
         for l in range(nl):
             _put_s(xs, (pt * Ws + pl) * {L_} + l, Ws * {L_}, {L_}, x[b * C + c0 + l])
+        if poison:
+            os[:] = np.nan
         cb_conv_{P}(xs, Ws, wl, (c0 // {L_}) * Kh * Kw * {L_}, Kh, Kw, dh, dw, os, Ho, Wo, pt, pl, H, W, zero)
         for l in range(nl):
             _get_s(out[b * C + c0 + l], os, l, Wo * {L_}, {L_}, bias[c0 + l] if has_bias else zero)
 
 
 {_JIT}
-def cbbwd_{P}(x, gy, wlflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, dw, by_channel, lo, hi, zero):
+def cbbwd_{P}(x, gy, wlflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, dw, by_channel, poison, lo,
+            hi, zero):
     # units: channel blocks (by_channel: a thread owns whole blocks and loops over the batch) or (batch, block)
     P_, H, W = x.shape
     B = P_ // C
@@ -536,6 +544,8 @@ def cbbwd_{P}(x, gy, wlflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, d
         for l in range(nl):
             _put_s(gs, (ptb * Wg + plb) * {L_} + l, Wg * {L_}, {L_}, gy[b * C + c0 + l])
         if need_gx:
+            if poison:
+                os[:] = np.nan
             cb_conv_{P}(gs, Wg, wlflip, cb * KK * {L_}, Kh, Kw, dh, dw, os, H, W, ptb, plb, Ho, Wo, zero)
             for l in range(nl):
                 _get_s(gx[b * C + c0 + l], os, l, W * {L_}, {L_}, zero)

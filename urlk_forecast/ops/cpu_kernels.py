@@ -331,9 +331,15 @@ def _check(x: torch.Tensor, w: torch.Tensor, pad: Pad, dil: int | Sequence[int],
         )
 
 
+def _poison() -> bool:
+    """URLK_DWCONV_POISON=1 (tests): outputs and the kernels' output scratch start as NaN, so an element a kernel
+    fails to write shows up."""
+    return os.environ.get("URLK_DWCONV_POISON", "0") not in ("", "0")
+
+
 def _empty(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Output buffer; NaN-filled when URLK_DWCONV_POISON=1 so elements a kernel fails to write are caught."""
-    if os.environ.get("URLK_DWCONV_POISON", "0") not in ("", "0"):
+    """Output buffer (NaN-filled in poison mode)."""
+    if _poison():
         return torch.full(shape, float("nan"), dtype=dtype or like.dtype)
     return torch.empty(shape, dtype=dtype or like.dtype)
 
@@ -367,11 +373,12 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pad: Pa
     if cbp:
         units = B * -(-C // CB_LANES)
         head = (x.view(B * C, H, W).numpy(), _cb_weights(w, False), bv, has_bias, y.view(B * C, Ho, Wo).numpy(), C,
-                KH, KW, t, l, dh, dw)
+                KH, KW, t, l, dh, dw, _poison())
         _run(f"cbfwd_{cbp}", head, units, _threads_for(units, work), x.dtype)
         return y
     wt = w.detach().transpose(-1, -2).contiguous().view(-1).numpy()  # [c][kw][kh]: the kernel's loop order
-    head = (x.view(B * C, H, W).numpy(), wt, bv, has_bias, y.view(B * C, Ho, Wo).numpy(), C, KH, KW, t, l, dh, dw)
+    head = (x.view(B * C, H, W).numpy(), wt, bv, has_bias, y.view(B * C, Ho, Wo).numpy(), C, KH, KW, t, l, dh, dw,
+            _poison())
     _run(f"fwd_{_variant(Ho, Wo)}", head, B * C, _threads_for(B * C, work), x.dtype)
     return y
 
@@ -407,7 +414,8 @@ def backward(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, pad: Pad, dil: 
         dummy = np.zeros((1, 1, 1), x.numpy().dtype)
         head = (x.view(B * C, H, W).numpy(), gy.view(B * C, Ho, Wo).numpy(), wtflip, need_input, need_weight,
                 gx.view(B * C, H, W).numpy() if gx is not None else dummy,
-                gwa.view(-1).numpy() if gwa is not None else np.zeros(1), C, KH, KW, t, l, dh, dw, by_channel)
+                gwa.view(-1).numpy() if gwa is not None else np.zeros(1), C, KH, KW, t, l, dh, dw, by_channel,
+                _poison())
         _run(f"bwd_{_variant(H, W)}", head, C if by_channel else B * C, threads, x.dtype)
     gw = None
     if gwa is not None:
@@ -434,7 +442,7 @@ def _backward_cb(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, gx: torch.T
         head = (x.view(B * C, H, W).numpy(), gy.view(B * C, Ho, Wo).numpy(), _cb_weights(w, True), need_input,
                 need_weight, gx.view(B * C, H, W).numpy() if gx is not None else dummy,
                 gwa.view(-1).numpy() if gwa is not None else np.zeros(1), C, KH, KW, tl[0], tl[1], dil[0], dil[1],
-                by_channel)
+                by_channel, _poison())
         units = nb if by_channel else B * nb
         _run(f"cbbwd_{cbp}", head, units, min(threads, units), x.dtype)
     gw = None
