@@ -122,6 +122,21 @@ def test_broken_cuda_backend_is_guarded(monkeypatch, caplog):
     assert any("CUDA kernels unavailable" in r.getMessage() for r in caplog.records)
 
 
+def test_unavailable_cpu_kernels_fall_back_to_torch(monkeypatch, caplog):
+    monkeypatch.setattr(cpu_kernels, "_available", None)
+
+    def broken():
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr(cpu_kernels, "_load", broken)
+    x, w = torch.randn(1, 2, 6, 6), torch.randn(2, 1, 3, 3)
+    with caplog.at_level(logging.DEBUG, logger="urlk_forecast.ops"):
+        assert dispatch.choose(x, w, same_padding(3), (1, 1)) == "torch"
+        y = dwconv2d(x, w)
+    assert torch.allclose(y, F.conv2d(x, w, None, 1, 1, 1, 2), atol=1e-6)
+    assert any("unavailable" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
 @pytest.mark.parametrize(
     "args,exc,match",
     [

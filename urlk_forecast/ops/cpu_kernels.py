@@ -48,6 +48,7 @@ from urlk_forecast.ops.cpu_codegen import CB_LANES, CB_PIXELS, FWD_VARIANTS, GEN
 
 __all__ = [
     "SUPPORTED_DTYPES",
+    "available",
     "supports",
     "forward",
     "grad_input",
@@ -133,6 +134,28 @@ def _load() -> ModuleType:
         spec.loader.exec_module(mod)
         _module = mod
         return mod
+
+
+_available: bool | None = None
+
+
+def available() -> bool:
+    """Whether the kernel module can be generated and imported here (numba present, a writable cache dir).
+
+    Checked once per process; the dispatcher falls back to torch (and logs why) when this is False.
+    """
+    global _available
+    if _available is None:
+        try:
+            _load()
+            _available = True
+        except Exception as exc:  # noqa: BLE001 - any failure means "use torch"
+            import logging
+
+            logging.getLogger("urlk_forecast.ops").warning("dwconv2d: own CPU kernels unavailable (%s: %s)",
+                                                           type(exc).__name__, exc)
+            _available = False
+    return _available
 
 
 def _no_ssa_compiler() -> type:

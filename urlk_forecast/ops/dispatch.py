@@ -95,6 +95,8 @@ def _own_reason(x: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, in
     if x.device.type == "cpu":
         if x.dtype not in cpu_kernels.SUPPORTED_DTYPES + _HALF:
             return None, f"dtype {x.dtype} on CPU"
+        if not cpu_kernels.available():
+            return None, "own CPU kernels unavailable (see the warning logged above)"
         return "cpu", ""
     if x.device.type == "cuda":
         ck = _cuda_module()
