@@ -6,8 +6,9 @@ padding, no residuals) on input (B, 384, R, R). For every (R, K) the same stack 
 machine load hits both alike; the median over ``--repeats`` after ``--warmup`` runs is reported, as total ms for
 the stack and ms per layer (total / layers), with the ratio torch / ours.
 
-Torch on CPU is very slow for large kernels (seconds per layer for forward+backward at K=31), so use e.g.
-``--layers 2`` there: the per-layer column is what to compare across runs with different ``--layers``.
+Torch on CPU is very slow for large kernels (seconds per layer for forward+backward at K=31): ``--torch-layers N``
+times torch on the first N layers of the same stack (the layers are identical in cost, so ms per layer is unchanged
+and the ratio is per layer); the header and the JSON record both layer counts.
 
 Examples::
 
@@ -74,15 +75,15 @@ def time_once(fn: Callable[[], None], device: str) -> float:
     return time.perf_counter() - t0
 
 
-def run_case(stack: nn.Sequential, x: torch.Tensor, mode: str, paths: list[str], warmup: int, repeats: int,
-             device: str) -> dict[str, float]:
-    """Median seconds of one pass of the stack per path ("own"/"torch"), interleaved."""
+def run_case(stacks: dict[str, nn.Sequential], x: torch.Tensor, mode: str, paths: list[str], warmup: int,
+             repeats: int, device: str) -> dict[str, float]:
+    """Median seconds of one pass of each path's stack ("own"/"torch"), interleaved."""
 
-    def fwd() -> None:
+    def fwd(stack: nn.Sequential) -> None:
         with torch.no_grad():
             stack(x)
 
-    def fwdbwd() -> None:
+    def fwdbwd(stack: nn.Sequential) -> None:
         xi = x.detach().requires_grad_(True)
         stack(xi).sum().backward()
         stack.zero_grad(set_to_none=True)
@@ -92,11 +93,11 @@ def run_case(stack: nn.Sequential, x: torch.Tensor, mode: str, paths: list[str],
     for p in paths:
         with use_backend(p):
             for _ in range(warmup):
-                fn()
+                fn(stacks[p])
     for _ in range(repeats):
         for p in paths:
             with use_backend(p):
-                times[p].append(time_once(fn, device))
+                times[p].append(time_once(lambda p=p: fn(stacks[p]), device))
     return {p: statistics.median(v) for p, v in times.items()}
 
 
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--res", type=int, nargs="+", default=[32], help="input resolutions R (protocol: 16 32 64)")
     ap.add_argument("--kernels", type=int, nargs="+", default=list(KERNELS))
     ap.add_argument("--layers", type=int, default=24, help="depthwise layers in the stack (per-layer = total/layers)")
+    ap.add_argument("--torch-layers", type=int, default=None,
+                    help="time torch on the first N layers only (default: all --layers); ratios are per layer")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
@@ -122,33 +125,40 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     batch = args.batch or (64 if args.device == "cuda" else 8)
+    torch_layers = min(args.torch_layers or args.layers, args.layers)
+    if torch_layers < 1:
+        ap.error("--torch-layers must be >= 1")
+    n_layers = {"own": args.layers, "torch": torch_layers}
     dtype = DTYPES[args.dtype]
     modes = ["fwd", "fwdbwd"] if args.mode == "both" else [args.mode]
     header = (f"# dwconv benchmark {dt.datetime.now().isoformat(timespec='seconds')} | {machine()}"
               + (f" | {torch.cuda.get_device_name()}" if args.device == "cuda" else "")
-              + f"\n# B={batch} C={args.channels} layers={args.layers} dtype={args.dtype} repeats={args.repeats} "
+              + f"\n# B={batch} C={args.channels} layers={args.layers} (torch: {torch_layers}) "
+              f"dtype={args.dtype} repeats={args.repeats} "
               f"warmup={args.warmup} device={args.device}")
     print(header, flush=True)
     results = []
     for mode in modes:
-        print(f"\n### {mode}  (ms per layer; total = per-layer x {args.layers})\n")
+        print(f"\n### {mode}  (ms per layer = stack time / layers in the stack)\n")
         cols = " | ".join(f"{p} ms/layer" for p in args.paths)
         print(f"| R | K | {cols} |" + (" torch/own |" if len(args.paths) == 2 else ""))
         print("|---|---|" + "---|" * len(args.paths) + ("---|" if len(args.paths) == 2 else ""), flush=True)
         for res in args.res:
             for k in args.kernels:
                 stack = build_stack(args.channels, k, args.layers, args.device, dtype)
+                stacks = {p: stack[: n_layers[p]] for p in args.paths}
                 x = torch.randn(batch, args.channels, res, res, device=args.device, dtype=dtype)
-                med = run_case(stack, x, mode, args.paths, args.warmup, args.repeats, args.device)
-                per_layer = {p: 1e3 * v / args.layers for p, v in med.items()}
+                med = run_case(stacks, x, mode, args.paths, args.warmup, args.repeats, args.device)
+                per_layer = {p: 1e3 * v / n_layers[p] for p, v in med.items()}
                 row = f"| {res} | {k} | " + " | ".join(f"{per_layer[p]:.3f}" for p in args.paths) + " |"
                 ratio = None
                 if len(args.paths) == 2:
-                    ratio = med["torch"] / med["own"]
+                    ratio = per_layer["torch"] / per_layer["own"]
                     row += f" {ratio:.2f} |"
                 print(row, flush=True)
                 results.append({"mode": mode, "res": res, "k": k, "batch": batch, "channels": args.channels,
-                                "layers": args.layers, "dtype": args.dtype, "device": args.device,
+                                "layers": args.layers, "torch_layers": torch_layers, "dtype": args.dtype,
+                                "device": args.device,
                                 "ms_per_layer": per_layer, "ratio_torch_over_own": ratio})
     if args.json:
         payload = {"header": header, "argv": sys.argv, "results": results}

@@ -25,14 +25,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
+from .cli import command_logging, user_errors
 from .config import QUICK_TRAIN_DEFAULTS, ConfigError, TrainConfig, atomic_write_text
 
 __all__ = ["train", "predict", "find_latest_run", "runs_root"]
@@ -69,31 +68,6 @@ def find_latest_run(root: Path | None = None) -> Path:
     return max(runs, key=lambda p: (p / MODEL_DIR / "config.json").stat().st_mtime)
 
 
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Library errors a user can fix become one-line click errors (exit 1, no traceback); warnings print plainly."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield
-        except click.ClickException:
-            raise
-        except (ValueError, OSError, RuntimeError, KeyError, FloatingPointError) as e:
-            msg = str(e).strip().replace("\n", " ") or type(e).__name__
-            if isinstance(e, KeyError):
-                msg = f"missing {msg}"
-            raise click.ClickException(msg) from None
-        finally:
-            shown = set()
-            for w in caught:
-                msg = str(w.message)
-                if msg in shown or issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning,
-                                                           FutureWarning, ResourceWarning)):
-                    continue
-                shown.add(msg)
-                click.echo(f"warning: {msg}", err=True)
-
-
 def _parse_model_kw(items: Sequence[str]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs; VALUE is read as JSON when it parses (numbers, lists, true/null), else a string."""
     out: dict[str, Any] = {}
@@ -109,21 +83,6 @@ def _parse_model_kw(items: Sequence[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[k] = v
     return out
-
-
-class _EchoHandler(logging.Handler):
-    """Log records to the *current* stderr via click (so CliRunner and redirected streams see them)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        click.echo(self.format(record), err=True)
-
-
-def _setup_logging(main: bool) -> None:
-    logger = logging.getLogger("urlk_forecast")
-    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
-        logger.addHandler(_EchoHandler())
-    logger.setLevel(logging.INFO if main else logging.WARNING)
-    logger.propagate = False
 
 
 def _atomic_path(dest: Path) -> tuple[Path, Any]:
@@ -243,8 +202,7 @@ def train(ctx: click.Context, **opts: Any) -> None:
 
     in_torchrun = D.launched_by_torchrun()
     main = int(os.environ.get("RANK", "0")) == 0
-    _setup_logging(main)
-    with _user_errors():
+    with command_logging(main), user_errors():
         run = _resolve_run_dir(opts)
         if opts["resume"]:
             opts = _merge_resumed_options(ctx, opts, run)
@@ -474,7 +432,7 @@ def _print_table(metrics: dict[str, Any], model: str) -> None:
 def predict(variable: str | None, run_dir: Path | None, data: Path | None, end: str | None,
             stations: tuple[str, ...], out: Path | None, plot: Path | None, device: str) -> None:
     """Forecast the next pred_len hours for every station from the last seq_len hours of the data."""
-    with _user_errors():
+    with user_errors():
         run = Path(run_dir) if run_dir is not None else find_latest_run()
         if not _is_complete(run):
             raise click.ClickException(f"{run} is not a finished run (no {MODEL_DIR}/config.json); "

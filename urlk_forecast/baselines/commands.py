@@ -10,33 +10,14 @@ from __future__ import annotations
 import json
 import sys
 import time
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
+from ..cli import user_errors
+
 __all__ = ["benchmark"]
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Library errors a user can fix become one-line click errors; other warnings print as ``warning: ...``."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield
-        except click.ClickException:
-            raise
-        except (ValueError, OSError, RuntimeError, ImportError, KeyError) as e:
-            msg = str(e).strip().replace("\n", " ") or type(e).__name__
-            raise click.ClickException(msg) from None
-        finally:
-            for w in caught:
-                if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)):
-                    click.echo(f"warning: {w.message}", err=True)
 
 
 def _resolve_run(run: Path, data: Path | None) -> tuple[Path, Any]:
@@ -101,7 +82,7 @@ def benchmark(data: Path | None, variable: str, baselines: str | None, run_dir: 
               jobs: int | None, threads: int | None, prophet_stations: int, seed: int, out: Path,
               quiet: bool) -> None:
     """Compare the baselines of the paper's Table 12 (and a trained model) on the same test windows."""
-    with _user_errors():
+    with user_errors():
         from .table import run_benchmark
 
         t0 = time.perf_counter()

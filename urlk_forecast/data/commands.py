@@ -7,38 +7,19 @@ without a traceback. Warnings (e.g. station-years missing on the server) print a
 from __future__ import annotations
 
 import json
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from ..cli import user_errors
 from .fetch import HISTORY_URL, SOURCES
 
 __all__ = ["data"]
 
 _FORMATS = ("isd-lite", "global-hourly", "gsod", "corrformer", "netcdf", "csv-long")
 _MULTI_INPUT = ("isd-lite", "global-hourly", "gsod")
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn library errors into one-line click errors and print warnings plainly."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield
-        except click.ClickException:
-            raise
-        except (ValueError, OSError, RuntimeError) as e:  # ReaderError, SchemaError, FetchError, ...
-            msg = str(e).strip().replace("\n", " ") or type(e).__name__
-            raise click.ClickException(msg) from None
-        finally:
-            for w in caught:
-                if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)):
-                    click.echo(f"warning: {w.message}", err=True)
 
 
 class _MultiValueCommand(click.Command):
@@ -146,7 +127,7 @@ def fetch(
     year_list = _parse_years(years)
     from .fetch import fetch as run_fetch
 
-    with _user_errors():
+    with user_errors():
         res = run_fetch(
             source,
             year_list,
@@ -200,7 +181,7 @@ def convert(
     from .readers import detect_format, open_dataset, write_netcdf
     from .summary import describe
 
-    with _user_errors():
+    with user_errors():
         kinds = {detect_format(p) for p in inputs} if fmt is None else {fmt}
         if len(kinds) > 1:
             raise click.UsageError(f"inputs mix formats {sorted(kinds)}; convert them separately")
@@ -264,7 +245,7 @@ def info(
 
     if (path is None) == (not synthetic):
         raise click.UsageError("give a PATH or --synthetic")
-    with _user_errors():
+    with user_errors():
         if synthetic:
             from .synthetic import synthetic_global
 

@@ -391,7 +391,7 @@ def synthetic_global(
         ]
     ).astype(np.float64)
     hour_utc = (times.hour.to_numpy() + times.minute.to_numpy() / 60.0).astype(np.float64)
-    doy = (times.dayofyear.to_numpy() - 1 + hour_utc / 24.0).astype(np.float64)
+    doy = (times.day_of_year.to_numpy() - 1 + hour_utc / 24.0).astype(np.float64)
     out_t = np.empty((T if "temperature" in variables else 0, S), np.float32)
     out_w = np.empty((T if "wind_speed" in variables else 0, S), np.float32)
     args = (field_c, grad_c, _COARSE_HOURS, hour_utc, doy, params, seed, 0.25 * missing, out_t, out_w)

@@ -1,0 +1,66 @@
+"""The shared pieces of the command line: one-line user errors, printed warnings, and logging that is restored."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from urlk_forecast.cli import cli, command_logging, user_errors
+
+
+@pytest.mark.parametrize(
+    ("exc", "expect"),
+    [
+        (ValueError("bad --var 'x'\nsecond line"), "bad --var 'x' second line"),
+        (FileNotFoundError("data.nc: no such file"), "data.nc: no such file"),
+        (KeyError("temperature"), "missing 'temperature'"),
+        (ImportError("prophet is not installed"), "prophet is not installed"),
+    ],
+)
+def test_user_errors_become_one_click_line(exc: Exception, expect: str) -> None:
+    with pytest.raises(click.ClickException) as err:
+        with user_errors():
+            raise exc
+    assert err.value.message == expect
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_user_errors_leave_programming_errors_alone() -> None:
+    with pytest.raises(TypeError):
+        with user_errors():
+            raise TypeError("a bug, keep the traceback")
+
+
+def test_user_errors_print_each_warning_once_and_hide_deprecations(capsys: pytest.CaptureFixture[str]) -> None:
+    with user_errors():
+        for _ in range(3):
+            warnings.warn("station 042 has no data", UserWarning, stacklevel=1)
+        warnings.warn("old API", DeprecationWarning, stacklevel=1)
+    err = capsys.readouterr().err
+    assert err.count("warning: station 042 has no data") == 1
+    assert "old API" not in err
+
+
+def test_command_logging_prints_and_restores_the_package_logger(capsys: pytest.CaptureFixture[str]) -> None:
+    logger = logging.getLogger("urlk_forecast")
+    logger.setLevel(logging.ERROR)
+    before = (list(logger.handlers), logger.level, logger.propagate)
+    with command_logging(verbose=True):
+        logging.getLogger("urlk_forecast.training").info("epoch 1 done")
+    assert "epoch 1 done" in capsys.readouterr().err
+    assert (list(logger.handlers), logger.level, logger.propagate) == before
+    with command_logging(verbose=False):
+        logging.getLogger("urlk_forecast.training").info("hidden on ranks > 0")
+    assert "hidden" not in capsys.readouterr().err
+
+
+def test_a_failing_command_restores_logging_too(tmp_path) -> None:
+    logger = logging.getLogger("urlk_forecast")
+    before = (list(logger.handlers), logger.level, logger.propagate)
+    res = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "missing.nc")])
+    assert res.exit_code != 0 and "missing.nc" in res.output
+    assert (list(logger.handlers), logger.level, logger.propagate) == before
