@@ -144,6 +144,31 @@ def test_revin_missing_values_never_reach_the_network_as_nan():
     assert RevIN.no_observation(x, mask).tolist() == [[False, True, False, True]]
 
 
+def test_revin_stays_bounded_when_a_station_is_barely_or_constantly_observed():
+    """Regression (3850-station CLI run): a station observed at 1 of 48 hours, its other hours gap-filled from
+    neighbours, had std = sqrt(eps) and normalised inputs of ~1e3, which blew up the whole node's forecast."""
+    rev = RevIN(3, affine=False).double()
+    t = torch.arange(48, dtype=torch.float64)
+    filled = 8.0 + 3.0 * torch.sin(2 * math.pi * t / 24)  # plausible neighbour-filled temperatures
+    x = torch.stack([filled, filled.clone(), torch.full_like(t, 3.0)], dim=-1)[None]
+    mask = torch.zeros(1, 48, 3, dtype=torch.bool)
+    mask[0, 30, 0] = True  # one reading
+    mask[0, :20, 1] = True  # observed, but a quarter of it is needed: 20 >= 12, observed stats are used
+    mask[0, :12, 2] = True  # a calm anemometer: 12 observed zeros, then filled with 3 m/s
+    x[0, :12, 2] = 0.0
+    xn, (mean, std) = rev.normalize(x, mask)
+    # the barely observed station falls back to all its finite values
+    assert mean[0, 0, 0].item() == pytest.approx(filled.mean().item(), rel=1e-12)
+    assert std[0, 0, 0].item() == pytest.approx(math.sqrt(filled.var(unbiased=False).item() + 1e-5), rel=1e-12)
+    # enough observations: their own statistics
+    assert mean[0, 0, 1].item() == pytest.approx(filled[:20].mean().item(), rel=1e-12)
+    # constant observations: std floored at 0.1 x the std of all finite values, not sqrt(eps)
+    all_std = x[0, :, 2].std(unbiased=False).item()
+    assert std[0, 0, 2].item() == pytest.approx(math.sqrt((0.1 * all_std) ** 2 + 1e-5), rel=1e-9)
+    assert xn.abs().max().item() < 50  # was ~1e3 (3 / sqrt(1e-5) ~ 950) before the floor
+    torch.testing.assert_close(rev.denormalize(xn, (mean, std)), x, rtol=1e-12, atol=1e-10)
+
+
 def test_forecast_is_window_mean_when_decoder_outputs_nothing():
     """Zero decoder projections → seasonal 0, trend = trend init = input mean → forecast = window mean."""
     net = tiny_net().double().eval()

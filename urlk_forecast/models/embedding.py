@@ -25,17 +25,23 @@ __all__ = ["RevIN", "NodeGrouping", "TokenEmbedding", "DataEmbedding"]
 class RevIN(nn.Module):
     """Reversible instance normalisation over time for ``(B, L, S)`` tensors (S a multiple of ``node_size``).
 
-    Statistics use the positions where ``mask`` is True and ``x`` is finite. A station with no observed
-    value falls back to the statistics of its finite (interpolated) values, and to mean 0 / std 1 when it has
-    none; non-finite inputs are replaced by the station mean (0 after normalisation) so the network always
-    sees finite numbers. :meth:`no_observation` tells callers which stations had nothing observed so they
-    can report NaN forecasts there instead of inventing values.
+    Statistics use the positions where ``mask`` is True and ``x`` is finite. A station with fewer than
+    ``min_observed`` (default a quarter of the window, at least 2) observed values falls back to the statistics of
+    all its finite values (observed + gap-filled), and to mean 0 / std 1 when it has none; non-finite inputs are
+    replaced by the station mean (0 after normalisation) so the network always sees finite numbers. The std is
+    floored at ``std_floor`` times the std of all finite values: a station observed only while it was constant
+    (one reading, or a calm anemometer) would otherwise scale its gap-filled values by 1/sqrt(eps) and blow up the
+    whole node's forecast. :meth:`no_observation` tells callers which stations had nothing observed so they can
+    report NaN forecasts there instead of inventing values.
     """
 
-    def __init__(self, node_size: int, eps: float = 1e-5, affine: bool = True) -> None:
+    def __init__(self, node_size: int, eps: float = 1e-5, affine: bool = True, min_observed: int | None = None,
+                 std_floor: float = 0.1) -> None:
         super().__init__()
         self.node_size = node_size
         self.eps = eps
+        self.min_observed = min_observed
+        self.std_floor = std_floor
         self.affine = affine
         if affine:
             self.affine_weight = nn.Parameter(torch.ones(node_size))
@@ -58,13 +64,26 @@ class RevIN(nn.Module):
                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """``x`` (B, L, S) → (normalised x, (mean, std) each (B, 1, S))."""
         finite = torch.isfinite(x)
-        use = finite if mask is None else (finite & mask.bool())
-        use = torch.where(use.any(dim=1, keepdim=True), use, finite)
-        w = use.to(x.dtype)
-        cnt = w.sum(dim=1, keepdim=True)
         xz = torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device))
-        mean = (xz * w).sum(dim=1, keepdim=True) / cnt.clamp(min=1)
-        var = (((xz - mean) * w) ** 2).sum(dim=1, keepdim=True) / cnt.clamp(min=1)
+
+        def moments(use: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            w = use.to(x.dtype)
+            cnt = w.sum(dim=1, keepdim=True)
+            mean = (xz * w).sum(dim=1, keepdim=True) / cnt.clamp(min=1)
+            var = (((xz - mean) * w) ** 2).sum(dim=1, keepdim=True) / cnt.clamp(min=1)
+            return cnt, mean, var
+
+        cnt_all, mean_all, var_all = moments(finite)
+        if mask is None:
+            cnt, mean, var = cnt_all, mean_all, var_all
+        else:
+            need = self.min_observed if self.min_observed is not None else max(2, -(-x.shape[1] // 4))
+            cnt, mean, var = moments(finite & mask.bool())
+            few = cnt < min(need, x.shape[1])
+            cnt = torch.where(few, cnt_all, cnt)
+            mean = torch.where(few, mean_all, mean)
+            var = torch.where(few, var_all, var)
+        var = torch.maximum(var, (self.std_floor ** 2) * var_all)
         std = torch.where(cnt > 0, torch.sqrt(var + self.eps), torch.ones_like(var))
         mean, std = mean.detach(), std.detach()
         xn = torch.where(finite, (xz - mean) / std, torch.zeros((), dtype=x.dtype, device=x.device))
