@@ -44,11 +44,46 @@ class Spy:
 
 def test_auto_uses_own_cpu_kernels(monkeypatch):
     spy = Spy(monkeypatch)
-    x, w = torch.randn(1, 2, 6, 6), torch.randn(2, 1, 3, 3)
+    x, w = torch.randn(1, 2, 16, 13), torch.randn(2, 1, 3, 3)
     assert dispatch.choose(x, w, same_padding(3), (1, 1)) == "cpu"
     y = dwconv2d(x, w)
     assert spy.calls == 1
     assert torch.allclose(y, F.conv2d(x, w, None, 1, 1, 1, 2), atol=1e-6)
+
+
+@pytest.mark.parametrize(("hw", "k", "dil", "onednn"), [
+    ((12, 12), 13, 1, True),  # small map, K <= 13: oneDNN forward
+    ((7, 9), 3, 1, True),
+    ((12, 13), 13, 1, False),  # a side > 12
+    ((12, 12), 17, 1, False),  # K > 13
+    ((12, 12), 5, 2, False),  # dilated
+])
+def test_auto_small_maps_forward_on_onednn_backward_on_own(monkeypatch, hw, k, dil, onednn):
+    """auto: small-map forward via F.conv2d, backward always via the own kernels; gradients equal torch's."""
+    spy = Spy(monkeypatch)
+    bwd_calls = []
+    real_bwd = cpu_kernels.backward
+
+    def bwd(*a, **kw):
+        bwd_calls.append(1)
+        return real_bwd(*a, **kw)
+
+    monkeypatch.setattr(cpu_kernels, "backward", bwd)
+    x = torch.randn(2, 3, *hw, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 1, k, k, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    y = dwconv2d(x, w, b, dilation=dil)
+    g = torch.randn_like(y)
+    gx, gw, gb = torch.autograd.grad(y, (x, w, b), g)
+    assert spy.calls == (0 if onednn else 1) and len(bwd_calls) == 1
+    pad = (k - 1) * dil // 2
+    ref = F.conv2d(x, w, b, 1, pad, dil, 3)
+    rgx, rgw, rgb = torch.autograd.grad(ref, (x, w, b), g)
+    for got, want in ((y, ref), (gx, rgx), (gw, rgw), (gb, rgb)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    with use_backend("own"):  # forcing the own path runs the own forward on small maps too
+        dwconv2d(x, w, b, dilation=dil)
+    assert spy.calls == (1 if onednn else 2)
 
 
 def test_env_forces_torch_and_own(monkeypatch):
