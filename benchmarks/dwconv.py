@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     ap.add_argument("--mode", choices=("fwd", "fwdbwd", "both"), default="both")
-    ap.add_argument("--paths", nargs="+", choices=("own", "torch"), default=["own", "torch"])
+    ap.add_argument("--paths", nargs="+", choices=("own", "auto", "torch"), default=["own", "torch"],
+                    help="own: own kernels only; auto: the dispatch default; torch: F.conv2d")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (the own CPU op follows it)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file (atomic)")
     args = ap.parse_args(argv)
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     torch_layers = min(args.torch_layers or args.layers, args.layers)
     if torch_layers < 1:
         ap.error("--torch-layers must be >= 1")
-    n_layers = {"own": args.layers, "torch": torch_layers}
+    n_layers = {"own": args.layers, "auto": args.layers, "torch": torch_layers}
+    others = [p for p in args.paths if p != "torch"] if "torch" in args.paths else []
     dtype = DTYPES[args.dtype]
     modes = ["fwd", "fwdbwd"] if args.mode == "both" else [args.mode]
     header = (f"# dwconv benchmark {dt.datetime.now().isoformat(timespec='seconds')} | {machine()}"
@@ -141,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     for mode in modes:
         print(f"\n### {mode}  (ms per layer = stack time / layers in the stack)\n")
         cols = " | ".join(f"{p} ms/layer" for p in args.paths)
-        print(f"| R | K | {cols} |" + (" torch/own |" if len(args.paths) == 2 else ""))
-        print("|---|---|" + "---|" * len(args.paths) + ("---|" if len(args.paths) == 2 else ""), flush=True)
+        print(f"| R | K | {cols} |" + "".join(f" torch/{p} |" for p in others))
+        print("|---|---|" + "---|" * (len(args.paths) + len(others)), flush=True)
         for res in args.res:
             for k in args.kernels:
                 stack = build_stack(args.channels, k, args.layers, args.device, dtype)
@@ -151,15 +153,15 @@ def main(argv: list[str] | None = None) -> int:
                 med = run_case(stacks, x, mode, args.paths, args.warmup, args.repeats, args.device)
                 per_layer = {p: 1e3 * v / n_layers[p] for p, v in med.items()}
                 row = f"| {res} | {k} | " + " | ".join(f"{per_layer[p]:.3f}" for p in args.paths) + " |"
-                ratio = None
-                if len(args.paths) == 2:
-                    ratio = per_layer["torch"] / per_layer["own"]
-                    row += f" {ratio:.2f} |"
+                ratios = {p: per_layer["torch"] / per_layer[p] for p in others}
+                row += "".join(f" {r:.2f} |" for r in ratios.values())
+                ratio = ratios.get("own")
                 print(row, flush=True)
                 results.append({"mode": mode, "res": res, "k": k, "batch": batch, "channels": args.channels,
                                 "layers": args.layers, "torch_layers": torch_layers, "dtype": args.dtype,
                                 "device": args.device,
-                                "ms_per_layer": per_layer, "ratio_torch_over_own": ratio})
+                                "ms_per_layer": per_layer, "ratio_torch_over_own": ratio,
+                                "ratios_torch_over": ratios})
     if args.json:
         payload = {"header": header, "argv": sys.argv, "results": results}
         d = os.path.dirname(os.path.abspath(args.json))

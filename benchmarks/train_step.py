@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-share", action="store_true", help="skip the depthwise-share measurement")
+    ap.add_argument("--paths", nargs="+", choices=("own", "auto", "torch"), default=["own", "auto", "torch"],
+                    help="own: own kernels only; auto: the dispatch default (oneDNN forward on small maps); torch")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# train step {dt.datetime.now().isoformat(timespec='seconds')} | {machine()}")
     print(f"# {args.model}, input {args.batch}x1x{args.height}x{args.width}, repeats={args.repeats}, "
           f"warmup={args.warmup}\n")
-    paths = ["own", "torch"]
+    paths = list(dict.fromkeys(args.paths))
     for p in paths:
         with use_backend(p):
             for _ in range(args.warmup):
@@ -134,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         dw = f"{1e3 * share[p]:.1f}" if share else "-"
         frac = f"{100 * share[p] / med[p]:.0f} %" if share else "-"
         print(f"| {p} | {1e3 * med[p]:.1f} | {dw} | {frac} |")
-    print(f"\nspeed-up torch/own: {med['torch'] / med['own']:.2f}x")
+    if "torch" in med:
+        for p in paths:
+            if p != "torch":
+                print(f"\nspeed-up torch/{p}: {med['torch'] / med[p]:.2f}x")
     return 0
 
 
