@@ -54,9 +54,11 @@ def test_auto_uses_own_cpu_kernels(monkeypatch):
 @pytest.mark.parametrize(("hw", "k", "dil", "onednn"), [
     ((12, 12), 13, 1, True),  # small map, K <= 13: oneDNN forward
     ((7, 9), 3, 1, True),
+    ((6, 8), 7, 2, True),  # dilated, padding 6 <= 6
     ((12, 13), 13, 1, False),  # a side > 12
     ((12, 12), 17, 1, False),  # K > 13
-    ((12, 12), 5, 2, False),  # dilated
+    ((3, 4), 13, 1, False),  # padding 6 beyond the map: oneDNN's slow path
+    ((3, 4), 3, 5, False),
 ])
 def test_auto_small_maps_forward_on_onednn_backward_on_own(monkeypatch, hw, k, dil, onednn):
     """auto: small-map forward via F.conv2d, backward always via the own kernels; gradients equal torch's."""

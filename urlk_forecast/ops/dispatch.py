@@ -4,8 +4,8 @@ Per call, :func:`choose` picks
 
 * ``"cpu"``  - :mod:`urlk_forecast.ops.cpu_kernels` for CPU tensors (float32/float64; float16/bfloat16 are computed
   in float32 and cast back, since torch has no fast half-precision depthwise conv on CPU either). Under ``auto``
-  the *forward* of maps up to 12x12 with K <= 13 and no dilation runs ``F.conv2d`` (oneDNN is 2-4x faster there);
-  its backward still runs the own kernels (torch's CPU depthwise backward is 20-40x slower than its forward);
+  the *forward* of maps up to 12x12 with K <= 13 and padding within the map runs ``F.conv2d`` (oneDNN is 2-5x
+  faster there); its backward still runs the own kernels (torch's CPU depthwise backward is 20-40x slower);
 * ``"cuda"`` - :mod:`urlk_forecast.ops.cuda_kernels` for CUDA tensors when its ``available()`` says so;
 * ``"torch"`` - ``F.conv2d(..., groups=C)`` for everything else (other devices, padding beyond ``(K-1)*dilation``,
   float64 on CUDA, a failed kernel import). Each distinct reason is logged once at DEBUG level on the
@@ -135,17 +135,21 @@ def choose(x: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, int]) -
 
 
 # ------------------------------------------------------------------------------------------------ autograd
-#: CPU forward of small maps: oneDNN's JIT depthwise kernel (``F.conv2d``) beats ours there. Measured on the 2-core
-#: AVX-512 machine (quiet, B=8, C=80 and 384, 2 threads, dilation 1): torch/own 0.24-0.57 for every K <= 13 on
-#: maps up to 12x12; mixed at 14x14 and 16x16, and ours wins on larger maps and for K >= 17 everywhere.
+#: CPU forward of small maps: oneDNN's JIT depthwise kernel (``F.conv2d``) beats ours there, as long as the padding
+#: does not exceed the map (a kernel reaching past the whole map sends oneDNN to a slow path: 5.8 ms vs our 0.32 ms
+#: for K=13 on 32x160x3x4). Measured on the 2-core AVX-512 machine (quiet, 2 threads): torch/own 0.2-0.4 for every
+#: K <= 13 on 8x8 and 10x10 maps (B=8, C=384), 0.45-1.17 on 12x12, 0.2-0.3 on the 6x8 maps of UniRepLKNet-A's
+#: second stage with dilated branches included (B=32, C=80); mixed on 16x16, ours on larger maps and K >= 17.
 ONEDNN_FWD_MAX_SIDE = 12
 ONEDNN_FWD_MAX_K = 13
 
 
-def _onednn_forward(x: torch.Tensor, w: torch.Tensor, dil: tuple[int, int]) -> bool:
+def _onednn_forward(x: torch.Tensor, w: torch.Tensor, pads: Pads) -> bool:
     """True when ``auto`` runs this CPU forward with ``F.conv2d`` (the backward stays on the own kernels)."""
-    return (get_backend() == "auto" and dil == (1, 1) and max(x.shape[-2:]) <= ONEDNN_FWD_MAX_SIDE
-            and max(w.shape[-2:]) <= ONEDNN_FWD_MAX_K)
+    h, wd = x.shape[-2:]
+    t, b, l, r = pads
+    return (get_backend() == "auto" and max(h, wd) <= ONEDNN_FWD_MAX_SIDE and max(w.shape[-2:]) <= ONEDNN_FWD_MAX_K
+            and max(t, b) <= h and max(l, r) <= wd)
 
 
 class _CPUFunction(torch.autograd.Function):
@@ -154,7 +158,7 @@ class _CPUFunction(torch.autograd.Function):
                 dil: tuple[int, int]) -> torch.Tensor:
         ctx.pads, ctx.dil, ctx.has_bias = pads, dil, bias is not None
         ctx.save_for_backward(x, w)
-        if _onednn_forward(x, w, dil):
+        if _onednn_forward(x, w, pads):
             return _torch(x, w, bias, pads, dil)
         return cpu_kernels.forward(x, w, bias, pads, dil)
 
