@@ -16,13 +16,24 @@ import torch
 from urlk_forecast.models import CheckpointError, create_model, load_pretrained, reparameterize_model
 
 REPO = Path(__file__).resolve().parents[1]
-SPEC_DIR = Path(os.environ.get("URLK_SPEC_DIR", REPO.parent / "shared" / "spec"))
+# the reference key lists (facts: names and shapes of the released state dicts), copied from the project's shared/spec
+# so that CI checks them on any clone; test_vendored_spec_equals_the_shared_one catches drift
+SPEC_DIR = Path(os.environ.get("URLK_SPEC_DIR", REPO / "tests" / "fixtures" / "spec"))
+SHARED_SPEC_DIR = REPO.parent / "shared" / "spec"
+
+
+@pytest.mark.parametrize("form", ["train", "deploy"])
+def test_vendored_spec_equals_the_shared_one(form: str) -> None:
+    shared = SHARED_SPEC_DIR / f"unireplknet_a_state_dict_{form}.tsv"
+    if not shared.is_file():
+        pytest.skip(f"{shared} not present (only the development checkout has shared/)")
+    assert (SPEC_DIR / shared.name).read_bytes() == shared.read_bytes()
 
 
 def read_spec(form: str) -> list[tuple[str, tuple[int, ...]]]:
     path = SPEC_DIR / f"unireplknet_a_state_dict_{form}.tsv"
     if not path.is_file():
-        pytest.skip(f"reference key list {path} not found (shared spec folder absent; set URLK_SPEC_DIR)")
+        raise FileNotFoundError(f"reference key list {path} is missing")
     rows = []
     for line in path.read_text().splitlines():
         if line.strip():
