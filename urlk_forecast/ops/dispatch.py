@@ -122,7 +122,10 @@ def _own_reason(x: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, in
 
 def choose(x: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, int]) -> str:
     """Return ``"cpu"``, ``"cuda"`` or ``"torch"`` for this call (logs the first fallback of each kind)."""
-    backend = get_backend()
+    return _choose(x, w, pads, dil, get_backend())
+
+
+def _choose(x: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, int], backend: str) -> str:
     if backend == "torch":
         return "torch"
     path, reason = _own_reason(x, w, pads, dil)
@@ -145,20 +148,21 @@ ONEDNN_FWD_MAX_K = 13
 
 
 def _onednn_forward(x: torch.Tensor, w: torch.Tensor, pads: Pads) -> bool:
-    """True when ``auto`` runs this CPU forward with ``F.conv2d`` (the backward stays on the own kernels)."""
+    """True when a CPU forward suits oneDNN better than the own kernels (``auto`` then runs it with ``F.conv2d``;
+    the backward stays on the own kernels)."""
     h, wd = x.shape[-2:]
     t, b, l, r = pads
-    return (get_backend() == "auto" and max(h, wd) <= ONEDNN_FWD_MAX_SIDE and max(w.shape[-2:]) <= ONEDNN_FWD_MAX_K
+    return (max(h, wd) <= ONEDNN_FWD_MAX_SIDE and max(w.shape[-2:]) <= ONEDNN_FWD_MAX_K
             and max(t, b) <= h and max(l, r) <= wd)
 
 
 class _CPUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
-                dil: tuple[int, int]) -> torch.Tensor:
+                dil: tuple[int, int], onednn_forward: bool) -> torch.Tensor:
         ctx.pads, ctx.dil, ctx.has_bias = pads, dil, bias is not None
         ctx.save_for_backward(x, w)
-        if _onednn_forward(x, w, pads):
+        if onednn_forward:
             return _torch(x, w, bias, pads, dil)
         return cpu_kernels.forward(x, w, bias, pads, dil)
 
@@ -172,7 +176,7 @@ class _CPUFunction(torch.autograd.Function):
             gx, gw = cpu_kernels.backward(x, gy, w, ctx.pads, ctx.dil, need_input=need_x, need_weight=need_w)
         if need_b and ctx.has_bias:
             gb = gy.sum((0, 2, 3), dtype=torch.float64).to(gy.dtype) if gy.dtype == torch.float32 else gy.sum((0, 2, 3))
-        return gx, gw, gb, None, None
+        return gx, gw, gb, None, None, None
 
 
 class _CUDAFunction(torch.autograd.Function):
@@ -228,7 +232,8 @@ def _autocast(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None
 
 def run(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads, dil: tuple[int, int]) -> torch.Tensor:
     """Depthwise conv with validated arguments on the chosen path (autograd-aware on every path)."""
-    path = choose(x, w, pads, dil)
+    backend = get_backend()
+    path = _choose(x, w, pads, dil, backend)
     if path != "torch":
         x, w, bias = _autocast(x, w, bias)
     if path == "torch":
@@ -238,9 +243,9 @@ def run(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
         if x.dtype in _HALF:  # computed in float32 (documented); the casts are part of the autograd graph
             x, w = x.float(), w.float()
             bias = bias.float() if bias is not None else None
-        xin = x
         channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        y = _CPUFunction.apply(xin, w, bias, pads, dil)
+        onednn = backend == "auto" and _onednn_forward(x, w, pads)
+        y = _CPUFunction.apply(x, w, bias, pads, dil, onednn)
         if channels_last:
             y = y.contiguous(memory_format=torch.channels_last)
         return y.to(out_dtype) if y.dtype != out_dtype else y
