@@ -25,6 +25,7 @@ import os
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, runtime_checkable
 
 import numba
 import numpy as np
@@ -34,7 +35,8 @@ import xarray as xr
 
 from .schema import SchemaError, make_dataset, validate
 
-__all__ = ["split_dataset", "time_features", "station_order", "hilbert_index", "WindowDataset", "fill_gaps"]
+__all__ = ["split_dataset", "time_features", "station_order", "hilbert_index", "WindowDataset", "WindowSource",
+           "fill_gaps"]
 
 SPLITS = ("train", "val", "test")
 
@@ -303,6 +305,33 @@ def _gather_windows(values, mask, observed, starts, L, P, Q, G, x, xm, y, ym):  
 
 
 # ------------------------------------------------------------------------------------------------- windows
+
+
+@runtime_checkable
+class WindowSource(Protocol):
+    """What forecasting methods read windows from (:class:`WindowDataset` is the implementation).
+
+    ``batch(indices)`` returns tensors ``x``/``x_mask`` (N, seq_len, S), ``y``/``y_mask`` (N, label_len + pred_len,
+    S), ``x_mark``/``y_mark`` calendar features; stations are in ``station_ids`` (model) order.
+    """
+
+    variable: str
+    units: str
+    seq_len: int
+    label_len: int
+    pred_len: int
+    station_ids: np.ndarray
+    times: pd.DatetimeIndex
+
+    def __len__(self) -> int: ...
+
+    @property
+    def num_stations(self) -> int: ...
+
+    @property
+    def window_start_times(self) -> pd.DatetimeIndex: ...
+
+    def batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]: ...
 
 
 class WindowDataset(torch.utils.data.Dataset):

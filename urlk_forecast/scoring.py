@@ -1,0 +1,228 @@
+"""The one scorer: every method -- baselines and the neural ``Forecaster`` alike -- is scored here.
+
+:func:`score_methods` forecasts chunks of windows of a :class:`~urlk_forecast.data.windows.WindowSource` with each
+method and scores them with the Corrformer-style metrics of :mod:`urlk_forecast.metrics` (per window the mean over
+lead times x stations, then the mean over windows; physical units). Several methods are scored on the *same* points:
+the observed targets (``y_mask``) that every method forecast; a point one method left NaN (a station with no observed
+input, a grid that does not cover a station) is removed for all, and each method's ``coverage`` says what share of
+the observed targets it forecast. ``Method.evaluate``, the benchmark table and the end-of-training table all call it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from .data.windows import WindowSource
+from .metrics import evaluate_arrays, per_horizon
+
+__all__ = ["Scores", "ScoreTable", "score_methods", "window_targets", "resolve_indices"]
+
+Progress = Callable[[str], None]
+
+
+class _Forecasts(Protocol):
+    """What the scorer needs of a method (the :class:`~urlk_forecast.method.Method` contract has it)."""
+
+    name: str
+
+    def predict_windows(self, ws: WindowSource, indices: np.ndarray | None = None) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One method's scores on a set of windows (what every ``Method.evaluate`` returns).
+
+    ``mse``/``mae`` in (units)^2 / units; ``n_windows`` windows with a scored point; ``n_points`` scored targets;
+    ``n_unforecast`` observed targets this method left NaN (excluded); ``coverage`` = forecast share of the observed
+    targets; ``per_lead``: columns ``lead`` (1..pred_len), ``mse``, ``mae``, ``windows``. Indexing by name
+    (``scores["mse"]``) works as for a dict.
+    """
+
+    method: str
+    mse: float
+    mae: float
+    n_windows: int
+    n_points: int
+    n_unforecast: int
+    coverage: float
+    predict_seconds: float
+    per_lead: pd.DataFrame = field(repr=False, compare=False)
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The scalar scores as a dict (no per-lead table)."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "per_lead"}
+
+
+@dataclass
+class ScoreTable:
+    """Scores of several methods on the same points, in the order given; methods that failed are in ``failures``."""
+
+    scores: dict[str, Scores]
+    observed: int
+    points: int
+    windows: int
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Scores:
+        return self.scores[name]
+
+    def per_lead(self) -> pd.DataFrame:
+        """Long table: ``method``, ``lead``, ``mse``, ``mae``."""
+        frames = [s.per_lead.assign(method=n)[["method", "lead", "mse", "mae"]] for n, s in self.scores.items()]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["method", "lead", "mse",
+                                                                                          "mae"])
+
+
+def resolve_indices(ws: WindowSource, indices: Sequence[int] | np.ndarray | None) -> np.ndarray:
+    """Window indices as an int64 array (``None`` = all windows; negative indices count from the end);
+    out-of-range indices raise IndexError."""
+    n = len(ws)
+    if indices is None:
+        return np.arange(n, dtype=np.int64)
+    idx = np.asarray(indices)
+    if idx.ndim != 1:
+        idx = idx.reshape(-1)
+    if idx.size and not np.issubdtype(idx.dtype, np.integer):
+        raise TypeError(f"window indices must be integers, got dtype {idx.dtype}")
+    idx = idx.astype(np.int64)
+    if idx.size and ((idx < -n) | (idx >= n)).any():
+        bad = idx[(idx < -n) | (idx >= n)][0]
+        raise IndexError(f"window index {int(bad)} out of range for {n} windows")
+    return np.where(idx < 0, idx + n, idx)
+
+
+def window_targets(ws: WindowSource, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The forecast targets ``y`` (N, pred_len, S) float32 and the mask of observed, finite targets."""
+    b = ws.batch(indices)
+    y = _numpy(b["y"])[:, ws.label_len:].astype(np.float32, copy=False)
+    mask = _numpy(b["y_mask"])[:, ws.label_len:].astype(bool) & np.isfinite(y)
+    return y, mask
+
+
+def _numpy(a: Any) -> np.ndarray:
+    return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+
+
+def _unique_labels(methods: Sequence[_Forecasts]) -> list[str]:
+    labels: list[str] = []
+    for m in methods:
+        base = str(getattr(m, "name", type(m).__name__))
+        label, k = base, 2
+        while label in labels:
+            label, k = f"{base} #{k}", k + 1
+        labels.append(label)
+    return labels
+
+
+class _Accumulator:
+    """Window-weighted running sums of one method's metrics over chunks."""
+
+    def __init__(self, pred_len: int) -> None:
+        self.sums = np.zeros(2)
+        self.weight = 0
+        self.lead_sums = np.zeros((pred_len, 2))
+        self.covered = 0
+        self.unforecast = 0
+        self.seconds = 0.0
+
+    def add(self, pred: np.ndarray, y: np.ndarray, common: np.ndarray, lead_w: np.ndarray) -> None:
+        r = evaluate_arrays(pred, y, common)
+        k = int(r["windows"])
+        self.sums += np.array([r["mse"], r["mae"]]) * k
+        self.weight += k
+        ph = per_horizon(pred, y, common)[["mse", "mae"]].to_numpy(np.float64)
+        self.lead_sums += np.nan_to_num(ph) * lead_w[:, None]
+
+
+def score_methods(methods: Sequence[_Forecasts], ws: WindowSource, indices: Sequence[int] | np.ndarray | None = None,
+                  *, batch_size: int = 256, keep_going: bool = False, progress: Progress | None = None) -> ScoreTable:
+    """Forecast windows ``indices`` of ``ws`` (all when None) with every method and score them on common points.
+
+    ``keep_going``: a method whose ``predict_windows`` raises is dropped and named in ``failures`` (the table goes
+    on); otherwise the error propagates. ``progress`` receives a line at most every 30 s.
+    """
+    idx = resolve_indices(ws, indices)
+    if idx.size == 0:
+        raise ValueError("no windows to score")
+    labels = _unique_labels(methods)
+    live = dict(zip(labels, methods))
+    acc = {n: _Accumulator(ws.pred_len) for n in labels}
+    failures: dict[str, str] = {}
+    observed = points = 0
+    lead_w = np.zeros(ws.pred_len)
+    bs = max(1, int(batch_size))
+    t_report = time.perf_counter()
+    for start in range(0, idx.size, bs):
+        chunk = idx[start:start + bs]
+        y, mask = window_targets(ws, chunk)
+        preds = _forecast_chunk(live, acc, ws, chunk, y.shape, keep_going, failures, progress)
+        common = mask.copy()
+        for n, p in preds.items():
+            fin = np.isfinite(p)
+            acc[n].covered += int((mask & fin).sum())
+            acc[n].unforecast += int((mask & ~fin).sum())
+            common &= fin
+        observed += int(mask.sum())
+        points += int(common.sum())
+        if common.any():
+            wh = common.any(axis=2).sum(axis=0).astype(np.float64)
+            lead_w += wh
+            for n, p in preds.items():
+                acc[n].add(p, y, common, wh)
+        if progress is not None and (time.perf_counter() - t_report > 30 or start + bs >= idx.size):
+            progress(f"scored {min(start + bs, idx.size)}/{idx.size} windows")
+            t_report = time.perf_counter()
+    if not live:
+        raise ValueError(f"every method failed: {failures}")
+    if points == 0:
+        raise ValueError("none of the selected windows has an observed target that every method forecast; "
+                         "nothing to score")
+    scores = {n: _finish(n, acc[n], lead_w, points, observed) for n in live}
+    windows = next(iter(acc[n].weight for n in live))
+    return ScoreTable(scores=scores, observed=observed, points=points, windows=windows, failures=failures)
+
+
+def _forecast_chunk(live: dict[str, _Forecasts], acc: dict[str, _Accumulator], ws: WindowSource, chunk: np.ndarray,
+                    shape: tuple[int, ...], keep_going: bool, failures: dict[str, str],
+                    progress: Progress | None) -> dict[str, np.ndarray]:
+    preds: dict[str, np.ndarray] = {}
+    for n, m in list(live.items()):
+        t0 = time.perf_counter()
+        try:
+            p = _numpy(m.predict_windows(ws, chunk)).astype(np.float32, copy=False)
+            if p.shape != shape:
+                raise ValueError(f"{n}: predict_windows returned shape {p.shape}, expected {shape} (N, pred_len, S)")
+        except Exception as e:
+            if not keep_going:
+                raise
+            failures[n] = f"predict failed: {type(e).__name__}: {e}"
+            if progress is not None:
+                progress(f"{n} FAILED while predicting: {e}")
+            del live[n]
+            continue
+        acc[n].seconds += time.perf_counter() - t0
+        preds[n] = p
+    return preds
+
+
+def _finish(name: str, a: _Accumulator, lead_w: np.ndarray, points: int, observed: int) -> Scores:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lead = a.lead_sums / lead_w[:, None]
+    per_lead = pd.DataFrame({"lead": np.arange(1, lead.shape[0] + 1), "mse": lead[:, 0], "mae": lead[:, 1],
+                             "windows": lead_w.astype(np.int64)})
+    w = a.weight
+    return Scores(method=name, mse=float(a.sums[0] / w) if w else float("nan"),
+                  mae=float(a.sums[1] / w) if w else float("nan"), n_windows=int(w), n_points=int(points),
+                  n_unforecast=int(a.unforecast), coverage=a.covered / observed if observed else float("nan"),
+                  predict_seconds=float(a.seconds), per_lead=per_lead)
