@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from urlk_forecast.models.encoders import (
     ConvNeXtLike,
@@ -14,6 +15,8 @@ from urlk_forecast.models.encoders import (
     list_encoders,
     variant_kernel_sizes,
 )
+from urlk_forecast.models.layers import DropPath, LayerNorm2d, reparameterize_model
+from urlk_forecast.models.registry import ENCODERS
 
 DIMS = (8, 16, 32, 64)
 
@@ -138,6 +141,10 @@ def test_comparison_encoders_have_similar_size(variant):
         assert 0.75 <= counts[name] / counts["unireplknet"] <= 1.25, counts
 
 
+def test_encoder_names_are_the_registry_names():
+    assert list_encoders() == list(ENCODERS)
+
+
 def test_unknown_encoder_and_options():
     with pytest.raises(ValueError, match="available: unireplknet, convnext, resnet, corrformer"):
         build_encoder("vit", d_model=32, seq_len=48, n_nodes=1)
@@ -185,3 +192,59 @@ def test_checkpointing_same_gradients_and_bn_stats(cls):
     for (name, ba), bb in zip(a.named_buffers(), b.buffers()):  # running stats updated once, not twice
         torch.testing.assert_close(bb, ba, msg=name)
 
+
+
+def test_reparameterize_model_folds_resnet_without_special_case():
+    """The generic walk reaches the ResNet blocks and stem through any wrapper; outputs equal in eval mode and the
+    inference-form keys are the conv weights and biases only (shortcut conv in place of its Sequential)."""
+    wrapper = torch.nn.Sequential(ImageEncoder(ResNetLike(1, (1, 2, 1, 1), DIMS), d_model=32, seq_len=48))
+    wrapper = wrapper.double().eval()
+    _randomise_bn(wrapper)
+    x = torch.randn(3, 48, 32, dtype=torch.float64)
+    with torch.no_grad():
+        before = wrapper(x)
+        reparameterize_model(wrapper)
+        after = wrapper(x)
+    torch.testing.assert_close(after, before, rtol=1e-9, atol=1e-10)
+    keys = list(wrapper.state_dict())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in wrapper.modules())
+    assert "0.backbone.stem.0.bias" in keys and "0.backbone.stages.1.0.shortcut.weight" in keys
+    assert "0.backbone.stages.1.0.shortcut.bias" in keys and "0.backbone.stages.1.0.conv1.bias" in keys
+    assert not any(".bn" in k or "stem.1." in k or "shortcut.0." in k for k in keys)
+    reparameterize_model(wrapper)  # idempotent
+    assert list(wrapper.state_dict()) == keys
+
+
+@pytest.mark.parametrize("name", ["unireplknet", "convnext", "resnet"])
+def test_every_image_encoder_reparameterizes_exactly(name):
+    """ConvNeXt has nothing to re-parameterize; the others lose their BatchNorms; all keep their outputs."""
+    enc = build_encoder(name, d_model=32, seq_len=48, n_nodes=1, dims=DIMS).double().eval()
+    _randomise_bn(enc)
+    x = torch.randn(2, 48, 32, dtype=torch.float64)
+    keys = list(enc.state_dict())
+    with torch.no_grad():
+        before = enc(x)
+        enc.reparameterize()
+        after = enc(x)
+    torch.testing.assert_close(after, before, rtol=1e-9, atol=1e-10)
+    assert (list(enc.state_dict()) == keys) == (name == "convnext")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in enc.modules())
+
+
+def test_shared_layers_against_references():
+    ln = LayerNorm2d(6)
+    with torch.no_grad():
+        ln.weight.copy_(torch.rand(6) + 0.5)
+        ln.bias.copy_(torch.randn(6))
+    x = torch.randn(2, 6, 5, 7)
+    ref = F.layer_norm(x.permute(0, 2, 3, 1), (6,), ln.weight, ln.bias, 1e-6).permute(0, 3, 1, 2)
+    torch.testing.assert_close(ln(x), ref)
+    dp = DropPath(0.25)
+    assert dp.eval()(x) is x
+    torch.manual_seed(0)
+    y = dp.train()(x)
+    kept = (y != 0).flatten(1).all(1)
+    for i in range(2):  # per sample: dropped entirely or kept and scaled by 1 / keep
+        torch.testing.assert_close(y[i], x[i] / 0.75 if kept[i] else torch.zeros_like(x[i]))
+    with pytest.raises(ValueError, match="drop_prob"):
+        DropPath(1.0)

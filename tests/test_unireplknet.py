@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from urlk_forecast.models import DilatedReparamBlock, UniRepLKNet, UniRepLKNetBlock, create_model, list_models
+import urlk_forecast.forecaster as forecaster
+from urlk_forecast.models import DilatedReparamBlock, UniRepLKNet, UniRepLKNetBlock, create_model, list_models, registry
+from urlk_forecast.models.forecast_net import DEFAULT_D_MODEL
+from urlk_forecast.models.registry import parse_model_name
 from urlk_forecast.models.unireplknet import GRNwithNHWC, LayerNorm, SEBlock, default_kernel_sizes
 from urlk_forecast.ops import DWConv2d
 
@@ -69,6 +74,48 @@ def test_variant_names_and_errors() -> None:
         create_model("z")
     with pytest.raises(TypeError, match="bogus"):
         create_model("a", bogus=1)
+
+
+def test_registry_is_the_one_variant_list() -> None:
+    """Variant table, short names, forecasting d_model and model names all come from models.registry."""
+    keys = ("a", "f", "p", "n", "t", "s", "b", "l", "xl", "h")
+    assert registry.variant_keys() == keys
+    assert list(registry.VARIANTS) == [f"unireplknet_{k}" for k in keys]
+    assert list(DEFAULT_D_MODEL) == list(keys) and DEFAULT_D_MODEL["s"] == 768 and DEFAULT_D_MODEL["a"] == 128
+    assert registry.VARIANTS["unireplknet_s"] == {"depths": (3, 3, 27, 3), "dims": (96, 192, 384, 768)}
+    for alias in ("s", " S ", "UniRepLKNet-S", "unireplknet_s"):
+        assert registry.canonical_variant(alias) == "unireplknet_s" and registry.variant_key(alias) == "s"
+    cfg = registry.variant_config("a")
+    cfg["dims"] = (1, 2, 3, 4)  # a copy: the table is unchanged
+    assert registry.VARIANTS["unireplknet_a"]["dims"] == (40, 80, 160, 320)
+    with pytest.raises(ValueError, match="unknown UniRepLKNet variant 'z'.*unireplknet_h"):
+        registry.variant_key("z")
+    assert forecaster.parse_model_name is registry.parse_model_name
+
+
+@pytest.mark.parametrize("name,expect", [
+    ("unireplknet_s", ("unireplknet", "unireplknet_s")), ("S", ("unireplknet", "unireplknet_s")),
+    ("UniRepLKNet-XL", ("unireplknet", "unireplknet_xl")), ("unireplknet", ("unireplknet", "unireplknet_a")),
+    ("convnext", ("convnext", "unireplknet_a")), ("resnet_xl", ("resnet", "unireplknet_xl")),
+    ("Corrformer-T", ("corrformer", "unireplknet_t")),
+])
+def test_parse_model_name(name: str, expect: tuple[str, str]) -> None:
+    assert parse_model_name(name) == expect
+
+
+@pytest.mark.parametrize("name", ["vit", "convnext_z", "resnet_", "unireplknet_q", ""])
+def test_parse_model_name_errors(name: str) -> None:
+    with pytest.raises(ValueError, match=r"unknown model .*unireplknet_a, .*unireplknet_h, convnext\[_v\], "
+                                         r"resnet\[_v\], corrformer\[_v\]"):
+        parse_model_name(name)
+
+
+def test_registry_imports_no_torch() -> None:
+    """The registry is cheap to import (command-line help, name checks): no torch, no ops."""
+    code = ("import sys; import urlk_forecast.models.registry as r; r.parse_model_name('s'); "
+            "print(sorted(m for m in ('torch', 'numba', 'urlk_forecast.ops') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
 
 
 def test_default_kernel_tables() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from urlk_forecast.models.unireplknet import UniRepLKNet, reparameterize_model
+from urlk_forecast.models.layers import reparameterize_model
 
 __all__ = ["CheckpointError", "LoadReport", "load_pretrained"]
 
@@ -164,8 +164,12 @@ def load_pretrained(
 
 
 def _is_training_form_for(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
-    """True if ``model`` is a deploy-form UniRepLKNet and ``state`` is a training-form state dict."""
-    if not isinstance(model, UniRepLKNet) or not model.deploy:
+    """True if ``model`` is a deploy-form UniRepLKNet and ``state`` is a training-form state dict.
+
+    A deploy-form UniRepLKNet is recognised by what the twin needs, ``deploy`` and the constructor arguments
+    ``config`` (duck typing keeps this module free of an import of the architecture, which imports it).
+    """
+    if getattr(model, "deploy", False) is not True or not isinstance(getattr(model, "config", None), dict):
         return False
     if not any(k.startswith("stages.") and k.endswith(".pwconv2.2.running_mean") for k in state):
         return False
@@ -173,12 +177,12 @@ def _is_training_form_for(model: nn.Module, state: dict[str, torch.Tensor]) -> b
 
 
 def _load_training_into_deploy(
-    model: UniRepLKNet, state: dict[str, torch.Tensor], source: str, strict: bool
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, strict: bool
 ) -> LoadReport:
     """Load a training-form checkpoint into a deploy-form model: load a training twin, reparameterize, copy."""
     param = next(model.parameters())
     with torch.device(param.device):
-        twin = UniRepLKNet(**{**model.config, "deploy": False, "with_cp": False})
+        twin = type(model)(**{**model.config, "deploy": False, "with_cp": False})
     twin = twin.to(param.dtype)
     report = load_pretrained(twin, state, strict=strict)
     report.source = f"{source} (training form, re-parameterized into the deploy model)"

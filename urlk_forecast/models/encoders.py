@@ -24,15 +24,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from ..ops import DWConv2d, dwconv2d
+from ..ops import DWConv2d
+from ..utils import normalize_name
 from .corrformer import CorrformerEncoder
+from .layers import (
+    DropPath,
+    LayerNorm2d,
+    checkpoint_once,
+    fold_bn,
+    init_trunc_normal,
+    reparameterize_children,
+    run_dwconv,
+)
+from .registry import variant_config
+from .unireplknet import create_model, default_kernel_sizes
 
 __all__ = [
     "ENCODER_STRIDE",
@@ -93,19 +105,15 @@ def variant_kernel_sizes(variant: str, kernel_size: int | None) -> Any:
     """
     if kernel_size is None:
         return None
-    from .unireplknet import VARIANTS, _canonical_name, default_kernel_sizes
-
     k = int(kernel_size)
     if k < 3 or k % 2 == 0:
         raise ValueError(f"kernel_size must be an odd integer >= 3, got {kernel_size}")
-    depths = VARIANTS[_canonical_name(variant)]["depths"]
+    depths = variant_config(variant)["depths"]
     return [[k if ks >= 5 else ks for ks in stage] for stage in default_kernel_sizes(depths)]
 
 
 def _variant_arch(variant: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    from .unireplknet import VARIANTS, _canonical_name
-
-    cfg = VARIANTS[_canonical_name(variant)]
+    cfg = variant_config(variant)
     return tuple(cfg["depths"]), tuple(cfg["dims"])
 
 
@@ -115,66 +123,29 @@ def resnet_depths(variant_depths: Sequence[int]) -> tuple[int, int, int, int]:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-class _LayerNorm2d(nn.Module):
-    """LayerNorm over the channel dim of an NCHW tensor."""
-
-    def __init__(self, channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1)
-        x = F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
-
-
-class _DropPath(nn.Module):
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1.0 - self.p)
-        return x * keep / (1.0 - self.p)
-
-
-class _FreezeBN:
-    """Context: BatchNorm layers inside do not update running stats (used when checkpointing recomputes)."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-    def __enter__(self) -> None:
-        self.saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
-                      for m in self.bns]
-        for m in self.bns:
-            m.momentum = 0.0
-
-    def __exit__(self, *exc: object) -> None:
-        for m, (mom, nbt) in zip(self.bns, self.saved):
-            m.momentum = mom
-            if nbt is not None:
-                m.num_batches_tracked.copy_(nbt)
-
-
 def _maybe_checkpoint(module: nn.Module, x: torch.Tensor, enabled: bool) -> torch.Tensor:
     """Run ``module(x)``, checkpointed when enabled in training; BN stats are updated once only."""
     if not (enabled and module.training and torch.is_grad_enabled()):
         return module(x)
-    calls = [0]
+    return checkpoint_once(module, module, x)
 
-    def run(inp: torch.Tensor) -> torch.Tensor:
-        calls[0] += 1
-        if calls[0] == 1:
-            return module(inp)
-        with _FreezeBN(module):
-            return module(inp)
 
-    return checkpoint(run, x, use_reentrant=False)
+class _StagedBackbone(nn.Module):
+    """What the comparison backbones share: 4 stages of blocks (depths/dims checked), ``in_chans``,
+    ``num_features`` and optional gradient checkpointing of every block (``with_cp``)."""
+
+    def __init__(self, in_chans: int, depths: Sequence[int], dims: Sequence[int], with_cp: bool) -> None:
+        super().__init__()
+        if len(depths) != 4 or len(dims) != 4:
+            raise ValueError(f"depths and dims need 4 entries, got {depths}, {dims}")
+        self.in_chans = in_chans
+        self.num_features = int(dims[-1])
+        self.with_cp = with_cp
+
+    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        for block in stage:
+            x = _maybe_checkpoint(block, x, self.with_cp)
+        return x
 
 
 # ------------------------------------------------------------------------------------------- ConvNeXt
@@ -186,38 +157,27 @@ class _ConvNeXtBlock(nn.Module):
         self.pwconv1 = nn.Linear(dim, 4 * dim)
         self.pwconv2 = nn.Linear(4 * dim, dim)
         self.gamma = nn.Parameter(torch.full((dim,), layer_scale_init_value)) if layer_scale_init_value > 0 else None
-        self.drop_path = _DropPath(drop_path)
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv = self.dwconv
-        if x.dtype != conv.weight.dtype:  # autocast (bf16/fp16): run the depthwise conv in the activation dtype
-            bias = conv.bias.to(x.dtype) if conv.bias is not None else None
-            y = dwconv2d(x, conv.weight.to(x.dtype), bias, conv.padding, conv.dilation)
-        else:
-            y = conv(x)
-        y = y.permute(0, 2, 3, 1)
+        y = run_dwconv(self.dwconv, x).permute(0, 2, 3, 1)
         y = self.pwconv2(F.gelu(self.pwconv1(self.norm(y))))
         if self.gamma is not None:
             y = y * self.gamma
         return x + self.drop_path(y.permute(0, 3, 1, 2))
 
 
-class ConvNeXtLike(nn.Module):
+class ConvNeXtLike(_StagedBackbone):
     """ConvNeXt-style 4-stage network (patchify stem 4×4/4, 2×2/2 downsampling) exposing ``forward_features``."""
 
     def __init__(self, in_chans: int = 1, depths: Sequence[int] = (2, 2, 6, 2),
                  dims: Sequence[int] = (40, 80, 160, 320), kernel_size: int = 7, drop_path_rate: float = 0.0,
                  layer_scale_init_value: float = 1e-6,
                  with_cp: bool = False) -> None:
-        super().__init__()
-        if len(depths) != 4 or len(dims) != 4:
-            raise ValueError(f"depths and dims need 4 entries, got {depths}, {dims}")
-        self.in_chans = in_chans
-        self.num_features = int(dims[-1])
-        self.with_cp = with_cp
+        super().__init__(in_chans, depths, dims, with_cp)
         self.downsample_layers = nn.ModuleList(
-            [nn.Sequential(nn.Conv2d(in_chans, dims[0], 4, stride=4), _LayerNorm2d(dims[0]))]
-            + [nn.Sequential(_LayerNorm2d(dims[i]), nn.Conv2d(dims[i], dims[i + 1], 2, stride=2)) for i in range(3)]
+            [nn.Sequential(nn.Conv2d(in_chans, dims[0], 4, stride=4), LayerNorm2d(dims[0]))]
+            + [nn.Sequential(LayerNorm2d(dims[i]), nn.Conv2d(dims[i], dims[i + 1], 2, stride=2)) for i in range(3)]
         )
         rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         cur = 0
@@ -227,14 +187,12 @@ class ConvNeXtLike(nn.Module):
                 _ConvNeXtBlock(dims[i], kernel_size, rates[cur + j], layer_scale_init_value) for j in range(depths[i])
             ]))
             cur += depths[i]
-        self.norm3 = _LayerNorm2d(dims[-1])
-        self.apply(_trunc_normal_init)
+        self.norm3 = LayerNorm2d(dims[-1])
+        self.apply(init_trunc_normal)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         for down, stage in zip(self.downsample_layers, self.stages):
-            x = down(x)
-            for block in stage:
-                x = _maybe_checkpoint(block, x, self.with_cp)
+            x = self._run_stage(stage, down(x))
         return [self.norm3(x)]
 
 
@@ -256,18 +214,25 @@ class _BasicBlock(nn.Module):
         y = self.bn2(self.conv2(y))
         return F.relu(y + self.shortcut(x))
 
+    def reparameterize(self) -> None:
+        """Fold each BatchNorm into the conv before it (inference form, identical outputs in eval mode)."""
+        if isinstance(self.bn1, nn.BatchNorm2d):
+            fold_bn(self.conv1, self.bn1)
+            self.bn1 = nn.Identity()
+        if isinstance(self.bn2, nn.BatchNorm2d):
+            fold_bn(self.conv2, self.bn2)
+            self.bn2 = nn.Identity()
+        if isinstance(self.shortcut, nn.Sequential):
+            fold_bn(self.shortcut[0], self.shortcut[1])
+            self.shortcut = self.shortcut[0]
 
-class ResNetLike(nn.Module):
+
+class ResNetLike(_StagedBackbone):
     """ResNet-style network of basic blocks (K×K convs, default 3), total stride 32, ``forward_features``."""
 
     def __init__(self, in_chans: int = 1, depths: Sequence[int] = (2, 2, 2, 2),
                  dims: Sequence[int] = (40, 80, 160, 320), kernel_size: int = 3, with_cp: bool = False) -> None:
-        super().__init__()
-        if len(depths) != 4 or len(dims) != 4:
-            raise ValueError(f"depths and dims need 4 entries, got {depths}, {dims}")
-        self.in_chans = in_chans
-        self.num_features = int(dims[-1])
-        self.with_cp = with_cp
+        super().__init__(in_chans, depths, dims, with_cp)
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, dims[0], 7, 2, 3, bias=False), nn.BatchNorm2d(dims[0]), nn.ReLU(inplace=True),
             nn.MaxPool2d(3, 2, 1),
@@ -286,16 +251,15 @@ class ResNetLike(nn.Module):
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
         for stage in self.stages:
-            for block in stage:
-                x = _maybe_checkpoint(block, x, self.with_cp)
+            x = self._run_stage(stage, x)
         return [x]
 
-
-def _trunc_normal_init(m: nn.Module) -> None:
-    if isinstance(m, (nn.Conv2d, nn.Linear)):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
+    def reparameterize(self) -> None:
+        """Fold every BatchNorm into the preceding conv (inference form, identical outputs in eval mode)."""
+        reparameterize_children(self)
+        if isinstance(self.stem[1], nn.BatchNorm2d):
+            fold_bn(self.stem[0], self.stem[1])
+            self.stem[1] = nn.Identity()
 
 
 # ------------------------------------------------------------------------------------ image encoder
@@ -329,35 +293,8 @@ class ImageEncoder(nn.Module):
         return self.projection(feat.flatten(2).transpose(1, 2))
 
     def reparameterize(self) -> None:
-        """Structural re-parameterisation of the backbone (UniRepLKNet blocks; BN folding for ResNet)."""
-        from .unireplknet import reparameterize_model
-
-        reparameterize_model(self.backbone)
-        if isinstance(self.backbone, ResNetLike):
-            _fold_resnet_bn(self.backbone)
-
-
-def _fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    std = torch.sqrt(bn.running_var + bn.eps)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True).to(conv.weight.device, conv.weight.dtype)
-    with torch.no_grad():
-        fused.weight.copy_(conv.weight * (bn.weight / std).reshape(-1, 1, 1, 1))
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        fused.bias.copy_(bn.bias + (bias - bn.running_mean) * bn.weight / std)
-    return fused
-
-
-def _fold_resnet_bn(net: ResNetLike) -> None:
-    """Fold every BatchNorm into the preceding conv (inference form, identical outputs in eval mode)."""
-    net.stem[0] = _fold_conv_bn(net.stem[0], net.stem[1])
-    net.stem[1] = nn.Identity()
-    for stage in net.stages:
-        for b in stage:
-            b.conv1, b.bn1 = _fold_conv_bn(b.conv1, b.bn1), nn.Identity()
-            b.conv2, b.bn2 = _fold_conv_bn(b.conv2, b.bn2), nn.Identity()
-            if isinstance(b.shortcut, nn.Sequential):
-                b.shortcut = _fold_conv_bn(b.shortcut[0], b.shortcut[1])
+        """Inference form of the backbone, whatever it is (identical outputs in eval mode)."""
+        reparameterize_children(self)
 
 
 # ------------------------------------------------------------------------------------------ registry
@@ -368,56 +305,81 @@ _RESNET_KW = {"depths", "dims"}
 _CORRFORMER_KW = {"e_layers", "node_list", "factor_temporal", "factor_spatial", "tcn_layers", "spatial", "activation"}
 
 
+@dataclass(frozen=True)
+class _Common:
+    """The arguments of :func:`build_encoder` every encoder receives (each builder reads those it needs)."""
+
+    d_model: int
+    seq_len: int
+    n_nodes: int
+    variant: str
+    kernel_size: int | None
+    n_heads: int
+    d_ff: int | None
+    moving_avg: int
+    dropout: float
+    with_cp: bool
+
+
 def _check_kw(name: str, kw: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(kw) - allowed)
     if unknown:
         raise TypeError(f"encoder {name!r} got unexpected option(s) {unknown}; accepted: {sorted(allowed)}")
 
 
-def _build_unireplknet(d_model: int, seq_len: int, variant: str, kernel_size: int | None, with_cp: bool,
-                       **kw: Any) -> nn.Module:
-    from .unireplknet import create_model
-
-    _check_kw("unireplknet", kw, _UNIREPLKNET_KW | _IMAGE_KW)
+def _image_encoder(name: str, c: _Common, kw: dict[str, Any], allowed: set[str],
+                   backbone: Callable[[dict[str, Any]], nn.Module]) -> ImageEncoder:
+    """Check ``kw`` for encoder ``name``, build ``backbone(backbone_kw)`` and wrap it in an :class:`ImageEncoder`."""
+    _check_kw(name, kw, allowed | _IMAGE_KW)
     image_kw = {k: kw.pop(k) for k in list(kw) if k in _IMAGE_KW}
-    if kernel_size is not None and "kernel_sizes" not in kw:
-        kw["kernel_sizes"] = variant_kernel_sizes(variant, kernel_size)
-    backbone = create_model(variant, in_chans=1, out_indices=(3,), with_cp=with_cp, **kw)
-    return ImageEncoder(backbone, d_model, seq_len, **image_kw)
+    return ImageEncoder(backbone(kw), c.d_model, c.seq_len, **image_kw)
 
 
-def _build_convnext(d_model: int, seq_len: int, variant: str, kernel_size: int | None, with_cp: bool,
-                    **kw: Any) -> nn.Module:
-    _check_kw("convnext", kw, _CONVNEXT_KW | _IMAGE_KW)
-    image_kw = {k: kw.pop(k) for k in list(kw) if k in _IMAGE_KW}
-    depths, dims = _variant_arch(variant)
-    kw.setdefault("depths", depths)
-    kw.setdefault("dims", dims)
-    backbone = ConvNeXtLike(1, kernel_size=kernel_size or 7, with_cp=with_cp, **kw)
-    return ImageEncoder(backbone, d_model, seq_len, **image_kw)
+def _build_unireplknet(c: _Common, kw: dict[str, Any]) -> nn.Module:
+    def backbone(kw: dict[str, Any]) -> nn.Module:
+        if c.kernel_size is not None and "kernel_sizes" not in kw:
+            kw["kernel_sizes"] = variant_kernel_sizes(c.variant, c.kernel_size)
+        return create_model(c.variant, in_chans=1, out_indices=(3,), with_cp=c.with_cp, **kw)
+
+    return _image_encoder("unireplknet", c, kw, _UNIREPLKNET_KW, backbone)
 
 
-def _build_resnet(d_model: int, seq_len: int, variant: str, kernel_size: int | None, with_cp: bool,
-                  **kw: Any) -> nn.Module:
-    _check_kw("resnet", kw, _RESNET_KW | _IMAGE_KW)
-    image_kw = {k: kw.pop(k) for k in list(kw) if k in _IMAGE_KW}
-    depths, dims = _variant_arch(variant)
-    kw.setdefault("depths", resnet_depths(depths))
-    kw.setdefault("dims", dims)
-    backbone = ResNetLike(1, kernel_size=kernel_size or 3, with_cp=with_cp, **kw)
-    return ImageEncoder(backbone, d_model, seq_len, **image_kw)
+def _build_convnext(c: _Common, kw: dict[str, Any]) -> nn.Module:
+    def backbone(kw: dict[str, Any]) -> nn.Module:
+        depths, dims = _variant_arch(c.variant)
+        kw = {"depths": depths, "dims": dims, **kw}
+        return ConvNeXtLike(1, kernel_size=c.kernel_size or 7, with_cp=c.with_cp, **kw)
+
+    return _image_encoder("convnext", c, kw, _CONVNEXT_KW, backbone)
 
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+def _build_resnet(c: _Common, kw: dict[str, Any]) -> nn.Module:
+    def backbone(kw: dict[str, Any]) -> nn.Module:
+        depths, dims = _variant_arch(c.variant)
+        kw = {"depths": resnet_depths(depths), "dims": dims, **kw}
+        return ResNetLike(1, kernel_size=c.kernel_size or 3, with_cp=c.with_cp, **kw)
+
+    return _image_encoder("resnet", c, kw, _RESNET_KW, backbone)
+
+
+def _build_corrformer(c: _Common, kw: dict[str, Any]) -> nn.Module:
+    _check_kw("corrformer", kw, _CORRFORMER_KW)
+    return CorrformerEncoder(c.d_model, c.seq_len, c.n_nodes, n_heads=c.n_heads, d_ff=c.d_ff,
+                             moving_avg=c.moving_avg, dropout=c.dropout, with_cp=c.with_cp, **kw)
+
+
+#: one builder per name of :data:`urlk_forecast.models.registry.ENCODERS`, in that order (a test checks it)
+_BUILDERS: dict[str, Callable[[_Common, dict[str, Any]], nn.Module]] = {
     "unireplknet": _build_unireplknet,
     "convnext": _build_convnext,
     "resnet": _build_resnet,
+    "corrformer": _build_corrformer,
 }
 
 
 def list_encoders() -> list[str]:
     """Names accepted by :func:`build_encoder` / ``ForecastNet(encoder=...)``."""
-    return [*_BUILDERS, "corrformer"]
+    return list(_BUILDERS)
 
 
 def build_encoder(name: str, *, d_model: int, seq_len: int, n_nodes: int, variant: str = "unireplknet_a",
@@ -428,12 +390,8 @@ def build_encoder(name: str, *, d_model: int, seq_len: int, n_nodes: int, varian
     The module has ``token_kind`` (``"spatial"`` image tokens or ``"temporal"`` time-step tokens) and
     ``out_tokens`` (T). Extra options are validated per encoder (a TypeError lists the accepted ones).
     """
-    key = str(name).strip().lower()
-    if key == "corrformer":
-        _check_kw("corrformer", kw, _CORRFORMER_KW)
-        enc = CorrformerEncoder(d_model, seq_len, n_nodes, n_heads=n_heads, d_ff=d_ff, moving_avg=moving_avg,
-                                dropout=dropout, with_cp=with_cp, **kw)
-        return enc
+    key = normalize_name(name)
     if key not in _BUILDERS:
         raise ValueError(f"unknown encoder {name!r}; available: {', '.join(list_encoders())}")
-    return _BUILDERS[key](d_model, seq_len, variant, kernel_size, with_cp, **kw)
+    common = _Common(d_model, seq_len, n_nodes, variant, kernel_size, n_heads, d_ff, moving_avg, dropout, with_cp)
+    return _BUILDERS[key](common, dict(kw))

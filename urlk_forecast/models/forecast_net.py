@@ -37,42 +37,61 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..utils import normalize_name, to_jsonable
 from .corrformer import auto_node_list, build_multi_correlation
 from .decoder import CrossAttention, Decoder, DecoderLayer, SeriesDecomp
 from .embedding import DataEmbedding, NodeGrouping, RevIN
 from .encoders import build_encoder
+from .fusion import build_forecast_fusion
+from .layers import reparameterize_children
+from .registry import DEFAULT_D_MODEL, variant_key
 
 __all__ = ["ForecastNet", "DEFAULT_D_MODEL", "default_d_model"]
-
-#: d_model per UniRepLKNet variant: the paper's 768 for S and larger (48·768 = 192²); smaller for the small
-#: variants so the Eq. 2 images (one per node: 350 per window at 3850 stations) stay affordable on a CPU:
-#: 48·128 → 64×96 (a, f), 48·256 → 96×128 (p, n), 48·512 → 128×192 (t). Measured on the 2-core CPU, one
-#: 3850-station window costs about 3× more forward+backward at 256 than at 128 (docs/forecasting.md).
-DEFAULT_D_MODEL: dict[str, int] = {
-    "a": 128, "f": 128, "p": 256, "n": 256, "t": 512, "s": 768, "b": 768, "l": 768, "xl": 768, "h": 768,
-}
 
 _BATCH_KEYS = ("x", "x_mark", "y_mark")
 
 
 def default_d_model(variant: str) -> int:
-    """Default ``d_model`` for a variant name such as ``"unireplknet_a"`` or ``"s"``."""
-    key = str(variant).strip().lower().replace("-", "_").removeprefix("unireplknet_")
-    if key not in DEFAULT_D_MODEL:
-        raise ValueError(f"unknown variant {variant!r}; available: {', '.join(DEFAULT_D_MODEL)}")
-    return DEFAULT_D_MODEL[key]
+    """Default ``d_model`` for a variant name such as ``"unireplknet_a"`` or ``"s"`` (the registry's
+    :data:`~urlk_forecast.models.registry.DEFAULT_D_MODEL`: 768 as in the paper for S and larger, less below)."""
+    return DEFAULT_D_MODEL[variant_key(variant)]
 
 
-def _to_jsonable(v: Any) -> Any:
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, (tuple, list)):
-        return [_to_jsonable(x) for x in v]
-    if isinstance(v, Mapping):
-        return {str(k): _to_jsonable(x) for k, x in v.items()}
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
+def _check_sizes(n_stations: int, node_size: int, seq_len: int, label_len: int, pred_len: int, d_model: int,
+                 n_heads: int, dropout: float) -> None:
+    if n_stations < 1:
+        raise ValueError(f"n_stations must be >= 1, got {n_stations}")
+    if node_size < 1:
+        raise ValueError(f"node_size must be >= 1, got {node_size}")
+    if seq_len < 2 or pred_len < 1 or not 0 <= label_len <= seq_len:
+        raise ValueError(f"need seq_len >= 2, pred_len >= 1 and 0 <= label_len <= seq_len; got seq_len={seq_len}, "
+                         f"label_len={label_len}, pred_len={pred_len}")
+    if d_model % n_heads:
+        raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+
+
+def _node_list(node_list: Sequence[int] | None, n_nodes: int, n_stations: int, node_size: int) -> list[int]:
+    """The spatial tree (factors of ``n_nodes``): ``node_list`` checked, or the automatic one."""
+    out = [int(v) for v in node_list] if node_list is not None else auto_node_list(n_nodes)
+    if math.prod(out) != n_nodes:
+        raise ValueError(f"node_list {out} multiplies to {math.prod(out)}, but {n_stations} stations "
+                         f"in nodes of {node_size} make {n_nodes} nodes")
+    return out
+
+
+def _coords_tensor(coords: Any, n_stations: int) -> torch.Tensor:
+    """``(n_stations, 3)`` standardised lat/lon/elevation as float32 (zeros when not given)."""
+    if coords is None:
+        return torch.zeros(n_stations, 3)
+    coords_t = torch.as_tensor(np.asarray(coords, dtype=np.float32))
+    if coords_t.shape != (n_stations, 3):
+        raise ValueError(f"coords must have shape (n_stations, 3) = ({n_stations}, 3), got {tuple(coords_t.shape)}")
+    if not torch.isfinite(coords_t).all():
+        raise ValueError("coords contain NaN/inf; standardise lat/lon/elevation and fill unknown "
+                         "elevations before building the network")
+    return coords_t.clone()
 
 
 class ForecastNet(nn.Module):
@@ -110,42 +129,17 @@ class ForecastNet(nn.Module):
         super().__init__()
         n_stations, node_size = int(n_stations), int(node_size)
         seq_len, label_len, pred_len = int(seq_len), int(label_len), int(pred_len)
-        if n_stations < 1:
-            raise ValueError(f"n_stations must be >= 1, got {n_stations}")
-        if node_size < 1:
-            raise ValueError(f"node_size must be >= 1, got {node_size}")
-        if seq_len < 2 or pred_len < 1 or not 0 <= label_len <= seq_len:
-            raise ValueError(f"need seq_len >= 2, pred_len >= 1 and 0 <= label_len <= seq_len; got seq_len={seq_len}, "
-                             f"label_len={label_len}, pred_len={pred_len}")
         d_model = int(d_model) if d_model is not None else default_d_model(variant)
-        if d_model % n_heads:
-            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        encoder = str(encoder).strip().lower()
+        _check_sizes(n_stations, node_size, seq_len, label_len, pred_len, d_model, n_heads, dropout)
+        encoder = normalize_name(encoder)
 
         self.grouping = NodeGrouping(n_stations, node_size)
         n_nodes = self.grouping.n_nodes
-        node_list = [int(v) for v in node_list] if node_list is not None else auto_node_list(n_nodes)
-        if math.prod(node_list) != n_nodes:
-            raise ValueError(f"node_list {node_list} multiplies to {math.prod(node_list)}, but {n_stations} stations "
-                             f"in nodes of {node_size} make {n_nodes} nodes")
-
+        node_list = _node_list(node_list, n_nodes, n_stations, node_size)
         self.n_stations, self.node_size, self.n_nodes = n_stations, node_size, n_nodes
         self.seq_len, self.label_len, self.pred_len = seq_len, label_len, pred_len
         self.d_model = d_model
-
-        if coords is None:
-            coords_t = torch.zeros(n_stations, 3)
-        else:
-            coords_t = torch.as_tensor(np.asarray(coords, dtype=np.float32))
-            if coords_t.shape != (n_stations, 3):
-                raise ValueError(f"coords must have shape (n_stations, 3) = ({n_stations}, 3), got "
-                                 f"{tuple(coords_t.shape)}")
-            if not torch.isfinite(coords_t).all():
-                raise ValueError("coords contain NaN/inf; standardise lat/lon/elevation and fill unknown "
-                                 "elevations before building the network")
-        self.register_buffer("coords", coords_t.clone())
+        self.register_buffer("coords", _coords_tensor(coords, n_stations))
 
         self.revin = RevIN(node_size) if revin else None
         self.decomp = SeriesDecomp(moving_avg)
@@ -161,32 +155,17 @@ class ForecastNet(nn.Module):
         self.encoder = build_encoder(encoder, d_model=d_model, seq_len=seq_len, n_nodes=n_nodes, variant=variant,
                                      kernel_size=kernel_size, n_heads=n_heads, d_ff=d_ff, moving_avg=moving_avg,
                                      dropout=dropout, with_cp=with_cp, **enc_kw)
-        token_kind = getattr(self.encoder, "token_kind", "spatial")
-        cross = cross or ("attention" if token_kind == "spatial" else "correlation")
+        cross = cross or ("attention" if getattr(self.encoder, "token_kind", "spatial") == "spatial" else "correlation")
         if cross not in ("attention", "correlation"):
             raise ValueError(f"cross must be 'attention' or 'correlation', got {cross!r}")
-
-        dec_len = label_len + pred_len
-        layers = []
-        for _ in range(int(d_layers)):
-            self_block = build_multi_correlation(d_model, n_heads, dec_len, node_list, **corr_kw)
-            cross_block = (CrossAttention(d_model, n_heads, dropout) if cross == "attention"
-                           else build_multi_correlation(d_model, n_heads, dec_len, node_list, **corr_kw))
-            layers.append(DecoderLayer(self_block, cross_block, d_model, node_size, d_ff, moving_avg, dropout,
-                                       activation))
+        layers = [self._decoder_layer(cross, n_heads, node_list, corr_kw, d_ff, moving_avg, dropout, activation)
+                  for _ in range(int(d_layers))]
         self.decoder = Decoder(layers, d_model, node_size, with_cp=with_cp)
+        self.fusion = None if fusion is None else build_forecast_fusion(
+            **dict(fusion), d_model=d_model, seq_len=seq_len, n_nodes=n_nodes, node_size=node_size,
+            n_stations=n_stations)
 
-        self.fusion = None
-        if fusion is not None:
-            from . import fusion as fusion_mod
-
-            builder = getattr(fusion_mod, "build_forecast_fusion", None)
-            if builder is None:
-                raise ValueError("fusion was requested but urlk_forecast.models.fusion has no build_forecast_fusion")
-            self.fusion = builder(**dict(fusion), d_model=d_model, seq_len=seq_len, n_nodes=n_nodes,
-                                  node_size=node_size, n_stations=n_stations)
-
-        self.config: dict[str, Any] = _to_jsonable(dict(
+        self.config: dict[str, Any] = to_jsonable(dict(
             n_stations=n_stations, coords=None, node_size=node_size, seq_len=seq_len, label_len=label_len,
             pred_len=pred_len, d_model=d_model, encoder=encoder, variant=variant, kernel_size=kernel_size,
             dropout=dropout, moving_avg=moving_avg, n_heads=n_heads, d_ff=d_ff, revin=revin, with_cp=with_cp,
@@ -195,6 +174,16 @@ class ForecastNet(nn.Module):
             activation=activation, cross=cross, **encoder_kw,
         ))
         self.reparameterized = False
+
+    def _decoder_layer(self, cross: str, n_heads: int, node_list: list[int], corr_kw: dict[str, Any],
+                       d_ff: int | None, moving_avg: int, dropout: float, activation: str) -> DecoderLayer:
+        """One decoder layer: self multi-correlation, cross attention (image tokens) or cross multi-correlation."""
+        dec_len = self.label_len + self.pred_len
+        self_block = build_multi_correlation(self.d_model, n_heads, dec_len, node_list, **corr_kw)
+        cross_block = (CrossAttention(self.d_model, n_heads, dropout) if cross == "attention"
+                       else build_multi_correlation(self.d_model, n_heads, dec_len, node_list, **corr_kw))
+        return DecoderLayer(self_block, cross_block, self.d_model, self.node_size, d_ff, moving_avg, dropout,
+                            activation)
 
     # ------------------------------------------------------------------------------------------ forward
     def _check_batch(self, batch: Mapping[str, torch.Tensor]) -> None:
@@ -254,10 +243,10 @@ class ForecastNet(nn.Module):
 
     # ----------------------------------------------------------------------------------------- helpers
     def reparameterize(self) -> ForecastNet:
-        """Convert the encoder to its inference form in place (identical outputs in eval mode)."""
-        rep = getattr(self.encoder, "reparameterize", None)
-        if rep is not None:
-            rep()
+        """Convert the network to its inference form in place (identical outputs in eval mode): every part that
+        has a ``reparameterize()`` (the encoder's blocks, BatchNorms folded) through
+        :func:`~urlk_forecast.models.layers.reparameterize_model`."""
+        reparameterize_children(self)
         self.reparameterized = True
         return self
 

@@ -27,6 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils import normalize_name
+from .layers import reparameterize_children
+from .unireplknet import create_model
+
 __all__ = [
     "hz_to_mel",
     "mel_to_hz",
@@ -331,7 +335,7 @@ MODALITIES: dict[str, type[nn.Module]] = {
     "video": VideoAdapter,
     "point_cloud": PointCloudAdapter,
 }
-_ALIASES = {"pointcloud": "point_cloud", "points": "point_cloud", "point-cloud": "point_cloud", "images": "image"}
+_ALIASES = {"pointcloud": "point_cloud", "points": "point_cloud", "images": "image"}
 
 
 class ModalityClassifier(nn.Module):
@@ -352,10 +356,8 @@ class ModalityClassifier(nn.Module):
         return self.backbone.norm(feats.mean(dim=(-2, -1)))
 
     def reparameterize(self) -> ModalityClassifier:
-        """Re-parameterize the backbone in place (identical outputs in eval mode)."""
-        from .unireplknet import reparameterize_model
-
-        reparameterize_model(self.backbone)
+        """Re-parameterize in place, the backbone blocks among others (identical outputs in eval mode)."""
+        reparameterize_children(self)
         return self
 
 
@@ -368,9 +370,8 @@ def create_classifier(modality: str, variant: str = "unireplknet_a", num_classes
     :func:`~urlk_forecast.models.unireplknet.create_model` (e.g. ``dims``, ``depths``, ``kernel_sizes``,
     ``drop_path_rate``, ``pretrained``).
     """
-    from .unireplknet import create_model
-
-    key = _ALIASES.get(str(modality).strip().lower(), str(modality).strip().lower())
+    key = normalize_name(modality)
+    key = _ALIASES.get(key, key)
     if key not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; available: {', '.join(MODALITIES)}")
     cls = MODALITIES[key]

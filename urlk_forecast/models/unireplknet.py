@@ -11,14 +11,25 @@ update BatchNorm running statistics twice.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from urlk_forecast.models.checkpoint import load_pretrained
+from urlk_forecast.models.layers import (
+    DropPath,
+    LayerNorm,
+    checkpoint_once,
+    fold_bn,
+    init_trunc_normal,
+    reparameterize_model,
+    run_dwconv,
+    set_weight_and_bias,
+)
+from urlk_forecast.models.registry import VARIANTS, list_models, variant_config
 from urlk_forecast.ops import DWConv2d, dwconv2d
 from urlk_forecast.ops.reparam import branch_table, fold_ffn_tail, fuse_bn, merge_dilated_branches
 
@@ -41,29 +52,6 @@ MIN_INPUT_SIZE = 32
 
 
 # --------------------------------------------------------------------------------------------------- layers
-class LayerNorm(nn.Module):
-    """LayerNorm over channels for ``channels_last`` (N, H, W, C) or ``channels_first`` (N, C, H, W) input."""
-
-    def __init__(self, normalized_shape: int, eps: float = 1e-6, data_format: str = "channels_last") -> None:
-        super().__init__()
-        if data_format not in ("channels_last", "channels_first"):
-            raise ValueError(f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}")
-        self.weight = nn.Parameter(torch.ones(normalized_shape))
-        self.bias = nn.Parameter(torch.zeros(normalized_shape))
-        self.eps = eps
-        self.data_format = data_format
-        self.normalized_shape = (normalized_shape,)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.data_format == "channels_last":
-            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        y = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
-        return y.permute(0, 3, 1, 2).contiguous()
-
-    def extra_repr(self) -> str:
-        return f"{self.normalized_shape[0]}, eps={self.eps}, data_format={self.data_format}"
-
-
 class GRNwithNHWC(nn.Module):
     """Global Response Normalization on NHWC input: ``(gamma * Nx + 1) * x + beta``.
 
@@ -124,39 +112,8 @@ class SEBlock(nn.Module):
         return inputs * s
 
 
-class DropPath(nn.Module):
-    """Stochastic depth per sample (identity in eval mode or with ``drop_prob == 0``)."""
-
-    def __init__(self, drop_prob: float = 0.0) -> None:
-        super().__init__()
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
-        self.drop_prob = drop_prob
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask.div_(keep)
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob:.3f}"
-
-
 def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels)
-
-
-def _dw(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Run a depthwise conv module; under autocast (x in bf16/fp16, weights fp32) cast the weights to x's dtype.
-
-    ``F.conv2d`` is autocast-aware but the own op is not: it requires equal dtypes, as does any custom kernel.
-    """
-    if not isinstance(conv, DWConv2d) or x.dtype == conv.weight.dtype:
-        return conv(x)
-    bias = conv.bias.to(x.dtype) if conv.bias is not None else None
-    return dwconv2d(x, conv.weight.to(x.dtype), bias, conv.padding, conv.dilation)
 
 
 # ------------------------------------------------------------------------------------ Dilated Reparam Block
@@ -200,13 +157,13 @@ class DilatedReparamBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
-            return _dw(self.lk_origin, x)
+            return run_dwconv(self.lk_origin, x)
         if self.fuse_in_eval and not self.training:
             w, b = self._fused_kernel()
             return dwconv2d(x, w.to(x.dtype), b.to(x.dtype))
-        out = self.origin_bn(_dw(self.lk_origin, x))
+        out = self.origin_bn(run_dwconv(self.lk_origin, x))
         for conv, bn, _ in self._branches():
-            out = out + bn(_dw(conv, x))
+            out = out + bn(run_dwconv(conv, x))
         return out
 
     @torch.no_grad()
@@ -216,27 +173,20 @@ class DilatedReparamBlock(nn.Module):
             return
         w, b = fuse_bn(self.lk_origin.weight, self.origin_bn)
         branches = [(*fuse_bn(conv.weight, bn), r) for conv, bn, r in self._branches()]
-        w, b = merge_dilated_branches(w, b, branches)
-        self.lk_origin = _new_dwconv(self.channels, self.kernel_size, w, b, self.lk_origin.weight.requires_grad)
+        set_weight_and_bias(self.lk_origin, *merge_dilated_branches(w, b, branches))
         del self.origin_bn
         for k, r in zip(self.kernel_sizes, self.dilates):
             delattr(self, f"dil_conv_k{k}_{r}")
             delattr(self, f"dil_bn_k{k}_{r}")
 
+    def reparameterize(self) -> None:
+        """Inference form (see :func:`~urlk_forecast.models.layers.reparameterize_model`): merge the branches."""
+        self.merge_dilated_branches()
+
     def extra_repr(self) -> str:
         if self.merged:
             return f"kernel_size={self.kernel_size}, merged"
         return f"kernel_size={self.kernel_size}, branches k={self.kernel_sizes} r={self.dilates}"
-
-
-def _new_dwconv(channels: int, kernel_size: int, weight: torch.Tensor, bias: torch.Tensor,
-                requires_grad: bool = True) -> DWConv2d:
-    conv = DWConv2d(channels, kernel_size, bias=True).to(device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        conv.weight.copy_(weight)
-        conv.bias.copy_(bias)
-    conv.requires_grad_(requires_grad)
-    return conv
 
 
 def _check_kernel_size(k: Any, where: str) -> int:
@@ -293,7 +243,7 @@ class UniRepLKNetBlock(nn.Module):
         self.drop_path: nn.Module = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def _f(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.se(self.norm(_dw(self.dwconv, x)))
+        y = self.se(self.norm(run_dwconv(self.dwconv, x)))
         return self.pwconv2(self.act(self.pwconv1(y)))
 
     def compute_residual(self, x: torch.Tensor) -> torch.Tensor:
@@ -305,7 +255,7 @@ class UniRepLKNetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.with_cp and x.requires_grad and torch.is_grad_enabled():
-            return x + _checkpoint_once(self, self.compute_residual, x)
+            return x + checkpoint_once(self, self.compute_residual, x)
         if self.gamma is not None and (not self.training or isinstance(self.drop_path, nn.Identity)):
             return torch.addcmul(x, self._f(x), self.gamma.view(1, -1, 1, 1))  # x + gamma * f(x), one pass
         return x + self.compute_residual(x)
@@ -316,69 +266,18 @@ class UniRepLKNetBlock(nn.Module):
         if isinstance(self.dwconv, DilatedReparamBlock):
             self.dwconv.merge_dilated_branches()
         if isinstance(self.norm, nn.BatchNorm2d):
-            conv = self.dwconv.lk_origin if isinstance(self.dwconv, DilatedReparamBlock) else self.dwconv
-            w, b = fuse_bn(conv.weight, self.norm, conv.bias)
-            fused = _new_dwconv(self.dim, self.kernel_size, w, b, conv.weight.requires_grad)
-            if isinstance(self.dwconv, DilatedReparamBlock):
-                self.dwconv.lk_origin = fused
-            else:
-                self.dwconv = fused
+            fold_bn(self.dwconv.lk_origin if isinstance(self.dwconv, DilatedReparamBlock) else self.dwconv, self.norm)
             self.norm = nn.Identity()
         if len(self.pwconv2) == 3:
             linear, bn, grn = self.pwconv2[0], self.pwconv2[2], self.act[1]
-            weight, bias = fold_ffn_tail(linear.weight, linear.bias, grn.beta, bn, self.gamma)
-            new_linear = nn.Linear(weight.shape[1], weight.shape[0], bias=True)
-            new_linear = new_linear.to(device=weight.device, dtype=weight.dtype)
-            new_linear.weight.copy_(weight)
-            new_linear.bias.copy_(bias)
-            new_linear.requires_grad_(linear.weight.requires_grad)
-            self.pwconv2 = nn.Sequential(new_linear, NHWCtoNCHW())
+            set_weight_and_bias(linear, *fold_ffn_tail(linear.weight, linear.bias, grn.beta, bn, self.gamma))
+            self.pwconv2 = nn.Sequential(linear, self.pwconv2[1])
             grn.beta = None
             grn.use_bias = False
             self.gamma = None
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, kernel_size={self.kernel_size}"
-
-
-class _FrozenBNStats:
-    """Context manager: BatchNorms in ``module`` keep their running statistics (and batch counter) unchanged.
-
-    Momentum is set to 0 so the (still batch-statistics) forward is bit-identical and autograd saves the same
-    tensors as in the first pass; the counter incremented by the forward is restored on exit.
-    """
-
-    def __init__(self, module: nn.Module) -> None:
-        self.bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-    def __enter__(self) -> None:
-        self.saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
-                      for m in self.bns]
-        for m in self.bns:
-            m.momentum = 0.0
-
-    def __exit__(self, *exc: object) -> None:
-        for m, (momentum, count) in zip(self.bns, self.saved):
-            m.momentum = momentum
-            if count is not None:
-                m.num_batches_tracked.copy_(count)
-
-
-def _checkpoint_once(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Gradient checkpointing whose backward recomputation leaves BN running statistics untouched.
-
-    (Plain ``torch.utils.checkpoint`` re-runs the forward in backward, updating running stats twice.)
-    """
-    calls = [0]
-
-    def run(inp: torch.Tensor) -> torch.Tensor:
-        calls[0] += 1
-        if calls[0] == 1 or not module.training:
-            return fn(inp)
-        with _FrozenBNStats(module):
-            return fn(inp)
-
-    return checkpoint(run, x, use_reentrant=False)
 
 
 # ------------------------------------------------------------------------------------------------ network
@@ -480,16 +379,17 @@ class UniRepLKNet(nn.Module):
                 raise ValueError(f"out_indices must be distinct stage indices from 0..3, got {out_indices}")
             out_indices = tuple(sorted(out_indices))
         #: constructor arguments (JSON-friendly), e.g. to rebuild the training form of a deploy model
+        kernel_sizes = _resolve_kernel_sizes(kernel_sizes, depths)
         self.config: dict[str, Any] = {
             "in_chans": in_chans, "num_classes": num_classes, "depths": depths, "dims": dims,
-            "kernel_sizes": _resolve_kernel_sizes(kernel_sizes, depths), "drop_path_rate": drop_path_rate,
+            "kernel_sizes": kernel_sizes, "drop_path_rate": drop_path_rate,
             "layer_scale_init_value": layer_scale_init_value, "head_init_scale": head_init_scale, "deploy": deploy,
             "with_cp": with_cp, "out_indices": out_indices,
         }
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.depths, self.dims = depths, dims
-        self.kernel_sizes = _resolve_kernel_sizes(kernel_sizes, depths)
+        self.kernel_sizes = kernel_sizes
         self.out_indices = out_indices
         self.deploy = deploy
         self.num_features = dims[-1]
@@ -519,7 +419,7 @@ class UniRepLKNet(nn.Module):
         else:
             for i in out_indices:
                 self.add_module(f"norm{i}", LayerNorm(dims[i], eps=1e-6, data_format="channels_first"))
-        self.apply(_init_weights)
+        self.apply(init_trunc_normal)
         if isinstance(self.head if out_indices is None else None, nn.Linear):
             with torch.no_grad():
                 self.head.weight.mul_(head_init_scale)
@@ -584,74 +484,22 @@ class UniRepLKNet(nn.Module):
         return self.forward_head(feats[-1])
 
     def reparameterize(self) -> UniRepLKNet:
-        """Re-parameterize in place (see :func:`reparameterize_model`)."""
-        return reparameterize_model(self)
+        """Re-parameterize every block in place (see :func:`reparameterize_model`); afterwards the module tree and
+        state-dict keys are those of the model built with ``deploy=True``."""
+        for block in self.blocks():
+            block.reparameterize()
+        self.deploy = True
+        return self
 
 
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, (nn.Conv2d, nn.Linear)):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-
-
-def reparameterize_model(model: nn.Module) -> nn.Module:
-    """Structurally re-parameterize every UniRepLKNet block inside ``model``, in place; returns ``model``.
-
-    Afterwards each :class:`UniRepLKNet` has the module tree and state-dict keys of one built with
-    ``deploy=True``. Uses the BatchNorm running statistics, i.e. the result equals the model in eval mode.
-    """
-    for m in list(model.modules()):
-        if isinstance(m, UniRepLKNetBlock):
-            m.reparameterize()
-        elif isinstance(m, DilatedReparamBlock):
-            m.merge_dilated_branches()
-    for m in model.modules():
-        if isinstance(m, UniRepLKNet):
-            m.deploy = True
-    return model
-
-
-# ----------------------------------------------------------------------------------------------- registry
-VARIANTS: dict[str, dict[str, tuple[int, ...]]] = {
-    "unireplknet_a": {"depths": (2, 2, 6, 2), "dims": (40, 80, 160, 320)},
-    "unireplknet_f": {"depths": (2, 2, 6, 2), "dims": (48, 96, 192, 384)},
-    "unireplknet_p": {"depths": (2, 2, 6, 2), "dims": (64, 128, 256, 512)},
-    "unireplknet_n": {"depths": (2, 2, 8, 2), "dims": (80, 160, 320, 640)},
-    "unireplknet_t": {"depths": (3, 3, 18, 3), "dims": (80, 160, 320, 640)},
-    "unireplknet_s": {"depths": (3, 3, 27, 3), "dims": (96, 192, 384, 768)},
-    "unireplknet_b": {"depths": (3, 3, 27, 3), "dims": (128, 256, 512, 1024)},
-    "unireplknet_l": {"depths": (3, 3, 27, 3), "dims": (192, 384, 768, 1536)},
-    "unireplknet_xl": {"depths": (3, 3, 27, 3), "dims": (256, 512, 1024, 2048)},
-    "unireplknet_h": {"depths": (3, 3, 27, 3), "dims": (480, 960, 1920, 3840)},
-}
-
-
-def list_models() -> list[str]:
-    """Registered variant names, smallest first."""
-    return list(VARIANTS)
-
-
-def _canonical_name(name: str) -> str:
-    key = str(name).strip().lower().replace("-", "_")
-    if key in VARIANTS:
-        return key
-    if f"unireplknet_{key}" in VARIANTS:
-        return f"unireplknet_{key}"
-    raise ValueError(f"unknown UniRepLKNet variant {name!r}; available: {', '.join(VARIANTS)}")
-
-
+# ------------------------------------------------------------------------------------------------ factory
 def create_model(name: str, pretrained: str | os.PathLike[str] | None = None, **overrides: Any) -> UniRepLKNet:
     """Build a registered variant (``"unireplknet_a"`` or just ``"a"``) with any constructor argument overridden.
 
     ``pretrained`` optionally names a checkpoint loaded strictly with
     :func:`urlk_forecast.models.checkpoint.load_pretrained`.
     """
-    cfg: dict[str, Any] = dict(VARIANTS[_canonical_name(name)])
-    cfg.update(overrides)
-    model = UniRepLKNet(**cfg)
+    model = UniRepLKNet(**{**variant_config(name), **overrides})
     if pretrained is not None:
-        from urlk_forecast.models.checkpoint import load_pretrained  # checkpoint.py imports this module
-
         load_pretrained(model, pretrained)
     return model

@@ -1,0 +1,184 @@
+"""Layers and helpers shared by the backbones (UniRepLKNet, the ConvNeXt/ResNet comparison encoders, the modality
+classifiers): LayerNorm in both layouts, stochastic depth, gradient checkpointing that leaves BatchNorm running
+statistics alone, BatchNorm folding (through the pure functions of :mod:`urlk_forecast.ops.reparam`) and the one
+structural re-parameterization walk, :func:`reparameterize_model`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from urlk_forecast.ops import DWConv2d, dwconv2d
+from urlk_forecast.ops.reparam import fuse_bn
+
+__all__ = [
+    "LayerNorm",
+    "LayerNorm2d",
+    "DropPath",
+    "run_dwconv",
+    "init_trunc_normal",
+    "FrozenBNStats",
+    "checkpoint_once",
+    "set_weight_and_bias",
+    "fold_bn",
+    "reparameterize_model",
+    "reparameterize_children",
+]
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over channels for ``channels_last`` (N, H, W, C) or ``channels_first`` (N, C, H, W) input."""
+
+    def __init__(self, normalized_shape: int, eps: float = 1e-6, data_format: str = "channels_last") -> None:
+        super().__init__()
+        if data_format not in ("channels_last", "channels_first"):
+            raise ValueError(f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}")
+        self.weight = nn.Parameter(torch.ones(normalized_shape))
+        self.bias = nn.Parameter(torch.zeros(normalized_shape))
+        self.eps = eps
+        self.data_format = data_format
+        self.normalized_shape = (normalized_shape,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.data_format == "channels_last":
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        y = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2).contiguous()
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape[0]}, eps={self.eps}, data_format={self.data_format}"
+
+
+class LayerNorm2d(LayerNorm):
+    """LayerNorm over the channel dim of an NCHW tensor (``LayerNorm(..., data_format="channels_first")``)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__(channels, eps, data_format="channels_first")
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (identity in eval mode or with ``drop_prob == 0``)."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.3f}"
+
+
+def run_dwconv(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run a depthwise conv module; under autocast (x in bf16/fp16, weights fp32) cast the weights to x's dtype.
+
+    ``F.conv2d`` is autocast-aware but the own op is not: it requires equal dtypes, as does any custom kernel.
+    """
+    if not isinstance(conv, DWConv2d) or x.dtype == conv.weight.dtype:
+        return conv(x)
+    bias = conv.bias.to(x.dtype) if conv.bias is not None else None
+    return dwconv2d(x, conv.weight.to(x.dtype), bias, conv.padding, conv.dilation)
+
+
+def init_trunc_normal(m: nn.Module) -> None:
+    """``module.apply`` initialiser: truncated-normal (std 0.02) conv/linear weights, zero biases."""
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+# ------------------------------------------------------------------------------------ gradient checkpointing
+class FrozenBNStats:
+    """Context manager: BatchNorms in ``module`` keep their running statistics (and batch counter) unchanged.
+
+    Momentum is set to 0 so the (still batch-statistics) forward is bit-identical and autograd saves the same
+    tensors as in the first pass; the counter incremented by the forward is restored on exit.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def __enter__(self) -> None:
+        self.saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+                      for m in self.bns]
+        for m in self.bns:
+            m.momentum = 0.0
+
+    def __exit__(self, *exc: object) -> None:
+        for m, (momentum, count) in zip(self.bns, self.saved):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+
+
+def checkpoint_once(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` under gradient checkpointing whose backward recomputation leaves the BatchNorm running statistics
+    of ``module`` untouched (plain ``torch.utils.checkpoint`` re-runs the forward, updating them twice)."""
+    calls = [0]
+
+    def run(inp: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        if calls[0] == 1 or not module.training:
+            return fn(inp)
+        with FrozenBNStats(module):
+            return fn(inp)
+
+    return checkpoint(run, x, use_reentrant=False)
+
+
+# ------------------------------------------------------------------------------------------ BN folding
+@torch.no_grad()
+def set_weight_and_bias(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """Give a conv or linear ``layer`` new ``weight`` and ``bias`` parameters in place (a missing bias is created,
+    under its usual state-dict name); they keep the old weight's ``requires_grad``."""
+    requires_grad = layer.weight.requires_grad
+    layer.weight = nn.Parameter(weight.detach().clone(), requires_grad=requires_grad)
+    layer.bias = nn.Parameter(bias.detach().clone(), requires_grad=requires_grad)
+
+
+def fold_bn(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    """Fold the eval-mode BatchNorm ``bn`` that follows ``layer`` (a conv or linear) into it, in place; the caller
+    then drops ``bn`` (e.g. replaces it with ``nn.Identity``)."""
+    weight, bias = fuse_bn(layer.weight, bn, layer.bias)
+    set_weight_and_bias(layer, weight, bias)
+
+
+# --------------------------------------------------------------------------------- re-parameterization
+def _children_first(model: nn.Module) -> Iterator[nn.Module]:
+    """Every module of ``model`` after all of its descendants (``model`` last); a snapshot taken up front."""
+    return reversed(list(model.modules()))  # modules() lists each parent before its descendants
+
+
+def reparameterize_model(model: nn.Module) -> nn.Module:
+    """Structurally re-parameterize ``model`` in place; returns ``model``.
+
+    Calls ``reparameterize()`` on every module that has one, children before parents (a block then sees its
+    branches already merged), ``model`` itself last (timm's convention). Every ``reparameterize()`` leaves its
+    module in inference form with identical eval-mode outputs, is idempotent and may convert its own children
+    first, so calling it on a part already converted costs nothing. The BatchNorm running statistics are used,
+    i.e. the result equals ``model`` in eval mode.
+    """
+    for module in _children_first(model):
+        fn = getattr(module, "reparameterize", None)
+        if callable(fn):
+            fn()
+    return model
+
+
+def reparameterize_children(module: nn.Module) -> None:
+    """:func:`reparameterize_model` on every child of ``module`` (what a container's ``reparameterize()`` does)."""
+    for child in list(module.children()):
+        reparameterize_model(child)
