@@ -85,7 +85,7 @@ def test_two_gloo_processes_follow_the_single_process_trajectory(tmp_path: Path)
     ws, val = make_ws(480, 6, seed=0), make_ws(200, 6, seed=1, start="2020-03-01")
     torch.manual_seed(0)
     model = TinyNet()
-    ref = train(model, ws, val, small_cfg(**DDP_CFG), out_dir=tmp_path / "one")
+    ref = train(model, ws, val, small_cfg(**DDP_CFG, out_dir=tmp_path / "one"))
     got = np.array(res["step_losses"])
     assert len(got) == len(ref.step_losses) == 10
     np.testing.assert_allclose(got, ref.step_losses, rtol=1e-5)
@@ -145,7 +145,7 @@ def _worker(out: str) -> None:
     ws, val = make_ws(480, 6, seed=0), make_ws(200, 6, seed=1, start="2020-03-01")
     torch.manual_seed(0)
     model = TinyNet()
-    res = train(model, ws, val, small_cfg(**DDP_CFG), out_dir=out)
+    res = train(model, ws, val, small_cfg(**DDP_CFG, out_dir=out))
     assert type(model.bn) is nn.BatchNorm1d  # converted back after training
     if ctx.is_main:
         torch.save(model.state_dict(), Path(out) / "final.pt")

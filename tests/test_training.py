@@ -231,7 +231,7 @@ def test_early_stopping_restores_best_epoch(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = TinyNet(bn=False)
     cfg = small_cfg(epochs=12, patience=2, lr=1e-2, lr_decay=1.0, loss_norm="none", val_windows=None)
-    res = train(model, ws, val, cfg, out_dir=tmp_path)
+    res = train(model, ws, val, cfg.replace(out_dir=tmp_path))
     vals = [h["val_loss"] for h in res.history]
     assert res.stopped == "early_stopping"
     b = res.best_epoch
@@ -248,13 +248,12 @@ def test_early_stopping_restores_best_epoch(tmp_path: Path) -> None:
 
 def test_max_steps_and_max_time_stop_cleanly_and_still_evaluate(data: tuple, tmp_path: Path) -> None:
     ws, val = data
-    res = train(TinyNet(), ws, val, small_cfg(epochs=5, max_steps=8), out_dir=tmp_path / "a")
+    res = train(TinyNet(), ws, val, small_cfg(epochs=5, max_steps=8, out_dir=tmp_path / "a"))
     assert res.stopped == "max_steps" and res.steps == 8
     assert res.history[-1]["partial"] and res.history[-1]["val_loss"] is not None
     ck = load_checkpoint(tmp_path / "a")
     assert ck["state"]["global_step"] == 8 and ck["state"]["step_in_epoch"] == 2
-    res = train(TinyNet(), ws, val, small_cfg(epochs=1000, steps_per_epoch=None, max_time=0.5),
-                out_dir=tmp_path / "b")
+    res = train(TinyNet(), ws, val, small_cfg(epochs=1000, steps_per_epoch=None, max_time=0.5, out_dir=tmp_path / "b"))
     assert res.stopped == "max_time" and 0 < res.steps < 1000 * (len(ws) // 8)
     assert res.elapsed_s < 5 and res.history and res.history[-1]["val_loss"] is not None
     assert (tmp_path / "b" / CHECKPOINT_NAME).is_file()
@@ -275,7 +274,7 @@ def test_seeded_runs_are_reproducible_and_seed_matters(data: tuple) -> None:
 def test_grad_clip_bounds_the_gradient_the_optimiser_sees(data: tuple, tmp_path: Path) -> None:
     ws, _ = data
     model = TinyNet()
-    train(model, ws, None, small_cfg(max_steps=1, grad_clip=1e-3, lr=1e-4), out_dir=tmp_path)
+    train(model, ws, None, small_cfg(max_steps=1, grad_clip=1e-3, lr=1e-4, out_dir=tmp_path))
     state = load_checkpoint(tmp_path)["optimizer"]["state"]
     # after one Adam step exp_avg = (1 - beta1) * g_clipped
     norm = math.sqrt(sum(float((s["exp_avg"] / 0.1).double().pow(2).sum()) for s in state.values()))
@@ -337,7 +336,7 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"bad.json: invalid JSON at line 2"):
         TrainConfig.from_json(tmp_path / "bad.json")
     with pytest.raises(ConfigError, match="resume=True needs out_dir"):
-        train(TinyNet(), make_ws(200), None, small_cfg(), resume=True)
+        train(TinyNet(), make_ws(200), None, small_cfg(resume=True))
 
 
 def test_forecaster_config_round_trip_and_defaults_match_the_forecaster(tmp_path: Path) -> None:
@@ -369,21 +368,21 @@ def test_mid_epoch_resume_in_process_equals_uninterrupted(data: tuple, tmp_path:
     cfg = small_cfg(epochs=3, patience=0, checkpoint_every=2)
     torch.manual_seed(0)
     ref = TinyNet(dropout=0.3)
-    r_ref = train(ref, ws, val, cfg, out_dir=tmp_path / "ref")
+    r_ref = train(ref, ws, val, cfg.replace(out_dir=tmp_path / "ref"))
     torch.manual_seed(0)
     m = TinyNet(dropout=0.3)
-    r1 = train(m, ws, val, cfg.replace(max_steps=9), out_dir=tmp_path / "run")  # stops mid epoch 2
+    r1 = train(m, ws, val, cfg.replace(max_steps=9, out_dir=tmp_path / "run"))  # stops mid epoch 2
     assert r1.stopped == "max_steps"
     torch.manual_seed(99)  # a different init: resume must overwrite everything
     m2 = TinyNet(dropout=0.3)
-    r2 = train(m2, ws, val, cfg, out_dir=tmp_path / "run", resume=True)
+    r2 = train(m2, ws, val, cfg.replace(out_dir=tmp_path / "run", resume=True))
     assert r2.resumed_from == {"epoch": 1, "step_in_epoch": 3, "global_step": 9}
     assert torch.equal(flat_params(m2), flat_params(ref))
     assert r2.step_losses == r_ref.step_losses
     assert _comparable(r2.history) == _comparable(r_ref.history)
     # a changed batch size cannot resume the same data order
     with pytest.raises(ConfigError, match="batch_size: checkpoint 8 vs now 4"):
-        train(TinyNet(), ws, val, cfg.replace(batch_size=4), out_dir=tmp_path / "run", resume=True)
+        train(TinyNet(), ws, val, cfg.replace(batch_size=4, out_dir=tmp_path / "run", resume=True))
 
 
 def _worker_cmd(out: Path, **kw: object) -> list[str]:
@@ -448,7 +447,7 @@ def _worker(out: str, kw_json: str) -> None:
     model = TinyNet(dropout=dropout)
     if slow:  # make every step take a while so the parent can kill the process mid-run
         model.register_forward_pre_hook(lambda *_: time.sleep(slow))
-    res = train(model, ws, val, small_cfg(patience=0, **kw), out_dir=out, resume=resume)
+    res = train(model, ws, val, small_cfg(patience=0, out_dir=out, resume=resume, **kw))
     d = res.to_dict()
     d["history"] = _comparable(d["history"])
     torch.save(model.state_dict(), Path(out) / "final.pt")

@@ -33,7 +33,7 @@ def test_amp_on_cuda_tracks_fp32(data: tuple, tmp_path: Path) -> None:
     losses = {}
     for amp in (False, "fp16", "bf16"):
         torch.manual_seed(0)
-        res = train(TinyNet(), ws, val, small_cfg(device="cuda", amp=amp, epochs=2), out_dir=tmp_path / str(amp))
+        res = train(TinyNet(), ws, val, small_cfg(device="cuda", amp=amp, epochs=2, out_dir=tmp_path / str(amp)))
         assert all(math.isfinite(v) for v in res.step_losses)
         losses[amp] = res.step_losses
     for amp in ("fp16", "bf16"):
@@ -49,11 +49,11 @@ def test_cuda_resume_equals_uninterrupted_and_loads_on_cpu(data: tuple, tmp_path
     cfg = small_cfg(device="cuda", epochs=2, patience=0, checkpoint_every=2)
     torch.manual_seed(0)
     ref = TinyNet(dropout=0.3)
-    r_ref = train(ref, ws, val, cfg, out_dir=tmp_path / "ref")
+    r_ref = train(ref, ws, val, cfg.replace(out_dir=tmp_path / "ref"))
     torch.manual_seed(0)
-    train(TinyNet(dropout=0.3), ws, val, cfg.replace(max_steps=5), out_dir=tmp_path / "run")
+    train(TinyNet(dropout=0.3), ws, val, cfg.replace(max_steps=5, out_dir=tmp_path / "run"))
     m = TinyNet(dropout=0.3)
-    r = train(m, ws, val, cfg, out_dir=tmp_path / "run", resume=True)
+    r = train(m, ws, val, cfg.replace(out_dir=tmp_path / "run", resume=True))
     assert r.step_losses == r_ref.step_losses
     assert torch.equal(flat_params(m), flat_params(ref))
     assert next(m.parameters()).device.type == "cuda"

@@ -14,11 +14,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from .utils import atomic_write_text, to_jsonable  # atomic_write_text is also re-exported from here (__all__)
 
 __all__ = [
     "TrainConfig",
@@ -62,23 +63,6 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid."""
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file in the same directory + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class _JsonConfig:
     """Mixin: dict / JSON round trip with unknown-key checking for a dataclass."""
 
@@ -88,7 +72,7 @@ class _JsonConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of every field."""
-        return _jsonable(dataclasses.asdict(self))  # type: ignore[call-overload]
+        return to_jsonable(dataclasses.asdict(self))  # type: ignore[call-overload]
 
     @classmethod
     def from_dict(cls: type[_T], data: Mapping[str, Any], source: str = "config") -> _T:
@@ -130,30 +114,51 @@ class _JsonConfig:
         return type(self).from_dict(merged, source="overrides")
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    return obj
-
-
 _AMP_CHOICES = (False, True, "bf16", "fp16", "auto", "none")
 _LOSS_NORMS = ("station", "none")
 _OPTIMIZERS = ("adam", "adamw")
+_BACKENDS = (None, "gloo", "nccl", "mpi")
+
+
+def _positive_or_none(v: Any) -> bool:
+    return v is None or int(v) >= 1
+
+
+#: (field, check, what a valid value is) for :meth:`TrainConfig.validate`, checked in this order
+_TRAIN_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("lr", lambda v: v > 0, "must be > 0"),
+    ("lr_decay", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    ("epochs", lambda v: int(v) >= 1, "must be >= 1"),
+    ("batch_size", lambda v: int(v) >= 1, "must be >= 1"),
+    ("patience", lambda v: int(v) >= 0, "must be >= 0"),
+    ("checkpoint_every", lambda v: int(v) >= 0, "must be >= 0"),
+    ("log_every", lambda v: int(v) >= 0, "must be >= 0"),
+    ("max_steps", _positive_or_none, "must be >= 1 or None"),
+    ("steps_per_epoch", _positive_or_none, "must be >= 1 or None"),
+    ("val_windows", _positive_or_none, "must be >= 1 or None"),
+    ("eval_batch_size", _positive_or_none, "must be >= 1 or None"),
+    ("max_time", lambda v: v is None or v > 0, "must be > 0 seconds or None"),
+    ("log_every_s", lambda v: v >= 0, "must be >= 0 seconds"),
+    ("weight_decay", lambda v: v >= 0, "must be >= 0"),
+    ("grad_clip", lambda v: v is None or v > 0, "must be > 0 or None"),
+    ("amp", lambda v: v in _AMP_CHOICES, f"choose one of {list(_AMP_CHOICES)}"),
+    ("loss_norm", lambda v: v in _LOSS_NORMS, f"choose one of {list(_LOSS_NORMS)}"),
+    ("optimizer", lambda v: v in _OPTIMIZERS, f"choose one of {list(_OPTIMIZERS)}"),
+    ("betas", lambda v: len(v) == 2, "must be two numbers"),
+    ("backend", lambda v: v in _BACKENDS, "choose gloo, nccl, mpi or None"),
+)
 
 
 @dataclass
 class TrainConfig(_JsonConfig):
-    """Everything :func:`urlk_forecast.training.train` needs besides the model and the windows.
+    """Everything :class:`urlk_forecast.trainer.Trainer` needs besides the model and the windows.
 
     Schedule: ``lr`` for the first epoch, multiplied by ``lr_decay`` after every epoch (the paper's
     "type1" halving), at most ``epochs`` epochs, early stopping after ``patience`` epochs without a
     lower validation loss (``patience=0`` disables it); the weights of the best epoch are restored at the end.
     Limits ``max_steps`` (optimiser steps) and ``max_time`` (seconds of training, summed over resumes)
-    stop cleanly: the validation loss is still computed and the checkpoint still written.
+    stop cleanly: the validation loss is still computed and the checkpoint still written. ``out_dir`` and
+    ``resume`` are the only way to give the run directory and to continue from its checkpoint.
     """
 
     lr: float = 1e-4
@@ -181,10 +186,11 @@ class TrainConfig(_JsonConfig):
     device: str = "auto"  # "auto" = cuda if available else cpu; under DDP the local rank's device
     checkpoint_every: int = 0  # also write the checkpoint every N optimiser steps (0 = only each epoch)
     progress: bool | None = None  # tqdm bar; None = only when stderr is a terminal
-    log_every: int = 10  # steps between log lines when there is no progress bar
+    log_every: int = 10  # steps between log lines when there is no progress bar (0 = none by count)
+    log_every_s: float = 30.0  # without a progress bar also log at least every this many seconds (0 = never)
     prefetch: bool = True  # build the next batch in a background thread
-    out_dir: str | None = None  # where checkpoints / history go (train(out_dir=...) takes precedence)
-    resume: bool = False  # continue from out_dir/checkpoint.pt (train(resume=True) takes precedence)
+    out_dir: str | None = None  # where checkpoint.pt, best.pt, history.json and train_config.json go
+    resume: bool = False  # continue from out_dir/checkpoint.pt (needs out_dir)
     sync_batchnorm: bool = True  # under DDP convert BatchNorm to a synchronised BatchNorm (exact equivalence)
     find_unused_parameters: bool = False  # passed to DistributedDataParallel
     backend: str | None = None  # DDP backend; None = nccl on CUDA, gloo on CPU
@@ -193,43 +199,15 @@ class TrainConfig(_JsonConfig):
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):
             self.betas = tuple(self.betas)  # type: ignore[assignment]
+        if isinstance(self.out_dir, os.PathLike):
+            self.out_dir = os.fspath(self.out_dir)  # a Path is accepted; the field (and the JSON) holds a str
         self.validate()
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first invalid field."""
-        def bad(name: str, why: str) -> ConfigError:
-            return ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}")
-
-        if not (self.lr > 0):
-            raise bad("lr", "must be > 0")
-        if not (0 < self.lr_decay <= 1):
-            raise bad("lr_decay", "must be in (0, 1]")
-        for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise bad(name, "must be >= 1")
-        for name in ("patience", "checkpoint_every", "log_every"):
-            if int(getattr(self, name)) < 0:
-                raise bad(name, "must be >= 0")
-        for name in ("max_steps", "steps_per_epoch", "val_windows", "eval_batch_size"):
-            v = getattr(self, name)
-            if v is not None and int(v) < 1:
-                raise bad(name, "must be >= 1 or None")
-        if self.max_time is not None and not (self.max_time > 0):
-            raise bad("max_time", "must be > 0 seconds or None")
-        if self.weight_decay < 0:
-            raise bad("weight_decay", "must be >= 0")
-        if self.grad_clip is not None and not (self.grad_clip > 0):
-            raise bad("grad_clip", "must be > 0 or None")
-        if self.amp not in _AMP_CHOICES:
-            raise bad("amp", f"choose one of {list(_AMP_CHOICES)}")
-        if self.loss_norm not in _LOSS_NORMS:
-            raise bad("loss_norm", f"choose one of {list(_LOSS_NORMS)}")
-        if self.optimizer not in _OPTIMIZERS:
-            raise bad("optimizer", f"choose one of {list(_OPTIMIZERS)}")
-        if len(self.betas) != 2:
-            raise bad("betas", "must be two numbers")
-        if self.backend not in (None, "gloo", "nccl", "mpi"):
-            raise bad("backend", "choose gloo, nccl, mpi or None")
+        """Raise :class:`ConfigError` naming the first invalid field (the rules of ``_TRAIN_RULES``, in order)."""
+        for name, ok, why in _TRAIN_RULES:
+            if not ok(getattr(self, name)):
+                raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}")
 
 
 @dataclass

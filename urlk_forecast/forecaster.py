@@ -31,7 +31,6 @@ import torch
 import xarray as xr
 
 from .data.schema import COORD_ATTRS, VARIABLES, SchemaError, infer_frequency, make_dataset, validate
-from .models.registry import parse_model_name  # kept importable here: forecaster.parse_model_name
 
 __all__ = ["Forecaster", "parse_model_name", "FORMAT", "FORMAT_VERSION"]
 
@@ -40,6 +39,25 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.pt"
 STATIONS_NAME = "stations.json"
+
+_ENCODERS = ("unireplknet", "convnext", "resnet", "corrformer")
+_VARIANT_KEYS = ("a", "f", "p", "n", "t", "s", "b", "l", "xl", "h")
+
+
+def parse_model_name(model: str) -> tuple[str, str]:
+    """Model name → ``(encoder, variant)``: ``"unireplknet_s"`` → ``("unireplknet", "unireplknet_s")``,
+    ``"convnext"`` → ``("convnext", "unireplknet_a")``, ``"resnet_s"`` → ``("resnet", "unireplknet_s")``."""
+    key = str(model).strip().lower().replace("-", "_")
+    if key in _VARIANT_KEYS:
+        return "unireplknet", f"unireplknet_{key}"
+    for enc in _ENCODERS:
+        if key == enc:
+            return enc, "unireplknet_a"
+        if key.startswith(enc + "_") and key[len(enc) + 1:] in _VARIANT_KEYS:
+            return enc, f"unireplknet_{key[len(enc) + 1:]}"
+    names = [f"unireplknet_{v}" for v in _VARIANT_KEYS] + ["convnext[_v]", "resnet[_v]", "corrformer[_v]"]
+    raise ValueError(f"unknown model {model!r}; available: {', '.join(names)}")
+
 
 def _open(data: Any, what: str) -> xr.Dataset:
     if isinstance(data, xr.Dataset):
@@ -241,7 +259,8 @@ class Forecaster:
                 overrides[k] = v
         cfg = base.replace(**overrides) if overrides else base
         t0 = time.time()
-        result = train(net, train_ws, val_ws, cfg, out_dir=out_dir, resume=resume, callback=callback)
+        run_cfg = cfg.replace(out_dir=cfg.out_dir if out_dir is None else out_dir, resume=resume or cfg.resume)
+        result = train(net, train_ws, val_ws, run_cfg, callback=callback)
         net.eval()
         times = pd.DatetimeIndex(train_ds["time"].values)
         self.train_info = {
