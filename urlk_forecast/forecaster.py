@@ -31,6 +31,7 @@ import torch
 import xarray as xr
 
 from .data.schema import COORD_ATTRS, VARIABLES, SchemaError, infer_frequency, make_dataset, validate
+from .models.registry import parse_model_name  # kept importable here: forecaster.parse_model_name
 
 __all__ = ["Forecaster", "parse_model_name", "FORMAT", "FORMAT_VERSION"]
 
@@ -39,25 +40,6 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.pt"
 STATIONS_NAME = "stations.json"
-
-_ENCODERS = ("unireplknet", "convnext", "resnet", "corrformer")
-_VARIANT_KEYS = ("a", "f", "p", "n", "t", "s", "b", "l", "xl", "h")
-
-
-def parse_model_name(model: str) -> tuple[str, str]:
-    """Model name → ``(encoder, variant)``: ``"unireplknet_s"`` → ``("unireplknet", "unireplknet_s")``,
-    ``"convnext"`` → ``("convnext", "unireplknet_a")``, ``"resnet_s"`` → ``("resnet", "unireplknet_s")``."""
-    key = str(model).strip().lower().replace("-", "_")
-    if key in _VARIANT_KEYS:
-        return "unireplknet", f"unireplknet_{key}"
-    for enc in _ENCODERS:
-        if key == enc:
-            return enc, "unireplknet_a"
-        if key.startswith(enc + "_") and key[len(enc) + 1:] in _VARIANT_KEYS:
-            return enc, f"unireplknet_{key[len(enc) + 1:]}"
-    names = [f"unireplknet_{v}" for v in _VARIANT_KEYS] + ["convnext[_v]", "resnet[_v]", "corrformer[_v]"]
-    raise ValueError(f"unknown model {model!r}; available: {', '.join(names)}")
-
 
 def _open(data: Any, what: str) -> xr.Dataset:
     if isinstance(data, xr.Dataset):
