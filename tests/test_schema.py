@@ -44,6 +44,7 @@ def test_required_variable_missing():
 def test_convert_units_closed_form():
     np.testing.assert_allclose(convert_units(np.array([273.15, 300.0]), "K", "temperature"), [0.0, 26.85])
     np.testing.assert_allclose(convert_units(np.array([32.0, 212.0]), "degF", "temperature"), [0.0, 100.0])
-    np.testing.assert_allclose(convert_units(np.array([10.0]), "knots", "wind_speed"), [5.14444])
+    # 1 knot = 1 nautical mile (1852 m) per hour, exactly
+    np.testing.assert_allclose(convert_units(np.array([10.0]), "knots", "wind_speed"), [10 * 1852 / 3600], rtol=1e-12)
     with pytest.raises(SchemaError, match="unknown units"):
         convert_units(np.array([1.0]), "parsec", "wind_speed")

@@ -14,6 +14,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .units import UnitError, convert, lookup
+from .variables import REGISTRY, SCHEMA_VARIABLES
+
 __all__ = [
     "VARIABLES",
     "SchemaError",
@@ -21,14 +24,13 @@ __all__ = [
     "validate",
     "infer_frequency",
     "convert_units",
-    "canonical_units",
+    "SPLITS",
+    "parse_split_bounds",
+    "format_split_bounds",
 ]
 
-#: CF metadata of the schema's data variables, keyed by our variable name.
-VARIABLES: dict[str, dict[str, str]] = {
-    "temperature": {"units": "degC", "standard_name": "air_temperature", "long_name": "air temperature"},
-    "wind_speed": {"units": "m s-1", "standard_name": "wind_speed", "long_name": "wind speed"},
-}
+#: CF metadata of the schema's data variables, keyed by our variable name (from the variable registry).
+VARIABLES: dict[str, dict[str, str]] = {name: REGISTRY[name].cf_attrs() for name in SCHEMA_VARIABLES}
 
 COORD_ATTRS: dict[str, dict[str, str]] = {
     "lat": {"units": "degrees_north", "standard_name": "latitude"},
@@ -38,50 +40,65 @@ COORD_ATTRS: dict[str, dict[str, str]] = {
     "station": {"long_name": "station identifier", "cf_role": "timeseries_id"},
 }
 
-# Unit spellings we understand, per variable, mapped to a function converting to the canonical unit.
-_UNIT_CONVERTERS: dict[str, dict[str, object]] = {
-    "temperature": {
-        "degC": lambda v: v,
-        "degree_Celsius": lambda v: v,
-        "celsius": lambda v: v,
-        "C": lambda v: v,
-        "K": lambda v: v - 273.15,
-        "kelvin": lambda v: v - 273.15,
-        "degF": lambda v: (v - 32.0) * (5.0 / 9.0),
-        "F": lambda v: (v - 32.0) * (5.0 / 9.0),
-    },
-    "wind_speed": {
-        "m s-1": lambda v: v,
-        "m/s": lambda v: v,
-        "m s**-1": lambda v: v,
-        "knots": lambda v: v * 0.514444,
-        "kt": lambda v: v * 0.514444,
-        "km/h": lambda v: v / 3.6,
-        "km h-1": lambda v: v / 3.6,
-    },
-}
+#: the split names of ``ds.attrs["split_bounds"]``, in time order
+SPLITS = ("train", "val", "test")
 
 
 class SchemaError(ValueError):
     """A dataset does not follow the urlk-forecast station schema."""
 
 
-def canonical_units(variable: str) -> str:
-    """Canonical unit string of a schema variable (``degC`` or ``m s-1``)."""
-    if variable not in VARIABLES:
-        raise SchemaError(f"unknown variable {variable!r}; known: {sorted(VARIABLES)}")
-    return VARIABLES[variable]["units"]
-
-
 def convert_units(values: np.ndarray, units: str, variable: str) -> np.ndarray:
-    """Convert ``values`` given in ``units`` to the canonical unit of ``variable``."""
-    table = _UNIT_CONVERTERS.get(variable)
-    if table is None:
-        raise SchemaError(f"unknown variable {variable!r}; known: {sorted(VARIABLES)}")
-    fn = table.get(units.strip())
-    if fn is None:
-        raise SchemaError(f"unknown units {units!r} for {variable}; known: {sorted(table)}")
-    return fn(np.asarray(values, dtype=np.float64))  # type: ignore[operator]
+    """Convert ``values`` given in ``units`` to the canonical unit of ``variable`` (float64).
+
+    The conversion table is :mod:`urlk_forecast.data.units`; an unknown unit or one of another
+    quantity raises :class:`SchemaError` naming the known ones.
+    """
+    if variable not in REGISTRY:
+        raise SchemaError(f"unknown variable {variable!r}; known: {sorted(REGISTRY)}")
+    spec = REGISTRY[variable]
+    try:
+        lookup(str(units).strip(), spec.quantity)
+        return convert(values, str(units).strip(), spec.units)
+    except UnitError as e:
+        raise SchemaError(f"{variable}: {e}") from None
+
+
+def format_split_bounds(bounds: Mapping[str, tuple[pd.Timestamp, pd.Timestamp]]) -> str:
+    """``{"train": (t0, t1), ...}`` -> ``"train:t0/t1;val:..."`` (ISO times, inclusive ends)."""
+    return ";".join(f"{k}:{pd.Timestamp(a).isoformat()}/{pd.Timestamp(b).isoformat()}" for k, (a, b) in bounds.items())
+
+
+def parse_split_bounds(text: str) -> dict[str, tuple[pd.Timestamp, pd.Timestamp]]:
+    """Parse ``ds.attrs["split_bounds"]``: ``"train:START/END;val:START/END;test:START/END"``.
+
+    The one parser of that attribute (inverse of :func:`format_split_bounds`): ISO times, both ends
+    inclusive, every split of :data:`SPLITS` exactly once. Raises :class:`SchemaError` naming the bad part.
+    """
+    out: dict[str, tuple[pd.Timestamp, pd.Timestamp]] = {}
+    for part in str(text).split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, span = part.partition(":")
+        start, sep2, end = span.partition("/")
+        name = name.strip()
+        if not sep or not sep2 or name not in SPLITS:
+            raise SchemaError(
+                f"ds.attrs['split_bounds'] entry {part!r} is not 'NAME:START/END' with NAME in {SPLITS}: {text!r}"
+            )
+        if name in out:
+            raise SchemaError(f"ds.attrs['split_bounds'] names split {name!r} twice: {text!r}")
+        try:
+            out[name] = (pd.Timestamp(start.strip()), pd.Timestamp(end.strip()))
+        except ValueError as exc:
+            raise SchemaError(f"ds.attrs['split_bounds'] entry {part!r} has a bad time: {exc}") from None
+        if out[name][1] < out[name][0]:
+            raise SchemaError(f"ds.attrs['split_bounds'] entry {part!r} ends before it starts")
+    missing = [s for s in SPLITS if s not in out]
+    if missing:
+        raise SchemaError(f"ds.attrs['split_bounds'] lacks {missing}: {text!r}")
+    return out
 
 
 def make_dataset(
@@ -177,12 +194,15 @@ def validate(ds: xr.Dataset, variables: Sequence[str] | None = None, regular: bo
         if units is None:
             raise SchemaError(f"variable {v!r} has no 'units' attribute (expected {VARIABLES[v]['units']!r})")
         if units != VARIABLES[v]["units"]:
-            known = _UNIT_CONVERTERS[v]
-            if units in known:
+            try:
+                lookup(str(units), REGISTRY[v].quantity)
+            except UnitError:
                 raise SchemaError(
-                    f"variable {v!r} is in {units!r}; convert to {VARIABLES[v]['units']!r} with convert_units"
-                )
-            raise SchemaError(f"variable {v!r} has unknown units {units!r}; expected {VARIABLES[v]['units']!r}")
+                    f"variable {v!r} has unknown units {units!r}; expected {VARIABLES[v]['units']!r}"
+                ) from None
+            raise SchemaError(
+                f"variable {v!r} is in {units!r}; convert to {VARIABLES[v]['units']!r} with convert_units"
+            )
         if not np.issubdtype(da.dtype, np.floating):
             raise SchemaError(f"variable {v!r} must be floating point (NaN = missing), found {da.dtype}")
     t = pd.DatetimeIndex(ds["time"].values)

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from .schema import SchemaError, make_dataset, validate
+from .schema import SchemaError, make_dataset, parse_split_bounds, validate
 
 __all__ = ["split_dataset", "time_features", "station_order", "hilbert_index", "WindowDataset", "WindowSource",
            "fill_gaps"]
@@ -44,30 +44,8 @@ SPLITS = ("train", "val", "test")
 # ----------------------------------------------------------------------------------------------------- splits
 
 
-def _parse_split_bounds(text: str) -> dict[str, tuple[pd.Timestamp, pd.Timestamp]]:
-    """Parse ``"train:START/END;val:START/END;test:START/END"`` (inclusive ISO times)."""
-    out: dict[str, tuple[pd.Timestamp, pd.Timestamp]] = {}
-    for part in str(text).split(";"):
-        part = part.strip()
-        if not part:
-            continue
-        name, sep, span = part.partition(":")
-        start, sep2, end = span.partition("/")
-        name = name.strip()
-        if not sep or not sep2 or name not in SPLITS:
-            raise SchemaError(
-                f"ds.attrs['split_bounds'] entry {part!r} is not 'NAME:START/END' with NAME in {SPLITS}: {text!r}"
-            )
-        try:
-            out[name] = (pd.Timestamp(start.strip()), pd.Timestamp(end.strip()))
-        except ValueError as exc:
-            raise SchemaError(f"ds.attrs['split_bounds'] entry {part!r} has a bad time: {exc}") from None
-        if out[name][1] < out[name][0]:
-            raise SchemaError(f"ds.attrs['split_bounds'] entry {part!r} ends before it starts")
-    missing = [s for s in SPLITS if s not in out]
-    if missing:
-        raise SchemaError(f"ds.attrs['split_bounds'] lacks {missing}: {text!r}")
-    return out
+#: the one parser of ``ds.attrs["split_bounds"]`` (shared with the Corrformer reader), in data/schema.py
+_parse_split_bounds = parse_split_bounds
 
 
 def split_dataset(

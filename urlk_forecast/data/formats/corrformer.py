@@ -26,33 +26,14 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..schema import make_dataset, validate
+from ..schema import SPLITS, format_split_bounds, make_dataset, parse_split_bounds, validate
 from ._common import PathLike, ReaderError, regular_grid
 
 __all__ = ["read_corrformer_npy", "format_split_bounds", "parse_split_bounds", "SPLITS", "CORRFORMER_FILES"]
 
-SPLITS = ("train", "val", "test")
 #: schema variable -> file prefix in the release
 CORRFORMER_FILES = {"temperature": "temp_global_hourly", "wind_speed": "wind_global_hourly"}
 SCALE = 10.0
-
-
-def format_split_bounds(bounds: dict[str, tuple[pd.Timestamp, pd.Timestamp]]) -> str:
-    """``{"train": (t0, t1), ...}`` -> ``"train:t0/t1;val:..."`` (ISO times, inclusive ends)."""
-    return ";".join(f"{k}:{pd.Timestamp(a).isoformat()}/{pd.Timestamp(b).isoformat()}" for k, (a, b) in bounds.items())
-
-
-def parse_split_bounds(text: str) -> dict[str, tuple[pd.Timestamp, pd.Timestamp]]:
-    """Inverse of :func:`format_split_bounds`; raises ValueError naming the bad part."""
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(";"))):
-        try:
-            name, span = part.split(":", 1)
-            a, b = span.split("/")
-            out[name.strip()] = (pd.Timestamp(a), pd.Timestamp(b))
-        except ValueError:
-            raise ValueError(f"bad split_bounds part {part!r}; expected 'name:START/END'") from None
-    return out
 
 
 def _load(path: Path, allow_pickle: bool = False) -> np.ndarray:
