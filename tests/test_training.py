@@ -9,6 +9,7 @@ independent recomputations. This file doubles as the worker script of the subpro
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -25,6 +26,7 @@ from torch import nn
 
 from urlk_forecast.config import ConfigError, TrainConfig
 from urlk_forecast.data.windows import WindowDataset
+from urlk_forecast.trainer import Trainer
 from urlk_forecast.training import (
     CHECKPOINT_NAME,
     epoch_permutation,
@@ -324,9 +326,132 @@ def test_progress_bar_shows_loss_and_windows_per_second(data: tuple, capsys: pyt
     assert "loss=" in err and "windows/s=" in err and "epoch 1/3" in err
 
 
+class FakeClock:
+    """Training time that advances exactly 1 s per training forward pass (validation takes no time)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.now = 0.0
+        model.register_forward_pre_hook(self._pre)
+
+    def _pre(self, module: nn.Module, _inputs: object) -> None:
+        if module.training:
+            self.now += 1.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _fit_with_clock(model: nn.Module, ws: WindowDataset, val: WindowDataset | None, cfg: TrainConfig):
+    trainer = Trainer(cfg)
+    trainer.clock = FakeClock(model)  # type: ignore[method-assign]
+    return trainer.fit(model, ws, val)
+
+
+def test_max_time_stops_mid_epoch_and_at_an_epoch_boundary(data: tuple, tmp_path: Path) -> None:
+    ws, val = data
+    # 6 steps per epoch, 1 s per step: after step 9 (3 steps into epoch 2) 9 s >= 8.5 s, checked before step 10
+    res = _fit_with_clock(TinyNet(), ws, val, small_cfg(epochs=5, patience=0, max_time=8.5))
+    assert (res.stopped, res.steps, res.elapsed_s) == ("max_time", 9, 9.0)
+    assert [(h["epoch"], h["partial"], h["steps"]) for h in res.history] == [(1, False, 6), (2, True, 3)]
+    # 5.5 s: step 6 still starts (5 s < 5.5 s), ends the epoch; the limit is then hit before epoch 2: no partial entry
+    out = tmp_path / "boundary"
+    res = _fit_with_clock(TinyNet(), ws, val, small_cfg(epochs=5, patience=0, max_time=5.5, out_dir=out))
+    assert (res.stopped, res.steps, res.epochs_completed) == ("max_time", 6, 1)
+    assert [h["partial"] for h in res.history] == [False]
+    st = load_checkpoint(out)["state"]
+    assert (st["epoch"], st["step_in_epoch"], st["elapsed"]) == (1, 0, 6.0)
+    # the time limit is summed over resumes: 6 s done, 8.5 s allowed -> 3 more steps
+    res = _fit_with_clock(TinyNet(), ws, val, small_cfg(epochs=5, patience=0, max_time=8.5, out_dir=out, resume=True))
+    assert (res.stopped, res.steps, res.elapsed_s) == ("max_time", 9, 9.0)
+    assert res.resumed_from == {"epoch": 1, "step_in_epoch": 0, "global_step": 6}
+
+
+def test_max_steps_at_an_epoch_boundary_leaves_no_partial_epoch(data: tuple, tmp_path: Path) -> None:
+    ws, val = data
+    res = train(TinyNet(), ws, val, small_cfg(epochs=5, patience=0, max_steps=12, out_dir=tmp_path))
+    assert (res.stopped, res.steps, res.epochs_completed) == ("max_steps", 12, 2)
+    assert [h["partial"] for h in res.history] == [False, False]
+    st = load_checkpoint(tmp_path)["state"]
+    assert (st["epoch"], st["step_in_epoch"], st["global_step"]) == (2, 0, 12)
+
+
+def test_epochs_rule_a_finished_run_resumed_with_more_epochs_equals_one_longer_run(data: tuple, tmp_path: Path) -> None:
+    ws, val = data
+    cfg = small_cfg(epochs=3, patience=0)
+    torch.manual_seed(0)
+    ref = TinyNet(dropout=0.2)
+    r_ref = train(ref, ws, val, cfg)
+    torch.manual_seed(0)
+    r1 = train(TinyNet(dropout=0.2), ws, val, cfg.replace(epochs=2, out_dir=tmp_path))
+    assert (r1.stopped, r1.steps, r1.epochs_completed) == ("epochs", 12, 2)
+    m = TinyNet(dropout=0.2)
+    r2 = train(m, ws, val, cfg.replace(out_dir=tmp_path, resume=True))
+    assert (r2.stopped, r2.steps, r2.epochs_completed) == ("epochs", 18, 3)
+    assert r2.step_losses == r_ref.step_losses
+    assert torch.equal(flat_params(m), flat_params(ref))
+    # resuming the finished run with the same budget trains nothing more
+    r3 = train(TinyNet(dropout=0.2), ws, val, cfg.replace(out_dir=tmp_path, resume=True))
+    assert (r3.stopped, r3.steps, len(r3.step_losses)) == ("epochs", 18, 18)
+
+
+def test_early_stopping_needs_validation_windows(data: tuple) -> None:
+    ws, _ = data
+    # no validation: patience cannot count bad epochs, the epoch budget stops the run
+    res = train(TinyNet(), ws, None, small_cfg(epochs=3, patience=1))
+    assert (res.stopped, res.epochs_completed) == ("epochs", 3)
+    assert all(h["val_loss"] is None for h in res.history)
+
+
+def _logged_steps(caplog: pytest.LogCaptureFixture) -> list[int]:
+    import re
+
+    return [int(m.group(1)) for r in caplog.records if (m := re.search(r"\(global (\d+)\)", r.getMessage()))]
+
+
+def test_without_a_bar_progress_is_logged_every_n_steps_or_every_t_seconds(
+    data: tuple, caplog: pytest.LogCaptureFixture
+) -> None:
+    ws, _ = data
+    caplog.set_level(logging.INFO, logger="urlk_forecast.training")
+    expected = {(4, 0.0): [4, 8], (0, 2.5): [3, 6, 9], (4, 2.5): [3, 4, 7, 8], (0, 0.0): []}
+    for (every, every_s), steps in expected.items():
+        caplog.clear()
+        _fit_with_clock(TinyNet(), ws, None, small_cfg(max_steps=9, log_every=every, log_every_s=every_s))
+        assert _logged_steps(caplog) == steps, (every, every_s)
+    line = next(r.getMessage() for r in caplog.records if "training stopped" in r.getMessage())
+    assert line.startswith("training stopped (max_steps) after 9 steps")
+    caplog.clear()
+    _fit_with_clock(TinyNet(), ws, None, small_cfg(max_steps=3, log_every=1))
+    msg = [r.getMessage() for r in caplog.records if "(global 3)" in r.getMessage()][0]
+    assert msg.startswith("epoch 1 step 3/6 (global 3): loss ") and msg.endswith(" windows/s")
+
+
+def test_trainer_api_one_place_for_out_dir_and_resume(data: tuple, tmp_path: Path) -> None:
+    ws, val = data
+    with pytest.raises(ConfigError, match="resume=True needs out_dir"):
+        Trainer(small_cfg(resume=True))
+    with pytest.raises(TypeError):
+        train(TinyNet(), ws, val, small_cfg(), out_dir=tmp_path)  # type: ignore[call-arg]
+    cfg = small_cfg(max_steps=4, out_dir=tmp_path)
+    assert isinstance(cfg.out_dir, str) and TrainConfig.from_json(cfg.to_json()) == cfg
+    trainer = Trainer(cfg)
+    results = []
+    for _ in range(2):  # a Trainer fits afresh each time (a fresh state, not the previous run's)
+        torch.manual_seed(0)
+        results.append(trainer.fit(TinyNet(), ws, val))
+    assert results[0].step_losses == results[1].step_losses and results[1].steps == 4
+    assert results[1].out_dir == str(tmp_path) and (tmp_path / CHECKPOINT_NAME).is_file()
+    saved = TrainConfig.from_json(tmp_path / "train_config.json")
+    assert saved == cfg
+
+
 def test_config_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="TrainConfig.lr=-1"):
         TrainConfig(lr=-1)
+    with pytest.raises(ConfigError, match="TrainConfig.log_every_s=-1"):
+        TrainConfig(log_every_s=-1)
+    with pytest.raises(ConfigError, match=r"TrainConfig.max_steps=0: must be >= 1 or None"):
+        TrainConfig(max_steps=0)
     with pytest.raises(ConfigError, match="unknown TrainConfig key.*'lrr'"):
         TrainConfig.from_dict({"lrr": 1})
     cfg = TrainConfig(lr=2e-3, amp="bf16", betas=(0.8, 0.9), max_time=12.5)
