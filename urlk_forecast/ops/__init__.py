@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from urlk_forecast.ops._args import out_hw, pair
 from urlk_forecast.ops.dispatch import BACKENDS, get_backend, run, use_backend
 
 __all__ = ["dwconv2d", "DWConv2d", "use_backend", "get_backend", "BACKENDS", "same_padding", "convert_depthwise"]
@@ -26,25 +27,11 @@ __all__ = ["dwconv2d", "DWConv2d", "use_backend", "get_backend", "BACKENDS", "sa
 PaddingArg = int | Sequence[int] | str | None
 
 
-def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(v, bool):
-        raise TypeError(f"dwconv2d: {name} must be an int or an (h, w) pair, got {v!r}")
-    if isinstance(v, int):
-        return v, v
-    try:
-        t = tuple(int(a) for a in v)
-    except TypeError:
-        raise TypeError(f"dwconv2d: {name} must be an int or an (h, w) pair, got {v!r}") from None
-    if len(t) != 2:
-        raise ValueError(f"dwconv2d: {name} must be an int or an (h, w) pair, got {v!r}")
-    return t  # type: ignore[return-value]
-
-
 def same_padding(kernel_size: int | Sequence[int], dilation: int | Sequence[int] = 1) -> tuple[int, int, int, int]:
     """(top, bottom, left, right) keeping the spatial size (stride 1); the extra row/column of an even kernel goes
     to the bottom/right, as torch's ``padding="same"`` does."""
-    kh, kw = _pair(kernel_size, "kernel_size")
-    dh, dw = _pair(dilation, "dilation")
+    kh, kw = pair(kernel_size, "kernel_size", "dwconv2d")
+    dh, dw = pair(dilation, "dilation", "dwconv2d")
     th, tw = dh * (kh - 1), dw * (kw - 1)
     return th // 2, th - th // 2, tw // 2, tw - tw // 2
 
@@ -59,7 +46,7 @@ def _resolve_padding(padding: PaddingArg, k: tuple[int, int], dil: tuple[int, in
     if isinstance(padding, Sequence) and not isinstance(padding, str) and len(padding) == 4:
         t, b, l, r = (int(v) for v in padding)
         return t, b, l, r
-    ph, pw = _pair(padding, "padding")
+    ph, pw = pair(padding, "padding", "dwconv2d")
     return ph, ph, pw, pw
 
 
@@ -96,13 +83,12 @@ def dwconv2d(
         raise ValueError(
             f"dwconv2d: bias must have shape ({C},) on {x.device}, got {tuple(bias.shape)} on {bias.device}"
         )
-    dil = _pair(dilation, "dilation")
+    dil = pair(dilation, "dilation", "dwconv2d")
     if min(dil) < 1:
         raise ValueError(f"dwconv2d: dilation must be >= 1, got {dilation!r}")
     k = (int(weight.shape[2]), int(weight.shape[3]))
     pads = _resolve_padding(padding, k, dil)
-    ho = x.shape[2] + pads[0] + pads[1] - dil[0] * (k[0] - 1)
-    wo = x.shape[3] + pads[2] + pads[3] - dil[1] * (k[1] - 1)
+    ho, wo = out_hw(x.shape[2], x.shape[3], k, pads, dil)
     if ho < 1 or wo < 1:
         raise ValueError(
             f"dwconv2d: empty output ({ho}x{wo}) for input {tuple(x.shape[2:])}, kernel {k}, padding {pads}, "
@@ -120,8 +106,8 @@ class DWConv2d(nn.Conv2d):
 
     def __init__(self, channels: int, kernel_size: int | Sequence[int], dilation: int | Sequence[int] = 1,
                  bias: bool = False, padding: int | Sequence[int] | str | None = None) -> None:
-        k = _pair(kernel_size, "kernel_size")
-        d = _pair(dilation, "dilation")
+        k = pair(kernel_size, "kernel_size", "dwconv2d")
+        d = pair(dilation, "dilation", "dwconv2d")
         if padding is None:
             t, b, l, r = same_padding(k, d)
             padding = (t, l) if (t == b and l == r) else "same"

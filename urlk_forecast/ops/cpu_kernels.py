@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from urlk_forecast.ops._args import out_hw, pair
 from urlk_forecast.ops.cpu_codegen import CB_LANES, CB_PIXELS, FWD_VARIANTS, GENERATOR_VERSION, generate_source
 
 __all__ = [
@@ -315,15 +316,6 @@ def _pads(pad: Pad) -> tuple[int, int, int, int]:
     raise ValueError(f"pad must be an int, an (h, w) pair or (top, bottom, left, right), got {pad!r}")
 
 
-def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(v, int):
-        return v, v
-    t = tuple(int(a) for a in v)
-    if len(t) != 2:
-        raise ValueError(f"{name} must be an int or an (h, w) pair, got {v!r}")
-    return t  # type: ignore[return-value]
-
-
 def supports(x: torch.Tensor, w: torch.Tensor, pad: Pad = 0, dil: int | Sequence[int] = 1) -> bool:
     """Whether these kernels handle the call (CPU, float32/float64, depthwise weight, 0 <= pad <= (K-1)*d)."""
     if x.device.type != "cpu" or w.device.type != "cpu" or x.dim() != 4 or w.dim() != 4:
@@ -334,7 +326,7 @@ def supports(x: torch.Tensor, w: torch.Tensor, pad: Pad = 0, dil: int | Sequence
         return False
     try:
         t, b, l, r = _pads(pad)
-        dh, dw = _pair(dil, "dil")
+        dh, dw = pair(dil, "dil", "cpu_kernels")
     except (TypeError, ValueError):
         return False
     kh, kw = w.shape[-2:]
@@ -342,7 +334,7 @@ def supports(x: torch.Tensor, w: torch.Tensor, pad: Pad = 0, dil: int | Sequence
         return False
     if min(t, b, l, r) < 0 or max(t, b) > (kh - 1) * dh or max(l, r) > (kw - 1) * dw:
         return False
-    return x.shape[2] + t + b - (kh - 1) * dh > 0 and x.shape[3] + l + r - (kw - 1) * dw > 0
+    return min(out_hw(x.shape[2], x.shape[3], (kh, kw), (t, b, l, r), (dh, dw))) > 0
 
 
 def _check(x: torch.Tensor, w: torch.Tensor, pad: Pad, dil: int | Sequence[int], what: str) -> None:
@@ -376,11 +368,11 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pad: Pa
     """
     _check(x, w, pad, dil, "forward")
     t, b, l, r = _pads(pad)
-    dh, dw = _pair(dil, "dil")
+    dh, dw = pair(dil, "dil", "cpu_kernels")
     x = x.detach().contiguous()
     B, C, H, W = x.shape
     KH, KW = w.shape[-2:]
-    Ho, Wo = H + t + b - (KH - 1) * dh, W + l + r - (KW - 1) * dw
+    Ho, Wo = out_hw(H, W, (KH, KW), (t, b, l, r), (dh, dw))
     if out is None:
         y = _empty((B, C, Ho, Wo), x)
     elif tuple(out.shape) != (B, C, Ho, Wo) or out.dtype != x.dtype or not out.is_contiguous():
@@ -414,12 +406,12 @@ def backward(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, pad: Pad, dil: 
     count, so results agree across thread counts up to float64 rounding of their sum)."""
     _check(x, w, pad, dil, "backward")
     t, b, l, r = _pads(pad)
-    dh, dw = _pair(dil, "dil")
+    dh, dw = pair(dil, "dil", "cpu_kernels")
     x = x.detach().contiguous()
     gy = gy.detach().to(x.dtype).contiguous()
     B, C, H, W = x.shape
     KH, KW = w.shape[-2:]
-    Ho, Wo = H + t + b - (KH - 1) * dh, W + l + r - (KW - 1) * dw
+    Ho, Wo = out_hw(H, W, (KH, KW), (t, b, l, r), (dh, dw))
     if tuple(gy.shape) != (B, C, Ho, Wo):
         raise ValueError(f"cpu_kernels.backward: gy has shape {tuple(gy.shape)}, expected {(B, C, Ho, Wo)}")
     gx = _empty((B, C, H, W), x) if need_input else None
@@ -478,7 +470,7 @@ def _backward_cb(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, gx: torch.T
 def grad_input(gy: torch.Tensor, w: torch.Tensor, pad: Pad, dil: int | Sequence[int],
                in_hw: int | Sequence[int]) -> torch.Tensor:
     """Gradient w.r.t. the input, (B, C, *in_hw)."""
-    H, W = _pair(in_hw, "in_hw")
+    H, W = pair(in_hw, "in_hw", "cpu_kernels")
     x = torch.empty(gy.shape[0], gy.shape[1], H, W, dtype=gy.dtype)  # shape carrier only, never read
     gx, _ = backward(x, gy, w, pad, dil, need_input=True, need_weight=False)
     assert gx is not None
@@ -488,7 +480,7 @@ def grad_input(gy: torch.Tensor, w: torch.Tensor, pad: Pad, dil: int | Sequence[
 def grad_weight(x: torch.Tensor, gy: torch.Tensor, k: int | Sequence[int], pad: Pad,
                 dil: int | Sequence[int]) -> torch.Tensor:
     """Gradient w.r.t. the weight, (C, 1, KH, KW)."""
-    KH, KW = _pair(k, "k")
+    KH, KW = pair(k, "k", "cpu_kernels")
     w = torch.empty(x.shape[1], 1, KH, KW, dtype=x.dtype)  # shape carrier only, never read
     _, gw = backward(x, gy, w, pad, dil, need_input=False, need_weight=True)
     assert gw is not None

@@ -66,7 +66,8 @@ def _emit_tile_load(out: list[str], ind: str, src: str, kind: str, plane: str, d
     e(f"{ind}            sm[np.uint64({dst} + r * {S} + cc)] = v")
 
 
-def fwd_source(KH: int, KW: int, DH: int, DW: int, P: int, Q: int, xkind: str, wkind: str) -> str:
+def fwd_source(KH: int, KW: int, DH: int, DW: int, P: int, Q: int,  # noqa: C901 - generated kernel template
+               xkind: str, wkind: str) -> str:
     """Python source of the forward / grad-input kernel for one specialisation (see module docstring)."""
     KK = KH * KW
     L = P + (KW - 1) * DW
@@ -152,7 +153,8 @@ def fwd_source(KH: int, KW: int, DH: int, DW: int, P: int, Q: int, xkind: str, w
     return _uconsts(max(L, KW)) + "\n".join(o) + "\n"
 
 
-def gw_source(KH: int, KW: int, DH: int, DW: int, PJ: int, TWG: int, xkind: str, gkind: str) -> str:
+def gw_source(KH: int, KW: int, DH: int, DW: int, PJ: int, TWG: int,  # noqa: C901 - generated kernel template
+              xkind: str, gkind: str) -> str:
     """Python source of the grad-weight kernel: block (c, chunk) -> fp32 partial[chunk, c, :, :]."""
     nstrip = -(-KW // PJ)
     ncombo = KH * nstrip

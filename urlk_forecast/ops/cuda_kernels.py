@@ -35,11 +35,13 @@ import importlib.util
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ._args import out_hw, pair
 from .cuda_codegen import fwd_source, gw_source
 
 __all__ = ["available", "forward", "grad_input", "grad_weight", "supports", "simulator_enabled", "SUPPORTED_DTYPES"]
@@ -101,7 +103,7 @@ def supports(x: torch.Tensor, w: torch.Tensor, dil=1) -> bool:
             return False
     elif not (x.is_cuda and w.device == x.device):
         return False
-    dh, dw = _pair(dil, "dil")
+    dh, dw = pair(dil, "dil", "cuda_kernels")
     KH, KW = int(w.shape[2]), int(w.shape[3])
     try:  # the largest tile any plane needs: 64 x 64 outputs (configs shrink tiles to fit, or raise)
         fwd_config(64, 64, KH, KW, dh, dw, 1)
@@ -518,15 +520,6 @@ def _check_pair(x: torch.Tensor, w: torch.Tensor, what: str) -> None:
         raise ValueError(f"{what}: input on {x.device} but weight on {w.device}")
 
 
-def _pair(v, name: str) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    t = tuple(int(a) for a in v)
-    if len(t) != 2:
-        raise ValueError(f"{name} must be an int or a pair, got {v!r}")
-    return t  # type: ignore[return-value]
-
-
 def _run_fwd(x, w, bias, out, offh, offw, dil, flip) -> None:
     B, C, Hi, Wi = x.shape
     _, _, Ho, Wo = out.shape
@@ -559,15 +552,15 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pad, di
     ``out`` (optional, contiguous, right shape and dtype) receives the result; tests pass a NaN-poisoned buffer.
     """
     _check_pair(x, w, "cuda_kernels.forward")
-    ph, pw = _pair(pad, "pad")
-    dh, dw = _pair(dil, "dil")
+    ph, pw = pair(pad, "pad", "cuda_kernels")
+    dh, dw = pair(dil, "dil", "cuda_kernels")
     if dh < 1 or dw < 1 or ph < 0 or pw < 0:
         raise ValueError(f"cuda_kernels.forward: need dilation >= 1 and padding >= 0, got pad={pad}, dil={dil}")
     x = x.contiguous()
     w = w.contiguous()
     B, C, H, W = x.shape
     KH, KW = w.shape[-2:]
-    Ho, Wo = H + 2 * ph - (KH - 1) * dh, W + 2 * pw - (KW - 1) * dw
+    Ho, Wo = out_hw(H, W, (KH, KW), (ph, ph, pw, pw), (dh, dw))
     if Ho <= 0 or Wo <= 0:
         raise ValueError(f"cuda_kernels.forward: empty output for input {H}x{W}, kernel {KH}x{KW}, "
                          f"pad {pad}, dil {dil}")
@@ -589,19 +582,25 @@ def _out(out, shape, like: torch.Tensor, what: str) -> torch.Tensor:
     return out
 
 
+def _check_gy_shape(what: str, gy_hw: tuple[int, int], in_hw: tuple[int, int], k: tuple[int, int],
+                    pad: tuple[int, int], dil: tuple[int, int]) -> None:
+    """ValueError unless gy (Ho, Wo) is the forward's output size for the input (H, W), kernel, padding, dilation."""
+    if tuple(gy_hw) != out_hw(*in_hw, k, (pad[0], pad[0], pad[1], pad[1]), dil):
+        raise ValueError(f"cuda_kernels.{what}: gy {gy_hw[0]}x{gy_hw[1]} does not match input {in_hw[0]}x{in_hw[1]} "
+                         f"with kernel {k[0]}x{k[1]}, pad {pad}, dil {dil}")
+
+
 def grad_input(gy: torch.Tensor, w: torch.Tensor, pad, dil, in_hw, out: torch.Tensor | None = None) -> torch.Tensor:
     """Gradient of the forward w.r.t. its input: correlation of gy with the flipped kernel, shape (B, C, *in_hw)."""
     _check_pair(gy, w, "cuda_kernels.grad_input")
-    ph, pw = _pair(pad, "pad")
-    dh, dw = _pair(dil, "dil")
-    H, W = _pair(in_hw, "in_hw")
+    ph, pw = pair(pad, "pad", "cuda_kernels")
+    dh, dw = pair(dil, "dil", "cuda_kernels")
+    H, W = pair(in_hw, "in_hw", "cuda_kernels")
     gy = gy.contiguous()
     w = w.contiguous()
     B, C, Ho, Wo = gy.shape
     KH, KW = w.shape[-2:]
-    if Ho != H + 2 * ph - (KH - 1) * dh or Wo != W + 2 * pw - (KW - 1) * dw:
-        raise ValueError(f"cuda_kernels.grad_input: gy {Ho}x{Wo} does not match input {H}x{W} with kernel "
-                         f"{KH}x{KW}, pad {pad}, dil {dil}")
+    _check_gy_shape("grad_input", (Ho, Wo), (H, W), (KH, KW), (ph, pw), (dh, dw))
     gx = _out(out, (B, C, H, W), gy, "grad_input")
     _run_fwd(gy, w, None, gx, ph - (KH - 1) * dh, pw - (KW - 1) * dw, (dh, dw), True)
     return gx
@@ -614,9 +613,9 @@ def grad_weight(x: torch.Tensor, gy: torch.Tensor, k, pad, dil, partial_out: tor
     ``partial_out`` (optional fp32 (chunks, C, KH*KW) buffer, see :func:`gw_config`) receives the per-chunk partial
     sums before they are added; tests pass a NaN-poisoned buffer to catch unwritten elements.
     """
-    KH, KW = _pair(k, "k")
-    ph, pw = _pair(pad, "pad")
-    dh, dw = _pair(dil, "dil")
+    KH, KW = pair(k, "k", "cuda_kernels")
+    ph, pw = pair(pad, "pad", "cuda_kernels")
+    dh, dw = pair(dil, "dil", "cuda_kernels")
     if x.dim() != 4 or gy.dim() != 4 or x.shape[:2] != gy.shape[:2]:
         raise ValueError(f"cuda_kernels.grad_weight: x {tuple(x.shape)} and gy {tuple(gy.shape)} must be (B, C, ., .)")
     _check_tensor(x, "cuda_kernels.grad_weight", "input")
@@ -629,9 +628,7 @@ def grad_weight(x: torch.Tensor, gy: torch.Tensor, k, pad, dil, partial_out: tor
     gy = gy.contiguous()
     B, C, H, W = x.shape
     Ho, Wo = gy.shape[-2:]
-    if Ho != H + 2 * ph - (KH - 1) * dh or Wo != W + 2 * pw - (KW - 1) * dw:
-        raise ValueError(f"cuda_kernels.grad_weight: gy {Ho}x{Wo} does not match input {H}x{W} with kernel "
-                         f"{KH}x{KW}, pad {pad}, dil {dil}")
+    _check_gy_shape("grad_weight", (Ho, Wo), (H, W), (KH, KW), (ph, pw), (dh, dw))
     if B == 0 or C == 0:
         return torch.zeros((C, 1, KH, KW), dtype=x.dtype, device=x.device)
     cfg = gw_config(B, C, Ho, Wo, KH, KW, dh, dw)
@@ -666,11 +663,11 @@ def kernel_keys(shape: tuple[int, int, int, int], k, pad, dil, dtype: torch.dtyp
                 ) -> list[tuple[str, tuple]]:
     """The kernels a forward (and backward) of a depthwise conv with this input shape needs."""
     B, C, H, W = shape
-    KH, KW = _pair(k, "k")
-    ph, pw = _pair(pad, "pad")
-    DH, DW = _pair(dil, "dil")
+    KH, KW = pair(k, "k", "cuda_kernels")
+    ph, pw = pair(pad, "pad", "cuda_kernels")
+    DH, DW = pair(dil, "dil", "cuda_kernels")
     kind = _KIND[dtype]
-    Ho, Wo = H + 2 * ph - (KH - 1) * DH, W + 2 * pw - (KW - 1) * DW
+    Ho, Wo = out_hw(H, W, (KH, KW), (ph, ph, pw, pw), (DH, DW))
     cfg = fwd_config(Ho, Wo, KH, KW, DH, DW, B * C)
     keys = [("fwd", (KH, KW, DH, DW, cfg.P, cfg.Q, kind, kind))]
     if backward:
@@ -682,8 +679,6 @@ def kernel_keys(shape: tuple[int, int, int, int], k, pad, dil, dtype: torch.dtyp
 
 
 def _precompile_worker(item: tuple[str, tuple]) -> float:
-    import time
-
     t = time.perf_counter()
     _kernel(*item)
     return time.perf_counter() - t
@@ -695,8 +690,6 @@ def precompile(keys: list[tuple[str, tuple]], processes: int | None = None) -> d
     numba compiles one kernel in a few seconds on one core; a training run or a benchmark sweep over many kernel
     sizes pays that once per machine instead of once per process and size.
     """
-    import time
-
     keys = [k for k in dict.fromkeys(keys) if k not in _KERNELS]
     if not keys:
         return {}

@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +80,8 @@ def use_backend(name: str) -> Iterator[None]:
         _local.backend = old
 
 
-def _cuda_module():
+def _cuda_module() -> ModuleType | None:
+    """:mod:`urlk_forecast.ops.cuda_kernels`, or None when it cannot be imported (an optional backend)."""
     try:  # through sys.modules (not the package attribute), so a broken/blocked import is seen every time
         cuda_kernels = importlib.import_module("urlk_forecast.ops.cuda_kernels")
     except Exception as exc:  # noqa: BLE001 - a broken optional backend must not break the op
@@ -156,15 +158,62 @@ def _onednn_forward(x: torch.Tensor, w: torch.Tensor, pads: Pads) -> bool:
             and max(t, b) <= h and max(l, r) <= wd)
 
 
-class _CPUFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
-                dil: tuple[int, int], onednn_forward: bool) -> torch.Tensor:
-        ctx.pads, ctx.dil, ctx.has_bias = pads, dil, bias is not None
-        ctx.save_for_backward(x, w)
-        if onednn_forward:
+class _CPUKernels:
+    """The own CPU kernels behind :class:`_OwnConv` (the forward of small maps optionally on oneDNN)."""
+
+    def __init__(self, onednn_forward: bool) -> None:
+        self.onednn_forward = onednn_forward
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
+                dil: tuple[int, int]) -> torch.Tensor:
+        if self.onednn_forward:
             return _torch(x, w, bias, pads, dil)
         return cpu_kernels.forward(x, w, bias, pads, dil)
+
+    @staticmethod
+    def backward(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, int],
+                 need_x: bool, need_w: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return cpu_kernels.backward(x, gy, w, pads, dil, need_input=need_x, need_weight=need_w)
+
+    @staticmethod
+    def grad_bias(gy: torch.Tensor) -> torch.Tensor:
+        if gy.dtype == torch.float32:  # accumulated in float64, like the weight gradient
+            return gy.sum((0, 2, 3), dtype=torch.float64).to(gy.dtype)
+        return gy.sum((0, 2, 3))
+
+
+class _CUDAKernels:
+    """The own CUDA kernels behind :class:`_OwnConv` (symmetric padding: ``run`` pads asymmetric cases first)."""
+
+    def __init__(self, cuda_kernels: ModuleType) -> None:
+        self.ck = cuda_kernels
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
+                dil: tuple[int, int]) -> torch.Tensor:
+        return self.ck.forward(x, w, bias, (pads[0], pads[2]), dil)
+
+    def backward(self, x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, int],
+                 need_x: bool, need_w: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        gy = gy.contiguous()
+        pad = (pads[0], pads[2])
+        gx = self.ck.grad_input(gy, w, pad, dil, x.shape[-2:]) if need_x else None
+        gw = self.ck.grad_weight(x, gy, w.shape[-2:], pad, dil) if need_w else None
+        return gx, gw
+
+    @staticmethod
+    def grad_bias(gy: torch.Tensor) -> torch.Tensor:
+        return gy.sum((0, 2, 3), dtype=torch.float32).to(gy.dtype)
+
+
+class _OwnConv(torch.autograd.Function):
+    """Autograd around the own kernels of one device (``kernels``: :class:`_CPUKernels` or :class:`_CUDAKernels`)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
+                dil: tuple[int, int], kernels: _CPUKernels | _CUDAKernels) -> torch.Tensor:
+        ctx.pads, ctx.dil, ctx.has_bias, ctx.kernels = pads, dil, bias is not None, kernels
+        ctx.save_for_backward(x, w)
+        return kernels.forward(x, w, bias, pads, dil)
 
     @staticmethod
     @once_differentiable
@@ -173,34 +222,10 @@ class _CPUFunction(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         gx = gw = gb = None
         if need_x or need_w:
-            gx, gw = cpu_kernels.backward(x, gy, w, ctx.pads, ctx.dil, need_input=need_x, need_weight=need_w)
+            gx, gw = ctx.kernels.backward(x, gy, w, ctx.pads, ctx.dil, need_x, need_w)
         if need_b and ctx.has_bias:
-            gb = gy.sum((0, 2, 3), dtype=torch.float64).to(gy.dtype) if gy.dtype == torch.float32 else gy.sum((0, 2, 3))
+            gb = ctx.kernels.grad_bias(gy)
         return gx, gw, gb, None, None, None
-
-
-class _CUDAFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pad: tuple[int, int],
-                dil: tuple[int, int]) -> torch.Tensor:
-        from urlk_forecast.ops import cuda_kernels
-
-        ctx.pad, ctx.dil, ctx.has_bias = pad, dil, bias is not None
-        ctx.save_for_backward(x, w)
-        return cuda_kernels.forward(x, w, bias, pad, dil)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, gy: torch.Tensor):  # type: ignore[override]
-        from urlk_forecast.ops import cuda_kernels
-
-        x, w = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        gy = gy.contiguous()
-        gx = cuda_kernels.grad_input(gy, w, ctx.pad, ctx.dil, x.shape[-2:]) if need_x else None
-        gw = cuda_kernels.grad_weight(x, gy, w.shape[-2:], ctx.pad, ctx.dil) if need_w else None
-        gb = gy.sum((0, 2, 3), dtype=torch.float32).to(gy.dtype) if (need_b and ctx.has_bias) else None
-        return gx, gw, gb, None, None
 
 
 def _torch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
@@ -244,16 +269,13 @@ def run(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
             x, w = x.float(), w.float()
             bias = bias.float() if bias is not None else None
         channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        onednn = backend == "auto" and _onednn_forward(x, w, pads)
-        y = _CPUFunction.apply(x, w, bias, pads, dil, onednn)
+        kernels = _CPUKernels(onednn_forward=backend == "auto" and _onednn_forward(x, w, pads))
+        y = _OwnConv.apply(x, w, bias, pads, dil, kernels)
         if channels_last:
             y = y.contiguous(memory_format=torch.channels_last)
         return y.to(out_dtype) if y.dtype != out_dtype else y
-    # cuda
+    # cuda: the kernels take symmetric padding; an asymmetric one ("same" with an even K) is applied first
     t, b, l, r = pads
     if t != b or l != r:
-        x = F.pad(x, (l, r, t, b))
-        pad = (0, 0)
-    else:
-        pad = (t, l)
-    return _CUDAFunction.apply(x, w, bias, pad, dil)
+        x, pads = F.pad(x, (l, r, t, b)), (0, 0, 0, 0)
+    return _OwnConv.apply(x, w, bias, pads, dil, _CUDAKernels(_cuda_module()))
