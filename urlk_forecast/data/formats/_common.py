@@ -31,6 +31,8 @@ __all__ = [
     "place_on_grid",
     "check_unique",
     "csv_table",
+    "check_complete",
+    "directory_files",
 ]
 
 PathLike = str | os.PathLike
@@ -83,6 +85,33 @@ def read_bytes(path: PathLike) -> bytes:
     if p.suffix == ".gz":
         raise ReaderError(p, "named .gz but is not gzip-compressed (no gzip magic bytes)")
     return raw
+
+
+def check_complete(data: bytes | str, path: PathLike) -> None:
+    """Raise :class:`ReaderError` naming the last line when the file does not end with a newline.
+
+    Every archive and tool writes a final newline; a file without one was cut short (a download or
+    copy that stopped), so its last line may hold a value cut mid-number (``12.3`` -> ``12``).
+    """
+    nl = b"\n" if isinstance(data, bytes) else "\n"
+    cr = b"\r" if isinstance(data, bytes) else "\r"
+    if not data.strip() or data.endswith((nl, cr)):
+        return
+    line = data.count(nl) + 1
+    raise ReaderError(
+        path,
+        "the file ends in the middle of this line (no final newline): it looks truncated, so its last "
+        "values may be cut short; re-download or re-copy it (or add the newline if the line is complete)",
+        line,
+    )
+
+
+def directory_files(directory: PathLike, suffixes: tuple[str, ...]) -> list[Path]:
+    """Files under ``directory`` (recursively, sorted) whose names end with one of ``suffixes``; hidden ones skipped."""
+    d = Path(directory)
+    return sorted(
+        p for p in d.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name.endswith(suffixes)
+    )
 
 
 def decode_text(data: bytes, path: PathLike, encoding: str = "utf-8") -> str:

@@ -19,19 +19,21 @@ a tie goes to the earlier report), so a report at 00:51 counts for 01:00 unless 
 from __future__ import annotations
 
 import re
-import warnings
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..plausibility import apply_bounds, at_lines, resolve_units
 from ..schema import make_dataset, validate
 from ._common import (
     PathLike,
     ReaderError,
     as_paths,
+    check_complete,
     csv_table,
     decode_text,
     isd_station_id,
@@ -41,11 +43,13 @@ from ._common import (
     read_bytes,
     regular_grid,
 )
-from .isd_lite import TEMP_RANGE, WIND_RANGE
 
-__all__ = ["read_global_hourly", "parse_global_hourly", "snap_to_hour", "GLOBAL_HOURLY_REQUIRED"]
+__all__ = ["read_global_hourly", "parse_global_hourly", "snap_to_hour", "GLOBAL_HOURLY_REQUIRED", "NATIVE_UNITS"]
 
-GLOBAL_HOURLY_REQUIRED = ("STATION", "DATE")
+GLOBAL_HOURLY_REQUIRED = ("STATION", "DATE")  # TMP and WND too; checked apart for a clearer message
+#: the format's units after the x10 scale (``units=`` may override them)
+NATIVE_UNITS = {"temperature": "degC", "wind_speed": "m s-1"}
+_VARS = ("temperature", "wind_speed")
 _TMP = re.compile(r"^([+-]\d{4}),([0-9A-Z])$")
 _WND = re.compile(r"^(\d{3}),([0-9A-Z]),([0-9A-Z]),(\d{4}),([0-9A-Z])$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?$")
@@ -72,87 +76,107 @@ def _station_and_meta(key: tuple, path: PathLike, line: int, meta: dict) -> str:
     return sid
 
 
-def parse_global_hourly(data: bytes, path: PathLike = "<bytes>") -> dict[str, dict]:
+def _temperature(tmp: str, path: PathLike, line: int) -> float:
+    """degC of a ``TMP`` field like ``+0056,1``; NaN when blank, ``+9999`` (missing) or QC-erroneous."""
+    if not tmp:
+        return float("nan")
+    m = _TMP.match(tmp)
+    if not m:
+        raise ReaderError(path, f"{tmp[:40]!r} is not like '+0056,1' (degC x 10, quality code)", line, "TMP")
+    v = int(m.group(1))
+    if v in (9999, -9999) or m.group(2) in _ERRONEOUS:
+        return float("nan")
+    return v / 10.0
+
+
+def _wind(wnd: str, path: PathLike, line: int) -> float:
+    """m/s of a ``WND`` field like ``160,1,N,0046,1``; NaN when blank, ``9999`` (missing) or QC-erroneous."""
+    if not wnd:
+        return float("nan")
+    m = _WND.match(wnd)
+    if not m:
+        raise ReaderError(
+            path, f"{wnd[:40]!r} is not like '160,1,N,0046,1' (dir, qc, type, m/s x 10, qc)", line, "WND"
+        )
+    v = int(m.group(4))
+    if v == 9999 or m.group(5) in _ERRONEOUS:
+        return float("nan")
+    return v / 10.0
+
+
+def _required_columns(cols: dict[str, int], path: PathLike) -> None:
+    """TMP and WND are mandatory in NCEI's files: one absent (renamed?) is an error, never a silent gap."""
+    missing = [c for c in ("TMP", "WND") if c not in cols]
+    if len(missing) == 2:
+        raise ReaderError(path, "not a Global Hourly CSV file: it has neither a TMP nor a WND column", 1)
+    if missing:
+        raise ReaderError(
+            path, f"Global Hourly CSV without its mandatory {missing[0]} column (renamed or removed?); "
+            f"header is [{', '.join(list(cols)[:20])}]", 1
+        )
+
+
+def parse_global_hourly(
+    data: bytes, path: PathLike = "<bytes>", units: Mapping[str, str] | None = None
+) -> dict[str, dict]:
     """Parse one Global Hourly CSV (uncompressed bytes) into raw, un-snapped reports per station.
 
     Returns ``{station_id: {"time", "temperature", "wind_speed", "line", "lat", "lon", "elevation",
-    "name"}}``; times are datetime64[ns] of the reports, values float32 (NaN = missing/erroneous).
-    Coordinates are those of the station's last report (stations move; the latest site wins).
+    "name"}}``; times are datetime64[ns] of the reports, values float32 (NaN = missing/erroneous or
+    impossible, with one warning for the file). Coordinates are those of the station's last report
+    (stations move; the latest site wins). A missing TMP or WND column or final newline raises.
     """
     text = decode_text(data, path, "utf-8")
+    check_complete(text, path)
     header, cols, rows = csv_table(text, path, GLOBAL_HOURLY_REQUIRED, "Global Hourly (ISD CSV)")
-    if "TMP" not in cols and "WND" not in cols:
-        raise ReaderError(path, "not a Global Hourly CSV file: it has neither a TMP nor a WND column", 1)
+    _required_columns(cols, path)
     acc: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     meta: dict[str, tuple[float, float, float, str]] = {}
-    implausible = {"TMP": [0, 0], "WND": [0, 0]}  # count, first line
-    i_type, i_tmp, i_wnd = cols.get("REPORT_TYPE"), cols.get("TMP"), cols.get("WND")
+    i_type, i_tmp, i_wnd = cols.get("REPORT_TYPE"), cols["TMP"], cols["WND"]
     i_station, i_date = cols["STATION"], cols["DATE"]
     i_meta = [cols.get(c) for c in ("LATITUDE", "LONGITUDE", "ELEVATION", "NAME")]
     prev_key: tuple | None = None
-    sid = ""
-    a_date = a_temp = a_wind = a_line = None
-    nan = float("nan")
-    t_lo, t_hi = TEMP_RANGE
-    w_lo, w_hi = WIND_RANGE
+    add = None
     for line, row in rows:
         if i_type is not None and row[i_type].strip() in _SUMMARY_TYPES:
             continue
         # station and site fields repeat on every row: parse them only when they change
         key = (row[i_station], *(row[i] if i is not None else "" for i in i_meta))
         if key != prev_key:
-            sid = _station_and_meta(key, path, line, meta)
-            a = acc[sid]
-            a_date, a_temp, a_wind, a_line = (a[k].append for k in ("date", "temperature", "wind_speed", "line"))
+            a = acc[_station_and_meta(key, path, line, meta)]
+            add = tuple(a[k].append for k in ("date", "temperature", "wind_speed", "line"))
             prev_key = key
         date = row[i_date].strip()
         if not _DATE.match(date):
             raise ReaderError(path, f"{date[:40]!r} is not a time like 2019-01-01T00:51:00", line, "DATE")
-        temp = nan
-        tmp = row[i_tmp].strip() if i_tmp is not None else ""
-        if tmp:
-            m = _TMP.match(tmp)
-            if not m:
-                raise ReaderError(path, f"{tmp[:40]!r} is not like '+0056,1' (degC x 10, quality code)", line, "TMP")
-            v = int(m.group(1))
-            if v != 9999 and v != -9999 and m.group(2) not in _ERRONEOUS:
-                temp = v / 10.0
-                if not t_lo <= temp <= t_hi:
-                    implausible["TMP"][0] += 1
-                    implausible["TMP"][1] = implausible["TMP"][1] or line
-                    temp = nan
-        wind = nan
-        wnd = row[i_wnd].strip() if i_wnd is not None else ""
-        if wnd:
-            m = _WND.match(wnd)
-            if not m:
-                raise ReaderError(
-                    path, f"{wnd[:40]!r} is not like '160,1,N,0046,1' (dir, qc, type, m/s x 10, qc)", line, "WND"
-                )
-            v = int(m.group(4))
-            if v != 9999 and m.group(5) not in _ERRONEOUS:
-                wind = v / 10.0
-                if not w_lo <= wind <= w_hi:
-                    implausible["WND"][0] += 1
-                    implausible["WND"][1] = implausible["WND"][1] or line
-                    wind = nan
-        a_date(date)  # type: ignore[misc]
-        a_temp(temp)  # type: ignore[misc]
-        a_wind(wind)  # type: ignore[misc]
-        a_line(line)  # type: ignore[misc]
-    for key, (count, first) in implausible.items():
-        if count:
-            warnings.warn(
-                f"{path}: {count} {key} value(s) outside the plausible range set to NaN (first on line {first})",
-                stacklevel=3,
-            )
-    out = {}
-    for sid, a in acc.items():
-        lines = np.asarray(a["line"], np.int64)
+        assert add is not None
+        add[0](date)
+        add[1](_temperature(row[i_tmp].strip(), path, line))
+        add[2](_wind(row[i_wnd].strip(), path, line))
+        add[3](line)
+    return _finish(acc, meta, path, units)
+
+
+def _finish(acc: dict[str, dict[str, list]], meta: dict, path: PathLike, units: Mapping[str, str] | None) -> dict:
+    """Per-station records of :func:`parse_global_hourly`; the plausibility check runs once over the file."""
+    sids = list(acc)
+    lines = np.concatenate([np.asarray(acc[s]["line"], np.int64) for s in sids]) if sids else np.zeros(0, np.int64)
+    vals = apply_bounds(
+        {v: np.concatenate([np.asarray(acc[s][v], np.float64) for s in sids]) if sids else np.zeros(0) for v in _VARS},
+        path,
+        units=resolve_units(units, NATIVE_UNITS, path),
+        fields={"temperature": "TMP", "wind_speed": "WND"},
+        locate=at_lines(lines),
+        stacklevel=4,
+    )
+    out, start = {}, 0
+    for sid in sids:
+        a = acc[sid]
+        n = len(a["line"])
         try:
             t = np.asarray(a["date"], dtype="datetime64[s]").astype("datetime64[ns]")
         except ValueError:
-            for d, ln in zip(a["date"], lines):
+            for d, ln in zip(a["date"], a["line"]):
                 try:
                     np.datetime64(d, "s")
                 except ValueError:
@@ -161,15 +185,15 @@ def parse_global_hourly(data: bytes, path: PathLike = "<bytes>") -> dict[str, di
         lat, lon, elev, name = meta[sid]
         out[sid] = {
             "time": t,
-            "temperature": np.asarray(a["temperature"], np.float32),
-            "wind_speed": np.asarray(a["wind_speed"], np.float32),
-            "line": lines,
+            **{v: vals[v][start : start + n] for v in _VARS},
+            "line": lines[start : start + n],
             "lat": lat,
             "lon": lon,
             "elevation": elev,
             "name": name,
-            "variables": tuple(v for v, c in (("temperature", "TMP"), ("wind_speed", "WND")) if c in cols),
+            "variables": _VARS,
         }
+        start += n
     return out
 
 
@@ -199,11 +223,13 @@ def read_global_hourly(
     *,
     start: str | pd.Timestamp | None = None,
     end: str | pd.Timestamp | None = None,
+    units: Mapping[str, str] | None = None,
 ) -> xr.Dataset:
     """Read Global Hourly CSV files (one or many stations/years; ``.gz`` works too) into the schema.
 
     Station ids become ``USAF-WBAN`` (``72509014739`` -> ``725090-14739``) to match ISD-Lite. Reports
-    are snapped to the hour (see :func:`snap_to_hour`); ``start``/``end`` widen the hourly axis.
+    are snapped to the hour (see :func:`snap_to_hour`); ``start``/``end`` widen the hourly axis;
+    ``units`` overrides the format's units (after the x10 scale).
     """
     files: list[Path] = []
     for p in as_paths(paths):
@@ -216,7 +242,7 @@ def read_global_hourly(
             files.append(p)
     reports: dict[str, list[dict]] = defaultdict(list)
     for f in dict.fromkeys(files):
-        for sid, rec in parse_global_hourly(read_bytes(f), f).items():
+        for sid, rec in parse_global_hourly(read_bytes(f), f, units).items():
             rec["file"] = f
             reports[sid].append(rec)
     if not reports:

@@ -9,19 +9,21 @@ degC and m/s. ``DATE`` is ``YYYY-MM-DD``; the time axis is daily.
 
 from __future__ import annotations
 
-import warnings
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..schema import convert_units, make_dataset, validate
+from ..plausibility import apply_bounds, at_lines, resolve_units
+from ..schema import make_dataset, validate
 from ._common import (
     PathLike,
     ReaderError,
     as_paths,
+    check_complete,
     check_unique,
     csv_table,
     decode_text,
@@ -32,91 +34,90 @@ from ._common import (
     read_bytes,
     regular_grid,
 )
-from .isd_lite import TEMP_RANGE, WIND_RANGE
 
-__all__ = ["read_gsod", "parse_gsod", "GSOD_REQUIRED"]
+__all__ = ["read_gsod", "parse_gsod", "GSOD_REQUIRED", "NATIVE_UNITS"]
 
 GSOD_REQUIRED = ("STATION", "DATE", "TEMP", "WDSP")
-# column -> (schema variable, missing sentinel, source units, plausible range in canonical units)
-_VALUES = {
-    "TEMP": ("temperature", 9999.9, "degF", TEMP_RANGE),
-    "WDSP": ("wind_speed", 999.9, "knots", WIND_RANGE),
-}
+# column -> (schema variable, the format's missing-value code)
+_VALUES = {"TEMP": ("temperature", 9999.9), "WDSP": ("wind_speed", 999.9)}
+#: the format's units (``units=`` may override them)
+NATIVE_UNITS = {"temperature": "degF", "wind_speed": "knots"}
 
 
-def parse_gsod(data: bytes, path: PathLike = "<bytes>") -> dict[str, dict]:
+def _row(row: list[str], cols: dict[str, int], path: PathLike, line: int) -> tuple[str, np.datetime64, list, tuple]:
+    """(station id, day, [TEMP, WDSP] raw values (NaN = missing), (lat, lon, elevation, name)) of one row."""
+    raw_id = row[cols["STATION"]].strip()
+    if not raw_id:
+        raise ReaderError(path, "empty station id", line, "STATION")
+    date = row[cols["DATE"]].strip()
+    try:
+        t = np.datetime64(date, "D") if len(date) == 10 else None
+    except ValueError:
+        t = None
+    if t is None:
+        raise ReaderError(path, f"{date[:40]!r} is not a date like 2019-01-01", line, "DATE")
+    values = []
+    for col, (_, sentinel) in _VALUES.items():
+        s = row[cols[col]]
+        try:
+            v = parse_float(s)
+        except ValueError:
+            raise ReaderError(path, f"{s.strip()[:40]!r} is not a number", line, col) from None
+        values.append(np.nan if abs(v - sentinel) < 1e-6 else v)
+    coords = []
+    for name in ("LATITUDE", "LONGITUDE", "ELEVATION"):
+        s = row[cols[name]] if name in cols else ""
+        try:
+            coords.append(parse_float(s))
+        except ValueError:
+            raise ReaderError(path, f"{s.strip()[:40]!r} is not a number", line, name) from None
+    if abs(coords[0]) > 90 or abs(coords[1]) > 180:
+        raise ReaderError(path, f"latitude/longitude {coords[0]}, {coords[1]} out of range", line, "LATITUDE")
+    name = row[cols["NAME"]].strip() if "NAME" in cols else ""
+    return isd_station_id(raw_id), t, values, (coords[0], coords[1], missing_elevation(coords[2]), name)
+
+
+def parse_gsod(data: bytes, path: PathLike = "<bytes>", units: Mapping[str, str] | None = None) -> dict[str, dict]:
     """Parse one GSOD CSV into ``{station_id: {"time", "temperature", "wind_speed", "line", "lat",
-    "lon", "elevation", "name"}}`` with values already in degC and m/s (NaN = missing)."""
+    "lon", "elevation", "name"}}`` with values already in degC and m/s (NaN = missing).
+
+    Impossible values become NaN with one warning for the file; a missing final newline (a truncated
+    file) raises. ``units`` overrides the format's degF / knots.
+    """
     text = decode_text(data, path, "utf-8")
+    check_complete(text, path)
     _, cols, rows = csv_table(text, path, GSOD_REQUIRED, "GSOD (Global Summary of the Day)")
-    acc: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    sids, times, lines, raw = [], [], [], []
     meta: dict[str, tuple] = {}
     for line, row in rows:
-        raw_id = row[cols["STATION"]].strip()
-        if not raw_id:
-            raise ReaderError(path, "empty station id", line, "STATION")
-        sid = isd_station_id(raw_id)
-        date = row[cols["DATE"]].strip()
-        try:
-            t = np.datetime64(date, "D") if len(date) == 10 else None
-        except ValueError:
-            t = None
-        if t is None:
-            raise ReaderError(path, f"{date[:40]!r} is not a date like 2019-01-01", line, "DATE")
-        a = acc[sid]
-        a["time"].append(t)
-        a["line"].append(line)
-        for col, (var, sentinel, _, _) in _VALUES.items():
-            s = row[cols[col]]
-            try:
-                v = parse_float(s)
-            except ValueError:
-                raise ReaderError(path, f"{s.strip()[:40]!r} is not a number", line, col) from None
-            a[var].append(np.nan if abs(v - sentinel) < 1e-6 else v)
-        coords = []
-        for name in ("LATITUDE", "LONGITUDE", "ELEVATION"):
-            s = row[cols[name]] if name in cols else ""
-            try:
-                coords.append(parse_float(s))
-            except ValueError:
-                raise ReaderError(path, f"{s.strip()[:40]!r} is not a number", line, name) from None
-        if abs(coords[0]) > 90 or abs(coords[1]) > 180:
-            raise ReaderError(path, f"latitude/longitude {coords[0]}, {coords[1]} out of range", line, "LATITUDE")
-        name = row[cols["NAME"]].strip() if "NAME" in cols else ""
-        meta[sid] = (coords[0], coords[1], missing_elevation(coords[2]), name)
+        sid, t, values, site = _row(row, cols, path, line)
+        sids.append(sid)
+        times.append(t)
+        lines.append(line)
+        raw.append(values)
+        meta[sid] = site
+    line_arr = np.asarray(lines, np.int64)
+    table = np.asarray(raw, np.float64).reshape(-1, len(_VALUES))
+    vals = apply_bounds(
+        {var: table[:, k] for k, (var, _) in enumerate(_VALUES.values())},
+        path,
+        units=resolve_units(units, NATIVE_UNITS, path),
+        fields={var: col for col, (var, _) in _VALUES.items()},
+        locate=at_lines(line_arr),
+    )
+    all_t = np.asarray(times, dtype="datetime64[D]").astype("datetime64[ns]")
+    codes, ids = pd.factorize(pd.Index(sids))
     out = {}
-    for sid, a in acc.items():
-        t = np.asarray(a["time"], dtype="datetime64[D]").astype("datetime64[ns]")
-        lines = np.asarray(a["line"], np.int64)
-        check_unique(t, lines, path, "date")
-        rec = {"time": t, "line": lines}
-        for col, (var, _, units, (lo, hi)) in _VALUES.items():
-            v = convert_units(np.asarray(a[var], np.float64), units, var)
-            bad = (v < lo) | (v > hi)
-            if np.any(bad):
-                warnings.warn(
-                    f"{path}: {int(bad.sum())} {col} value(s) outside the plausible range set to NaN "
-                    f"(first on line {int(lines[np.argmax(bad)])})",
-                    stacklevel=2,
-                )
-                v = np.where(bad, np.nan, v)
-            rec[var] = v.astype(np.float32)
+    for k, sid in enumerate(ids):
+        sel = codes == k
+        check_unique(all_t[sel], line_arr[sel], path, "date")
+        rec = {"time": all_t[sel], "line": line_arr[sel], **{v: a[sel] for v, a in vals.items()}}
         rec.update(zip(("lat", "lon", "elevation", "name"), meta[sid]))
         out[sid] = rec
     return out
 
 
-def read_gsod(
-    paths: PathLike | list[PathLike],
-    *,
-    start: str | pd.Timestamp | None = None,
-    end: str | pd.Timestamp | None = None,
-) -> xr.Dataset:
-    """Read GSOD CSV files (several stations/years; ``.gz`` too) into the daily schema dataset.
-
-    Station ids become ``USAF-WBAN``; days without a record are NaN; ``start``/``end`` widen the axis.
-    A station-day present in two files must agree, otherwise a :class:`ReaderError` names both.
-    """
+def _input_files(paths: PathLike | list[PathLike]) -> list[Path]:
     files: list[Path] = []
     for p in as_paths(paths):
         if p.is_dir():
@@ -126,9 +127,41 @@ def read_gsod(
             files.extend(found)
         else:
             files.append(p)
+    return list(dict.fromkeys(files))
+
+
+def _check_overlap(sid: str, recs: list[dict]) -> None:
+    """A station-day in two files is an error naming both files."""
+    if len(recs) < 2:
+        return
+    t = np.concatenate([r["time"] for r in recs])
+    if len(np.unique(t)) == len(t):
+        return
+    seen: dict[np.datetime64, Path] = {}
+    for r in recs:
+        for tt in r["time"]:
+            if tt in seen:
+                raise ReaderError(r["file"], f"{sid} {pd.Timestamp(tt).date()} is also in {seen[tt]}")
+            seen[tt] = r["file"]
+
+
+def read_gsod(
+    paths: PathLike | list[PathLike],
+    *,
+    start: str | pd.Timestamp | None = None,
+    end: str | pd.Timestamp | None = None,
+    units: Mapping[str, str] | None = None,
+) -> xr.Dataset:
+    """Read GSOD CSV files (several stations/years; ``.gz`` too) into the daily schema dataset.
+
+    Station ids become ``USAF-WBAN``; days without a record are NaN; ``start``/``end`` widen the axis.
+    A station-day present in two files is a :class:`ReaderError` naming both. ``units`` overrides the
+    format's degF / knots (``{"temperature": "degC"}`` for a converted copy).
+    """
+    files = _input_files(paths)
     per: dict[str, list[dict]] = defaultdict(list)
-    for f in dict.fromkeys(files):
-        for sid, rec in parse_gsod(read_bytes(f), f).items():
+    for f in files:
+        for sid, rec in parse_gsod(read_bytes(f), f, units).items():
             rec["file"] = f
             per[sid].append(rec)
     if not per:
@@ -143,15 +176,7 @@ def read_gsod(
     arrays = {v: np.full((len(grid), len(ids)), np.nan, np.float32) for v in ("temperature", "wind_speed")}
     for j, sid in enumerate(ids):
         recs = per[sid]
-        if len(recs) > 1:
-            t = np.concatenate([r["time"] for r in recs])
-            if len(np.unique(t)) != len(t):
-                seen: dict[np.datetime64, Path] = {}
-                for r in recs:
-                    for tt in r["time"]:
-                        if tt in seen:
-                            raise ReaderError(r["file"], f"{sid} {pd.Timestamp(tt).date()} is also in {seen[tt]}")
-                        seen[tt] = r["file"]
+        _check_overlap(sid, recs)
         for r in recs:
             for var in arrays:
                 place_on_grid(grid, r["time"], r[var], arrays[var][:, j])

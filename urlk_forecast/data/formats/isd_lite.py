@@ -19,6 +19,7 @@ import os
 import re
 import warnings
 from collections import defaultdict
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,11 +27,14 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..plausibility import ImplausibleValuesWarning, at_lines, check_bounds, resolve_units
 from ..schema import make_dataset, validate
+from ..variables import REGISTRY
 from ._common import (
     PathLike,
     ReaderError,
     as_paths,
+    check_complete,
     check_unique,
     decode_text,
     missing_elevation,
@@ -65,9 +69,12 @@ ISD_LITE_FIELDS = (
 )
 _WIDTHS = (4, 3, 3, 3, 6, 6, 6, 6, 6, 6, 6, 6)  # fixed layout, 61 characters a line
 _MISSING = -9999
-#: plausible physical ranges; values outside are set to NaN with a warning (never kept, never fatal)
-TEMP_RANGE = (-90.0, 70.0)
-WIND_RANGE = (0.0, 100.0)
+#: plausible physical ranges (from the variable registry); values outside become NaN with a warning
+TEMP_RANGE = (REGISTRY["temperature"].valid_min, REGISTRY["temperature"].valid_max)
+WIND_RANGE = (REGISTRY["wind_speed"].valid_min, REGISTRY["wind_speed"].valid_max)
+#: the file's own units (values are x10 in the file); ``units=`` may override them
+NATIVE_UNITS = {"temperature": "degC", "wind_speed": "m s-1"}
+_FIELDS = {"temperature": "air_temp", "wind_speed": "wind_speed"}
 
 ISD_HISTORY_COLUMNS = ("USAF", "WBAN", "STATION NAME", "CTRY", "STATE", "ICAO", "LAT", "LON", "ELEV(M)", "BEGIN", "END")
 _HISTORY_REQUIRED = ("USAF", "WBAN", "LAT", "LON")
@@ -144,26 +151,31 @@ def _times(rec: np.ndarray, lines: np.ndarray, path: PathLike) -> np.ndarray:
     return (day.astype("datetime64[ns]") + h.astype("timedelta64[h]")).astype("datetime64[ns]")
 
 
-def _scaled(raw: np.ndarray, lines: np.ndarray, path: PathLike, name: str, lo: float, hi: float) -> np.ndarray:
-    vals = np.where(raw == _MISSING, np.nan, raw / 10.0)
-    bad = (vals < lo) | (vals > hi)
-    if np.any(bad):
+def _check_year(t: np.ndarray, lines: np.ndarray, path: PathLike) -> None:
+    """Records must lie in the year of the file name (``USAF-WBAN-YYYY``); its last report may round up to
+    the first hour of the next year. Anything else is another year's data in the wrong file."""
+    m = ISD_LITE_NAME.match(Path(str(path)).name)
+    if not m or not m["year"]:
+        return
+    year = int(m["year"])
+    lo = np.datetime64(f"{year:04d}-01-01T00", "ns")
+    hi = np.datetime64(f"{year + 1:04d}-01-01T00", "ns")
+    bad = (t < lo) | (t > hi)
+    if bad.any():
         i = int(np.argmax(bad))
-        warnings.warn(
-            f"{path}: {int(bad.sum())} {name} value(s) outside the plausible range [{lo}, {hi}] set to NaN "
-            f"(first on line {int(lines[i])}: {vals[i]})",
-            stacklevel=4,
+        raise ReaderError(
+            path,
+            f"record for {pd.Timestamp(t[i])} is not in {year}, the year in the file name "
+            f"({int(bad.sum())} such record(s)); each file USAF-WBAN-YYYY holds one year",
+            int(lines[i]),
+            "year",
         )
-        vals = np.where(bad, np.nan, vals)
-    return vals.astype(np.float32)
 
 
-def parse_isd_lite(data: bytes, path: PathLike = "<bytes>") -> dict[str, np.ndarray]:
-    """Parse the (uncompressed) bytes of one ISD-Lite file.
-
-    Returns ``time`` (datetime64[ns]), ``temperature`` (degC) and ``wind_speed`` (m/s) as float32
-    with NaN for missing, and ``line`` (1-based line numbers). Duplicate hours raise.
-    """
+def _parse(
+    data: bytes, path: PathLike, units: Mapping[str, str] | None = None
+) -> tuple[dict[str, np.ndarray], str | None]:
+    """:func:`parse_isd_lite` without warning: (records, the plausibility warning text or None)."""
     rec = _fast_parse(data)
     if rec is not None:
         lines = np.arange(1, len(rec) + 1, dtype=np.int64)
@@ -171,17 +183,71 @@ def parse_isd_lite(data: bytes, path: PathLike = "<bytes>") -> dict[str, np.ndar
         rec, lines = _slow_parse(data, path)
     if len(rec) == 0:
         raise ReaderError(path, "no ISD-Lite records (empty file)")
+    check_complete(data, path)
     t = _times(rec, lines, path)
+    _check_year(t, lines, path)
     check_unique(t, lines, path, "hour")
-    return {
-        "time": t,
-        "temperature": _scaled(rec[:, 4], lines, path, "air_temp", *TEMP_RANGE),
-        "wind_speed": _scaled(rec[:, 8], lines, path, "wind_speed", *WIND_RANGE),
-        "line": lines,
+    raw = {
+        var: np.where(rec[:, col] == _MISSING, np.nan, rec[:, col] / 10.0)
+        for var, col in (("temperature", 4), ("wind_speed", 8))
     }
+    vals, message = check_bounds(
+        raw, path, units=resolve_units(units, NATIVE_UNITS, path), fields=_FIELDS, locate=at_lines(lines)
+    )
+    return {"time": t, **vals, "line": lines}, message
+
+
+def parse_isd_lite(
+    data: bytes, path: PathLike = "<bytes>", units: Mapping[str, str] | None = None
+) -> dict[str, np.ndarray]:
+    """Parse the (uncompressed) bytes of one ISD-Lite file.
+
+    Returns ``time`` (datetime64[ns]), ``temperature`` (degC) and ``wind_speed`` (m/s) as float32
+    with NaN for missing, and ``line`` (1-based line numbers). Duplicate hours, records outside the
+    year in the file name and a missing final newline (a truncated file) raise; impossible values
+    become NaN with one :class:`~urlk_forecast.data.plausibility.ImplausibleValuesWarning`.
+    ``units`` overrides the file's units (after the x10 scale), e.g. ``{"temperature": "degF"}``.
+    """
+    out, message = _parse(data, path, units)
+    if message:
+        warnings.warn(message, ImplausibleValuesWarning, stacklevel=2)
+    return out
 
 
 # ---------------------------------------------------------------------------------------- station list
+def _history_row(row: list[str], col: dict[str, int], path: PathLike, line: int) -> tuple[str, tuple]:
+    """(``USAF-WBAN`` id, the frame row) of one isd-history.csv row; raises naming the bad field."""
+
+    def get(name: str) -> str:
+        return row[col[name]].strip() if name in col else ""
+
+    usaf, wban = get("USAF"), get("WBAN")
+    if not re.fullmatch(r"[0-9A-Z]{6}", usaf):
+        raise ReaderError(path, f"USAF {usaf!r} is not a 6-character station number", line, "USAF")
+    if not re.fullmatch(r"\d{5}", wban):
+        raise ReaderError(path, f"WBAN {wban!r} is not a 5-digit number", line, "WBAN")
+    vals = {}
+    for name, lim in (("LAT", 90.0), ("LON", 180.0), ("ELEV(M)", None)):
+        try:
+            v = parse_float(get(name))
+        except ValueError:
+            raise ReaderError(path, f"{get(name)!r} is not a number", line, name) from None
+        if lim is not None and abs(v) > lim:
+            raise ReaderError(path, f"{v} is outside [-{lim}, {lim}]", line, name)
+        vals[name] = v
+    dates = []
+    for name in ("BEGIN", "END"):
+        s = get(name)
+        if s and not _YYYYMMDD.match(s):
+            raise ReaderError(path, f"{s!r} is not a YYYYMMDD date", line, name)
+        dates.append(s)
+    rec = (
+        get("STATION NAME"), get("CTRY"), get("STATE"), get("ICAO"), vals["LAT"], vals["LON"],
+        missing_elevation(vals["ELEV(M)"]), dates[0], dates[1], line,
+    )
+    return f"{usaf}-{wban}", rec
+
+
 def read_isd_history(path: PathLike) -> pd.DataFrame:
     """Read NCEI's ``isd-history.csv`` station list.
 
@@ -213,43 +279,8 @@ def read_isd_history(path: PathLike) -> pd.DataFrame:
             if len(row) != len(header):
                 raise ReaderError(path, f"expected {len(header)} fields, found {len(row)}", line)
 
-            def get(name: str, row: list[str] = row) -> str:
-                return row[col[name]].strip() if name in col else ""
-
-            usaf, wban = get("USAF"), get("WBAN")
-            if not re.fullmatch(r"[0-9A-Z]{6}", usaf):
-                raise ReaderError(path, f"USAF {usaf!r} is not a 6-character station number", line, "USAF")
-            if not re.fullmatch(r"\d{5}", wban):
-                raise ReaderError(path, f"WBAN {wban!r} is not a 5-digit number", line, "WBAN")
-            vals = {}
-            for name, lim in (("LAT", 90.0), ("LON", 180.0), ("ELEV(M)", None)):
-                try:
-                    v = parse_float(get(name))
-                except ValueError:
-                    raise ReaderError(path, f"{get(name)!r} is not a number", line, name) from None
-                if lim is not None and abs(v) > lim:
-                    raise ReaderError(path, f"{v} is outside [-{lim}, {lim}]", line, name)
-                vals[name] = v
-            dates = []
-            for name in ("BEGIN", "END"):
-                s = get(name)
-                if s and not _YYYYMMDD.match(s):
-                    raise ReaderError(path, f"{s!r} is not a YYYYMMDD date", line, name)
-                dates.append(s)
-            sid = f"{usaf}-{wban}"
-            if sid not in recs:
-                recs[sid] = (
-                    get("STATION NAME"),
-                    get("CTRY"),
-                    get("STATE"),
-                    get("ICAO"),
-                    vals["LAT"],
-                    vals["LON"],
-                    missing_elevation(vals["ELEV(M)"]),
-                    dates[0],
-                    dates[1],
-                    line,
-                )
+            sid, rec = _history_row(row, col, path, line)
+            recs.setdefault(sid, rec)
     except csv.Error as e:
         raise ReaderError(path, f"malformed CSV ({e})", reader.line_num) from None
     cols = ["name", "ctry", "state", "icao", "lat", "lon", "elevation", "begin", "end", "line"]
@@ -280,6 +311,119 @@ def _station_of(path: Path) -> tuple[str, int | None]:
     return f"{m['usaf']}-{m['wban']}", (int(m["year"]) if m["year"] else None)
 
 
+def _input_files(paths: PathLike | list[PathLike]) -> list[Path]:
+    """The ISD-Lite files to read: given files, and the ``USAF-WBAN-YYYY[.gz]`` files of given directories.
+
+    Other data files in a directory (CSV, netCDF, ...) are not ISD-Lite; they are named in a warning
+    rather than skipped without a word (``isd-history.csv`` is the station list and expected there).
+    """
+    files: list[Path] = []
+    for p in as_paths(paths):
+        if not p.is_dir():
+            files.append(p)
+            continue
+        found = isd_lite_files(p)
+        if not found:
+            raise ReaderError(p, "no ISD-Lite files (USAF-WBAN-YYYY[.gz]) in this directory")
+        known = set(found)
+        others = sorted(
+            str(f.relative_to(p))
+            for f in p.rglob("*")
+            if f.is_file() and not f.name.startswith(".") and f not in known and f.name != "isd-history.csv"
+        )
+        if others:
+            warnings.warn(
+                f"{p}: {len(others)} file(s) that are not ISD-Lite (USAF-WBAN-YYYY[.gz]) are not read: "
+                f"{others[:5]}{' ...' if len(others) > 5 else ''}",
+                stacklevel=3,
+            )
+        files.extend(found)
+    return list(dict.fromkeys(files))  # the same file named twice is read once
+
+
+def _station_list(history: PathLike | pd.DataFrame | bool | None, files: list[Path]) -> tuple[pd.DataFrame | None, str]:
+    """(the isd-history frame or None, where it came from) for ``history`` as :func:`read_isd_lite` documents."""
+    hist_path: PathLike | None = None
+    if history is None:
+        cands = [f.parent / "isd-history.csv" for f in files] + [f.parent.parent / "isd-history.csv" for f in files]
+        hist_path = next((c for c in dict.fromkeys(cands) if c.is_file()), None)
+    elif history is not False and not isinstance(history, pd.DataFrame):
+        hist_path = history  # type: ignore[assignment]
+    if isinstance(history, pd.DataFrame):
+        return history, "<isd-history frame>"
+    meta = read_isd_history(hist_path) if hist_path is not None else None
+    if meta is None and history is None:
+        warnings.warn(
+            "no isd-history.csv given or found beside the data: station lat/lon/elevation are unknown (NaN)",
+            stacklevel=3,
+        )
+    return meta, str(hist_path)
+
+
+def _coordinates(
+    ids: list[str], meta: pd.DataFrame | None, hist_path: str, missing_coords: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """lat, lon, elevation, names and the keep mask of ``ids`` from the station list."""
+    lat, lon, elev = (np.full(len(ids), np.nan) for _ in range(3))
+    names = list(ids)
+    keep = np.ones(len(ids), bool)
+    if meta is None:
+        return lat, lon, elev, names, keep
+    for k, sid in enumerate(ids):
+        if sid in meta.index:
+            r = meta.loc[sid]
+            lat[k], lon[k], elev[k] = r["lat"], r["lon"], r["elevation"]
+            names[k] = str(r["name"]) or sid
+            problem = None if np.isfinite(lat[k]) and np.isfinite(lon[k]) else "has a blank LAT/LON"
+            where = f"{hist_path}, line {int(r['line'])}" if "line" in r else hist_path
+        else:
+            problem, where = "is not listed", hist_path
+        if problem and missing_coords == "raise":
+            raise ReaderError(
+                None,
+                f"{where}: station {sid} {problem}; pass missing_coords='nan' to keep it without "
+                "coordinates or 'drop' to skip it",
+            )
+        if problem and missing_coords == "drop":
+            keep[k] = False
+    return lat, lon, elev, names, keep
+
+
+def _station_series(
+    files: list[tuple[Path, int | None]], units: Mapping[str, str] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(hours since 1970, temperature, wind, plausibility warnings) of one station's files.
+
+    Runs in worker threads, so warnings are returned for the caller to emit. An hour present in two
+    files (the year boundary) comes from the file of that hour's year.
+    """
+    parts, messages = [], []
+    for f, year in files:
+        rec, message = _parse(read_bytes(f), f, units)
+        if message:
+            messages.append(message)
+        own = (
+            np.ones(len(rec["time"]), bool)
+            if year is None
+            else rec["time"].astype("datetime64[Y]").astype(np.int64) + 1970 == year
+        )
+        parts.append((rec, own))
+    t = np.concatenate([r["time"] for r, _ in parts])
+    pref = np.concatenate([o for _, o in parts])
+    order = np.lexsort((~pref, t))
+    ts = t[order]
+    first = np.ones(len(ts), bool)
+    first[1:] = ts[1:] != ts[:-1]
+    sel = order[first]
+    hours = (t[sel].astype("datetime64[h]").astype(np.int64)).astype(np.int32)  # compact: 12 B per record
+    return (
+        hours,
+        np.concatenate([r["temperature"] for r, _ in parts])[sel],
+        np.concatenate([r["wind_speed"] for r, _ in parts])[sel],
+        messages,
+    )
+
+
 def read_isd_lite(
     paths: PathLike | list[PathLike],
     history: PathLike | pd.DataFrame | bool | None = None,
@@ -287,6 +431,7 @@ def read_isd_lite(
     missing_coords: str = "raise",
     start: str | pd.Timestamp | None = None,
     end: str | pd.Timestamp | None = None,
+    units: Mapping[str, str] | None = None,
 ) -> xr.Dataset:
     """Read ISD-Lite files (``.gz`` or plain; several years and stations) into the schema.
 
@@ -297,35 +442,13 @@ def read_isd_lite(
     ``missing_coords``: what to do with a station whose LAT/LON is blank or that the list lacks —
     ``"raise"`` (a :class:`ReaderError` naming it), ``"nan"`` (keep it, NaN coordinates) or ``"drop"``.
     ``start``/``end`` widen the hourly axis (e.g. to whole years); hours without a record are NaN.
-    Records of one hour found in two files (year boundary) come from the file of that year.
+    Records of one hour found in two files (year boundary) come from the file of that year; a record
+    of any other year is an error naming its file and line. ``units`` overrides the format's units.
     """
     if missing_coords not in ("raise", "nan", "drop"):
         raise ValueError(f"missing_coords must be 'raise', 'nan' or 'drop', got {missing_coords!r}")
-    files: list[Path] = []
-    for p in as_paths(paths):
-        if p.is_dir():
-            found = isd_lite_files(p)
-            if not found:
-                raise ReaderError(p, "no ISD-Lite files (USAF-WBAN-YYYY[.gz]) in this directory")
-            files.extend(found)
-        else:
-            files.append(p)
-    files = list(dict.fromkeys(files))  # the same file named twice is read once
-    hist_path: PathLike | None = None
-    if history is None:
-        cands = [f.parent / "isd-history.csv" for f in files] + [f.parent.parent / "isd-history.csv" for f in files]
-        hist_path = next((c for c in dict.fromkeys(cands) if c.is_file()), None)
-    elif history is not False and not isinstance(history, pd.DataFrame):
-        hist_path = history  # type: ignore[assignment]
-    meta = read_isd_history(hist_path) if hist_path is not None else None
-    if isinstance(history, pd.DataFrame):
-        meta, hist_path = history, "<isd-history frame>"
-    if meta is None and history is None:
-        warnings.warn(
-            "no isd-history.csv given or found beside the data: station lat/lon/elevation are unknown (NaN)",
-            stacklevel=2,
-        )
-
+    files = _input_files(paths)
+    meta, hist_path = _station_list(history, files)
     by_station: dict[str, list[tuple[Path, int | None]]] = defaultdict(list)
     for f in files:
         sid, year = _station_of(f)
@@ -334,69 +457,24 @@ def read_isd_lite(
             raise ReaderError(f, f"station-year {sid} {year or ''} is also in {other}; pass each station-year once")
         by_station[sid].append((f, year))
     ids = sorted(by_station)
-
-    lat = np.full(len(ids), np.nan)
-    lon = np.full(len(ids), np.nan)
-    elev = np.full(len(ids), np.nan)
-    names = list(ids)
-    keep = np.ones(len(ids), bool)
-    if meta is not None:
-        for k, sid in enumerate(ids):
-            if sid in meta.index:
-                r = meta.loc[sid]
-                lat[k], lon[k], elev[k] = r["lat"], r["lon"], r["elevation"]
-                names[k] = str(r["name"]) or sid
-                problem = None if np.isfinite(lat[k]) and np.isfinite(lon[k]) else "has a blank LAT/LON"
-                where = f"{hist_path}, line {int(r['line'])}" if "line" in r else str(hist_path)
-            else:
-                problem, where = "is not listed", str(hist_path)
-            if problem and missing_coords == "raise":
-                raise ReaderError(
-                    None,
-                    f"{where}: station {sid} {problem}; pass missing_coords='nan' to keep it without "
-                    "coordinates or 'drop' to skip it",
-                )
-            if problem and missing_coords == "drop":
-                keep[k] = False
-
-    def station_series(sid: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        parts = []
-        for f, year in by_station[sid]:
-            rec = parse_isd_lite(read_bytes(f), f)
-            own = (
-                np.ones(len(rec["time"]), bool)
-                if year is None
-                else rec["time"].astype("datetime64[Y]").astype(np.int64) + 1970 == year
-            )
-            parts.append((rec, own))
-        t = np.concatenate([r["time"] for r, _ in parts])
-        pref = np.concatenate([o for _, o in parts])
-        order = np.lexsort((~pref, t))
-        ts = t[order]
-        first = np.ones(len(ts), bool)
-        first[1:] = ts[1:] != ts[:-1]
-        sel = order[first]
-        hours = (t[sel].astype("datetime64[h]").astype(np.int64)).astype(np.int32)  # compact: 12 B per record
-        return (
-            hours,
-            np.concatenate([r["temperature"] for r, _ in parts])[sel],
-            np.concatenate([r["wind_speed"] for r, _ in parts])[sel],
-        )
-
+    lat, lon, elev, names, keep = _coordinates(ids, meta, hist_path, missing_coords)
     kept = [sid for k, sid in enumerate(ids) if keep[k]]
     if not kept:
         raise ReaderError(None, "no station left to read (all dropped for missing coordinates)")
     # gunzip and the numba parser release the GIL: threads overlap them on several cores
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1, len(kept)))) as pool:
-        series = dict(zip(kept, pool.map(station_series, kept)))
-    lo = min(int(h[0]) for h, _, _ in series.values() if len(h))
-    hi = max(int(h[-1]) for h, _, _ in series.values() if len(h))
+        series = dict(zip(kept, pool.map(lambda sid: _station_series(by_station[sid], units), kept)))
+    for sid in kept:  # warnings from the main thread, in station order
+        for message in series[sid][3]:
+            warnings.warn(message, ImplausibleValuesWarning, stacklevel=2)
+    lo = min(int(h[0]) for h, *_ in series.values() if len(h))
+    hi = max(int(h[-1]) for h, *_ in series.values() if len(h))
     grid = regular_grid(np.array([lo, hi], "datetime64[h]").astype("datetime64[ns]"), pd.Timedelta("1h"), start, end)
     g0 = int(grid[0].value // 3_600_000_000_000)
     temp = np.full((len(grid), len(kept)), np.nan, np.float32)
     wind = np.full((len(grid), len(kept)), np.nan, np.float32)
     for j, sid in enumerate(kept):
-        h, tv, wv = series.pop(sid)
+        h, tv, wv, _ = series.pop(sid)
         temp[h - g0, j] = tv
         wind[h - g0, j] = wv
     ds = make_dataset(
