@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from urlk_forecast.baselines import BASELINES, get_baseline, list_baselines
-from urlk_forecast.baselines.base import score_windows, target_times, window_arrays
+from urlk_forecast.baselines import BASELINES, Persistence, get_baseline, list_baselines
+from urlk_forecast.baselines.base import Baseline, target_times, window_arrays
 from urlk_forecast.data.schema import make_dataset
 from urlk_forecast.data.windows import WindowDataset
-from urlk_forecast.metrics import evaluate_arrays
+from urlk_forecast.method import Method
+from urlk_forecast.metrics import evaluate_arrays, per_horizon
 
 HOURS = 24 * 30
 
@@ -47,7 +48,7 @@ def test_seasonal_naive_exact_on_daily_sinusoid() -> None:
     ds = _dataset(_sinusoid())
     train, test = _split(ds, 24 * 20)
     ws = WindowDataset(test, "temperature", seq_len=48, label_len=24, pred_len=36)  # pred_len > one season
-    m = get_baseline("seasonal_naive").fit(train, "temperature")
+    m = get_baseline("seasonal_naive").fit(train)
     pred = m.predict_windows(ws)
     y = window_arrays(ws, np.arange(len(ws)))["y"]
     assert pred.shape == (len(ws), 36, 5) and pred.dtype == np.float32
@@ -61,7 +62,7 @@ def test_seasonal_naive_indexing_rule() -> None:
     rng = np.random.default_rng(0)
     ds = _dataset(rng.normal(size=(24 * 10, 3)).astype(np.float32))
     ws = WindowDataset(ds, "temperature", seq_len=30, label_len=0, pred_len=50, order="identity")
-    m = get_baseline("seasonal_naive").fit(ds, "temperature")
+    m = get_baseline("seasonal_naive").fit(ds)
     idx = np.array([0, 7, len(ws) - 1])
     x = window_arrays(ws, idx)["x"]
     pred = m.predict_windows(ws, idx)
@@ -70,7 +71,7 @@ def test_seasonal_naive_indexing_rule() -> None:
     with pytest.raises(ValueError, match="seq_len >= season length"):
         m.predict_windows(WindowDataset(ds, "temperature", seq_len=12, label_len=0, pred_len=4), [0])
     with pytest.raises(ValueError, match="whole number of time steps"):
-        type(m)(period="90min").fit(ds, "temperature").predict_windows(ws, [0])
+        type(m)(period="90min").fit(ds).predict_windows(ws, [0])
 
 
 def test_persistence_closed_form_on_ramp() -> None:
@@ -79,7 +80,7 @@ def test_persistence_closed_form_on_ramp() -> None:
     vals = (np.arange(hours)[:, None] * slope + np.array([[0.0, 5.0, -3.0]])).astype(np.float32)
     ds = _dataset(vals)
     ws = WindowDataset(ds, "temperature", seq_len=24, label_len=12, pred_len=12)
-    m = get_baseline("persistence").fit(ds, "temperature")
+    m = get_baseline("persistence").fit(ds)
     pred = m.predict_windows(ws)
     x = window_arrays(ws, np.arange(len(ws)))["x"]
     np.testing.assert_array_equal(pred, np.repeat(x[:, -1:], 12, axis=1))
@@ -95,7 +96,7 @@ def test_climatology_hour_of_day_means_and_fallback() -> None:
     vals[np.arange(24 * 12) % 24 == 5, 2] = np.nan  # station 2 never observed at 05 UTC
     ds = _dataset(vals)
     train, test = _split(ds, 24 * 8)
-    m = get_baseline("climatology").fit(train, "temperature")
+    m = get_baseline("climatology").fit(train)
     assert m.n_params == 24 * 4
     with pytest.warns(UserWarning, match="no temperature observation"):
         ws = WindowDataset(test, "temperature", seq_len=24, label_len=0, pred_len=24, max_gap=0)
@@ -120,7 +121,7 @@ def test_climatology_hour_of_day_means_and_fallback() -> None:
 
 def test_station_order_is_model_order() -> None:
     ds = _dataset(_sinusoid(24 * 10, 6))
-    m = get_baseline("climatology").fit(ds, "temperature")
+    m = get_baseline("climatology").fit(ds)
     ws_h = WindowDataset(ds, "temperature", seq_len=24, label_len=0, pred_len=6)  # Hilbert order
     ws_i = WindowDataset(ds, "temperature", seq_len=24, label_len=0, pred_len=6, order="identity")
     assert list(ws_h.station_ids) != list(ws_i.station_ids)
@@ -129,39 +130,70 @@ def test_station_order_is_model_order() -> None:
     np.testing.assert_array_equal(ws_h.to_dataset_order(p_h), p_i)
 
 
-def test_score_windows_matches_full_metrics_in_batches() -> None:
+def test_evaluate_matches_full_metrics_in_batches() -> None:
     rng = np.random.default_rng(1)
     vals = (_sinusoid(24 * 15, 4) + rng.normal(0, 1, (24 * 15, 4))).astype(np.float32)
     vals[rng.random(vals.shape) < 0.2] = np.nan  # gaps: long ones are masked targets
     ds = _dataset(vals)
     ws = WindowDataset(ds, "temperature", seq_len=48, label_len=24, pred_len=24, max_gap=1)
-    m = get_baseline("persistence").fit(ds, "temperature")
+    m = get_baseline("persistence").fit(ds)
     idx = np.arange(len(ws))
     arrs = window_arrays(ws, idx)
     full = evaluate_arrays(m.predict_windows(ws), arrs["y"], arrs["y_mask"])
-    res = score_windows(m.predict_windows, ws, batch_size=7)
+    res = m.evaluate(ws, batch_size=7)  # the one scorer, in chunks of 7 windows
     assert res["mse"] == pytest.approx(full["mse"], rel=1e-9)
     assert res["mae"] == pytest.approx(full["mae"], rel=1e-9)
     assert res["n_windows"] == full["windows"] and res["n_points"] == full["count"]
+    assert res.coverage == 1.0 and res.n_unforecast == 0
     # float64 recomputation of the Corrformer averaging by hand
     p, y, mk = m.predict_windows(ws).astype(np.float64), arrs["y"].astype(np.float64), arrs["y_mask"]
     per_window = [np.mean((p[i] - y[i])[mk[i]] ** 2) for i in range(len(ws)) if mk[i].any()]
     assert res["mse"] == pytest.approx(np.mean(per_window), rel=1e-9)
+    # per lead: the chunked scores equal the metrics on all windows at once
+    ref = per_horizon(m.predict_windows(ws), arrs["y"], arrs["y_mask"])
+    np.testing.assert_allclose(res.per_lead["mse"], ref["mse"], rtol=1e-9)
+    np.testing.assert_allclose(res.per_lead["mae"], ref["mae"], rtol=1e-9)
+    assert list(res.per_lead["lead"]) == list(range(1, 25))
+
+
+class _Holey(Persistence):
+    """Persistence without a forecast for station 0 at lead 1."""
+
+    name = "holey persistence"
+
+    def predict_windows(self, ws: object, indices: object = None) -> np.ndarray:
+        p = super().predict_windows(ws, indices)
+        p[:, 0, 0] = np.nan
+        return p
 
 
 def test_unforecast_points_are_counted_not_hidden() -> None:
     ds = _dataset(_sinusoid(24 * 6, 3))
     ws = WindowDataset(ds, "temperature", seq_len=24, label_len=0, pred_len=4)
-    m = get_baseline("persistence").fit(ds, "temperature")
-
-    def holey(w: object, idx: np.ndarray) -> np.ndarray:
-        p = m.predict_windows(w, idx)
-        p[:, 0, 0] = np.nan
-        return p
-
-    res = score_windows(holey, ws)
+    res = _Holey().fit(ds).evaluate(ws)
     assert res["n_unforecast"] == len(ws)
     assert np.isfinite(res["mse"])
+    observed = len(ws) * 4 * 3
+    assert res.n_points == observed - len(ws) and res.coverage == pytest.approx(1 - len(ws) / observed)
+
+
+def test_baselines_follow_the_method_contract() -> None:
+    ds = _dataset(_sinusoid(24 * 6, 3))
+    for name in ("persistence", "seasonal_naive", "climatology"):
+        m = get_baseline(name)
+        assert isinstance(m, Baseline) and isinstance(m, Method) and m.variable == "temperature"
+        assert m.fit_seconds is None
+        assert m.fit(ds, val=ds) is m  # val is accepted and ignored
+        assert m.fit_seconds is not None and m.fit_seconds >= 0.0  # fit times itself
+        d = m.describe()
+        assert d == {"method": m.name, "type": "statistical", "parameters": m.n_params, "fit_s": m.fit_seconds}
+    wind = ds.rename({"temperature": "wind_speed"})
+    m = get_baseline("Seasonal Naive", variable="wind_speed", period="12h").fit(wind)
+    assert m.variable == "wind_speed" and m.period == "12h"
+    with pytest.raises(ValueError, match="forecasts 'wind_speed' but the windows are 'temperature'"):
+        m.predict_windows(WindowDataset(ds, "temperature", seq_len=24, label_len=0, pred_len=4))
+    with pytest.raises(TypeError, match=r"constructor setting: Persistence\(variable=...\)"):
+        Persistence().fit(ds, "temperature")  # the old fit(train, variable) call says what to do
 
 
 def test_protocol_errors_are_clear() -> None:
@@ -170,11 +202,11 @@ def test_protocol_errors_are_clear() -> None:
     with pytest.raises(RuntimeError, match="call fit"):
         get_baseline("persistence").predict_windows(ws)
     with pytest.raises(ValueError, match="variable 'wind_speed' not in the training data"):
-        get_baseline("persistence").fit(ds, "wind_speed")
+        get_baseline("persistence", variable="wind_speed").fit(ds)
     other = _dataset(_sinusoid(24 * 6, 2))
-    m = get_baseline("persistence").fit(other.assign_coords(station=["a", "b"]), "temperature")
+    m = get_baseline("persistence").fit(other.assign_coords(station=["a", "b"]))
     with pytest.raises(ValueError, match="not fitted on 3 of the window dataset's stations"):
         m.predict_windows(ws)
-    m = get_baseline("persistence").fit(ds, "temperature")
+    m = get_baseline("persistence").fit(ds)
     with pytest.raises(IndexError, match="out of range"):
         m.predict_windows(ws, [len(ws)])

@@ -30,17 +30,17 @@ def _lagged(T: int = 24 * 60, S: int = 8, seed: int = 0) -> object:
 def test_gbdt_beats_persistence_on_lagged_signal() -> None:
     ds = _lagged()
     train, test = ds.isel(time=slice(0, 24 * 50)), ds.isel(time=slice(24 * 50, None))
-    g = GBDT(max_rows=30_000, n_threads=1).fit(train, "temperature")
+    g = GBDT(max_rows=30_000, n_threads=1).fit(train)
     assert 15_000 < g.n_train_rows <= 30_000 and g.n_params > 0 and g.kind == "ML"
     ws = WindowDataset(test, "temperature", seq_len=48, label_len=24, pred_len=24)
     res = g.evaluate(ws)
-    pers = Persistence().fit(train, "temperature").evaluate(ws)
-    snaive = SeasonalNaive().fit(train, "temperature").evaluate(ws)
+    pers = Persistence().fit(train).evaluate(ws)
+    snaive = SeasonalNaive().fit(train).evaluate(ws)
     assert res["n_unforecast"] == 0 and res["n_points"] == pers["n_points"]
     assert res["mse"] < 0.3 * pers["mse"], (res, pers)
     assert res["mse"] < snaive["mse"], (res, snaive)
     # deterministic given random_state
-    g2 = GBDT(max_rows=30_000, n_threads=1).fit(train, "temperature")
+    g2 = GBDT(max_rows=30_000, n_threads=1).fit(train)
     np.testing.assert_array_equal(g.predict_windows(ws, [0, 3]), g2.predict_windows(ws, [0, 3]))
     # the compiled forest gives exactly scikit-learn's predictions
     fast = g.predict_windows(ws, [1, 7])
@@ -113,7 +113,7 @@ def test_grid_features_equal_row_features() -> None:
 
 def test_gbdt_geometry_errors() -> None:
     ds = _lagged(T=24 * 20, S=3)
-    g = GBDT(max_rows=5_000, max_iter=20, n_threads=1).fit(ds, "temperature")
+    g = GBDT(max_rows=5_000, max_iter=20, n_threads=1).fit(ds)
     with pytest.raises(ValueError, match="seq_len >= 48"):
         g.predict_windows(WindowDataset(ds, "temperature", seq_len=24, label_len=0, pred_len=24), [0])
     with pytest.raises(ValueError, match="leads up to 24"):

@@ -78,7 +78,7 @@ def _station_dataset(hours: int, s: int, noise: float = 0.0, seed: int = 0) -> o
 def test_forecasts_clean_seasonal_trend_series(window_init: str) -> None:
     ds = _station_dataset(24 * 40, 4)
     train, test = ds.isel(time=slice(0, 24 * 30)), ds.isel(time=slice(24 * 30, None))
-    hw = HoltWinters(n_jobs=1, window_init=window_init).fit(train, "temperature")
+    hw = HoltWinters(n_jobs=1, window_init=window_init).fit(train)
     assert hw.fit_fallbacks == 0 and hw.n_params == (27 if window_init == "fitted" else 3) * 4
     ws = WindowDataset(test, "temperature", seq_len=48, label_len=24, pred_len=24)
     res = hw.evaluate(ws)
@@ -87,14 +87,14 @@ def test_forecasts_clean_seasonal_trend_series(window_init: str) -> None:
     # and far better than persistence
     from urlk_forecast.baselines import Persistence
 
-    assert res["mse"] < 0.01 * Persistence().fit(train, "temperature").evaluate(ws)["mse"]
+    assert res["mse"] < 0.01 * Persistence().fit(train).evaluate(ws)["mse"]
 
 
 def test_parallel_fit_equals_serial_and_window_forecast_is_filter() -> None:
     ds = _station_dataset(24 * 35, 5, noise=0.5, seed=2)
     train, test = ds.isel(time=slice(0, 24 * 28)), ds.isel(time=slice(24 * 28, None))
-    serial = HoltWinters(n_jobs=1, fit_hours=24 * 14).fit(train, "temperature")
-    par = HoltWinters(n_jobs=2, fit_hours=24 * 14).fit(train, "temperature")
+    serial = HoltWinters(n_jobs=1, fit_hours=24 * 14).fit(train)
+    par = HoltWinters(n_jobs=2, fit_hours=24 * 14).fit(train)
     np.testing.assert_allclose(par.params, serial.params, rtol=1e-10)
     # the window forecast is the filter run on the window with the station's fitted smoothing parameters
     ws = WindowDataset(test, "temperature", seq_len=48, label_len=0, pred_len=24, order="identity")
@@ -117,7 +117,7 @@ def test_fallback_for_sparse_station_and_errors() -> None:
     vals[::50, 2] = 12.0  # far too few observations to fit
     ds["temperature"].values[:] = vals
     with pytest.warns(RuntimeWarning, match="1 of 3 stations could not be fitted"):
-        hw = HoltWinters(n_jobs=1, fit_hours=24 * 10).fit(ds, "temperature")
+        hw = HoltWinters(n_jobs=1, fit_hours=24 * 10).fit(ds)
     assert hw.fit_fallbacks == 1
     np.testing.assert_allclose(hw.smoothing[2], np.median(hw.smoothing[:2], axis=0))
     with warnings.catch_warnings():

@@ -44,7 +44,7 @@ def _planted(S: int = 8, noise: float = 0.3, seed: int = 0) -> tuple[object, dic
 def test_recovers_planted_trend_and_seasonality() -> None:
     ds, truth = _planted()
     train = ds.isel(time=slice(0, T_TRAIN))
-    model = ProphetLike(yearly_order=0, n_changepoints=25).fit(train, "temperature")
+    model = ProphetLike(yearly_order=0, n_changepoints=25).fit(train)
     cols = model.columns
     coef = model.coef * model.y_scale  # physical units
     # daily wave a sin(w t + p) = a cos(p) sin(w t) + a sin(p) cos(w t): first-harmonic coefficients
@@ -76,8 +76,8 @@ def test_level_adjustment_removes_a_level_shift() -> None:
     train = ds.isel(time=slice(0, T_TRAIN))
     test = ds.isel(time=slice(T_TRAIN, None)).copy(deep=True)
     test["temperature"].values[:] += 4.0  # a regime change the trend cannot know about
-    plain = ProphetLike(yearly_order=0).fit(train, "temperature")
-    adj = ProphetLike(yearly_order=0, adjust_level=True).fit(train, "temperature")
+    plain = ProphetLike(yearly_order=0).fit(train)
+    adj = ProphetLike(yearly_order=0, adjust_level=True).fit(train)
     ws = WindowDataset(test, "temperature", seq_len=48, label_len=0, pred_len=24)
     assert plain.evaluate(ws)["mae"] > 3.5
     assert adj.evaluate(ws)["mae"] < 0.2
@@ -93,11 +93,11 @@ def test_fourier_terms_and_unfitted_station() -> None:
     ds, _ = _planted(S=3)
     ds["temperature"].values[:, 1] = np.nan
     with pytest.warns(RuntimeWarning, match="1 of 3 stations"):
-        model = ProphetLike(yearly_order=0).fit(ds.isel(time=slice(0, T_TRAIN)), "temperature")
+        model = ProphetLike(yearly_order=0).fit(ds.isel(time=slice(0, T_TRAIN)))
     assert np.isnan(model.coef[:, 1]).all() and np.isfinite(model.coef[:, [0, 2]]).all()
     # 120 days of history cannot identify a yearly Fourier series: it is dropped (orders_), not extrapolated wildly
     with pytest.warns(RuntimeWarning, match="fewer than"):
-        auto = ProphetLike().fit(ds.isel(time=slice(0, T_TRAIN)), "temperature")
+        auto = ProphetLike().fit(ds.isel(time=slice(0, T_TRAIN)))
     assert auto.orders_ == {"daily": 4, "weekly": 3, "yearly": 0} and not any("yearly" in c for c in auto.columns)
 
 
@@ -110,9 +110,9 @@ def test_agrees_with_real_prophet() -> None:
     test = ds.isel(time=slice(T_TRAIN - 48, None))
     ws = WindowDataset(test, "temperature", seq_len=48, label_len=0, pred_len=24, order="identity")
     kw = {"yearly_order": 10}  # dropped by both: 120 days of history (min_periods rule)
-    real = ProphetReal(stations=None, **kw).fit(train, "temperature")
+    real = ProphetReal(stations=None, **kw).fit(train)
     assert real.kwargs_["yearly_seasonality"] is False
-    own = ProphetLike(**kw).fit(train, "temperature")
+    own = ProphetLike(**kw).fit(train)
     p_real, p_own = real.predict_windows(ws), own.predict_windows(ws)
     assert np.isfinite(p_real).all()
     # same model, different prior on the deltas (Laplace vs Gaussian) and solver: forecasts nearly agree
@@ -137,7 +137,7 @@ def test_flat_direction_ridge_tames_an_unobserved_season() -> None:
     ds = make_dataset(times, ["a"], [0.0], [0.0], temperature=y[:, None].astype(np.float32))
     err = {}
     for fr in (0.0, 1e-4):
-        f = ProphetLike(flat_ridge=fr).fit(ds, "temperature").fitted_function(times.values)[:, 0]
+        f = ProphetLike(flat_ridge=fr).fit(ds).fitted_function(times.values)[:, 0]
         err[fr] = (np.abs(f[gap] - clean[gap]).mean(), np.nanmean(np.abs(f - y)))
     assert err[0.0][0] > 50 and err[1e-4][0] < 20 and err[1e-4][0] < 0.2 * err[0.0][0]
     assert err[1e-4][1] < 1.05 * err[0.0][1]  # the observed part is fitted as well as before

@@ -106,7 +106,7 @@ def test_time_alignment_latest_init_and_linear_in_step() -> None:
     lat, lon = np.array([10.0, -20.3, 45.2]), np.array([-0.5, 200.0, 17.7])
     times = pd.date_range("2021-06-01", periods=24 * 4, freq="h")
     ds = _stations(lat, lon, times)
-    g = GFSInterpolation(grid, latency="2h", max_gap="3h").fit(ds, "temperature")
+    g = GFSInterpolation(grid, latency="2h", max_gap="3h").fit(ds)
     ws = WindowDataset(ds, "temperature", seq_len=24, label_len=0, pred_len=24, order="identity")
     idx = np.arange(len(ws))
     pred = g.predict_windows(ws, idx)
@@ -129,7 +129,7 @@ def test_no_forecast_before_first_init_and_valid_time_mode(tmp_path: Path) -> No
     times = pd.date_range("2021-06-01", periods=24 * 3, freq="h")
     ds = _stations(np.array([5.0]), np.array([5.0]), times)
     ws = WindowDataset(ds, "temperature", seq_len=12, label_len=0, pred_len=6, order="identity")
-    pred = GFSInterpolation(grid).fit(ds, "temperature").predict_windows(ws, [0])
+    pred = GFSInterpolation(grid).fit(ds).predict_windows(ws, [0])
     assert np.isnan(pred).all()  # the first run is issued after this window's "now"
     # a valid-time series written to a real netCDF file
     vt = pd.date_range("2021-06-01", periods=24, freq="2h")
@@ -137,7 +137,7 @@ def test_no_forecast_before_first_init_and_valid_time_mode(tmp_path: Path) -> No
     vals = np.arange(24, dtype=np.float64)[:, None, None] + np.zeros((1, 2, 2))  # = hours / 2 since start
     xr.Dataset({"t2m": (("valid_time", "latitude", "longitude"), vals, {"units": "degC"})},
                coords={"valid_time": vt.values, "latitude": glat, "longitude": glon}).to_netcdf(tmp_path / "v.nc")
-    g = GFSInterpolation(tmp_path / "v.nc", max_gap="2h").fit(ds, "temperature")
+    g = GFSInterpolation(tmp_path / "v.nc", max_gap="2h").fit(ds)
     p = g.predict_windows(ws, [0, 5])
     hours = (pd.DatetimeIndex(target_times(ws, np.array([0, 5])).ravel()) - vt[0]) / pd.Timedelta("1h")
     ref = np.where(np.asarray(hours) <= 46, np.asarray(hours) / 2.0, np.nan).reshape(2, 6)
@@ -154,14 +154,14 @@ def test_wind_from_components_and_name_map() -> None:
                       coords={"time": vt.values, "lat": glat, "lon": glon})
     ds = _stations(np.array([0.0, 3.0]), np.array([1.0, 359.0]), vt, var="wind_speed")
     ws = WindowDataset(ds, "wind_speed", seq_len=12, label_len=0, pred_len=12, order="identity")
-    g = GFSInterpolation(grid, name_map={"u10": "UGRD", "v10": "VGRD"}).fit(ds, "wind_speed")
+    g = GFSInterpolation(grid, name_map={"u10": "UGRD", "v10": "VGRD"}, variable="wind_speed").fit(ds)
     np.testing.assert_allclose(g.predict_windows(ws, [0, 10]), 5.0, atol=1e-6)
     with pytest.raises(ValueError, match="no 2 m temperature"):
-        GFSInterpolation(grid).fit(_stations(np.array([0.0]), np.array([0.0]), vt), "temperature")
+        GFSInterpolation(grid).fit(_stations(np.array([0.0]), np.array([0.0]), vt))
     with pytest.raises(ValueError, match=r"name_map\['u10'\]"):
-        GFSInterpolation(grid, name_map={"u10": "nope"}).fit(ds, "wind_speed")
+        GFSInterpolation(grid, name_map={"u10": "nope"}, variable="wind_speed").fit(ds)
     with pytest.raises(FileNotFoundError, match="missing.nc"):
-        GFSInterpolation("missing.nc").fit(ds, "wind_speed")
+        GFSInterpolation("missing.nc", variable="wind_speed").fit(ds)
 
 
 def _write_grib2(path: Path, grid: xr.Dataset) -> None:
@@ -201,8 +201,8 @@ def test_grib2_through_cfgrib(tmp_path: Path) -> None:
     times = pd.date_range("2021-06-01", periods=36, freq="h")
     ds = _stations(np.array([10.0, -20.3]), np.array([-0.5, 200.0]), times)
     ws = WindowDataset(ds, "temperature", seq_len=12, label_len=0, pred_len=6, order="identity")
-    from_grib = GFSInterpolation(tmp_path / "gfs.grib2").fit(ds, "temperature").predict_windows(ws)
-    from_mem = GFSInterpolation(grid).fit(ds, "temperature").predict_windows(ws)
+    from_grib = GFSInterpolation(tmp_path / "gfs.grib2").fit(ds).predict_windows(ws)
+    from_mem = GFSInterpolation(grid).fit(ds).predict_windows(ws)
     assert np.isfinite(from_grib).sum() > 0
     np.testing.assert_allclose(from_grib, from_mem, atol=1e-3, equal_nan=True)  # GRIB packing precision
 
@@ -218,7 +218,7 @@ def test_synthetic_nwp_grid_scores_like_its_error() -> None:
     assert grid["t2m"].attrs["units"] == "K" and grid.sizes["step"] == 49
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        g = GFSInterpolation(grid, label="GFS (synthetic demo)").fit(ds, "temperature")
+        g = GFSInterpolation(grid, label="GFS (synthetic demo)").fit(ds)
     ws = WindowDataset(ds, "temperature", seq_len=24, label_len=0, pred_len=24)
     res = g.evaluate(ws)
     assert g.name == "GFS (synthetic demo)" and g.kind == "NWP" and g.n_params == 0

@@ -21,7 +21,8 @@ import pandas as pd
 from .data.windows import WindowSource
 from .metrics import evaluate_arrays, per_horizon
 
-__all__ = ["Scores", "ScoreTable", "score_methods", "window_targets", "resolve_indices"]
+__all__ = ["Scores", "ScoreTable", "score_methods", "window_targets", "resolve_indices", "method_labels",
+           "to_numpy"]
 
 Progress = Callable[[str], None]
 
@@ -105,16 +106,19 @@ def resolve_indices(ws: WindowSource, indices: Sequence[int] | np.ndarray | None
 def window_targets(ws: WindowSource, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The forecast targets ``y`` (N, pred_len, S) float32 and the mask of observed, finite targets."""
     b = ws.batch(indices)
-    y = _numpy(b["y"])[:, ws.label_len:].astype(np.float32, copy=False)
-    mask = _numpy(b["y_mask"])[:, ws.label_len:].astype(bool) & np.isfinite(y)
+    y = to_numpy(b["y"])[:, ws.label_len:].astype(np.float32, copy=False)
+    mask = to_numpy(b["y_mask"])[:, ws.label_len:].astype(bool) & np.isfinite(y)
     return y, mask
 
 
-def _numpy(a: Any) -> np.ndarray:
+def to_numpy(a: Any) -> np.ndarray:
+    """A torch tensor or array-like as a numpy array (no copy when already numpy)."""
     return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
 
 
-def _unique_labels(methods: Sequence[_Forecasts]) -> list[str]:
+def method_labels(methods: Sequence[_Forecasts]) -> list[str]:
+    """The table label of each method: its ``name``, with `` #2``, `` #3`` ... appended to repeated names (the keys
+    of :attr:`ScoreTable.scores` and ``failures``)."""
     labels: list[str] = []
     for m in methods:
         base = str(getattr(m, "name", type(m).__name__))
@@ -155,7 +159,7 @@ def score_methods(methods: Sequence[_Forecasts], ws: WindowSource, indices: Sequ
     idx = resolve_indices(ws, indices)
     if idx.size == 0:
         raise ValueError("no windows to score")
-    labels = _unique_labels(methods)
+    labels = method_labels(methods)
     live = dict(zip(labels, methods))
     acc = {n: _Accumulator(ws.pred_len) for n in labels}
     failures: dict[str, str] = {}
@@ -200,7 +204,7 @@ def _forecast_chunk(live: dict[str, _Forecasts], acc: dict[str, _Accumulator], w
     for n, m in list(live.items()):
         t0 = time.perf_counter()
         try:
-            p = _numpy(m.predict_windows(ws, chunk)).astype(np.float32, copy=False)
+            p = to_numpy(m.predict_windows(ws, chunk)).astype(np.float32, copy=False)
             if p.shape != shape:
                 raise ValueError(f"{n}: predict_windows returned shape {p.shape}, expected {shape} (N, pred_len, S)")
         except Exception as e:

@@ -1,17 +1,23 @@
-"""Baselines of the paper's Table 12 behind one interface (``fit(train, variable)`` / ``predict_windows(ws)``).
+"""Baselines of the paper's Table 12, each a :class:`~urlk_forecast.method.Method` (``X(variable=...).fit(train)`` /
+``predict_windows(ws)`` / ``evaluate(ws)``).
 
 Classes are imported lazily so that ``import urlk_forecast.baselines`` does not pull statsmodels or scikit-learn.
-``get_baseline("holt_winters", n_jobs=2)`` builds a method by its registry name (see :data:`BASELINES`).
+``get_baseline("holt_winters", variable="wind_speed", n_jobs=2)`` builds a method by its registry name (see
+:data:`BASELINES`).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ..utils import normalize_name
+
+if TYPE_CHECKING:
+    from .base import Baseline
 
 _LAZY: dict[str, str] = {
     "Baseline": "urlk_forecast.baselines.base",
-    "score_windows": "urlk_forecast.baselines.base",
     "Persistence": "urlk_forecast.baselines.naive",
     "SeasonalNaive": "urlk_forecast.baselines.naive",
     "Climatology": "urlk_forecast.baselines.naive",
@@ -21,6 +27,7 @@ _LAZY: dict[str, str] = {
     "GBDT": "urlk_forecast.baselines.gbdt",
     "GFSInterpolation": "urlk_forecast.baselines.gfs",
     "run_benchmark": "urlk_forecast.baselines.table",
+    "compare": "urlk_forecast.baselines.table",
 }
 
 #: Registry name -> (class name, default keyword arguments). ``prophet`` is the real Prophet package (optional
@@ -45,14 +52,15 @@ def list_baselines() -> list[str]:
     return list(BASELINES)
 
 
-def get_baseline(name: str, **kwargs: Any) -> Any:
-    """A new, unfitted baseline by registry name (``-`` and ``_`` interchangeable, case-insensitive)."""
-    key = name.strip().lower().replace("-", "_")
+def get_baseline(name: str, *, variable: str = "temperature", **kwargs: Any) -> Baseline:
+    """A new, unfitted baseline forecasting ``variable``, by registry name (``-``, ``_`` and spaces interchangeable,
+    case-insensitive); ``kwargs`` go to its constructor."""
+    key = normalize_name(name)
     if key not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
     cls_name, defaults = BASELINES[key]
     cls = __getattr__(cls_name)
-    return cls(**{**defaults, **kwargs})
+    return cls(**{**defaults, **kwargs}, variable=variable)
 
 
 def __getattr__(name: str) -> Any:

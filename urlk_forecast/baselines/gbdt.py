@@ -23,7 +23,6 @@ compiled :class:`Forest` (equal to scikit-learn's ``predict``, ~4x faster).
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -33,6 +32,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..data.windows import WindowDataset, WindowSource
 from .base import Baseline, resolve_indices, window_arrays, window_geometry
 
 __all__ = ["GBDT", "Forest"]
@@ -126,8 +126,9 @@ class GBDT(Baseline):
     def __init__(self, lags: Sequence[int] = (*range(1, 25), 48), seq_len: int = 48, max_horizon: int = 24,
                  max_rows: int = 200_000, max_iter: int = 100, learning_rate: float = 0.2, max_leaf_nodes: int = 31,
                  l2_regularization: float = 0.0, max_gap: int = 3, random_state: int = 0,
-                 predict_rows: int = 500_000, n_threads: int | None = None) -> None:
-        super().__init__()
+                 predict_rows: int = 500_000, n_threads: int | None = None, *,
+                 variable: str = "temperature") -> None:
+        super().__init__(variable=variable)
         self.lags = np.asarray(sorted({int(v) for v in lags}), np.int64)
         if self.lags.size == 0 or self.lags.min() < 1:
             raise ValueError(f"lags must be positive integers, got {list(lags)}")
@@ -238,7 +239,7 @@ class GBDT(Baseline):
         return F.reshape(N * H * S, -1)
 
     @staticmethod
-    def _starts_ns(ws: Any, idx: np.ndarray) -> np.ndarray:
+    def _starts_ns(ws: WindowSource, idx: np.ndarray) -> np.ndarray:
         return np.asarray(ws.window_start_times, dtype="datetime64[ns]")[idx].astype(np.int64)
 
     def _threads(self) -> Any:
@@ -252,15 +253,12 @@ class GBDT(Baseline):
         return np.stack([np.asarray(ds[c].values, np.float64) for c in ("lat", "lon", "elevation")], axis=1)
 
     # -- fitting --------------------------------------------------------------------------------------------------
-    def fit(self, train: xr.Dataset, variable: str) -> GBDT:
+    def _fit(self, train: xr.Dataset) -> None:
         """Sample (window, station, lead) rows of the training split and fit the one model."""
-        from sklearn.ensemble import HistGradientBoostingRegressor
+        from sklearn.ensemble import HistGradientBoostingRegressor  # heavy optional dependency: only when fitting
 
-        from urlk_forecast.data.windows import WindowDataset
-
-        t0 = time.perf_counter()
-        self._begin_fit(train, variable)
-        ws = WindowDataset(train, variable, seq_len=self.seq_len, label_len=0, pred_len=self.max_horizon,
+        self._begin_fit(train)
+        ws = WindowDataset(train, self.variable, seq_len=self.seq_len, label_len=0, pred_len=self.max_horizon,
                            max_gap=self.max_gap, order="identity")
         if len(ws) == 0:
             raise ValueError(f"training split too short for GBDT windows of {self.seq_len}+{self.max_horizon} steps")
@@ -299,11 +297,9 @@ class GBDT(Baseline):
         self.station_geo = geo  # identity order = training order
         self.n_train_rows = int(X.shape[0])
         self._step_ns = step_ns
-        self.fit_seconds = time.perf_counter() - t0
-        return self
 
     # -- forecasting ----------------------------------------------------------------------------------------------
-    def predict_windows(self, ws: Any, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+    def predict_windows(self, ws: WindowSource, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """(N, pred_len, S): ``x[-1]`` + the predicted change, for every lead and station."""
         pos = self._check_ready(ws)
         assert self.model is not None and self.station_geo is not None

@@ -27,16 +27,16 @@ reported as unforecast by the scorer -- never filled.
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..data.schema import convert_units
+from ..data.windows import WindowSource
 from .base import Baseline, input_times, resolve_indices, target_times, window_geometry
 
 __all__ = ["GFSInterpolation", "open_grid", "bilinear_weights", "interpolate_points", "synthetic_nwp_grid"]
@@ -154,8 +154,8 @@ class GFSInterpolation(Baseline):
 
     def __init__(self, grid_source: xr.Dataset | str | Path, name_map: Mapping[str, str] | None = None,
                  latency: str | pd.Timedelta = "0h", max_gap: str | pd.Timedelta = "6h",
-                 label: str | None = None) -> None:
-        super().__init__()
+                 label: str | None = None, *, variable: str = "temperature") -> None:
+        super().__init__(variable=variable)
         self.source = grid_source
         self.name_map = dict(name_map or {})
         self.latency = pd.Timedelta(latency)
@@ -178,8 +178,6 @@ class GFSInterpolation(Baseline):
 
     def _field(self, grid: xr.Dataset, variable: str) -> xr.DataArray:
         """The forecast field of ``variable`` in canonical units (degC, m/s)."""
-        from urlk_forecast.data.schema import convert_units
-
         names = list(grid.data_vars)
         if variable == "temperature":
             v = self._name("t2m", _VARS["t2m"], names)
@@ -269,13 +267,10 @@ class GFSInterpolation(Baseline):
             warnings.warn(f"{outside} of {inside.size} stations lie outside the NWP grid; they get no forecast",
                           RuntimeWarning, stacklevel=3)
 
-    def fit(self, train: xr.Dataset, variable: str) -> GFSInterpolation:
+    def _fit(self, train: xr.Dataset) -> None:
         """Interpolate the grid to the training stations (nothing is learnt from the observations)."""
-        t0 = time.perf_counter()
-        self._begin_fit(train, variable)
-        self._load(variable, np.asarray(train["lat"].values), np.asarray(train["lon"].values))
-        self.fit_seconds = time.perf_counter() - t0
-        return self
+        self._record_stations(train)
+        self._load(self.variable, np.asarray(train["lat"].values), np.asarray(train["lon"].values))
 
     # -- forecasting ----------------------------------------------------------------------------------------------
     @staticmethod
@@ -291,7 +286,7 @@ class GFSInterpolation(Baseline):
         w = np.where(span > 0, (q - axis[lo_c]) / np.where(span > 0, span, 1), 0.0)
         return lo_c, hi_c, np.where(ok, w, np.nan)
 
-    def predict_windows(self, ws: Any, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+    def predict_windows(self, ws: WindowSource, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """(N, pred_len, S): the interpolated NWP forecast at each target (NaN where there is none)."""
         pos = self._check_ready(ws)
         assert self.points is not None

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import time
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -41,6 +40,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..data.windows import WindowSource
 from .base import Baseline, input_times, resolve_indices, window_arrays, window_geometry
 
 __all__ = ["HoltWinters", "hw_filter", "fit_series"]
@@ -178,8 +178,9 @@ class HoltWinters(Baseline):
     kind = "statistical"
 
     def __init__(self, season_length: int = 24, fit_hours: int = 672, initialization_method: str = "heuristic",
-                 use_brute: bool = False, n_jobs: int | None = None, window_init: str = "fitted") -> None:
-        super().__init__()
+                 use_brute: bool = False, n_jobs: int | None = None, window_init: str = "fitted", *,
+                 variable: str = "temperature") -> None:
+        super().__init__(variable=variable)
         if window_init not in ("fitted", "window"):
             raise ValueError(f"window_init must be 'fitted' or 'window', got {window_init!r}")
         if season_length < 1 or fit_hours < 3 * season_length:
@@ -202,10 +203,9 @@ class HoltWinters(Baseline):
         ns = np.asarray(times, dtype="datetime64[ns]").astype(np.int64)
         return (ns // int(self._epoch_step.value)) % self.m
 
-    def fit(self, train: xr.Dataset, variable: str) -> HoltWinters:
+    def _fit(self, train: xr.Dataset) -> None:
         """Fit (alpha, beta, gamma) and the seasonal profile of every station (parallel processes)."""
-        t0 = time.perf_counter()
-        values, times, _ = self._begin_fit(train, variable)
+        values, times, _ = self._begin_fit(train)
         if len(times) < 2:
             raise ValueError("Holt-Winters needs at least 2 training time steps")
         self._epoch_step = pd.Timedelta(times[1] - times[0])
@@ -250,8 +250,6 @@ class HoltWinters(Baseline):
                           f"observations or optimiser failure); they use the median smoothing parameters",
                           RuntimeWarning, stacklevel=2)
         self.params = params
-        self.fit_seconds = time.perf_counter() - t0
-        return self
 
     # -- forecasting ----------------------------------------------------------------------------------------------
     @property
@@ -261,7 +259,7 @@ class HoltWinters(Baseline):
             raise RuntimeError("Holt-Winters is not fitted")
         return self.params[:, :3]
 
-    def predict_windows(self, ws: Any, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+    def predict_windows(self, ws: WindowSource, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """(N, pred_len, S): filter each window's input with the station's parameters, then forecast."""
         pos = self._check_ready(ws)
         assert self.params is not None

@@ -6,12 +6,12 @@ All three are a gather over the window arrays, vectorised over windows and stati
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..data.windows import WindowSource
 from .base import Baseline, resolve_indices, target_times, window_arrays, window_geometry
 
 __all__ = ["Persistence", "SeasonalNaive", "Climatology"]
@@ -27,13 +27,11 @@ class Persistence(Baseline):
     name = "Persistence"
     kind = "statistical"
 
-    def fit(self, train: xr.Dataset, variable: str) -> Persistence:
-        """Record the variable and stations (nothing to estimate)."""
-        self._record_stations(train, variable)
-        self.fit_seconds = 0.0
-        return self
+    def _fit(self, train: xr.Dataset) -> None:
+        """Record the stations (nothing to estimate)."""
+        self._record_stations(train)
 
-    def predict_windows(self, ws: Any, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+    def predict_windows(self, ws: WindowSource, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """(N, pred_len, S): ``x[:, -1]`` for every lead."""
         self._check_ready(ws)
         geo = window_geometry(ws)
@@ -56,8 +54,8 @@ class SeasonalNaive(Baseline):
     name = "Seasonal naive"
     kind = "statistical"
 
-    def __init__(self, period: str | pd.Timedelta | int = "1D") -> None:
-        super().__init__()
+    def __init__(self, period: str | pd.Timedelta | int = "1D", *, variable: str = "temperature") -> None:
+        super().__init__(variable=variable)
         self.period = period
 
     def season_steps(self, freq: pd.Timedelta) -> int:
@@ -73,13 +71,11 @@ class SeasonalNaive(Baseline):
             raise ValueError(f"season length must be positive, got {m}")
         return m
 
-    def fit(self, train: xr.Dataset, variable: str) -> SeasonalNaive:
-        """Record the variable and stations (nothing to estimate)."""
-        self._record_stations(train, variable)
-        self.fit_seconds = 0.0
-        return self
+    def _fit(self, train: xr.Dataset) -> None:
+        """Record the stations (nothing to estimate)."""
+        self._record_stations(train)
 
-    def predict_windows(self, ws: Any, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+    def predict_windows(self, ws: WindowSource, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """(N, pred_len, S): the last season of the input, repeated."""
         self._check_ready(ws)
         geo = window_geometry(ws)
@@ -105,16 +101,13 @@ class Climatology(Baseline):
     name = "Climatology"
     kind = "statistical"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, variable: str = "temperature") -> None:
+        super().__init__(variable=variable)
         self.table: np.ndarray | None = None  # (24, S) float32
 
-    def fit(self, train: xr.Dataset, variable: str) -> Climatology:
+    def _fit(self, train: xr.Dataset) -> None:
         """Hour-of-day means per station (NaN-aware)."""
-        import time
-
-        t0 = time.perf_counter()
-        values, times, _ = self._begin_fit(train, variable)
+        values, times, _ = self._begin_fit(train)
         hours = np.asarray(times.hour)
         obs = np.isfinite(values)
         filled = np.where(obs, values, 0.0)
@@ -129,10 +122,8 @@ class Climatology(Baseline):
             overall = filled.sum(0) / obs.sum(0)
         table = np.where(counts > 0, table, overall[None, :])
         self.table = table.astype(np.float32)
-        self.fit_seconds = time.perf_counter() - t0
-        return self
 
-    def predict_windows(self, ws: Any, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+    def predict_windows(self, ws: WindowSource, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """(N, pred_len, S): the hour-of-day mean at each target time."""
         pos = self._check_ready(ws)
         assert self.table is not None

@@ -26,7 +26,6 @@ default row is faithful to Prophet; registry name ``prophet_like_adjusted`` turn
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -36,6 +35,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..data.windows import WindowSource
 from .base import Baseline, input_times, resolve_indices, target_times, window_arrays, window_geometry
 
 __all__ = ["ProphetLike", "ProphetReal", "prophet_available", "fourier_terms"]
@@ -88,13 +88,14 @@ class ProphetLike(Baseline):
 
     name = "Prophet-like"
     kind = "statistical"
+    _GRAM_CHUNK = 1024  # time steps per design-matrix block when accumulating the Gram matrices
 
     def __init__(self, n_changepoints: int = 25, changepoint_range: float = 0.8,
                  changepoint_prior_scale: float = 0.05, seasonality_prior_scale: float = 10.0,
                  daily_order: int = 4, weekly_order: int = 3, yearly_order: int = 10,
                  adjust_level: bool = False, level_hours: int = 24, sigma_iterations: int = 3,
-                 min_periods: float = 1.0, flat_ridge: float = 1e-4) -> None:
-        super().__init__()
+                 min_periods: float = 1.0, flat_ridge: float = 1e-4, *, variable: str = "temperature") -> None:
+        super().__init__(variable=variable)
         if not 0.0 < changepoint_range <= 1.0:
             raise ValueError(f"changepoint_range must be in (0, 1], got {changepoint_range}")
         if changepoint_prior_scale <= 0 or seasonality_prior_scale <= 0:
@@ -156,10 +157,10 @@ class ProphetLike(Baseline):
         return names
 
     # -- fitting --------------------------------------------------------------------------------------------------
-    def fit(self, train: xr.Dataset, variable: str, chunk: int = 1024) -> ProphetLike:
+    def _fit(self, train: xr.Dataset) -> None:
         """MAP fit of every station at once (see the module docstring)."""
-        t0 = time.perf_counter()
-        values, times, _ = self._begin_fit(train, variable)
+        chunk = self._GRAM_CHUNK
+        values, times, _ = self._begin_fit(train)
         T, S = values.shape
         tn = times.values.astype("datetime64[ns]")
         self._t0 = tn[0].astype(np.int64)
@@ -214,15 +215,13 @@ class ProphetLike(Baseline):
         self.coef = theta.T.copy()
         self.y_scale = scale
         self.sigma = np.sqrt(sigma2)
-        self.fit_seconds = time.perf_counter() - t0
-        return self
 
     # -- forecasting ----------------------------------------------------------------------------------------------
     def fitted_function(self, times: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
         """The fitted model at ``times`` (1-D datetime64) for stations ``positions`` (training order), physical
         units: (len(times), S)."""
         if self.coef is None or self.y_scale is None:
-            raise RuntimeError(f"{self.name}: call fit(train, variable) first")
+            raise RuntimeError(f"{self.name}: call fit(train) first")
         pos = np.arange(self.coef.shape[1]) if positions is None else positions
         return (self.design(times) @ self.coef[:, pos]) * self.y_scale[pos][None, :]
 
@@ -232,7 +231,7 @@ class ProphetLike(Baseline):
         vals = self.fitted_function(uniq, pos)
         return vals[inv.reshape(times.shape)]
 
-    def predict_windows(self, ws: Any, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+    def predict_windows(self, ws: WindowSource, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """(N, pred_len, S): the fitted function at the target times (+ optional window level offset)."""
         pos = self._check_ready(ws)
         idx = resolve_indices(ws, indices)
@@ -298,8 +297,8 @@ class ProphetReal(Baseline):
     def __init__(self, stations: int | Sequence[str] | None = 20, n_jobs: int = 1, n_changepoints: int = 25,
                  changepoint_range: float = 0.8, changepoint_prior_scale: float = 0.05,
                  seasonality_prior_scale: float = 10.0, daily_order: int = 4, weekly_order: int = 3,
-                 yearly_order: int = 10, min_periods: float = 1.0) -> None:
-        super().__init__()
+                 yearly_order: int = 10, min_periods: float = 1.0, *, variable: str = "temperature") -> None:
+        super().__init__(variable=variable)
         if not prophet_available():
             raise ImportError("the real Prophet baseline needs the 'prophet' package: "
                               "pip install 'urlk-forecast[prophet]'")
@@ -328,12 +327,11 @@ class ProphetReal(Baseline):
             raise ValueError(f"Prophet: stations not in the training data: {list(want[pos < 0][:5])}")
         return pos
 
-    def fit(self, train: xr.Dataset, variable: str) -> ProphetReal:
+    def _fit(self, train: xr.Dataset) -> None:
         """Fit one Prophet model per selected station (in ``n_jobs`` processes)."""
-        from prophet.serialize import model_from_json
+        from prophet.serialize import model_from_json  # optional dependency (the 'prophet' extra)
 
-        t0 = time.perf_counter()
-        values, times, ids = self._begin_fit(train, variable)
+        values, times, ids = self._begin_fit(train)
         sel = self.selected(ids)
         tn = times.values.astype("datetime64[ns]")
         span_days = (tn[-1] - tn[0]) / np.timedelta64(1, "D")
@@ -356,10 +354,8 @@ class ProphetReal(Baseline):
             for s, js in zip(sel, out):
                 if js is not None:
                     self.models[str(ids[s])] = model_from_json(js)
-        self.fit_seconds = time.perf_counter() - t0
-        return self
 
-    def predict_windows(self, ws: Any, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+    def predict_windows(self, ws: WindowSource, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """(N, pred_len, S): Prophet's ``yhat`` at the target times for fitted stations, NaN for the others."""
         self._check_ready(ws)
         idx = resolve_indices(ws, indices)
