@@ -14,10 +14,11 @@ from click.testing import CliRunner
 
 from urlk_forecast.baselines import run_benchmark
 from urlk_forecast.baselines.base import window_arrays
-from urlk_forecast.baselines.table import PAPER_TABLE12, _score_all
+from urlk_forecast.baselines.table import PAPER_TABLE12, compare
 from urlk_forecast.cli import cli
 from urlk_forecast.data.synthetic import synthetic_global
 from urlk_forecast.data.windows import WindowDataset, split_dataset
+from urlk_forecast.method import Method
 from urlk_forecast.metrics import evaluate_arrays
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,6 +98,22 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert r.exit_code != 0 and "not a training run or saved model" in r.output
 
 
+def test_cli_checks_out_before_computing(tmp_path: Path) -> None:
+    """An --out that cannot be written fails at once: nothing computed, no table printed, nothing written."""
+    import time
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    t0 = time.perf_counter()
+    r = _invoke("--stations", "3", "--hours", "500", "--out", str(blocker / "res"))
+    assert r.exit_code == 1 and f"--out {blocker / 'res'}: cannot write there, {blocker} is not a directory" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and "| method |" not in r.output
+    assert time.perf_counter() - t0 < 10  # before the data was even generated
+    r = _invoke("--stations", "3", "--hours", "500", "--out", str(blocker))
+    assert r.exit_code == 1 and f"--out {blocker}: exists and is not a directory" in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
 def test_model_row_from_a_saved_forecaster(tmp_path: Path) -> None:
     from urlk_forecast.forecaster import Forecaster
 
@@ -142,16 +159,25 @@ def test_paper_reference_printed_for_the_corrformer_release() -> None:
                          max_windows=3).reference is None
 
 
-class _Breaks:
-    """A method following the protocol whose forecast fails, to check the table survives it."""
+class _Breaks(Method):
+    """A method following the contract whose forecast fails, to check the table survives it."""
 
     name = "Broken"
     kind = "statistical"
-    n_params = 0
-    fit_seconds = 0.0
 
-    def predict_windows(self, ws: object, indices: np.ndarray) -> np.ndarray:
+    def __init__(self) -> None:
+        self.variable = "temperature"
+        self.fit_seconds = 0.0
+
+    def fit(self, train: object, val: object = None) -> _Breaks:
+        return self
+
+    def predict_windows(self, ws: object, indices: object = None) -> np.ndarray:
         raise RuntimeError("boom")
+
+    @property
+    def n_params(self) -> int:
+        return 0
 
 
 def test_a_failing_method_is_reported_and_the_rest_scored() -> None:
@@ -159,12 +185,18 @@ def test_a_failing_method_is_reported_and_the_rest_scored() -> None:
 
     ds = synthetic_global(stations=4, hours=24 * 20, seed=1)
     ws = WindowDataset(ds, "temperature", 48, 24, 24)
-    p = Persistence().fit(ds, "temperature")
-    failures: dict[str, str] = {}
-    rows, points, observed, windows = _score_all([("persistence", p), ("broken", _Breaks())], ws,
-                                                 np.arange(10), 4, lambda m: None, failures)
-    assert list(rows["method"]) == ["Persistence"] and "boom" in failures["Broken"]
-    assert points == observed > 0 and windows == 10
+    p = Persistence().fit(ds)
+    lines: list[str] = []
+    rows = compare([p, _Breaks()], ws, np.arange(10), batch_size=4, keep_going=True, progress=lines.append)
+    assert list(rows["method"]) == ["Persistence"] and "boom" in rows.attrs["failures"]["Broken"]
+    assert rows.attrs["points"] == rows.attrs["observed"] > 0 and rows.attrs["windows"] == 10
+    assert any("Broken FAILED" in line for line in lines)
+    assert list(rows.columns) == ["method", "type", "parameters", "MSE", "MAE", "fit_s", "predict_s", "coverage"]
+    alone = p.evaluate(ws, np.arange(10))
+    assert rows["MSE"].iloc[0] == pytest.approx(alone.mse, rel=1e-12) and rows["coverage"].iloc[0] == 1.0
+    assert rows["fit_s"].iloc[0] == p.fit_seconds and rows["parameters"].iloc[0] == 0
+    with pytest.raises(RuntimeError, match="boom"):  # without keep_going the failure propagates
+        compare([p, _Breaks()], ws, np.arange(10), batch_size=4)
 
 
 def test_benchmarks_script_is_a_thin_wrapper(tmp_path: Path) -> None:

@@ -11,10 +11,14 @@ import pytest
 import torch
 import xarray as xr
 
+from urlk_forecast.config import TrainConfig
 from urlk_forecast.data.synthetic import synthetic_global
 from urlk_forecast.data.windows import WindowDataset
 from urlk_forecast.forecaster import Forecaster, parse_model_name
+from urlk_forecast.method import Method
 from urlk_forecast.metrics import evaluate_arrays
+from urlk_forecast.scoring import Scores
+from urlk_forecast.utils import to_jsonable
 
 TINY = dict(d_model=32, n_heads=4, node_size=4, dims=(8, 16, 32, 64), kernel_size=7)
 
@@ -38,10 +42,10 @@ def trained(data):
     torch.set_num_threads(1)
     try:
         fc = Forecaster("unireplknet_a", "temperature", **TINY)
-        result = fc.fit(data, max_steps=40, batch_size=8, lr=2e-3, progress=False, val_windows=16, seed=0)
+        assert fc.fit(data, max_steps=40, batch_size=8, lr=2e-3, progress=False, val_windows=16, seed=0) is fc
     finally:
         torch.set_num_threads(n)
-    return fc, result
+    return fc, fc.train_result
 
 
 # -------------------------------------------------------------------------------------------------- fit
@@ -54,6 +58,33 @@ def test_fit_lowers_the_loss(trained):
     assert fc.net is not None and not fc.net.training
     assert fc.frequency == pd.Timedelta(hours=1)
     assert fc.train_info["train_windows"] > 0 and fc.train_info["val_windows"] > 0
+    assert fc.train_info["train_config"]["max_steps"] == 40 and fc.train_info["train_config"]["lr"] == 2e-3
+
+
+def test_forecaster_is_a_method(trained):
+    fc, _ = trained
+    assert isinstance(fc, Method) and fc.kind == "neural" and fc.name == "unireplknet_a"
+    assert Forecaster("a").name == "unireplknet_a" and Forecaster("ConvNeXt-S").name == "convnext_s"
+    assert fc.n_params == sum(p.numel() for p in fc.net.parameters()) > 0 and Forecaster().n_params == 0
+    assert fc.fit_seconds is not None and fc.fit_seconds > 0 and fc.train_info["wall_s"] == fc.fit_seconds
+    assert fc.describe() == {"method": "unireplknet_a", "type": "neural", "parameters": fc.n_params,
+                             "fit_s": fc.fit_seconds}
+    assert fc.train_period == (pd.Timestamp(fc.train_info["train_period"][0]),
+                               pd.Timestamp(fc.train_info["train_period"][1]))
+
+
+def test_fit_takes_a_train_config_and_overrides(data, tmp_path):
+    seen = []
+    fc = Forecaster("unireplknet_a", "temperature", **TINY)
+    cfg = TrainConfig(max_steps=3, batch_size=4, progress=False, val_windows=2, seed=0)
+    out = fc.fit(data, config=cfg, lr=5e-4, out_dir=tmp_path / "ckpt", callback=seen.append)
+    assert out is fc and fc.train_result is not None and len(fc.train_result.step_losses) == 3
+    used = fc.train_info["train_config"]
+    assert used["lr"] == 5e-4 and used["batch_size"] == 4 and used["out_dir"] == str(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "checkpoint.pt").is_file() and seen  # out_dir from the config; callback called
+    assert cfg.lr == 1e-4  # the given config is not modified
+    with pytest.raises(ValueError, match="unknown TrainConfig key"):
+        Forecaster("unireplknet_a", "temperature", **TINY).fit(data, max_step=3)
 
 
 def test_trained_beats_untrained_on_held_out_windows(trained, data):
@@ -62,8 +93,8 @@ def test_trained_beats_untrained_on_held_out_windows(trained, data):
     fresh.stations, fresh.frequency = fc.stations, fc.frequency
     torch.manual_seed(0)
     fresh.build_net(13, coords=fc.net.coords.numpy()).eval()
-    test = fc.evaluate(data, split="test", stride=4).attrs["mse"]
-    untrained = fresh.evaluate(data, split="test", stride=4).attrs["mse"]
+    test = fc.evaluate(data, split="test", stride=4).mse
+    untrained = fresh.evaluate(data, split="test", stride=4).mse
     assert test < 0.8 * untrained
 
 
@@ -159,23 +190,38 @@ def test_predict_errors(trained, data):
 # --------------------------------------------------------------------------------------------- evaluate
 def test_evaluate_matches_metrics_and_a_float64_recomputation(trained, data):
     fc, _ = trained
-    df = fc.evaluate(data, stride=12)
-    assert list(df.columns[:3]) == ["horizon", "mse", "mae"]
-    assert len(df) == 25 and list(df["horizon"][:24]) == list(range(1, 25)) and df["horizon"].iloc[-1] == "all"
+    res = fc.evaluate(data, stride=12, batch_size=5)  # scored in chunks of 5 windows
+    assert isinstance(res, Scores) and res.method == "unireplknet_a"
     ws = WindowDataset(data, "temperature", stride=12, order=fc._order_for(data, "data"))
-    pred = fc.predict_windows(ws)
+    pred = fc.predict_windows(ws, batch_size=5)  # the same forward batches as the scorer's chunks
     b = ws.batch(np.arange(len(ws)))
     true, mask = b["y"][:, -24:].numpy(), b["y_mask"][:, -24:].numpy()
+    assert np.isfinite(pred).all()  # every station observed: nothing left out
     ref = evaluate_arrays(pred, true, mask)
-    assert df["mse"].iloc[-1] == pytest.approx(ref["mse"], rel=1e-12)
-    assert df.attrs["mae"] == pytest.approx(ref["mae"], rel=1e-12)
+    assert res.mse == pytest.approx(ref["mse"], rel=1e-9)
+    assert res["mae"] == pytest.approx(ref["mae"], rel=1e-9)
     # independent float64: per window mean over observed (lead, station), then mean over windows
     err = pred.astype(np.float64) - true.astype(np.float64)
     per_window = [np.mean(err[i][mask[i]] ** 2) for i in range(len(ws)) if mask[i].any()]
-    assert df.attrs["mse"] == pytest.approx(np.mean(per_window), rel=1e-9)
-    assert df.attrs["windows"] == len(ws)
-    test_df = fc.evaluate(data, split="test")
-    assert test_df.attrs["windows"] > 0
+    assert res.mse == pytest.approx(np.mean(per_window), rel=1e-9)
+    assert res.n_windows == len(ws) and res.n_points == int(mask.sum()) and res.coverage == 1.0
+    # per lead: for each lead the mean over windows of the mean over observed stations (float32 sums inside)
+    lead = res.per_lead
+    assert list(lead["lead"]) == list(range(1, 25))
+    for h in (0, 11, 23):
+        per = [np.mean(err[i, h][mask[i, h]] ** 2) for i in range(len(ws)) if mask[i, h].any()]
+        assert lead["mse"].iloc[h] == pytest.approx(np.mean(per), rel=1e-6)
+        per = [np.mean(np.abs(err[i, h][mask[i, h]])) for i in range(len(ws)) if mask[i, h].any()]
+        assert lead["mae"].iloc[h] == pytest.approx(np.mean(per), rel=1e-6)
+    # the same windows given as a window source, a subset by index, and the test split
+    assert fc.evaluate(ws).mse == pytest.approx(res.mse, rel=1e-6)  # other batches: float32 rounding only
+    sub = fc.evaluate(ws, [0, 2])
+    e2 = fc.predict_windows(ws, [0, 2]).astype(np.float64) - true[[0, 2]].astype(np.float64)
+    ref_sub = np.mean([np.mean(e2[k][mask[i]] ** 2) for k, i in enumerate((0, 2))])
+    assert sub.n_windows == 2 and sub.mse == pytest.approx(ref_sub, rel=1e-9)
+    assert fc.evaluate(data, split="test").n_windows > 0
+    with pytest.raises(ValueError, match="split applies to a Dataset"):
+        fc.evaluate(ws, split="test")
 
 
 def test_predict_windows_respects_the_window_station_order(trained, data):
@@ -203,6 +249,59 @@ def test_save_load_round_trip(trained, data, tmp_path):
     assert loaded.device.type == "cpu"
     np.testing.assert_array_equal(loaded.predict(data)["temperature"].values, fc.predict(data)["temperature"].values)
     assert repr(loaded).startswith("Forecaster(model='unireplknet_a'")
+
+
+def test_config_json_is_the_forecaster_config(trained, tmp_path):
+    from urlk_forecast.config import ForecasterConfig
+
+    fc, _ = trained
+    d = fc.save(tmp_path / "run")
+    cfg = ForecasterConfig.from_json(d / "config.json")
+    assert cfg.to_dict() == fc.to_config().to_dict()  # JSON turns the tuples of model_kw into lists
+    assert (cfg.model, cfg.variable, cfg.seq_len, cfg.label_len, cfg.pred_len, cfg.max_gap) == \
+        ("unireplknet_a", "temperature", 48, 24, 24, 3)
+    assert cfg.units == "degC" and cfg.n_stations == 13 and cfg.train["train_windows"] > 0
+    again = Forecaster(**cfg.forecaster_kwargs())
+    assert to_jsonable(again.model_kw) == to_jsonable(fc.model_kw) and again.max_gap == fc.max_gap
+
+
+def test_loads_a_config_written_by_the_old_save(trained, data, tmp_path):
+    """A model saved before ForecasterConfig described config.json (hand-written in that code's key order, without
+    ``max_gap`` like its first files) still loads and forecasts the same."""
+    fc, _ = trained
+    d = fc.save(tmp_path / "old")
+    net = json.loads((d / "config.json").read_text())["net"]  # the network config must match the weights
+    old = (
+        '{\n  "format": "urlk-forecast/forecaster",\n  "version": 1,\n  "model": "unireplknet_a",\n'
+        '  "variable": "temperature",\n  "units": "degC",\n  "seq_len": 48,\n  "label_len": 24,\n'
+        '  "pred_len": 24,\n'
+        '  "model_kw": {"encoder": "unireplknet", "variant": "unireplknet_a", "d_model": 32, "n_heads": 4,'
+        ' "node_size": 4, "dims": [8, 16, 32, 64], "kernel_size": 7},\n'
+        f'  "net": {json.dumps(net)},\n'
+        '  "reparameterized": false,\n  "frequency": "0 days 01:00:00",\n  "n_stations": 13,\n'
+        '  "train": {"trained_at": "2024-05-01T10:00:00+00:00", "train_period": ["2019-01-01 00:00:00",'
+        ' "2019-01-19 23:00:00"], "train_windows": 385, "val_windows": 11, "wall_s": 12.5,'
+        ' "result": {"best_val_loss": null}}\n}\n'
+    )
+    (d / "config.json").write_text(old)
+    loaded = Forecaster.load(d)
+    assert loaded.max_gap == 3 and loaded.frequency == pd.Timedelta(hours=1) and loaded.fit_seconds == 12.5
+    assert loaded.train_period == (pd.Timestamp("2019-01-01"), pd.Timestamp("2019-01-19 23:00"))
+    assert to_jsonable(loaded.model_kw) == to_jsonable(fc.model_kw) and loaded.name == "unireplknet_a"
+    np.testing.assert_array_equal(loaded.predict(data)["temperature"].values, fc.predict(data)["temperature"].values)
+    bad = json.loads(old)
+    bad["format"] = "something/else"
+    (d / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="not a forecaster config"):
+        Forecaster.load(d)
+    bad["format"], bad["version"] = "urlk-forecast/forecaster", 99
+    (d / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="format version 99 is newer"):
+        Forecaster.load(d)
+    bad["version"], bad["colour"] = 1, "blue"
+    (d / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"config.json: unknown ForecasterConfig key\(s\) \['colour'\]"):
+        Forecaster.load(d)
 
 
 def test_load_errors(tmp_path, trained):
@@ -295,9 +394,9 @@ def test_default_model_beats_persistence_and_seasonal_naive():
     mask &= np.isfinite(pred)  # no forecast where a station had nothing observed in its input window
     scores = {
         "model": evaluate_arrays(pred, true, mask)["mse"],
-        "persistence": evaluate_arrays(Persistence().fit(parts["train"], "temperature").predict_windows(ws),
+        "persistence": evaluate_arrays(Persistence().fit(parts["train"]).predict_windows(ws),
                                        true, mask)["mse"],
-        "seasonal": evaluate_arrays(SeasonalNaive("1D").fit(parts["train"], "temperature").predict_windows(ws),
+        "seasonal": evaluate_arrays(SeasonalNaive("1D").fit(parts["train"]).predict_windows(ws),
                                     true, mask)["mse"],
     }
     assert scores["model"] < scores["persistence"] and scores["model"] < scores["seasonal"], scores

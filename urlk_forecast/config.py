@@ -25,6 +25,8 @@ __all__ = [
     "TrainConfig",
     "ForecasterConfig",
     "FORECASTER_DEFAULTS",
+    "FORECASTER_FORMAT",
+    "FORECASTER_FORMAT_VERSION",
     "QUICK_TRAIN_DEFAULTS",
     "atomic_write_text",
     "ConfigError",
@@ -32,14 +34,20 @@ __all__ = [
 
 _T = TypeVar("_T", bound="_JsonConfig")
 
-#: Defaults of :class:`urlk_forecast.forecaster.Forecaster` (the paper's script: 48 h in, 24 h out).
+#: Defaults of :class:`urlk_forecast.forecaster.Forecaster` (the paper's script: 48 h in, 24 h out); the source of
+#: :class:`ForecasterConfig`'s defaults (a test checks the Forecaster's signature against it).
 FORECASTER_DEFAULTS: dict[str, Any] = {
     "model": "unireplknet_a",
     "variable": "temperature",
     "seq_len": 48,
     "label_len": 24,
     "pred_len": 24,
+    "max_gap": 3,
 }
+
+#: ``format`` / ``version`` of a saved forecaster's ``config.json`` (:meth:`Forecaster.save`).
+FORECASTER_FORMAT = "urlk-forecast/forecaster"
+FORECASTER_FORMAT_VERSION = 1
 
 #: Defaults of ``urlk-forecast train`` when no ``--data`` is given: the synthetic 3850-station set,
 #: shortened and time-boxed so that generation + training + evaluation end within ~15 minutes on a
@@ -212,14 +220,32 @@ class TrainConfig(_JsonConfig):
 
 @dataclass
 class ForecasterConfig(_JsonConfig):
-    """What a :class:`~urlk_forecast.forecaster.Forecaster` is built from (saved as JSON with a run)."""
+    """What a :class:`~urlk_forecast.forecaster.Forecaster` is built from, and -- once trained -- the rest of what
+    :meth:`~urlk_forecast.forecaster.Forecaster.save` writes to ``config.json`` (read back by ``load``).
+
+    Construction: ``model``, ``variable``, ``seq_len``, ``label_len``, ``pred_len``, ``max_gap``, ``model_kw``
+    (network options; a saved model also records ``encoder``/``variant`` there). Saved state: ``format``/``version``
+    (the file format), ``units`` of the variable, ``net`` (the network's constructor config), ``reparameterized``,
+    ``frequency`` (the data time step, e.g. ``"0 days 01:00:00"``), ``n_stations`` and ``train`` (training
+    metadata: period, windows, wall time, the TrainConfig, the result). Files written before ``max_gap`` was saved
+    load with its default.
+    """
 
     model: str = FORECASTER_DEFAULTS["model"]
     variable: str = FORECASTER_DEFAULTS["variable"]
     seq_len: int = FORECASTER_DEFAULTS["seq_len"]
     label_len: int = FORECASTER_DEFAULTS["label_len"]
     pred_len: int = FORECASTER_DEFAULTS["pred_len"]
+    max_gap: int = FORECASTER_DEFAULTS["max_gap"]
     model_kw: dict[str, Any] = field(default_factory=dict)
+    format: str = FORECASTER_FORMAT
+    version: int = FORECASTER_FORMAT_VERSION
+    units: str | None = None
+    net: dict[str, Any] | None = None
+    reparameterized: bool = False
+    frequency: str | None = None
+    n_stations: int | None = None
+    train: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "pred_len"):
@@ -229,8 +255,18 @@ class ForecasterConfig(_JsonConfig):
             raise ConfigError(
                 f"ForecasterConfig.label_len={self.label_len!r}: must be in [0, seq_len={self.seq_len}]"
             )
+        if int(self.max_gap) < 0:
+            raise ConfigError(f"ForecasterConfig.max_gap={self.max_gap!r}: must be >= 0")
+        if self.format != FORECASTER_FORMAT:
+            raise ConfigError(f"ForecasterConfig.format={self.format!r}: not a forecaster config "
+                              f"(expected {FORECASTER_FORMAT!r})")
+        if int(self.version) > FORECASTER_FORMAT_VERSION:
+            raise ConfigError(f"ForecasterConfig.version={self.version!r}: newer than this urlk-forecast supports "
+                              f"({FORECASTER_FORMAT_VERSION})")
 
     def forecaster_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``Forecaster(**kw)``."""
-        kw = {k: getattr(self, k) for k in ("model", "variable", "seq_len", "label_len", "pred_len")}
-        return {**kw, **self.model_kw}
+        """Keyword arguments for ``Forecaster(**kw)`` (the network options of ``model_kw`` included; the
+        ``encoder``/``variant`` a saved model records there follow from ``model``)."""
+        kw = {k: getattr(self, k) for k in ("model", "variable", "seq_len", "label_len", "pred_len", "max_gap")}
+        net_kw = {k: v for k, v in self.model_kw.items() if k not in ("encoder", "variant")}
+        return {**kw, **net_kw}

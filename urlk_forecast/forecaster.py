@@ -5,10 +5,13 @@ new data: the variable, the window lengths, the data frequency, the trained stat
 space-filling-curve order the windows were built in) and their metadata. Typical use::
 
     fc = Forecaster("unireplknet_a", variable="temperature")
-    fc.fit(ds, max_time=600)                 # chronological train/val split, the paper's schedule
+    fc.fit(ds, max_time=600)                 # chronological train/val split, the paper's schedule; returns fc
     forecast = fc.predict(ds)                # next pred_len steps after the end of ds, per station
-    fc.evaluate(test_ds)                     # MSE/MAE per lead time and overall
+    fc.evaluate(test_ds)                     # Scores: MSE/MAE overall, .per_lead per lead time
     fc.save("runs/a");  fc = Forecaster.load("runs/a")
+
+It is a :class:`~urlk_forecast.method.Method` like every baseline (``name``, ``kind = "neural"``, ``n_params``,
+``fit_seconds``, ``predict_windows``, ``evaluate``), so tables score it with the same scorer on the same points.
 
 Model names: ``"unireplknet_<v>"`` (or just ``"<v>"``) for v in a f p n t s b l xl h; ``"convnext"``,
 ``"resnet"``, ``"corrformer"`` optionally with a variant suffix (``"convnext_s"``: same widths/depths as S).
@@ -17,26 +20,33 @@ Model names: ``"unireplknet_<v>"`` (or just ``"<v>"``) for v in a f p n t s b l 
 from __future__ import annotations
 
 import json
-import math
 import os
-import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
 
+from .config import FORECASTER_FORMAT, FORECASTER_FORMAT_VERSION, ConfigError, ForecasterConfig, TrainConfig
+from .data.readers import open_dataset
 from .data.schema import COORD_ATTRS, VARIABLES, SchemaError, infer_frequency, make_dataset, validate
+from .data.windows import WindowDataset, WindowSource, split_dataset
+from .method import Method
+from .models.embedding import RevIN
+from .models.forecast_net import ForecastNet
 from .models.registry import parse_model_name  # kept importable here: forecaster.parse_model_name
+from .scoring import Scores, resolve_indices
+from .trainer import Callback, Trainer, TrainResult
+from .utils import atomic_torch_save, atomic_write_text, normalize_name, to_jsonable
 
 __all__ = ["Forecaster", "parse_model_name", "FORMAT", "FORMAT_VERSION"]
 
-FORMAT = "urlk-forecast/forecaster"
-FORMAT_VERSION = 1
+FORMAT = FORECASTER_FORMAT  # the config.json format (defined with ForecasterConfig)
+FORMAT_VERSION = FORECASTER_FORMAT_VERSION
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.pt"
 STATIONS_NAME = "stations.json"
@@ -45,40 +55,29 @@ def _open(data: Any, what: str) -> xr.Dataset:
     if isinstance(data, xr.Dataset):
         return data
     if isinstance(data, (str, os.PathLike)):
-        from .data.readers import open_dataset
-
         return open_dataset(data)
     raise TypeError(f"{what} must be an xarray.Dataset or a path to a data file/directory, got {type(data).__name__}")
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, np.ndarray):
-        return _jsonable(v.tolist())
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, Mapping):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, np.generic):
-        return _jsonable(v.item())
-    if isinstance(v, (pd.Timestamp, pd.Timedelta)):
-        return str(v)
-    return v
+def _is_window_source(data: Any) -> bool:
+    return hasattr(data, "batch") and hasattr(data, "station_ids")
 
 
-def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _read_config(raw: Any, path: Path) -> ForecasterConfig:
+    """The :class:`ForecasterConfig` of a saved ``config.json`` (any version this code wrote; errors name ``path``)."""
+    if not isinstance(raw, dict) or raw.get("format") != FORECASTER_FORMAT:
+        fmt = raw.get("format") if isinstance(raw, dict) else None
+        raise ValueError(f"{path}: not a forecaster config (format {fmt!r})")
+    if int(raw.get("version", 0)) > FORECASTER_FORMAT_VERSION:
+        raise ValueError(f"{path}: format version {raw['version']} is newer than this urlk-forecast supports "
+                         f"({FORECASTER_FORMAT_VERSION})")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        config = ForecasterConfig.from_dict(raw, source=str(path))
+    except ConfigError as e:
+        raise ConfigError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
+    if not config.net:
+        raise ValueError(f"{path}: no network config ('net'); not a trained forecaster")
+    return config
 
 
 def _preview(ids: Sequence[str], n: int = 10) -> str:
@@ -86,13 +85,16 @@ def _preview(ids: Sequence[str], n: int = 10) -> str:
     return ", ".join(ids[:n]) + (f", ... ({len(ids)} in all)" if len(ids) > n else "")
 
 
-class Forecaster:
-    """Station forecaster built on :class:`~urlk_forecast.models.forecast_net.ForecastNet`.
+class Forecaster(Method):
+    """Station forecaster built on :class:`~urlk_forecast.models.forecast_net.ForecastNet`; a
+    :class:`~urlk_forecast.method.Method` of kind ``"neural"`` named after its model (``"unireplknet_a"``).
 
     ``model_kw`` go to the network (``d_model``, ``node_size``, ``kernel_size``, ``dims``, ``spatial``, ...);
     ``max_gap`` (keyword) is the longest gap (steps) interpolated in the inputs, as in
     :class:`~urlk_forecast.data.windows.WindowDataset`.
     """
+
+    kind: ClassVar[str] = "neural"
 
     def __init__(self, model: str = "unireplknet_a", variable: str = "temperature", seq_len: int = 48,
                  label_len: int = 24, pred_len: int = 24, *, max_gap: int = 3, **model_kw: Any) -> None:
@@ -106,6 +108,8 @@ class Forecaster:
             raise ValueError(f"label_len ({label_len}) must not exceed seq_len ({seq_len})")
         encoder, variant = parse_model_name(model)
         self.model = str(model)
+        #: the table label: the variant for UniRepLKNet ("unireplknet_a" also for model="a"), else the given name
+        self.name = variant if encoder == "unireplknet" else normalize_name(model)
         self.variable = variable
         self.seq_len, self.label_len, self.pred_len = int(seq_len), int(label_len), int(pred_len)
         self.max_gap = int(max_gap)
@@ -113,7 +117,9 @@ class Forecaster:
         self.net: torch.nn.Module | None = None
         self.stations: dict[str, Any] | None = None  # ids (model order), lat, lon, elevation, name, coords
         self.frequency: pd.Timedelta | None = None
-        self.train_info: dict[str, Any] = {}
+        self.train_info: dict[str, Any] = {}  # training metadata, saved in config.json ("train")
+        self.train_result: TrainResult | None = None  # the last fit's result (not saved)
+        self.fit_seconds: float | None = None  # wall time of training (train_info["wall_s"])
         self.reparameterized = False
 
     # ------------------------------------------------------------------------------------------ basics
@@ -133,6 +139,17 @@ class Forecaster:
         """Device the network's weights are on."""
         return next(self._net().parameters()).device
 
+    @property
+    def n_params(self) -> int:
+        """Number of parameters of the network (0 before it is built)."""
+        return 0 if self.net is None else int(sum(p.numel() for p in self.net.parameters()))
+
+    @property
+    def train_period(self) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+        """First and last time step of the training data (None if unknown)."""
+        period = self.train_info.get("train_period") or []
+        return (pd.Timestamp(period[0]), pd.Timestamp(period[1])) if len(period) == 2 else None
+
     def to(self, device: str | torch.device) -> Forecaster:
         """Move the network to ``device``; returns self."""
         self._net().to(device)
@@ -148,9 +165,7 @@ class Forecaster:
         assert self.net is not None
         return self.net
 
-    def _windows(self, ds: xr.Dataset, order: Any = None, stride: int = 1) -> Any:
-        from .data.windows import WindowDataset
-
+    def _windows(self, ds: xr.Dataset, order: Any = None, stride: int = 1) -> WindowDataset:
         return WindowDataset(ds, self.variable, self.seq_len, self.label_len, self.pred_len, stride=stride,
                              max_gap=self.max_gap, order=order)
 
@@ -179,83 +194,86 @@ class Forecaster:
     # --------------------------------------------------------------------------------------------- fit
     def build_net(self, n_stations: int, coords: Any = None) -> torch.nn.Module:
         """Build (and keep) a fresh network for ``n_stations`` stations with ``coords`` (S, 3) standardised."""
-        from .models.forecast_net import ForecastNet
-
         self.net = ForecastNet(n_stations, coords=coords, seq_len=self.seq_len, label_len=self.label_len,
                                pred_len=self.pred_len, **self.model_kw)
         self.reparameterized = False
         return self.net
 
-    def fit(self, data: Any, val: Any = None, epochs: int | None = None, max_steps: int | None = None,
-            max_time: float | None = None, *, cfg: Any = None, out_dir: str | os.PathLike[str] | None = None,
-            resume: bool = False, stride: int = 1, callback: Callable[[dict[str, Any]], None] | None = None,
-            **train_overrides: Any) -> Any:
-        """Train on ``data`` (Dataset or path); returns the :class:`~urlk_forecast.training.TrainResult`.
+    def fit(self, train: xr.Dataset | str | os.PathLike[str], val: xr.Dataset | str | os.PathLike[str] | None = None,
+            *, config: TrainConfig | None = None, callback: Callback | None = None, stride: int = 1,
+            **overrides: Any) -> Forecaster:
+        """Train on ``train`` (Dataset or path), early-stopping on ``val``; returns ``self``.
 
         Without ``val`` the data is split chronologically: the source's own splits when
-        ``data.attrs["split_bounds"]`` exists (train / val used, test left out), else the last 10 % of the
-        time steps become the validation period (with ``seq_len`` steps of context before it). ``epochs``,
-        ``max_steps``, ``max_time`` and ``train_overrides`` (any :class:`~urlk_forecast.config.TrainConfig`
-        field: ``lr``, ``batch_size``, ``device``, ``amp``, ``checkpointing``, ``seed``, ...) override ``cfg``
-        (default: the paper's schedule). ``out_dir``/``resume`` checkpoint and continue a killed run.
-        """
-        from .config import TrainConfig
-        from .data.windows import split_dataset
-        from .training import train
+        ``train.attrs["split_bounds"]`` exists (train / val used, test left out), else the last 10 % of the
+        time steps become the validation period (with ``seq_len`` steps of context before it).
 
-        ds = _open(data, "data")
-        validate(ds, variables=[self.variable])
-        if val is None:
-            ratios = (0.7, 0.1, 0.2) if ds.attrs.get("split_bounds") else (0.9, 0.1, 0.0)
-            parts = split_dataset(ds, ratios=ratios, context=self.seq_len)
-            train_ds, val_ds = parts["train"], parts["val"]
-        else:
-            train_ds, val_ds = ds, _open(val, "val")
-            validate(val_ds, variables=[self.variable])
+        Every training setting is a :class:`~urlk_forecast.config.TrainConfig` field: ``config`` (default: the
+        paper's schedule), and ``overrides`` as a shorthand for ``config.replace(**overrides)`` (``epochs``,
+        ``max_steps``, ``max_time``, ``lr``, ``batch_size``, ``device``, ``out_dir``/``resume`` to checkpoint and
+        continue a killed run, ...). ``stride``: step between training windows. ``callback(entry)`` receives each
+        history entry. The :class:`~urlk_forecast.trainer.TrainResult` is kept in ``self.train_result``, the
+        wall time in ``self.fit_seconds``.
+        """
+        cfg = config if config is not None else TrainConfig()
+        if overrides:
+            cfg = cfg.replace(**overrides)
+        ds, train_ds, val_ds = self._split(train, val)
         self.frequency = infer_frequency(train_ds)
         train_ws = self._windows(train_ds, stride=stride)
         if len(train_ws) == 0:
             raise ValueError(f"the training period has {train_ds.sizes['time']} time steps, fewer than "
                              f"seq_len + pred_len = {self.seq_len + self.pred_len}: no training window")
-        ids = [str(s) for s in train_ws.station_ids]
-        self.stations = {
-            "station": ids,
-            "lat": train_ws.lat.astype(float).tolist(),
-            "lon": train_ws.lon.astype(float).tolist(),
-            "elevation": train_ws.elevation.astype(float).tolist(),
-            "name": [str(v) for v in np.asarray(train_ds["name"].values)[train_ws.order]],
-            "coords": np.asarray(train_ws.coords, np.float64).tolist(),
-        }
-        net = self.build_net(len(ids), coords=train_ws.coords)
-        val_ws = None
-        if val_ds is not None and val_ds.sizes.get("time", 0) > 0:
-            self._check_frequency(val_ds, "val")
-            val_ws = self._windows(val_ds, order=self._order_for(val_ds, "val"), stride=1)
-            if len(val_ws) == 0:
-                val_ws = None
-
-        base = cfg if cfg is not None else TrainConfig()
-        overrides = dict(train_overrides)
-        for k, v in (("epochs", epochs), ("max_steps", max_steps), ("max_time", max_time)):
-            if v is not None:
-                overrides[k] = v
-        cfg = base.replace(**overrides) if overrides else base
-        t0 = time.time()
-        run_cfg = cfg.replace(out_dir=cfg.out_dir if out_dir is None else out_dir, resume=resume or cfg.resume)
-        result = train(net, train_ws, val_ws, run_cfg, callback=callback)
+        self._keep_stations(train_ws, train_ds)
+        net = self.build_net(len(train_ws.station_ids), coords=train_ws.coords)
+        val_ws = self._val_windows(val_ds)
+        t0 = time.perf_counter()
+        result = Trainer(cfg, callback=callback).fit(net, train_ws, val_ws)
+        self.fit_seconds = time.perf_counter() - t0
         net.eval()
+        self.train_result = result
         times = pd.DatetimeIndex(train_ds["time"].values)
         self.train_info = {
             "trained_at": pd.Timestamp.now(tz="UTC").isoformat(),
             "train_period": [str(times[0]), str(times[-1])],
             "train_windows": len(train_ws),
             "val_windows": len(val_ws) if val_ws is not None else 0,
-            "wall_s": time.time() - t0,
+            "wall_s": self.fit_seconds,
             "train_config": cfg.to_dict(),
             "result": {k: v for k, v in result.to_dict().items() if k != "step_losses"},
             "source": {k: str(v) for k, v in ds.attrs.items() if k in ("title", "source", "synthetic", "seed")},
         }
-        return result
+        return self
+
+    def _split(self, train: Any, val: Any) -> tuple[xr.Dataset, xr.Dataset, xr.Dataset | None]:
+        """``(the data given, training split, validation split)``; the chronological split when ``val`` is None."""
+        ds = _open(train, "train")
+        validate(ds, variables=[self.variable])
+        if val is not None:
+            val_ds = _open(val, "val")
+            validate(val_ds, variables=[self.variable])
+            return ds, ds, val_ds
+        ratios = (0.7, 0.1, 0.2) if ds.attrs.get("split_bounds") else (0.9, 0.1, 0.0)
+        parts = split_dataset(ds, ratios=ratios, context=self.seq_len)
+        return ds, parts["train"], parts["val"]
+
+    def _keep_stations(self, train_ws: WindowDataset, train_ds: xr.Dataset) -> None:
+        """Record the trained stations (model order) and their metadata."""
+        self.stations = {
+            "station": [str(s) for s in train_ws.station_ids],
+            "lat": train_ws.lat.astype(float).tolist(),
+            "lon": train_ws.lon.astype(float).tolist(),
+            "elevation": train_ws.elevation.astype(float).tolist(),
+            "name": [str(v) for v in np.asarray(train_ds["name"].values)[train_ws.order]],
+            "coords": np.asarray(train_ws.coords, np.float64).tolist(),
+        }
+
+    def _val_windows(self, val_ds: xr.Dataset | None) -> WindowDataset | None:
+        if val_ds is None or val_ds.sizes.get("time", 0) == 0:
+            return None
+        self._check_frequency(val_ds, "val")
+        val_ws = self._windows(val_ds, order=self._order_for(val_ds, "val"), stride=1)
+        return val_ws if len(val_ws) else None
 
     # ----------------------------------------------------------------------------------------- predict
     @torch.no_grad()
@@ -266,17 +284,19 @@ class Forecaster:
         # everything but the targets (the network must not see them; extra inputs such as a fusion "aux" pass)
         b = {k: v.to(dev) for k, v in batch.items() if k not in ("y", "y_mask", "index") and torch.is_tensor(v)}
         out = net(b).float()
-        from .models.embedding import RevIN
-
         empty = RevIN.no_observation(b["x"], b.get("x_mask"))  # (B, S): nothing observed → no forecast
         return torch.where(empty[:, None, :], torch.full_like(out, float("nan")), out).cpu()
 
-    def predict_windows(self, ws: Any, indices: Sequence[int] | np.ndarray | None = None,
+    def predict_windows(self, ws: WindowSource, indices: Sequence[int] | np.ndarray | None = None,
                         batch_size: int = 32) -> np.ndarray:
-        """Forecasts ``(N, pred_len, S)`` in physical units for windows of ``ws``, in ``ws``'s station order.
+        """Forecasts ``(N, pred_len, S)`` in physical units for windows ``indices`` of ``ws`` (all when None), in
+        ``ws``'s station order, ``batch_size`` windows per forward pass.
 
         NaN for a station with no observed input in a window (nothing to forecast from).
         """
+        ws_var = getattr(ws, "variable", None)
+        if ws_var is not None and ws_var != self.variable:
+            raise ValueError(f"{self.name} forecasts {self.variable!r} but the windows are {ws_var!r}")
         ids = [str(s) for s in ws.station_ids]
         trained = [str(s) for s in self.station_ids]
         if ws.seq_len != self.seq_len or ws.label_len != self.label_len or ws.pred_len != self.pred_len:
@@ -292,7 +312,7 @@ class Forecaster:
                 raise ValueError(f"window stations differ from the trained ones: unknown {_preview(unknown)}; "
                                  f"missing {_preview(missing)}")
             perm = torch.as_tensor([pos[s] for s in trained])  # ws column of each trained slot
-        idx = np.arange(len(ws)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+        idx = resolve_indices(ws, indices)
         out = np.empty((idx.size, self.pred_len, len(ids)), np.float32)
         for i in range(0, idx.size, batch_size):
             batch = ws.batch(idx[i:i + batch_size])
@@ -376,89 +396,65 @@ class Forecaster:
         return result.set_coords("forecast_reference_time")
 
     # ---------------------------------------------------------------------------------------- evaluate
-    def evaluate(self, data: Any, split: str | None = None, stride: int = 1, batch_size: int = 32) -> pd.DataFrame:
-        """MSE/MAE (physical units, Corrformer averaging) per lead time plus an ``"all"`` row.
+    def evaluate(self, data: Any, indices: Sequence[int] | np.ndarray | None = None, *, split: str | None = None,
+                 stride: int = 1, batch_size: int = 32) -> Scores:
+        """MSE/MAE (physical units, Corrformer averaging) overall and per lead time (``Scores.per_lead``), scored
+        by the one scorer like every baseline.
 
-        ``data``: a Dataset / path (all its windows, or ``split="test"|"val"|"train"`` of
-        :func:`~urlk_forecast.data.windows.split_dataset`) or a WindowDataset. ``df.attrs`` holds the overall
-        ``mse``/``mae`` and the number of windows.
+        ``data``: a window source (its windows ``indices``, all when None) or a Dataset / path: all its windows
+        with ``stride``, or those of ``split="test"|"val"|"train"`` of
+        :func:`~urlk_forecast.data.windows.split_dataset`. A station with nothing observed in a window's input has
+        no forecast there; ``Scores.n_unforecast`` counts those targets.
         """
-        from .metrics import evaluate_arrays, per_horizon
-
         self._require()
-        if hasattr(data, "batch") and hasattr(data, "station_ids"):
+        if _is_window_source(data):
+            if split is not None:
+                raise ValueError("split applies to a Dataset or path, not to a window source")
             ws = data
         else:
-            ds = _open(data, "data")
-            validate(ds, variables=[self.variable])
-            if split is not None:
-                from .data.windows import split_dataset
-
-                if split not in ("train", "val", "test"):
-                    raise ValueError(f"split must be 'train', 'val', 'test' or None, got {split!r}")
-                ds = split_dataset(ds, context=self.seq_len)[split]
-            self._check_frequency(ds, "data")
-            ws = self._windows(ds, order=self._order_for(ds, "data"), stride=stride)
+            ws = self._eval_windows(data, split, stride)
         if len(ws) == 0:
             raise ValueError(f"no complete window (seq_len + pred_len = {self.seq_len + self.pred_len} steps) to "
                              "evaluate on")
-        pred = self.predict_windows(ws, batch_size=batch_size)
-        trues, masks = [], []
-        for i in range(0, len(ws), 256):
-            b = ws.batch(np.arange(i, min(i + 256, len(ws))))
-            trues.append(b["y"][:, -self.pred_len:].numpy())
-            masks.append(b["y_mask"][:, -self.pred_len:].numpy())
-        true, mask = np.concatenate(trues), np.concatenate(masks)
-        # a NaN forecast (station with nothing observed in its input window) is left out like a missing target
-        mask = mask & np.isfinite(pred)
-        df = per_horizon(pred, true, mask)
-        overall = evaluate_arrays(pred, true, mask)
-        row = {"horizon": "all", "mse": overall["mse"], "mae": overall["mae"]}
-        if "count" in df.columns:
-            row["count"] = int(df["count"].sum())
-        df = pd.concat([df.astype({"horizon": object}), pd.DataFrame([row])], ignore_index=True)
-        df.attrs.update(mse=float(overall["mse"]), mae=float(overall["mae"]), windows=len(ws))
-        return df
+        return super().evaluate(ws, indices, batch_size=batch_size)
+
+    def _eval_windows(self, data: Any, split: str | None, stride: int) -> WindowDataset:
+        ds = _open(data, "data")
+        validate(ds, variables=[self.variable])
+        if split is not None:
+            if split not in ("train", "val", "test"):
+                raise ValueError(f"split must be 'train', 'val', 'test' or None, got {split!r}")
+            ds = split_dataset(ds, context=self.seq_len)[split]
+        self._check_frequency(ds, "data")
+        return self._windows(ds, order=self._order_for(ds, "data"), stride=stride)
 
     # ------------------------------------------------------------------------------------ save / load
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write weights, JSON config and station metadata into ``directory`` (each file atomically).
-
-        ``config.json`` is written last, so a directory with a config is complete.
-        """
+    def to_config(self) -> ForecasterConfig:
+        """What :meth:`save` writes to ``config.json``: how to build this forecaster and its trained state."""
         stations = self._require()
-        net = self._net()
+        return ForecasterConfig(
+            model=self.model, variable=self.variable, seq_len=self.seq_len, label_len=self.label_len,
+            pred_len=self.pred_len, max_gap=self.max_gap, model_kw=dict(self.model_kw),
+            units=VARIABLES[self.variable]["units"], net=dict(self._net().config),
+            reparameterized=self.reparameterized,
+            frequency=str(self.frequency) if self.frequency is not None else None,
+            n_stations=len(stations["station"]), train=dict(self.train_info))
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write weights, JSON config (:meth:`to_config`) and station metadata into ``directory`` (each file
+        atomically). ``config.json`` is written last, so a directory with a config is complete."""
+        stations = self._require()
+        config = self.to_config()
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-        _atomic_write_bytes(d / WEIGHTS_NAME, lambda fh: torch.save(state, fh))
-        _atomic_write_bytes(d / STATIONS_NAME, lambda fh: fh.write(json.dumps(_jsonable(stations)).encode()))
-        config = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "model": self.model,
-            "variable": self.variable,
-            "units": VARIABLES[self.variable]["units"],
-            "seq_len": self.seq_len,
-            "label_len": self.label_len,
-            "pred_len": self.pred_len,
-            "max_gap": self.max_gap,
-            "model_kw": self.model_kw,
-            "net": net.config,
-            "reparameterized": self.reparameterized,
-            "frequency": str(self.frequency) if self.frequency is not None else None,
-            "n_stations": len(stations["station"]),
-            "train": self.train_info,
-        }
-        text = json.dumps(_jsonable(config), indent=2) + "\n"
-        _atomic_write_bytes(d / CONFIG_NAME, lambda fh: fh.write(text.encode()))
+        atomic_torch_save({k: v.detach().cpu() for k, v in self._net().state_dict().items()}, d / WEIGHTS_NAME)
+        atomic_write_text(d / STATIONS_NAME, json.dumps(to_jsonable(stations)))
+        atomic_write_text(d / CONFIG_NAME, json.dumps(to_jsonable(config.to_dict()), indent=2) + "\n")
         return d
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Forecaster:
         """Load a forecaster written by :meth:`save` (weights mapped to ``map_location``, CPU by default)."""
-        from .models.forecast_net import ForecastNet
-
         d = Path(directory)
         if not d.is_dir():
             raise FileNotFoundError(f"no saved forecaster at {d} (not a directory)")
@@ -466,23 +462,15 @@ class Forecaster:
             if not (d / name).is_file():
                 raise FileNotFoundError(f"{d} is not a saved forecaster: {name} is missing")
         try:
-            config = json.loads((d / CONFIG_NAME).read_text(encoding="utf-8"))
+            raw = json.loads((d / CONFIG_NAME).read_text(encoding="utf-8"))
             stations = json.loads((d / STATIONS_NAME).read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{d}: invalid JSON ({e.msg} at line {e.lineno})") from None
-        if config.get("format") != FORMAT:
-            raise ValueError(f"{d / CONFIG_NAME}: not a forecaster config (format {config.get('format')!r})")
-        if int(config.get("version", 0)) > FORMAT_VERSION:
-            raise ValueError(f"{d / CONFIG_NAME}: format version {config['version']} is newer than this "
-                             f"urlk-forecast supports ({FORMAT_VERSION})")
-        model_kw = dict(config.get("model_kw", {}))
-        model_kw.pop("encoder", None)
-        model_kw.pop("variant", None)
-        self = cls(config["model"], config["variable"], config["seq_len"], config["label_len"], config["pred_len"],
-                   max_gap=config.get("max_gap", 3), **model_kw)
-        self.model_kw = dict(config.get("model_kw", self.model_kw))
-        net = ForecastNet(**config["net"])
-        if config.get("reparameterized"):
+        config = _read_config(raw, d / CONFIG_NAME)
+        self = cls(**config.forecaster_kwargs())
+        self.model_kw = {**self.model_kw, **config.model_kw}
+        net = ForecastNet(**config.net)
+        if config.reparameterized:
             net.eval()
             net.reparameterize()
         state = torch.load(d / WEIGHTS_NAME, map_location="cpu", weights_only=True)
@@ -490,11 +478,12 @@ class Forecaster:
         net.to(map_location)
         net.eval()
         self.net = net
-        self.reparameterized = bool(config.get("reparameterized"))
+        self.reparameterized = bool(config.reparameterized)
         self.stations = stations
-        freq = config.get("frequency")
-        self.frequency = pd.Timedelta(freq) if freq else None
-        self.train_info = config.get("train", {})
+        self.frequency = pd.Timedelta(config.frequency) if config.frequency else None
+        self.train_info = dict(config.train)
+        wall = self.train_info.get("wall_s")
+        self.fit_seconds = float(wall) if wall is not None else None
         return self
 
     # -------------------------------------------------------------------------------------- inference
