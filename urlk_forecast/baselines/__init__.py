@@ -48,7 +48,7 @@ __all__ = [*_LAZY, "BASELINES", "get_baseline", "list_baselines"]
 
 
 def list_baselines() -> list[str]:
-    """Registry names accepted by :func:`get_baseline` and ``urlk-forecast benchmark --baselines``."""
+    """Registry names accepted by :func:`get_baseline` (and by the benchmark command)."""
     return list(BASELINES)
 
 
