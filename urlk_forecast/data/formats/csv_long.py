@@ -21,8 +21,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..schema import VARIABLES, SchemaError, convert_units, make_dataset, validate
-from ._common import PathLike, ReaderError, decode_text, read_bytes, regular_grid
+from ..plausibility import apply_bounds, at_lines, resolve_units
+from ..schema import make_dataset, validate
+from ..variables import REGISTRY, SCHEMA_VARIABLES
+from ._common import PathLike, ReaderError, check_complete, decode_text, read_bytes, regular_grid
 
 __all__ = ["read_csv_long", "CSV_ALIASES"]
 
@@ -36,6 +38,8 @@ CSV_ALIASES = {
     "temperature": ("temperature",),
     "wind_speed": ("wind_speed",),
 }
+#: complete ISO 8601: a date, or a date and time to at least the minute, optionally a UTC offset
+_ISO_TIME = r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?"
 
 
 def _columns(header: list[str], path: PathLike, required: tuple[str, ...]) -> dict[str, str]:
@@ -106,6 +110,7 @@ def _numbers(col: pd.Series, lines: np.ndarray, path: PathLike, field: str) -> n
 
 def _station_table(path: PathLike, encoding: str) -> pd.DataFrame:
     text = decode_text(read_bytes(path), path, encoding)
+    check_complete(text, path)
     df = _read(text, path, "station metadata")
     lines = _data_lines(text)[: len(df)]
     cols = _columns(list(df.columns), path, ("station", "lat", "lon"))
@@ -122,46 +127,50 @@ def _station_table(path: PathLike, encoding: str) -> pd.DataFrame:
     return out
 
 
-def read_csv_long(
-    path: PathLike,
-    stations: PathLike | None = None,
-    *,
-    units: Mapping[str, str] | None = None,
-    freq: str | pd.Timedelta | None = None,
-    encoding: str = "utf-8",
-) -> xr.Dataset:
-    """Read a long-format CSV (see module doc) into the schema.
-
-    ``stations``: optional station metadata CSV; ``units``: source units per variable when not the
-    schema's (``{"temperature": "degF"}``); ``freq``: the time step (default: the most common step).
-    Times must lie on one regular axis; absent (station, time) pairs become NaN. Stations without
-    coordinates are kept with NaN lat/lon and a warning.
-    """
+def _load(path: PathLike, encoding: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """The table (all strings) and the 1-based line of each row; truncated or ragged rows raise."""
     text = decode_text(read_bytes(path), path, encoding)
+    check_complete(text, path)
     df = _read(text, path, "long-format (station, time, variables)")
+    problem = _ragged_row(text)
+    if problem is not None:
+        raise ReaderError(path, f"{problem[1]} (truncated line?)", problem[0])
     lines = _data_lines(text)
     if len(lines) < len(df):  # quoted fields spanning lines; fall back to row numbers
         lines = np.arange(2, len(df) + 2)
-    lines = lines[: len(df)]
-    cols = _columns(list(df.columns), path, ("station", "time"))
-    variables = [v for v in VARIABLES if v in cols]
-    if not variables:
-        raise ReaderError(
-            path, f"no variable column: expected one of {sorted(VARIABLES)}; header is {list(df.columns)}", 1
-        )
-    if len(df) == 0:
-        raise ReaderError(path, "no data rows")
-    ids = df[cols["station"]].str.strip()
-    empty = (ids == "").values
-    if empty.any():
-        raise ReaderError(path, "empty station id", int(lines[np.argmax(empty)]), cols["station"])
-    raw_t = df[cols["time"]].str.strip()
-    t = pd.to_datetime(raw_t, format="ISO8601", errors="coerce", utc=True)
+    return df, lines[: len(df)]
+
+
+def _ragged_row(text: str) -> tuple[int, str] | None:
+    """(line, what) of the first row whose field count differs from the header's (pandas pads short rows)."""
+    if '"' in text:
+        return _locate_csv_problem(text)
+    width = None
+    for i, row in enumerate(text.split("\n"), 1):
+        if not row.strip():
+            continue
+        n = row.count(",") + 1
+        if width is None:
+            width = n
+        elif n != width:
+            return i, f"expected {width} fields as in the header, found {n}"
+    return None
+
+
+def _times(df: pd.DataFrame, col: str, lines: np.ndarray, path: PathLike) -> np.ndarray:
+    """UTC datetime64[ns] of the time column; a time that is not complete ISO 8601 raises naming its line."""
+    raw_t = df[col].str.strip()
+    ok = raw_t.str.fullmatch(_ISO_TIME)
+    t = pd.to_datetime(raw_t.where(ok), format="ISO8601", errors="coerce", utc=True)
     if t.isna().any():
         i = int(np.argmax(t.isna().values))
-        raise ReaderError(path, f"{raw_t.iloc[i][:40]!r} is not an ISO 8601 time", int(lines[i]), cols["time"])
-    tv = t.dt.tz_localize(None).to_numpy("datetime64[ns]")
-    codes, uniq = pd.factorize(ids, sort=True)
+        raise ReaderError(
+            path, f"{raw_t.iloc[i][:40]!r} is not an ISO 8601 time like 2020-01-01T06:00", int(lines[i]), col
+        )
+    return t.dt.tz_localize(None).to_numpy("datetime64[ns]")
+
+
+def _check_duplicates(codes: np.ndarray, uniq: pd.Index, tv: np.ndarray, lines: np.ndarray, path: PathLike) -> None:
     dup = pd.DataFrame({"s": codes, "t": tv}).duplicated(keep=False).values
     if dup.any():
         rows = np.nonzero(dup)[0]
@@ -173,29 +182,117 @@ def read_csv_long(
             f"(also on line {int(lines[first])})",
             int(lines[other]),
         )
+
+
+def _time_grid(
+    tv: np.ndarray, freq: str | pd.Timedelta | None, lines: np.ndarray, path: PathLike, col: str
+) -> pd.DatetimeIndex:
     try:
-        grid = regular_grid(tv, None if freq is None else pd.Timedelta(freq))
+        return regular_grid(tv, None if freq is None else pd.Timedelta(freq))
     except ValueError as e:
         m = re.search(r"time (\S+ \S+) is not on", str(e))
         line = None
         if m:
             hit = np.nonzero(tv == np.datetime64(pd.Timestamp(m.group(1))))[0]
             line = int(lines[hit[0]]) if len(hit) else None
-        raise ReaderError(path, str(e), line, cols["time"]) from None
+        raise ReaderError(path, str(e), line, col) from None
+
+
+def _inline_meta(
+    df: pd.DataFrame, cols: dict[str, str], codes: np.ndarray, uniq: pd.Index, lines: np.ndarray, path: PathLike
+) -> pd.DataFrame:
+    """Station lat/lon/elevation/name from the data rows (a value changing within a station raises)."""
+    meta = pd.DataFrame(index=pd.Index(uniq, name="station"))
+    for c in ("lat", "lon", "elevation"):
+        meta[c] = np.nan
+    meta["name"] = list(uniq)
+    for c in ("lat", "lon", "elevation", "name"):
+        if c not in cols:
+            continue
+        vals = df[cols[c]].str.strip() if c == "name" else pd.Series(_numbers(df[cols[c]], lines, path, cols[c]))
+        frame = pd.DataFrame({"s": codes, "v": vals.values})
+        n_distinct = frame.groupby("s")["v"].nunique(dropna=True)
+        if (n_distinct > 1).any():
+            s = int(n_distinct.index[np.argmax((n_distinct > 1).values)])
+            rows = np.nonzero(codes == s)[0]
+            first_val = frame["v"].iloc[rows[0]]
+            diff = next(r for r in rows if frame["v"].iloc[r] != first_val and pd.notna(frame["v"].iloc[r]))
+            raise ReaderError(
+                path,
+                f"station {uniq[s]!r} changes {c} from {first_val!r} (line {int(lines[rows[0]])}) "
+                f"to {frame['v'].iloc[diff]!r}",
+                int(lines[diff]),
+                cols[c],
+            )
+        first = frame.dropna().groupby("s")["v"].first()
+        if c == "name":
+            first = first[first != ""]
+        meta.iloc[first.index.to_numpy(), meta.columns.get_loc(c)] = first.to_numpy()
+    return meta
+
+
+def _warn_dropped(header: list[str], cols: dict[str, str], path: PathLike) -> None:
+    """Name the columns that are not read: an extra variable is never dropped without a word."""
+    used = set(cols.values())
+    dropped = [h for h in header if h.strip() and h not in used]
+    if dropped:
+        warnings.warn(
+            f"{path}: column(s) {dropped} are not read; a station table holds {', '.join(SCHEMA_VARIABLES)} "
+            "(and station, time, lat, lon, elevation, name)",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def read_csv_long(
+    path: PathLike,
+    stations: PathLike | None = None,
+    *,
+    units: Mapping[str, str] | None = None,
+    freq: str | pd.Timedelta | None = None,
+    encoding: str = "utf-8",
+) -> xr.Dataset:
+    """Read a long-format CSV (see module doc) into the schema.
+
+    ``stations``: optional station metadata CSV; ``units``: source units per variable when not the
+    schema's (``{"temperature": "degF"}``; a key naming no variable column is an error); ``freq``: the
+    time step (default: the most common step). Times must lie on one regular axis; absent (station,
+    time) pairs become NaN. Impossible values become NaN with one warning; columns that are not read are
+    named in a warning. Stations without coordinates are kept with NaN lat/lon and a warning.
+    """
+    df, lines = _load(path, encoding)
+    cols = _columns(list(df.columns), path, ("station", "time"))
+    variables = [v for v in SCHEMA_VARIABLES if v in cols]
+    if not variables:
+        raise ReaderError(
+            path, f"no variable column: expected one of {sorted(SCHEMA_VARIABLES)}; header is {list(df.columns)}", 1
+        )
+    src_units = resolve_units(units, {v: REGISTRY[v].units for v in variables}, path)
+    _warn_dropped(list(df.columns), cols, path)
+    if len(df) == 0:
+        raise ReaderError(path, "no data rows")
+    ids = df[cols["station"]].str.strip()
+    empty = (ids == "").values
+    if empty.any():
+        raise ReaderError(path, "empty station id", int(lines[np.argmax(empty)]), cols["station"])
+    tv = _times(df, cols["time"], lines, path)
+    codes, uniq = pd.factorize(ids, sort=True)
+    _check_duplicates(codes, uniq, tv, lines, path)
+    grid = _time_grid(tv, freq, lines, path, cols["time"])
     step = grid.asi8[1] - grid.asi8[0] if len(grid) > 1 else 1
     ti = (tv.astype(np.int64) - grid.asi8[0]) // step
+    values = apply_bounds(
+        {v: _numbers(df[cols[v]], lines, path, cols[v]) for v in variables},
+        path,
+        units=src_units,
+        fields={v: cols[v] for v in variables},
+        locate=at_lines(lines),
+    )
     data = {}
     for v in variables:
-        vals = _numbers(df[cols[v]], lines, path, cols[v])
-        if units and v in units:
-            try:
-                vals = convert_units(vals, units[v], v)
-            except SchemaError as e:
-                raise ReaderError(path, str(e), field=cols[v]) from None
         a = np.full((len(grid), len(uniq)), np.nan, np.float32)
-        a[ti, codes] = vals
+        a[ti, codes] = values[v]
         data[v] = a
-    meta = pd.DataFrame(index=pd.Index(uniq, name="station"))
     if stations is not None:
         table = _station_table(stations, encoding)
         missing = [s for s in uniq if s not in table.index]
@@ -203,31 +300,7 @@ def read_csv_long(
             raise ReaderError(stations, f"station(s) {missing[:5]} of {path} are not listed")
         meta = table.loc[list(uniq)]
     else:
-        for c in ("lat", "lon", "elevation"):
-            meta[c] = np.nan
-        meta["name"] = list(uniq)
-        for c in ("lat", "lon", "elevation", "name"):
-            if c not in cols:
-                continue
-            vals = df[cols[c]].str.strip() if c == "name" else pd.Series(_numbers(df[cols[c]], lines, path, cols[c]))
-            frame = pd.DataFrame({"s": codes, "v": vals.values})
-            n_distinct = frame.groupby("s")["v"].nunique(dropna=True)
-            if (n_distinct > 1).any():
-                s = int(n_distinct.index[np.argmax((n_distinct > 1).values)])
-                rows = np.nonzero(codes == s)[0]
-                first_val = frame["v"].iloc[rows[0]]
-                diff = next(r for r in rows if frame["v"].iloc[r] != first_val and pd.notna(frame["v"].iloc[r]))
-                raise ReaderError(
-                    path,
-                    f"station {uniq[s]!r} changes {c} from {first_val!r} (line {int(lines[rows[0]])}) "
-                    f"to {frame['v'].iloc[diff]!r}",
-                    int(lines[diff]),
-                    cols[c],
-                )
-            first = frame.dropna().groupby("s")["v"].first()
-            if c == "name":
-                first = first[first != ""]
-            meta.iloc[first.index.to_numpy(), meta.columns.get_loc(c)] = first.to_numpy()
+        meta = _inline_meta(df, cols, codes, uniq, lines, path)
     nocoord = meta["lat"].isna() | meta["lon"].isna()
     if nocoord.any():
         warnings.warn(
