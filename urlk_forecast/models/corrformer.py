@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 from torch.utils.checkpoint import checkpoint
 
-from .decoder import SeasonalLayerNorm, SeriesDecomp, get_activation
+from .decoder import MultiHeadProjection, SeasonalLayerNorm, SeriesDecomp, get_activation
 
 __all__ = [
     "AutoCorrelation",
@@ -123,27 +123,16 @@ class AutoCorrelation(nn.Module):
         return agg.reshape(B, H, E, L).permute(0, 3, 1, 2)
 
 
-class AutoCorrelationLayer(nn.Module):
+class AutoCorrelationLayer(MultiHeadProjection):
     """Multi-head projections around :class:`AutoCorrelation`."""
 
     def __init__(self, d_model: int, n_heads: int, factor: float = 1.0, dropout: float = 0.0) -> None:
-        super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
-        self.n_heads = n_heads
+        super().__init__(d_model, n_heads)
         self.inner = AutoCorrelation(factor, dropout)
-        self.query_projection = nn.Linear(d_model, d_model)
-        self.key_projection = nn.Linear(d_model, d_model)
-        self.value_projection = nn.Linear(d_model, d_model)
-        self.out_projection = nn.Linear(d_model, d_model)
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        B, L, _ = queries.shape
-        S, H = keys.shape[1], self.n_heads
-        q = self.query_projection(queries).view(B, L, H, -1)
-        k = self.key_projection(keys).view(B, S, H, -1)
-        v = self.value_projection(keys).view(B, S, H, -1)
-        return self.out_projection(self.inner(q, k, v).reshape(B, L, -1))
+        out = self.inner(*self.project(queries, keys))
+        return self.out_projection(out.reshape(queries.shape[0], queries.shape[1], -1))
 
 
 class _CausalBlock(nn.Module):

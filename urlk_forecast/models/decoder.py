@@ -27,6 +27,7 @@ __all__ = [
     "MovingAverage",
     "SeriesDecomp",
     "SeasonalLayerNorm",
+    "MultiHeadProjection",
     "CrossAttention",
     "DecoderLayer",
     "Decoder",
@@ -91,7 +92,32 @@ class SeasonalLayerNorm(nn.Module):
         return x_hat - x_hat.mean(dim=1, keepdim=True)
 
 
-class CrossAttention(nn.Module):
+class MultiHeadProjection(nn.Module):
+    """The query, key, value and output Linear layers (``d_model → d_model``) around a multi-head mixing step
+    (attention here, auto-correlation in :mod:`~urlk_forecast.models.corrformer`)."""
+
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.n_heads = n_heads
+        self.query_projection = nn.Linear(d_model, d_model)
+        self.key_projection = nn.Linear(d_model, d_model)
+        self.value_projection = nn.Linear(d_model, d_model)
+        self.out_projection = nn.Linear(d_model, d_model)
+
+    def project(self, queries: torch.Tensor, keys: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``queries`` (B, L, C) and ``keys`` (B, S, C) → q (B, L, H, C/H), k and v (B, S, H, C/H)."""
+        B, L, _ = queries.shape
+        S, H = keys.shape[1], self.n_heads
+        q = self.query_projection(queries).view(B, L, H, -1)
+        k = self.key_projection(keys).view(B, S, H, -1)
+        v = self.value_projection(keys).view(B, S, H, -1)
+        return q, k, v
+
+
+class CrossAttention(MultiHeadProjection):
     """Multi-head scaled dot-product attention from decoder queries ``(B, L, C)`` to tokens ``(B, T, C)``.
 
     Used when the encoder tokens are spatial patches of the Eq. 2 image (UniRepLKNet, ConvNeXt, ResNet):
@@ -99,24 +125,13 @@ class CrossAttention(nn.Module):
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
-        self.n_heads = n_heads
+        super().__init__(d_model, n_heads)
         self.dropout = dropout
-        self.query_projection = nn.Linear(d_model, d_model)
-        self.key_projection = nn.Linear(d_model, d_model)
-        self.value_projection = nn.Linear(d_model, d_model)
-        self.out_projection = nn.Linear(d_model, d_model)
 
     def forward(self, x: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
-        B, L, _ = x.shape
-        T, H = cross.shape[1], self.n_heads
-        q = self.query_projection(x).view(B, L, H, -1).transpose(1, 2)
-        k = self.key_projection(cross).view(B, T, H, -1).transpose(1, 2)
-        v = self.value_projection(cross).view(B, T, H, -1).transpose(1, 2)
+        q, k, v = (t.transpose(1, 2) for t in self.project(x, cross))
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        return self.out_projection(out.transpose(1, 2).reshape(B, L, -1))
+        return self.out_projection(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
 
 
 class DecoderLayer(nn.Module):
