@@ -1,4 +1,4 @@
-"""Station data: the schema, readers, the synthetic default, training windows and scaling.
+"""Station data: the schema, readers, the synthetic default and training windows.
 
 The schema is imported eagerly (it is light); everything else lazily, so ``import urlk_forecast.data``
 does not pull in torch or numba.
@@ -17,7 +17,6 @@ _LAZY = {
     "split_dataset": "urlk_forecast.data.windows",
     "time_features": "urlk_forecast.data.windows",
     "station_order": "urlk_forecast.data.windows",
-    "StandardScaler": "urlk_forecast.data.scaling",
     "open_dataset": "urlk_forecast.data.readers",
     "write_netcdf": "urlk_forecast.data.readers",
 }
