@@ -15,8 +15,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Forecaster": "urlk_forecast.forecaster",
-    "create_model": "urlk_forecast.models",
-    "list_models": "urlk_forecast.models",
+    "create_model": "urlk_forecast.models.unireplknet",
+    "list_models": "urlk_forecast.models.registry",
     "synthetic_global": "urlk_forecast.data.synthetic",
     "read_isd_lite": "urlk_forecast.data.readers",
     "read_global_hourly": "urlk_forecast.data.readers",
