@@ -35,6 +35,8 @@ from ..method import Method
 from ..scoring import ScoreTable, method_labels, score_methods
 from ..utils import atomic_write_text, evenly_spaced, normalize_name
 from . import get_baseline
+from .gfs import synthetic_nwp_grid
+from .prophet_like import prophet_available
 
 __all__ = ["run_benchmark", "compare", "table_rows", "BenchmarkResult", "PAPER_TABLE12", "DEFAULT_BASELINES",
            "COLUMNS"]
@@ -217,8 +219,6 @@ def _warn_if_in_sample(model: Forecaster, test: xr.Dataset) -> None:
 
 def _method_names(baselines: Sequence[str] | None, gfs: Any, ds: xr.Dataset) -> list[str]:
     """Registry names to run: ``baselines`` or the defaults (+ ``prophet`` if installed), + ``gfs`` with a grid."""
-    from .prophet_like import prophet_available  # imports prophet (slow, optional) to check it
-
     names = [normalize_name(n) for n in (baselines if baselines is not None else DEFAULT_BASELINES) if n.strip()]
     if baselines is None and prophet_available():
         names.append("prophet")
@@ -258,8 +258,6 @@ def _baseline_kwargs(name: str, st: _Setup, say: Progress) -> dict[str, Any]:
         return {"stations": st.prophet_stations}
     if name == "gfs":
         if isinstance(st.gfs, str) and st.gfs == "synthetic":
-            from .gfs import synthetic_nwp_grid  # the lazily imported baseline modules stay lazy
-
             say("building the synthetic demo NWP grid from the test truth + error (NOT a real model)")
             return {"grid_source": synthetic_nwp_grid(st.test, st.variable, seed=st.seed),
                     "label": "GFS (synthetic demo)"}
