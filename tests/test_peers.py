@@ -1,5 +1,10 @@
-"""neuralforecast peers (PatchTST, NHITS, DLinear) behind the Method contract: batched prediction equals the
-library's own ``NeuralForecast.predict(df=history)``, NaN without observed input, the time box, the table columns."""
+"""Optional real-library peers behind the Method contract (extra ``peers``).
+
+neuralforecast (PatchTST, NHITS, DLinear): batched prediction equals the library's own
+``NeuralForecast.predict(df=history)``, NaN without observed input, the time box, the table columns.
+statsforecast (AutoETS, MSTL): each window's forecast equals the library's ``forward`` on the station's history up to
+the window's origin, built independently from the raw data; fallbacks; stations without training data.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytest.importorskip("neuralforecast")
+from urlk_forecast.baselines.peers import NeuralForecastPeer, neuralforecast_available, training_frame
+from urlk_forecast.baselines.statsforecast_models import AutoETSMethod, MSTLMethod, statsforecast_available
+from urlk_forecast.data.schema import make_dataset
+from urlk_forecast.data.windows import WindowDataset, split_dataset
+from urlk_forecast.scoring import score_methods
 
-from urlk_forecast.baselines.peers import NeuralForecastPeer, training_frame  # noqa: E402
-from urlk_forecast.data.schema import make_dataset  # noqa: E402
-from urlk_forecast.data.windows import WindowDataset, split_dataset  # noqa: E402
-from urlk_forecast.scoring import score_methods  # noqa: E402
+needs_nf = pytest.mark.skipif(not neuralforecast_available(), reason="needs neuralforecast (extra 'peers')")
+needs_sf = pytest.mark.skipif(not statsforecast_available(), reason="needs statsforecast (extra 'peers')")
 
 
-def _dataset(hours: int = 24 * 40, stations: int = 3, seed: int = 0, dead: int | None = None):
+def _dataset(hours: int = 24 * 40, stations: int = 3, seed: int = 0, dead: int | None = None, gaps: bool = True):
     """Daily cycle + AR(1) weather per station; gaps in the first half; station ``dead`` unobserved at the end."""
     rng = np.random.default_rng(seed)
     t = pd.date_range("2021-03-01", periods=hours, freq="h")
@@ -24,8 +31,9 @@ def _dataset(hours: int = 24 * 40, stations: int = 3, seed: int = 0, dead: int |
     for i in range(1, hours):
         ar[i] = 0.95 * ar[i - 1] + rng.normal(0, 0.5, stations)
     v = 10 + 5 * np.sin(2 * np.pi * (h - 9 + 2 * np.arange(stations)) / 24) + ar
-    v[100:102, 0] = np.nan  # short gap (interpolated)
-    v[200:220, 1] = np.nan  # long gap (held, available_mask 0 in training)
+    if gaps:
+        v[100:102, 0] = np.nan  # short gap (interpolated)
+        v[200:220, 1] = np.nan  # long gap (held, available_mask 0 in training)
     if dead is not None:
         v[-24 * 12:, dead] = np.nan
     return make_dataset(t, [f"st{i}" for i in range(stations)], 40 + np.arange(stations), 5 + np.arange(stations),
@@ -42,6 +50,7 @@ def fitted():
     return peer, parts, ws
 
 
+@needs_nf
 def test_training_frame_is_gap_filled_with_the_window_mask():
     ds = _dataset()
     parts = split_dataset(ds, context=48)
@@ -62,6 +71,8 @@ def test_training_frame_is_gap_filled_with_the_window_mask():
     assert s1.loc[220, "available_mask"] == 1.0
 
 
+@needs_nf
+@pytest.mark.filterwarnings("ignore:.*LeafSpec")  # pytorch_lightning internals, in the reference call
 def test_batched_prediction_equals_neuralforecast_predict_on_history(fitted):
     peer, parts, ws = fitted
     test = parts["test"]
@@ -82,6 +93,7 @@ def test_batched_prediction_equals_neuralforecast_predict_on_history(fitted):
             np.testing.assert_allclose(got[:, j], r[col].to_numpy(), rtol=1e-4, atol=1e-4)
 
 
+@needs_nf
 def test_scored_like_every_method(fitted):
     peer, _parts, ws = fitted
     table = score_methods([peer], ws, [0, 10, 20])
@@ -93,6 +105,7 @@ def test_scored_like_every_method(fitted):
     assert peer.train_info["steps"] > 0 and peer.train_info["val_size"] > 0
 
 
+@needs_nf
 def test_nan_where_the_input_has_no_observation():
     ds = _dataset(dead=2)
     parts = split_dataset(ds, context=48)
@@ -105,6 +118,7 @@ def test_nan_where_the_input_has_no_observation():
     assert np.isfinite(pred[:, :, :2]).all()
 
 
+@needs_nf
 def test_time_box_stops_training():
     ds = _dataset()
     parts = split_dataset(ds, context=48)
@@ -114,6 +128,7 @@ def test_time_box_stops_training():
     assert peer.fit_seconds < 30
 
 
+@needs_nf
 def test_contract_errors(fitted):
     peer, parts, ws = fitted
     with pytest.raises(ValueError, match="unknown neuralforecast peer"):
@@ -126,6 +141,7 @@ def test_contract_errors(fitted):
         peer.predict_windows(wind, [0])
 
 
+@needs_nf
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["patchtst", "nhits", "dlinear"])
 def test_each_peer_fits_and_forecasts(model):
@@ -137,3 +153,64 @@ def test_each_peer_fits_and_forecasts(model):
     s = peer.evaluate(ws)
     assert np.isfinite(s.mse) and s.mse < 50  # the series' variance is ~15 + AR noise; no skill asserted
     assert peer.n_params > 0
+
+
+# ------------------------------------------------------------------------------------------------ statsforecast
+def _raw(ds):
+    return ds["temperature"].transpose("time", "station").values.astype(np.float64), pd.DatetimeIndex(ds.time.values)
+
+
+@needs_sf
+@pytest.mark.parametrize("cls", [AutoETSMethod, MSTLMethod])
+def test_statsforecast_forward_on_the_history_up_to_each_origin(cls):
+    from statsforecast.models import MSTL, AutoETS
+
+    ds = _dataset(hours=24 * 50, gaps=False)
+    parts = split_dataset(ds, context=48)
+    m = cls().fit(parts["train"], val=parts["val"])
+    ws = WindowDataset(parts["test"], "temperature", 48, 24, 24)
+    idx = [0, 7, len(ws) - 1]
+    got = m.predict_windows(ws, idx)
+    assert got.shape == (3, 24, 3) and np.isfinite(got).all() and m.fallbacks == 0
+    vals, times = _raw(ds)
+    n_train = parts["train"].sizes["time"]
+    ids = [str(s) for s in ds.station.values]
+    for k, i in enumerate(idx):
+        origin = times.get_loc(ws.forecast_start_times[i])
+        for j, sid in enumerate(ws.station_ids):
+            c = ids.index(sid)
+            if cls is AutoETSMethod:  # fitted on the training split, forward over everything since its start
+                ref_model = AutoETS(season_length=24).fit(y=vals[:n_train, c])
+                y = vals[:origin, c]
+            else:  # the last 4 weeks
+                ref_model = MSTL(season_length=24, trend_forecaster=AutoETS(model="ZZN")).fit(y=vals[:n_train, c])
+                y = vals[origin - 24 * 28:origin, c]
+            ref = ref_model.forward(y=y, h=24)["mean"]
+            np.testing.assert_allclose(got[k, :, j], ref, rtol=1e-5, atol=1e-4)
+    assert m.n_params > 0 and m.describe()["type"] == "statistical"
+
+
+@needs_sf
+def test_statsforecast_fallback_and_unfitted_station(monkeypatch):
+    ds = _dataset(hours=24 * 30, gaps=False)
+    v = ds["temperature"].values.copy()
+    n_train = split_dataset(ds)["train"].sizes["time"]
+    v[:n_train, 2] = np.nan  # no training data at station 2
+    ds = ds.assign(temperature=(("time", "station"), v, ds["temperature"].attrs))
+    parts = split_dataset(ds, context=48)
+    m = AutoETSMethod(history=24 * 7).fit(parts["train"])
+    assert m.models[2] is None
+    ws = WindowDataset(parts["test"], "temperature", 48, 24, 24, order="identity")
+    pred = m.predict_windows(ws, [0, 1])
+    assert np.isnan(pred[:, :, 2]).all() and np.isfinite(pred[:, :, :2]).all()
+
+    def boom(*_a, **_k):
+        raise ValueError("no")
+
+    monkeypatch.setattr(m.models[0], "forward", boom)
+    pred = m.predict_windows(ws, [3])
+    x = ws.batch([3])["x"].numpy()
+    np.testing.assert_allclose(pred[0, :, 0], x[0, -1, 0])  # persistence fallback, counted
+    assert m.fallbacks == 1
+    with pytest.raises(ValueError, match="history must be"):
+        AutoETSMethod(history=0)
