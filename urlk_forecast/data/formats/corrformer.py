@@ -20,13 +20,16 @@ i.e. ``name:START/END`` per split, ``;``-separated, ISO times, both ends inclusi
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..plausibility import apply_bounds, at_grid, resolve_units
 from ..schema import SPLITS, format_split_bounds, make_dataset, parse_split_bounds, validate
+from ..variables import REGISTRY
 from ._common import PathLike, ReaderError, regular_grid
 
 __all__ = ["read_corrformer_npy", "format_split_bounds", "parse_split_bounds", "SPLITS", "CORRFORMER_FILES"]
@@ -67,6 +70,7 @@ def _times(path: Path) -> pd.DatetimeIndex:
 
 
 def _values(path: Path, n_time: int, n_station: int | None) -> np.ndarray:
+    """The (time, station) array of one release file, still x10 (raw)."""
     try:
         a = _load(path)
     except ReaderError:
@@ -83,24 +87,10 @@ def _values(path: Path, n_time: int, n_station: int | None) -> np.ndarray:
         raise ReaderError(path, f"has {a.shape[0]} time steps but its data_time file lists {n_time}")
     if n_station is not None and a.shape[1] != n_station:
         raise ReaderError(path, f"has {a.shape[1]} stations but stations_sorted.npy lists {n_station}")
-    return (a.astype(np.float32) / np.float32(SCALE)).astype(np.float32)
+    return a
 
 
-def read_corrformer_npy(
-    directory: PathLike, split: str | None = None, variables: list[str] | None = None
-) -> xr.Dataset:
-    """Read the Corrformer Global Temp / Global Wind ``.npy`` release in ``directory`` (see module doc).
-
-    ``variables`` defaults to every variable whose files are present. Values are divided by 10 into
-    degC / m/s; stations are ``S0000``... in release order; lat/lon/elevation hold the release's
-    standardised values, flagged by ``attrs["coords_standardised"] = "true"``.
-    """
-    d = Path(directory)
-    if not d.is_dir():
-        raise ReaderError(d, "expected the directory of the Corrformer .npy release")
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
-    splits = SPLITS if split is None else (split,)
+def _which_variables(d: Path, splits: tuple[str, ...], variables: list[str] | None) -> list[str]:
     if variables is None:
         variables = [v for v, pre in CORRFORMER_FILES.items() if any((d / f"{pre}_{s}.npy").is_file() for s in splits)]
         if not variables:
@@ -110,37 +100,54 @@ def read_corrformer_npy(
     for v in variables:
         if v not in CORRFORMER_FILES:
             raise ValueError(f"unknown variable {v!r}; the release has {sorted(CORRFORMER_FILES)}")
+    return variables
+
+
+def _station_coords(d: Path) -> np.ndarray | None:
     st_path = d / "stations_sorted.npy"
-    coords = None
-    if st_path.is_file():
-        coords = _load(st_path)
-        if coords.ndim != 2 or coords.shape[1] < 3 or not np.issubdtype(coords.dtype, np.number):
-            raise ReaderError(st_path, f"expected (stations, 3) lat/lon/elevation numbers, found {coords.shape}")
-    n_station = None if coords is None else coords.shape[0]
+    if not st_path.is_file():
+        return None
+    coords = _load(st_path)
+    if coords.ndim != 2 or coords.shape[1] < 3 or not np.issubdtype(coords.dtype, np.number):
+        raise ReaderError(st_path, f"expected (stations, 3) lat/lon/elevation numbers, found {coords.shape}")
+    return coords
 
-    parts: dict[str, tuple[pd.DatetimeIndex, dict[str, np.ndarray]]] = {}
-    for s in splits:
-        tp = d / f"data_time_{s}.npy"
-        if not tp.is_file():
-            hint = "; pass split='train' (or val/test) to read a single split" if split is None else ""
-            raise ReaderError(tp, f"missing: every split needs its data_time_<split>.npy{hint}")
-        t = _times(tp)
-        vals = {}
-        for v in variables:
-            vp = d / f"{CORRFORMER_FILES[v]}_{s}.npy"
-            if not vp.is_file():
-                raise ReaderError(vp, f"missing: {v} is present for other splits")
-            vals[v] = _values(vp, len(t), n_station)
-            n_station = vals[v].shape[1]
-        if len(t) and not (t.is_monotonic_increasing and not t.has_duplicates):
-            raise ReaderError(tp, "times are not strictly increasing")
-        parts[s] = (t, vals)
 
+def _read_split(
+    d: Path, s: str, variables: list[str], n_station: int | None, units: dict[str, str], one_split: bool
+) -> tuple[pd.DatetimeIndex, dict[str, np.ndarray]]:
+    """Times and canonical values of one split; impossible values NaN with one warning per file."""
+    tp = d / f"data_time_{s}.npy"
+    if not tp.is_file():
+        hint = "" if one_split else "; pass split='train' (or val/test) to read a single split"
+        raise ReaderError(tp, f"missing: every split needs its data_time_<split>.npy{hint}")
+    t = _times(tp)
+    vals = {}
+    for v in variables:
+        vp = d / f"{CORRFORMER_FILES[v]}_{s}.npy"
+        if not vp.is_file():
+            raise ReaderError(vp, f"missing: {v} is present for other splits")
+        raw = _values(vp, len(t), n_station)
+        n_station = raw.shape[1]
+        scaled = (raw.astype(np.float32) / np.float32(SCALE)).astype(np.float32)  # raw +-99990 -> +-9999: a code
+        ids = [f"S{i:04d}" for i in range(n_station)]
+        vals[v] = apply_bounds(
+            {v: scaled}, vp, units={v: units[v]}, locate=at_grid(t, ids), stacklevel=5
+        )[v]
+    if len(t) and not (t.is_monotonic_increasing and not t.has_duplicates):
+        raise ReaderError(tp, "times are not strictly increasing")
+    return t, vals
+
+
+def _merge(
+    d: Path, parts: dict[str, tuple[pd.DatetimeIndex, dict[str, np.ndarray]]], n_station: int
+) -> tuple[pd.DatetimeIndex, dict[str, np.ndarray]]:
+    """The splits on one hourly axis (hours between splits NaN; hours in two splits must agree)."""
     try:
         grid = regular_grid(np.concatenate([t.values for t, _ in parts.values()]), pd.Timedelta("1h"))
     except ValueError as e:
         raise ReaderError(d, f"split times do not lie on one hourly axis: {e}") from None
-    assert n_station is not None
+    variables = next(iter(parts.values()))[1]
     data = {v: np.full((len(grid), n_station), np.nan, np.float32) for v in variables}
     filled = np.zeros(len(grid), bool)
     step = grid.asi8[1] - grid.asi8[0] if len(grid) > 1 else 1
@@ -148,13 +155,43 @@ def read_corrformer_npy(
         idx = (t.asi8 - grid.asi8[0]) // step
         overlap = filled[idx]
         for v, a in vals.items():
-            if overlap.any():
-                old = data[v][idx[overlap]]
-                new = a[overlap]
-                if not np.array_equal(old, new, equal_nan=True):
-                    raise ReaderError(d, f"split {s} overlaps an earlier split with different {v} values")
+            if overlap.any() and not np.array_equal(data[v][idx[overlap]], a[overlap], equal_nan=True):
+                raise ReaderError(d, f"split {s} overlaps an earlier split with different {v} values")
             data[v][idx] = a
         filled[idx] = True
+    return grid, data
+
+
+def read_corrformer_npy(
+    directory: PathLike,
+    split: str | None = None,
+    variables: list[str] | None = None,
+    *,
+    units: Mapping[str, str] | None = None,
+) -> xr.Dataset:
+    """Read the Corrformer Global Temp / Global Wind ``.npy`` release in ``directory`` (see module doc).
+
+    ``variables`` defaults to every variable whose files are present. Values are divided by 10 into
+    degC / m/s (``units`` overrides that unit); impossible values (and the raw code +-99990) become NaN
+    with one warning per file. Stations are ``S0000``... in release order; lat/lon/elevation hold the
+    release's standardised values, flagged by ``attrs["coords_standardised"] = "true"``.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise ReaderError(d, "expected the directory of the Corrformer .npy release")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
+    splits = SPLITS if split is None else (split,)
+    variables = _which_variables(d, splits, variables)
+    given = resolve_units(units, {v: REGISTRY[v].units for v in variables}, d)
+    coords = _station_coords(d)
+    n_station = None if coords is None else coords.shape[0]
+    parts: dict[str, tuple[pd.DatetimeIndex, dict[str, np.ndarray]]] = {}
+    for s in splits:
+        parts[s] = _read_split(d, s, variables, n_station, given, split is not None)
+        n_station = next(iter(parts[s][1].values())).shape[1]
+    assert n_station is not None
+    grid, data = _merge(d, parts, n_station)
     ids = [f"S{i:04d}" for i in range(n_station)]
     if coords is None:
         lat = lon = elev = np.full(n_station, np.nan, np.float32)

@@ -3,13 +3,15 @@
 ``write_netcdf`` is atomic: it writes a temp file in the destination directory, fsyncs it and
 ``os.replace``s it over the target, so a crash or error never leaves a partial file (the temp file is
 removed on error). ``read_netcdf`` reads our own files back unchanged and maps foreign CF files
-(ERA5-at-stations, station archives) through ``name_map``, converting units with ``convert_units``.
+(ERA5-at-stations, station archives) through ``name_map``, converting units through ``data/units.py``
+and setting impossible values to NaN (``data/plausibility.py``).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,7 +19,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..schema import VARIABLES, SchemaError, convert_units, make_dataset, validate
+from ..plausibility import apply_bounds, at_grid, resolve_units
+from ..schema import VARIABLES, SchemaError, make_dataset, validate
+from ..units import UnitError, lookup
+from ..variables import REGISTRY, SCHEMA_VARIABLES
 from ._common import PathLike, ReaderError, regular_grid
 
 __all__ = ["read_netcdf", "write_netcdf", "NETCDF_MAGIC"]
@@ -56,15 +61,19 @@ def _auto_map(ds: xr.Dataset) -> dict[str, str]:
     return out
 
 
-def read_netcdf(path: PathLike, name_map: Mapping[str, str] | None = None) -> xr.Dataset:
+def read_netcdf(
+    path: PathLike, name_map: Mapping[str, str] | None = None, *, units: Mapping[str, str] | None = None
+) -> xr.Dataset:
     """Read a netCDF file into the schema (loaded into memory; the file is closed on return).
 
     ``name_map`` maps names in the file — variables, coordinates or dimensions — onto the schema's
     (``{"t2m": "temperature", "si10": "wind_speed", "stations": "station", "latitude": "lat"}``).
     Without it, variables are recognised by CF ``standard_name`` (air_temperature, wind_speed) and
     coordinates by common spellings (latitude, longitude, altitude, ...). Units are converted from
-    each variable's ``units`` attribute (e.g. K -> degC, knots -> m/s). Times with gaps on a regular
-    step are put on the full axis, gaps NaN. Global attributes are kept.
+    each variable's ``units`` attribute (e.g. K -> degC, knots -> m/s); ``units={"temperature": "degF"}``
+    supplies or overrides it. Impossible values become NaN with one warning; data variables that are
+    not read are named in a warning. Times with gaps on a regular step are put on the full axis, gaps
+    NaN. Global attributes are kept.
     """
     p = Path(path)
     if not p.is_file():
@@ -78,12 +87,13 @@ def read_netcdf(path: PathLike, name_map: Mapping[str, str] | None = None) -> xr
     except (OSError, ValueError, RuntimeError, KeyError, IndexError) as e:
         raise ReaderError(p, f"cannot read netCDF (truncated or corrupt?): {e}") from None
     try:
-        return _to_schema(src, p, name_map)
+        return _to_schema(src, p, name_map, units)
     except SchemaError as e:
         raise ReaderError(p, str(e)) from None
 
 
-def _to_schema(src: xr.Dataset, p: Path, name_map: Mapping[str, str] | None) -> xr.Dataset:
+def _renamed(src: xr.Dataset, p: Path, name_map: Mapping[str, str] | None) -> xr.Dataset:
+    """``src`` with the user's ``name_map`` and the inferred CF renames applied (dims and variables apart)."""
     names = set(src.variables) | set(src.dims)
     mapping = dict(name_map or {})
     for k in mapping:
@@ -112,13 +122,11 @@ def _to_schema(src: xr.Dataset, p: Path, name_map: Mapping[str, str] | None) -> 
                 f"no {dim!r} dimension (dims are {list(ds.dims)}); map the file's name onto it, "
                 f"e.g. name_map={{'<name>': '{dim}'}}",
             )
-    present = [v for v in VARIABLES if v in ds.data_vars or v in ds.coords]
-    if not present:
-        raise ReaderError(
-            p,
-            f"no temperature or wind_speed variable (variables are {sorted(map(str, ds.data_vars))}); "
-            "map one, e.g. name_map={'t2m': 'temperature'}",
-        )
+    return ds
+
+
+def _time_axis(ds: xr.Dataset, p: Path) -> tuple[pd.DatetimeIndex, pd.DatetimeIndex]:
+    """(the file's times, the regular axis covering them)."""
     if "time" not in ds.coords:
         raise ReaderError(p, "the time dimension has no coordinate values", field="time")
     tv = np.asarray(ds["time"].values)
@@ -130,16 +138,19 @@ def _to_schema(src: xr.Dataset, p: Path, name_map: Mapping[str, str] | None) -> 
     if t.has_duplicates:
         raise ReaderError(p, f"duplicate time {t[t.duplicated()][0]}", field="time")
     if len(t) < 2:
-        grid = t
-    else:
-        try:
-            grid = regular_grid(t.values)
-        except ValueError as e:
-            raise ReaderError(p, str(e), field="time") from None
+        return t, t
+    try:
+        return t, regular_grid(t.values)
+    except ValueError as e:
+        raise ReaderError(p, str(e), field="time") from None
+
+
+def _stations(ds: xr.Dataset, p: Path) -> tuple[list[str], dict[str, np.ndarray | None], list[str] | None]:
+    """(station ids, lat/lon/elevation arrays, names or None)."""
     n = ds.sizes["station"]
     ids = ds["station"].values if "station" in ds.variables else np.array([f"S{i:04d}" for i in range(n)])
     ids = [x.decode() if isinstance(x, bytes) else str(x) for x in np.asarray(ids).tolist()]
-    coords = {}
+    coords: dict[str, np.ndarray | None] = {}
     for c in ("lat", "lon", "elevation"):
         if c in ds.variables:
             if ds[c].dims != ("station",):
@@ -149,39 +160,76 @@ def _to_schema(src: xr.Dataset, p: Path, name_map: Mapping[str, str] | None) -> 
             coords[c] = None
         else:
             raise ReaderError(p, f"no {c} coordinate; map the file's name onto it (name_map={{'<name>': '{c}'}})")
-    names_ = None
+    names = None
     if "name" in ds.variables:
-        names_ = [x.decode() if isinstance(x, bytes) else str(x) for x in np.asarray(ds["name"].values).tolist()]
-    data = {}
+        names = [x.decode() if isinstance(x, bytes) else str(x) for x in np.asarray(ds["name"].values).tolist()]
+    return ids, coords, names
+
+
+def _values(ds: xr.Dataset, v: str, p: Path) -> tuple[np.ndarray, str | None]:
+    """(the (time, station) values of ``v`` as stored, its ``units`` attribute or None)."""
+    da = ds[v]
+    extra = [d for d in da.dims if d not in ("time", "station")]
+    for d in extra:
+        if da.sizes[d] != 1:
+            raise ReaderError(p, f"{v} has an extra dimension {d!r} of size {da.sizes[d]}", field=v)
+    da = da.squeeze(extra, drop=True) if extra else da
+    if set(da.dims) != {"time", "station"}:
+        raise ReaderError(p, f"{v} must span (time, station), found dims {da.dims}", field=v)
+    units = da.attrs.get("units")
+    return np.asarray(da.transpose("time", "station").values), None if units is None else str(units)
+
+
+def _warn_unread(ds: xr.Dataset, p: Path) -> None:
+    """Name the data variables that are not read (an extra variable is never dropped without a word)."""
+    skip = set(SCHEMA_VARIABLES) | {"time", "station", "lat", "lon", "elevation", "name"}
+    unread = sorted(str(v) for v in ds.data_vars if str(v) not in skip)
+    if unread:
+        warnings.warn(
+            f"{p}: variable(s) {unread} are not read; the schema holds {', '.join(SCHEMA_VARIABLES)} "
+            "(map another name onto one of them with name_map)",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def _to_schema(
+    src: xr.Dataset, p: Path, name_map: Mapping[str, str] | None, units: Mapping[str, str] | None = None
+) -> xr.Dataset:
+    ds = _renamed(src, p, name_map)
+    present = [v for v in SCHEMA_VARIABLES if v in ds.data_vars or v in ds.coords]
+    if not present:
+        raise ReaderError(
+            p,
+            f"no temperature or wind_speed variable (variables are {sorted(map(str, ds.data_vars))}); "
+            "map one, e.g. name_map={'t2m': 'temperature'}",
+        )
+    t, grid = _time_axis(ds, p)
+    ids, coords, names = _stations(ds, p)
+    raw, file_units = {}, {}
     for v in present:
-        da = ds[v]
-        extra = [d for d in da.dims if d not in ("time", "station")]
-        for d in extra:
-            if da.sizes[d] != 1:
-                raise ReaderError(p, f"{v} has an extra dimension {d!r} of size {da.sizes[d]}", field=v)
-        da = da.squeeze(extra, drop=True) if extra else da
-        if set(da.dims) != {"time", "station"}:
-            raise ReaderError(p, f"{v} must span (time, station), found dims {da.dims}", field=v)
-        units = da.attrs.get("units")
-        if units is None:
-            raise ReaderError(p, f"{v} has no units attribute; cannot tell what its numbers mean", field=v)
-        raw = da.transpose("time", "station").values
-        if str(units) == VARIABLES[v]["units"]:  # our own files: no conversion, no float64 round trip
-            vals = np.asarray(raw, np.float32)
-        else:
-            try:
-                vals = convert_units(raw, str(units), v).astype(np.float32)
-            except SchemaError as e:
-                raise ReaderError(p, str(e), field=v) from None
-        if len(grid) == len(t) and (len(t) < 2 or t.is_monotonic_increasing):
-            data[v] = vals  # already on the regular axis: no copy
-        else:
-            full = np.full((len(grid), n), np.nan, np.float32)
+        raw[v], file_units[v] = _values(ds, v, p)
+    given = resolve_units(units, {v: u or "" for v, u in file_units.items()}, p)
+    for v in present:
+        if not given[v]:
+            raise ReaderError(
+                p, f"{v} has no units attribute; cannot tell what its numbers mean (pass units={{{v!r}: ...}})",
+                field=v,
+            )
+        try:
+            lookup(given[v], REGISTRY[v].quantity)
+        except UnitError as e:
+            raise ReaderError(p, f"{v} has units {given[v]!r}: {e}", field=v) from None
+    _warn_unread(ds, p)
+    data = apply_bounds(raw, p, units=given, locate=at_grid(t, ids), stacklevel=4)
+    if not (len(grid) == len(t) and (len(t) < 2 or t.is_monotonic_increasing)):
+        for v, vals in data.items():  # gaps in the file's times: put on the full axis
+            full = np.full((len(grid), len(ids)), np.nan, np.float32)
             full[grid.get_indexer(t)] = vals
             data[v] = full
     attrs = {k: v for k, v in src.attrs.items() if k not in ("Conventions", "featureType")}
     out = make_dataset(
-        grid, ids, coords["lat"], coords["lon"], elevation=coords["elevation"], name=names_, attrs=attrs, **data
+        grid, ids, coords["lat"], coords["lon"], elevation=coords["elevation"], name=names, attrs=attrs, **data
     )
     return validate(out)
 
