@@ -27,7 +27,7 @@ from typing import Any
 import xarray as xr
 
 from .formats._common import PathLike, ReaderError
-from .formats.corrformer import CORRFORMER_FILES, format_split_bounds, parse_split_bounds, read_corrformer_npy
+from .formats.corrformer import format_split_bounds, parse_split_bounds, read_corrformer_npy
 from .formats.csv_long import CSV_ALIASES, read_csv_long
 from .formats.global_hourly import read_global_hourly
 from .formats.gsod import read_gsod
@@ -76,14 +76,37 @@ def _head(path: Path, n: int = 65536) -> bytes:
     return raw
 
 
+#: columns only NCEI's Global Hourly (ISD CSV) files have, and those only GSOD files have
+_GLOBAL_HOURLY_COLUMNS = frozenset(
+    {"SOURCE", "REPORT_TYPE", "CALL_SIGN", "QUALITY_CONTROL", "WND", "CIG", "VIS", "TMP", "DEW"}
+)
+_GSOD_COLUMNS = frozenset(
+    {"TEMP", "DEWP", "STP", "VISIB", "WDSP", "MXSPD", "GUST", "MAX", "MIN", "PRCP", "SNDP", "FRSHTT"}
+)
+
+
+def _ncei_kind(cols: set[str]) -> str | None:
+    """``global-hourly`` / ``gsod`` when the header has STATION, DATE and columns only that archive has.
+
+    Decided by the archive's own columns, not by the value columns the reader needs, so a file whose
+    TEMP or TMP column is missing (renamed) is still recognised and its reader names the missing column.
+    """
+    if not {"STATION", "DATE"} <= cols:
+        return None
+    gh = len(cols & _GLOBAL_HOURLY_COLUMNS)
+    gsod = len(cols & _GSOD_COLUMNS) + sum(c.endswith("_ATTRIBUTES") for c in cols)
+    if gh == gsod == 0:
+        return None
+    return "global-hourly" if gh > gsod or (gh == gsod and cols & {"TMP", "WND"}) else "gsod"
+
+
 def _sniff_text(path: Path) -> str | None:
-    head = _head(path)
+    head = _head(path, 8192)
     first = head.split(b"\n", 1)[0].decode("utf-8", "replace").strip().lstrip("\ufeff")
     cols = {c.strip().strip('"').strip() for c in first.split(",")}
-    if {"STATION", "DATE"} <= cols and cols & {"TMP", "WND"}:
-        return "global-hourly"
-    if {"STATION", "DATE", "TEMP", "WDSP"} <= cols:
-        return "gsod"
+    kind = _ncei_kind(cols)
+    if kind is not None:
+        return kind
     if {"USAF", "WBAN", "LAT", "LON"} <= cols:
         raise ReaderError(path, "this is the isd-history.csv station list, not data; read ISD-Lite files with it")
     low = {c.lower() for c in cols}
@@ -94,30 +117,57 @@ def _sniff_text(path: Path) -> str | None:
     return None
 
 
+def _file_kind(f: Path) -> str | None:
+    """The format a file in a directory belongs to (``None``: not a data file, e.g. a README)."""
+    n = f.name
+    if n.startswith(".") or n == "isd-history.csv":
+        return None
+    if n.endswith(".npy"):
+        return "corrformer"
+    if ISD_LITE_NAME.match(n):
+        return "isd-lite"
+    if n.endswith(_NETCDF_SUFFIXES):
+        return "netcdf"
+    if n.endswith((".csv", ".csv.gz")):
+        return _sniff_text(f) or "unrecognised CSV"
+    return None
+
+
+def _directory_format(p: Path) -> str:
+    """The one format of a directory's data files; a mix of formats is an error naming the files."""
+    kinds: dict[str, list[str]] = {}
+    for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        kind = _file_kind(f)
+        if kind is not None:
+            kinds.setdefault(kind, []).append(str(f.relative_to(p)))
+    if len(kinds) > 1:
+        listing = "; ".join(
+            f"{k}: {', '.join(v[:3])}{f' and {len(v) - 3} more' if len(v) > 3 else ''}"
+            for k, v in sorted(kinds.items())
+        )
+        raise ReaderError(p, f"directory mixes file formats ({listing}); put each format in its own directory")
+    if not kinds:
+        names = sorted(f.name for f in p.iterdir() if f.is_file())
+        raise ReaderError(p, f"cannot tell the format of this directory (files: {names[:6]})")
+    kind, files = kinds.popitem()
+    if kind == "netcdf":
+        raise ReaderError(p, f"directory holds netCDF files {files[:3]}; open one file at a time")
+    if kind == "unrecognised CSV":
+        raise ReaderError(p, f"cannot tell the format of the CSV files {files[:3]}: not NCEI, not long format")
+    return kind
+
+
 def detect_format(path: PathLike) -> str:
-    """The format name (a key of :data:`FORMATS`) of a file or directory, from names and content."""
+    """The format name (a key of :data:`FORMATS`) of a file or directory, from names and content.
+
+    A directory must hold files of one format (``isd-history.csv`` and non-data files aside);
+    mixed formats are an error naming the files of each.
+    """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or directory")
     if p.is_dir():
-        names = [f.name for f in p.iterdir() if f.is_file()]
-        if any(n.startswith(tuple(CORRFORMER_FILES.values())) and n.endswith(".npy") for n in names):
-            return "corrformer"
-        if any(ISD_LITE_NAME.match(n) for n in names) or any(
-            ISD_LITE_NAME.match(f.name) for f in p.rglob("*") if f.is_file()
-        ):
-            return "isd-lite"
-        csvs = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith((".csv", ".csv.gz")))
-        csvs = [f for f in csvs if f.name != "isd-history.csv"]
-        kinds = {k for k in (_sniff_text(f) for f in csvs) if k}
-        if len(kinds) == 1:
-            return kinds.pop()
-        if len(kinds) > 1:
-            raise ReaderError(p, f"directory mixes CSV formats {sorted(kinds)}; read them separately")
-        ncs = [n for n in names if n.endswith(_NETCDF_SUFFIXES)]
-        if ncs:
-            raise ReaderError(p, f"directory holds netCDF files {ncs[:3]}; open one file at a time")
-        raise ReaderError(p, f"cannot tell the format of this directory (files: {sorted(names)[:6]})")
+        return _directory_format(p)
     with open(p, "rb") as fh:
         magic = fh.read(8)
     if any(magic.startswith(m) for m in NETCDF_MAGIC):
@@ -136,9 +186,11 @@ def detect_format(path: PathLike) -> str:
 def open_dataset(path: PathLike, format: str | None = None, **kwargs: Any) -> xr.Dataset:
     """Read any supported file or directory into the schema; ``format=None`` detects it.
 
-    ``kwargs`` go to the reader (``history=`` for ISD-Lite, ``split=`` for Corrformer, ``name_map=``
-    for netCDF, ``stations=``/``units=`` for CSV long, ``start=``/``end=`` for the NCEI formats).
-    A directory of ISD-Lite files uses the ``isd-history.csv`` inside it when present.
+    ``kwargs`` go to the reader: ``units={"temperature": "degF"}`` for every format (the source's units
+    per variable when they are not the format's; a key naming no variable of the file is an error),
+    ``history=`` for ISD-Lite, ``split=`` for Corrformer, ``name_map=`` for netCDF, ``stations=`` for
+    CSV long, ``start=``/``end=`` for the NCEI formats. A directory of ISD-Lite files uses the
+    ``isd-history.csv`` inside it when present.
     """
     fmt = detect_format(path) if format is None else format
     if fmt not in FORMATS:

@@ -159,12 +159,8 @@ def infer_frequency(ds: xr.Dataset) -> pd.Timedelta:
     return pd.Timedelta(int(d[0]))
 
 
-def validate(ds: xr.Dataset, variables: Sequence[str] | None = None, regular: bool = True) -> xr.Dataset:
-    """Check ``ds`` follows the schema; return it unchanged or raise one clear :class:`SchemaError`.
-
-    ``variables`` names the data variables that must be present (default: at least one schema
-    variable). ``regular=False`` skips the constant-frequency check.
-    """
+def _check_structure(ds: xr.Dataset) -> None:
+    """Dims ``time``/``station`` and the station coordinates on the station dim."""
     if not isinstance(ds, xr.Dataset):
         raise SchemaError(f"expected an xarray.Dataset, got {type(ds).__name__}")
     for dim in ("time", "station"):
@@ -175,9 +171,36 @@ def validate(ds: xr.Dataset, variables: Sequence[str] | None = None, regular: bo
             raise SchemaError(f"missing coordinate {coord!r}; dataset has coords {sorted(ds.coords)}")
         if coord != "time" and ds[coord].dims != ("station",):
             raise SchemaError(f"coordinate {coord!r} must be on dim 'station', found dims {ds[coord].dims}")
+
+
+def _check_variable(ds: xr.Dataset, v: str) -> None:
+    """Dims, canonical units and a floating dtype of the schema variable ``v``."""
+    da = ds[v]
+    if set(da.dims) != {"time", "station"}:
+        raise SchemaError(f"variable {v!r} must have dims (time, station), found {da.dims}")
+    units = da.attrs.get("units")
+    if units is None:
+        raise SchemaError(f"variable {v!r} has no 'units' attribute (expected {VARIABLES[v]['units']!r})")
+    want = VARIABLES[v]["units"]
+    if units != want:
+        try:
+            lookup(str(units), REGISTRY[v].quantity)
+        except UnitError:
+            raise SchemaError(f"variable {v!r} has unknown units {units!r}; expected {want!r}") from None
+        raise SchemaError(f"variable {v!r} is in {units!r}; convert to {want!r} with convert_units")
+    if not np.issubdtype(da.dtype, np.floating):
+        raise SchemaError(f"variable {v!r} must be floating point (NaN = missing), found {da.dtype}")
+
+
+def validate(ds: xr.Dataset, variables: Sequence[str] | None = None, regular: bool = True) -> xr.Dataset:
+    """Check ``ds`` follows the schema; return it unchanged or raise one clear :class:`SchemaError`.
+
+    ``variables`` names the data variables that must be present (default: at least one schema
+    variable). ``regular=False`` skips the constant-frequency check.
+    """
+    _check_structure(ds)
     present = [v for v in VARIABLES if v in ds.data_vars]
-    required = list(variables) if variables is not None else []
-    for v in required:
+    for v in variables if variables is not None else []:
         if v not in VARIABLES:
             raise SchemaError(f"unknown variable {v!r}; known: {sorted(VARIABLES)}")
         if v not in ds.data_vars:
@@ -187,24 +210,7 @@ def validate(ds: xr.Dataset, variables: Sequence[str] | None = None, regular: bo
             f"no schema variable present; expected one of {sorted(VARIABLES)}, found {sorted(ds.data_vars)}"
         )
     for v in present:
-        da = ds[v]
-        if set(da.dims) != {"time", "station"}:
-            raise SchemaError(f"variable {v!r} must have dims (time, station), found {da.dims}")
-        units = da.attrs.get("units")
-        if units is None:
-            raise SchemaError(f"variable {v!r} has no 'units' attribute (expected {VARIABLES[v]['units']!r})")
-        if units != VARIABLES[v]["units"]:
-            try:
-                lookup(str(units), REGISTRY[v].quantity)
-            except UnitError:
-                raise SchemaError(
-                    f"variable {v!r} has unknown units {units!r}; expected {VARIABLES[v]['units']!r}"
-                ) from None
-            raise SchemaError(
-                f"variable {v!r} is in {units!r}; convert to {VARIABLES[v]['units']!r} with convert_units"
-            )
-        if not np.issubdtype(da.dtype, np.floating):
-            raise SchemaError(f"variable {v!r} must be floating point (NaN = missing), found {da.dtype}")
+        _check_variable(ds, v)
     t = pd.DatetimeIndex(ds["time"].values)
     if t.has_duplicates:
         dup = t[t.duplicated()][0]
