@@ -12,6 +12,7 @@ import pandas as pd
 import xarray as xr
 
 from .schema import VARIABLES
+from .variables import REGISTRY
 
 __all__ = ["describe", "format_description", "format_step"]
 
@@ -47,8 +48,9 @@ def describe(ds: xr.Dataset) -> dict[str, Any]:
             continue
         a = np.asarray(ds[v].transpose("time", "station").values)
         # chunks over time keep memory small on 3850 x 17544 archives; sums in float64
-        n_ok, total, total_sq = 0, 0.0, 0.0
+        n_ok, total, total_sq, n_out = 0, 0.0, 0.0, 0
         lo, hi = np.inf, -np.inf
+        spec = REGISTRY[v]
         seen = np.zeros(a.shape[1], bool)
         for i in range(0, a.shape[0], 2048):
             c = a[i : i + 2048]
@@ -59,10 +61,13 @@ def describe(ds: xr.Dataset) -> dict[str, Any]:
                 x = c[ok].astype(np.float64)
                 n_ok, total, total_sq = n_ok + k, total + float(x.sum()), total_sq + float((x * x).sum())
                 lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
+                n_out += int(np.count_nonzero((x < spec.valid_min) | (x > spec.valid_max)))
         stats: dict[str, Any] = {
             "units": str(ds[v].attrs.get("units", "")),
             "missing_pct": 100.0 * (1.0 - n_ok / a.size) if a.size else 0.0,
             "stations_all_missing": int((~seen).sum()),
+            "plausible_range": [spec.valid_min, spec.valid_max],
+            "outside_plausible_range": n_out,
         }
         if n_ok:
             mean = total / n_ok
@@ -106,6 +111,13 @@ def format_description(info: dict[str, Any], title: str | None = None) -> str:
             f"{v:<12} {s['units']:<6} {s['missing_pct']:>9.2f} {_num(s['min'])} {_num(s['mean'])} {_num(s['max'])} "
             f"{_num(s['std'])}  {s['stations_all_missing']}"
         )
+    for v, s in info["variables"].items():
+        if s.get("outside_plausible_range"):
+            lo, hi = s["plausible_range"]
+            lines.append(
+                f"WARNING: {s['outside_plausible_range']} {v} value(s) outside the plausible range [{lo:g}, {hi:g}] "
+                f"{s['units']} (wrong units?)"
+            )
     lines.append("")
     parts = []
     for c, unit in (("lat", "deg"), ("lon", "deg"), ("elevation", "m")):

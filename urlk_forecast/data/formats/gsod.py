@@ -40,8 +40,24 @@ __all__ = ["read_gsod", "parse_gsod", "GSOD_REQUIRED", "NATIVE_UNITS"]
 GSOD_REQUIRED = ("STATION", "DATE", "TEMP", "WDSP")
 # column -> (schema variable, the format's missing-value code)
 _VALUES = {"TEMP": ("temperature", 9999.9), "WDSP": ("wind_speed", 999.9)}
+_GSOD_OWN = frozenset({"TEMP", "DEWP", "STP", "VISIB", "WDSP", "MXSPD", "GUST", "MAX", "MIN", "PRCP", "SNDP", "FRSHTT"})
 #: the format's units (``units=`` may override them)
 NATIVE_UNITS = {"temperature": "degF", "wind_speed": "knots"}
+
+
+def _required_columns(cols: dict[str, int], path: PathLike) -> None:
+    """TEMP and WDSP must be there: a GSOD file without one (renamed?) is an error naming it, not a gap."""
+    missing = [c for c in GSOD_REQUIRED if c not in cols]
+    if not missing:
+        return
+    own = sorted(c for c in cols if c in _GSOD_OWN or c.endswith("_ATTRIBUTES"))
+    if len(own) >= 2:
+        raise ReaderError(
+            path, f"GSOD CSV without its mandatory column(s) {missing} (renamed or removed?); it has {own[:8]}", 1
+        )
+    shown = ", ".join(list(cols)[:12])[:200]
+    raise ReaderError(path, f"not a GSOD (Global Summary of the Day) CSV file: missing column(s) {missing}; "
+                      f"header is [{shown}]", 1)
 
 
 def _row(row: list[str], cols: dict[str, int], path: PathLike, line: int) -> tuple[str, np.datetime64, list, tuple]:
@@ -86,7 +102,8 @@ def parse_gsod(data: bytes, path: PathLike = "<bytes>", units: Mapping[str, str]
     """
     text = decode_text(data, path, "utf-8")
     check_complete(text, path)
-    _, cols, rows = csv_table(text, path, GSOD_REQUIRED, "GSOD (Global Summary of the Day)")
+    _, cols, rows = csv_table(text, path, GSOD_REQUIRED[:2], "GSOD (Global Summary of the Day)")
+    _required_columns(cols, path)
     sids, times, lines, raw = [], [], [], []
     meta: dict[str, tuple] = {}
     for line, row in rows:
