@@ -134,7 +134,8 @@ def test_model_row_from_a_saved_forecaster(tmp_path: Path) -> None:
         torch.set_num_threads(n)
     assert r.exit_code == 0, r.output
     csv = pd.read_csv(tmp_path / "o" / "benchmark_temperature.csv").set_index("type")
-    assert csv.loc["neural", "method"].startswith("unireplknet_a")
+    assert csv.loc["neural", "method"] == "unireplknet_a"  # the model's name, one more Method row
+    assert csv.loc["neural", "fit_s"] == pytest.approx(fc.fit_seconds, rel=1e-6)  # its training wall time
     assert csv.loc["neural", "parameters"] == sum(p.numel() for p in fc.net.parameters())
     # independent: the model's own forecasts on the same windows, scored on the points every method forecast
     ws = WindowDataset(parts["test"], "temperature", 48, 24, 24)
