@@ -9,7 +9,7 @@ Same options as the CLI command, e.g. the full synthetic default (3850 stations,
 
 from __future__ import annotations
 
-from urlk_forecast.baselines.commands import benchmark
+from urlk_forecast.cli.benchmark import benchmark
 
 if __name__ == "__main__":
     benchmark(prog_name="forecast_table.py")

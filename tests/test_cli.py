@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from urlk_forecast.cli import cli, command_logging, user_errors
+from urlk_forecast.cli.errors import speak_flags
 
 
 @pytest.mark.parametrize(
@@ -64,3 +65,48 @@ def test_a_failing_command_restores_logging_too(tmp_path) -> None:
     res = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "missing.nc")])
     assert res.exit_code != 0 and "missing.nc" in res.output
     assert (list(logger.handlers), logger.level, logger.propagate) == before
+
+
+@pytest.mark.parametrize(
+    ("msg", "flags", "expect"),
+    [
+        ("x.txt, line 1: unknown format (first line 'a'); pass format= one of ['csv-long', 'gsod']",
+         {"format": "--format"}, "x.txt, line 1: unknown format (first line 'a'); pass --format one of ['csv-long', "
+                                 "'gsod']"),
+        ("no station coordinate; map the file's name onto it (name_map={'<name>': 'station'})",
+         {"name_map": "--name-map"}, "no station coordinate; map the file's name onto it (--name-map <name>=station)"),
+        ("their coordinates are NaN — add lat/lon columns or pass stations=<metadata csv>",
+         {"stations": "--stations-csv"}, "their coordinates are NaN — add lat/lon columns or pass --stations-csv "
+                                         "<metadata csv>"),
+        ("value np.float64(2.0) out of range at np.int64(3)", None, "value 2.0 out of range at 3"),
+        ("keep my_format= and --format= alone", {"format": "--format"}, "keep my_format= and --format= alone"),
+    ],
+)
+def test_library_messages_speak_the_flags(msg: str, flags: dict[str, str] | None, expect: str) -> None:
+    assert speak_flags(msg, flags) == expect
+    with pytest.raises(click.ClickException) as err:
+        with user_errors(flags):
+            raise ValueError(msg)
+    assert err.value.message == expect
+
+
+def test_help_lists_every_command_without_importing_them() -> None:
+    """`urlk-forecast --help` is fast: it imports no command module (and no torch); its one-line help of each
+    command is that command's own."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom urlk_forecast.cli import main\nsys.argv = ['urlk-forecast', '--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith('torch') or m.startswith('urlk_forecast.cli.')))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "['urlk_forecast.cli.errors']"
+    for name in ("benchmark", "data", "predict", "train"):
+        assert f"  {name} " in p.stdout
+    from urlk_forecast.cli import _COMMANDS
+
+    for name, (_module, _attr, short) in _COMMANDS.items():
+        cmd = cli.get_command(click.Context(cli), name)
+        assert cmd is not None and cmd.help is not None
+        assert " ".join(cmd.help.split()).startswith(short), name

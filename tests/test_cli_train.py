@@ -50,7 +50,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
 
 def test_train_writes_a_complete_run_and_an_honest_table(trained: tuple) -> None:
     runs, run, out = trained
-    assert "persistence" in out and "seasonal naive (24 h)" in out and "MSE" in out
+    assert "Persistence" in out and "Seasonal naive" in out and "GBDT" in out and "MSE" in out
+    assert "test: 6 windows (of " in out and "leads 1-24 h" in out
     rec = json.loads((run / "run.json").read_text())
     assert rec["status"] == "done" and rec["data"] == {"kind": "synthetic", "stations": 24, "hours": 480,
                                                        "seed": 0, "start": "2019-01-01"}
@@ -60,23 +61,30 @@ def test_train_writes_a_complete_run_and_an_honest_table(trained: tuple) -> None
     assert [h["epoch"] for h in hist] == [1, 2] and hist[0]["lr"] == pytest.approx(3e-3)
     assert hist[1]["lr"] == pytest.approx(1.5e-3)  # halved after the first epoch
     m = json.loads((run / "metrics.json").read_text())
-    # independent recomputation of the table from the saved model and the regenerated data
+    assert m["split"] == "test" and m["train"]["stopped"] == "max_steps"
+    # independent recomputation of the table from the saved model and the regenerated data, on the TEST windows
+    # benchmark scores (evenly spaced over the test split)
+    from urlk_forecast.baselines import GBDT
+    from urlk_forecast.cli.train_report import GBDT_MAX_ROWS
     from urlk_forecast.data.synthetic import synthetic_global
     from urlk_forecast.data.windows import WindowDataset, split_dataset
     from urlk_forecast.forecaster import Forecaster
 
     fc = Forecaster.load(run / "model")
     ds = synthetic_global(stations=24, hours=480, seed=0, variables=("temperature",))
-    val = split_dataset(ds, context=48)["val"]
-    ws = WindowDataset(val, "temperature")
+    parts = split_dataset(ds, context=48)
+    ws = WindowDataset(parts["test"], "temperature")
     idx = np.unique(np.linspace(0, len(ws) - 1, 6).round().astype(int))
     assert m["windows"] == len(idx) and m["windows_available"] == len(ws)
     b = ws.batch(idx)
     y = b["y"][:, -24:].numpy().astype(np.float64)
     mask = b["y_mask"][:, -24:].numpy()
+    gbdt = GBDT(variable="temperature", max_rows=GBDT_MAX_ROWS).fit(parts["train"])
     preds = {"unireplknet_a": fc.predict_windows(ws, idx).astype(np.float64),
-             "persistence": np.repeat(b["x"][:, -1:].numpy().astype(np.float64), 24, axis=1),
-             "seasonal naive (24 h)": b["x"][:, 24:48].numpy().astype(np.float64)}
+             "Persistence": np.repeat(b["x"][:, -1:].numpy().astype(np.float64), 24, axis=1),
+             "Seasonal naive": b["x"][:, 24:48].numpy().astype(np.float64),
+             "GBDT": gbdt.predict_windows(ws, idx).astype(np.float64)}
+    assert list(m["methods"]) == list(preds)
     for p in preds.values():
         mask = mask & np.isfinite(p)
     for name, p in preds.items():
@@ -85,6 +93,8 @@ def test_train_writes_a_complete_run_and_an_honest_table(trained: tuple) -> None
         per_window_mae = np.nanmean(np.abs(err).reshape(len(idx), -1), axis=1)
         assert m["methods"][name]["mse"] == pytest.approx(per_window_mse.mean(), rel=1e-5), name
         assert m["methods"][name]["mae"] == pytest.approx(per_window_mae.mean(), rel=1e-5), name
+    if "does not beat" in out:  # the advice names what stopped this run: the step limit, not the time limit
+        assert "--max-steps" in out and "--max-time" not in out
 
 
 def test_predict_writes_netcdf_and_csv_equal_to_the_api(trained: tuple, tmp_path: Path) -> None:
@@ -165,6 +175,132 @@ def test_errors_without_a_run(tmp_path: Path) -> None:
     assert res.exit_code != 0 and "unknown model 'vgg'; available" in res.output and "Traceback" not in res.output
     res = r.invoke(cli, ["train", "--resume", "--out", str(tmp_path / "nothing")])
     assert res.exit_code != 0 and "is not a run directory" in res.output
+    assert not (tmp_path / "r").exists() and not (tmp_path / "nothing").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["--seq-len", "0"], "Invalid value for '--seq-len'"),
+        (["--pred-len", "10000"], "--pred-len 10000 = 10048 steps do not fit in the train split"),
+        (["--stations", "0"], "Invalid value for '--stations'"),
+        (["--label-len", "60"], "--label-len 60 must not exceed --seq-len 48"),
+        (["--model", "vgg"], "unknown model 'vgg'; available"),
+        (["--model-kw", "bogus=1"], "--model-kw: unknown key bogus for a unireplknet model; accepted: "),
+    ],
+)
+def test_invalid_arguments_create_no_run_directory(tmp_path: Path, args: list[str], expect: str) -> None:
+    """Every option and the data are checked before anything is written; --resume then finds nothing to resume."""
+    runs = tmp_path / "runs"
+    env = {"URLK_RUNS_DIR": str(runs), "URLK_DWCONV": "torch"}
+    r = CliRunner()
+    for out in ([], ["--out", str(tmp_path / "r")]):
+        res = r.invoke(cli, ["train", *TINY, "--max-steps", "1", *args, *out], env=env)
+        assert res.exit_code != 0 and expect in res.output, res.output
+        assert "Traceback" not in res.output
+        assert not runs.exists() and not (tmp_path / "r").exists()
+    res = r.invoke(cli, ["train", "--resume"], env=env)
+    assert res.exit_code != 0 and "no run with a checkpoint found under" in res.output
+
+
+def test_model_kw_error_is_one_line_naming_the_accepted_keys(tmp_path: Path) -> None:
+    import inspect
+
+    from urlk_forecast.models.forecast_net import ForecastNet
+
+    res = CliRunner().invoke(cli, ["train", *TINY, "--model-kw", "bogus=1", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    accepted = res.output.split("accepted: ")[1].strip().split(", ")
+    net_args = set(inspect.signature(ForecastNet.__init__).parameters) - {
+        "self", "n_stations", "coords", "seq_len", "label_len", "pred_len", "encoder", "variant", "encoder_kw"}
+    assert net_args <= set(accepted) and {"dims", "depths", "kernel_sizes", "max_gap"} <= set(accepted)
+    assert "bogus" not in accepted and "seq_len" not in accepted  # seq_len is --seq-len, not a network key
+    res = CliRunner().invoke(cli, ["train", *TINY, "--model", "corrformer", "--model-kw", "dims=[1,2,3,4]",
+                                   "--out", str(tmp_path / "r")])
+    assert res.exit_code == 1 and "unknown key dims for a corrformer model" in res.output
+    assert "e_layers" in res.output and not (tmp_path / "r").exists()
+
+
+def test_resume_needs_a_checkpoint(tmp_path: Path) -> None:
+    from urlk_forecast.rundir import RunDir
+
+    run = RunDir(tmp_path / "broken")
+    run.start({}, {"kind": "synthetic", "stations": 24, "hours": 480, "seed": 0})
+    res = CliRunner().invoke(cli, ["train", "--resume", "--out", str(run)])
+    assert res.exit_code == 1 and "has no checkpoint" in res.output
+    res = CliRunner().invoke(cli, ["train", *TINY, "--out", str(run)])
+    assert res.exit_code == 1 and "already holds a run; continue it with --resume" in res.output
+
+
+def test_predict_writes_nothing_when_a_destination_or_the_plot_fails(trained: tuple, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")
+    import urlk_forecast.cli.predict as P
+
+    runs, run, _ = trained
+    out, png = tmp_path / "f.nc", tmp_path / "f.png"
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = CliRunner()
+    res = r.invoke(cli, ["predict", "--run", str(run), "--out", str(out), "--plot", str(blocker / "p.png")])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    assert f"--plot {blocker / 'p.png'}: cannot write there, {blocker} is not a directory" in res.output
+    res = r.invoke(cli, ["predict", "--run", str(run), "--out", str(blocker / "f.nc")])
+    assert res.exit_code == 1 and f"--out {blocker / 'f.nc'}: cannot write there" in res.output
+
+    def no_space(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(P, "_plot", no_space)
+    res = r.invoke(cli, ["predict", "--run", str(run), "--out", str(out), "--plot", str(png)])
+    assert res.exit_code == 1 and f"cannot write {png}: No space left on device" in res.output, res.output
+    assert sorted(os.listdir(tmp_path)) == ["file"]  # neither the .nc nor the .png, no temporary file
+
+
+@pytest.mark.parametrize(
+    ("stopped", "expect", "never"),
+    [
+        ("early_stopping", ["validation stopped improving (early stopping after 3 epoch(s)", "--lr"],
+         ["--max-time", "train longer"]),
+        ("max_time", ["time limit (--max-time 540 s)", "--resume --max-time"], ["early stopping"]),
+        ("max_steps", ["step limit (--max-steps 8)", "--resume --max-steps"], ["--max-time", "early stopping"]),
+        ("epochs", ["ran all its epochs (--epochs 10)", "--resume --epochs"], ["--max-time", "early stopping"]),
+    ],
+)
+def test_advice_names_what_stopped_training(capsys: pytest.CaptureFixture[str], stopped: str, expect: list[str],
+                                             never: list[str]) -> None:
+    from urlk_forecast.cli.train_report import print_report
+    from urlk_forecast.config import TrainConfig
+
+    metrics = {"windows": 2, "windows_available": 5, "stations": 3, "pred_len": 24, "step": "0 days 01:00:00",
+               "variable": "temperature", "units": "degC", "model": "unireplknet_a", "train": {"stopped": stopped},
+               "methods": {"unireplknet_a": {"mse": np.float64(2.0), "mae": 1.0},
+                           "Persistence": {"mse": 3.0, "mae": 0.5}, "GBDT": {"mse": 1.0, "mae": 0.4}}}
+    cfg = TrainConfig(max_time=540.0, max_steps=8, epochs=10, patience=3)
+    print_report(metrics, cfg)
+    got = capsys.readouterr()
+    assert "\nunireplknet_a      2.0000    1.0000\n" in got.out and "np.float64" not in got.out
+    line = got.err.strip()
+    assert line.startswith("warning: unireplknet_a does not beat Persistence, GBDT yet; ")
+    assert all(e in line for e in expect) and not any(n in line for n in never), line
+    metrics["methods"] = {"unireplknet_a": {"mse": 0.5, "mae": 0.3}, "Persistence": {"mse": 3.0, "mae": 0.5}}
+    print_report(metrics, cfg)
+    got = capsys.readouterr()
+    assert "unireplknet_a beats Persistence (MSE and MAE)" in got.out and got.err == ""
+
+
+def test_early_stopping_run_advises_no_more_time(tmp_path: Path) -> None:
+    """A run that early stopping ends is not told to "train longer"."""
+    # a noisy learning rate on 2-step epochs: some epoch fails to improve on the best (patience 1) long before 20
+    res = CliRunner().invoke(cli, ["train", *TINY, "--lr", "0.05", "--patience", "1", "--epochs", "20",
+                                   "--steps-per-epoch", "2", "--batch-size", "2", "--val-windows", "4",
+                                   "--eval-windows", "4", "--no-progress", "--out", str(tmp_path / "r")],
+                             env={"URLK_DWCONV": "torch"})
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["train"]["stopped"] == "early_stopping", m["train"]
+    assert "does not beat" in res.output and "early stopping" in res.output
+    assert "--max-time" not in res.output and "train longer" not in res.output
 
 
 def test_console_entry_point_in_a_real_process(trained: tuple, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 import xarray as xr
 from click.testing import CliRunner
 
-from urlk_forecast.data.commands import _parse_years, data
+from urlk_forecast.cli.data import _parse_years, data
 from urlk_forecast.data.readers import read_gsod, read_isd_lite, read_netcdf, write_netcdf
 from urlk_forecast.data.schema import make_dataset
 

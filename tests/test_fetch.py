@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from urlk_forecast.data.commands import data
+from urlk_forecast.cli.data import data
 from urlk_forecast.data.fetch import (
     FetchError,
     FetchWarning,

@@ -54,6 +54,7 @@ __all__ = [
     "ResNetLike",
     "build_encoder",
     "list_encoders",
+    "encoder_options",
     "variant_kernel_sizes",
     "resnet_depths",
 ]
@@ -380,6 +381,16 @@ _BUILDERS: dict[str, Callable[[_Common, dict[str, Any]], nn.Module]] = {
 def list_encoders() -> list[str]:
     """Names accepted by :func:`build_encoder` / ``ForecastNet(encoder=...)``."""
     return list(_BUILDERS)
+
+
+def encoder_options(name: str) -> frozenset[str]:
+    """The extra options (``**kw`` of :func:`build_encoder`) encoder ``name`` accepts."""
+    options = {"unireplknet": _UNIREPLKNET_KW | _IMAGE_KW, "convnext": _CONVNEXT_KW | _IMAGE_KW,
+               "resnet": _RESNET_KW | _IMAGE_KW, "corrformer": _CORRFORMER_KW}
+    key = normalize_name(name)
+    if key not in options:
+        raise ValueError(f"unknown encoder {name!r}; available: {', '.join(list_encoders())}")
+    return frozenset(options[key])
 
 
 def build_encoder(name: str, *, d_model: int, seq_len: int, n_nodes: int, variant: str = "unireplknet_a",

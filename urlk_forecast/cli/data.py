@@ -13,13 +13,22 @@ from typing import Any
 
 import click
 
-from ..cli import user_errors
-from .fetch import HISTORY_URL, SOURCES
+from ..data.fetch import HISTORY_URL, SOURCES
+from ..data.fetch import fetch as run_fetch
+from ..data.readers import FORMATS, detect_format, open_dataset, write_netcdf
+from ..data.summary import describe, format_description
+from ..data.synthetic import synthetic_global
+from .errors import user_errors
 
 __all__ = ["data"]
 
 _FORMATS = ("isd-lite", "global-hourly", "gsod", "corrformer", "netcdf", "csv-long")
 _MULTI_INPUT = ("isd-lite", "global-hourly", "gsod")
+# Python argument names in library messages -> the flags of these commands
+_FETCH_FLAGS = {"stations": "--stations", "station_ids": "--station-ids", "years": "--years", "out": "--out",
+                "base_url": "--base-url", "history_url": "--history-url", "cache": "--cache"}
+_CONVERT_FLAGS = {"format": "--format", "history": "--history", "missing_coords": "--missing-coords",
+                  "split": "--split", "name_map": "--name-map", "stations": "--stations-csv", "units": "--units"}
 
 
 class _MultiValueCommand(click.Command):
@@ -125,9 +134,7 @@ def fetch(
     if (stations is None) == (not station_ids):
         raise click.UsageError("give exactly one of --stations N or --station-ids ID ...")
     year_list = _parse_years(years)
-    from .fetch import fetch as run_fetch
-
-    with user_errors():
+    with user_errors(_FETCH_FLAGS):
         res = run_fetch(
             source,
             year_list,
@@ -178,10 +185,7 @@ def convert(
     compress: int,
 ) -> None:
     """Read INPUTS (any supported format) and write one schema netCDF file, atomically."""
-    from .readers import detect_format, open_dataset, write_netcdf
-    from .summary import describe
-
-    with user_errors():
+    with user_errors(_CONVERT_FLAGS):
         kinds = {detect_format(p) for p in inputs} if fmt is None else {fmt}
         if len(kinds) > 1:
             raise click.UsageError(f"inputs mix formats {sorted(kinds)}; convert them separately")
@@ -223,8 +227,6 @@ def convert(
 
 
 def _read_many(kind: str, paths: list[Path], kw: dict[str, Any]) -> Any:
-    from .readers import FORMATS
-
     reader: Callable[..., Any] = FORMATS[kind]
     return reader(paths, **kw)
 
@@ -241,19 +243,13 @@ def info(
     path: Path | None, fmt: str | None, synthetic: bool, stations: int, hours: int, seed: int, as_json: bool
 ) -> None:
     """Describe a dataset: stations, time span, frequency, missing % per variable, value ranges."""
-    from .summary import describe, format_description
-
     if (path is None) == (not synthetic):
         raise click.UsageError("give a PATH or --synthetic")
-    with user_errors():
+    with user_errors({"format": "--format", "stations": "--stations", "hours": "--hours"}):
         if synthetic:
-            from .synthetic import synthetic_global
-
             ds = synthetic_global(stations=stations, hours=hours, seed=seed)
             title = f"synthetic_global(stations={stations}, hours={hours}, seed={seed})  [SYNTHETIC data]"
         else:
-            from .readers import detect_format, open_dataset
-
             kind = fmt or detect_format(path)
             ds = open_dataset(path, format=kind)
             title = f"{path} ({kind})"

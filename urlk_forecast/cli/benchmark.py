@@ -1,13 +1,12 @@
 """``urlk-forecast benchmark``: the paper's Table 12 comparison from the command line.
 
-Runs every baseline (and a trained model with ``--run``) on the same test windows, prints the table (method, type,
-parameters, MSE, MAE, fit and predict seconds, coverage) and writes it as Markdown and CSV (atomically) to ``--out``.
-Errors a user can fix print one line and exit non-zero without a traceback.
+Runs every baseline (and a trained model with ``--run``) on the same test windows, writes the table (method, type,
+parameters, MSE, MAE, fit and predict seconds, coverage) as Markdown and CSV to ``--out`` and prints it. ``--out`` is
+checked before anything is computed; errors a user can fix print one line and exit non-zero without a traceback.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -15,31 +14,61 @@ from typing import Any
 
 import click
 
-from ..cli import user_errors
+from ..baselines import BASELINES
+from ..baselines.table import run_benchmark
+from ..rundir import find_model
+from ..utils import normalize_name
+from .errors import user_errors
+from .outputs import check_dir_destination
 
 __all__ = ["benchmark"]
 
+# Python argument names in library messages -> this command's flags
+_FLAGS = {"data": "--data", "variable": "--var", "baselines": "--baselines", "run": "--run", "gfs": "--gfs",
+          "stations": "--stations", "hours": "--hours", "max_windows": "--max-windows", "seq_len": "--seq-len",
+          "label_len": "--label-len", "pred_len": "--pred-len", "n_jobs": "--jobs", "threads": "--threads",
+          "prophet_stations": "--prophet-stations"}
 
-def _resolve_run(run: Path, data: Path | None) -> tuple[Path, Any]:
-    """The Forecaster directory of ``--run`` (a run directory or a saved model) and the data it names, if any."""
-    if (run / "config.json").is_file():
-        return run, None
-    if (run / "model" / "config.json").is_file():
-        if data is not None:
-            return run / "model", None
-        rec = run / "run.json"
-        if not rec.is_file():
-            raise click.ClickException(f"--run {run}: no run.json saying what data the model used; pass --data")
-        spec = json.loads(rec.read_text(encoding="utf-8")).get("data", {})
-        if spec.get("kind") == "file":
-            path = Path(spec["path"])
-            if not path.exists():
-                raise click.ClickException(f"the run's data {path} no longer exists; pass --data")
-            return run / "model", path
-        if spec.get("kind") == "synthetic":
-            return run / "model", spec
-        raise click.ClickException(f"--run {run}: run.json has an unknown data spec {spec!r}; pass --data")
-    raise click.ClickException(f"--run {run}: not a training run or saved model (no config.json or model/config.json)")
+
+def _check_arguments(data: Path | None, run_dir: Path | None, gfs: str | None, hours: int | None,
+                     baselines: str | None) -> list[str] | None:
+    """Everything that can be checked without loading data; returns the normalised baseline names."""
+    if hours is not None and (data is not None or run_dir is not None):
+        raise click.UsageError("--hours applies to the synthetic default only (not with --data or --run)")
+    if data is not None and not Path(data).exists():
+        raise click.ClickException(f"--data {data}: no such file or directory")
+    if gfs is not None and gfs != "synthetic" and not Path(gfs).exists():
+        raise click.ClickException(f"--gfs {gfs}: no such file")
+    if baselines is None:
+        return None
+    names = [normalize_name(b) for b in baselines.split(",") if b.strip()]
+    unknown = [b for b in names if b not in BASELINES]
+    if unknown:
+        raise click.ClickException(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+    return names
+
+
+def _model_and_data(run_dir: Path | None, data: Path | None, progress: Any) -> tuple[Path | None, Any]:
+    """The model directory of ``--run`` and the data to benchmark on (``--data``, else the run's own data)."""
+    if run_dir is None:
+        return None, data
+    try:
+        model_dir, run = find_model(run_dir)
+    except FileNotFoundError as e:
+        raise click.ClickException(f"--run {e}") from None
+    if data is not None or run is None:
+        return model_dir, data
+    try:
+        spec = run.data_spec
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(f"--run {run_dir}: {e}; pass --data") from None
+    if spec.get("kind") == "file":
+        path = Path(spec["path"])
+        if not path.exists():
+            raise click.ClickException(f"the run's data {path} no longer exists; pass --data")
+        return model_dir, path
+    progress(f"regenerating the run's synthetic data ({spec.get('stations')} stations)")
+    return model_dir, run.open_data()
 
 
 @click.command("benchmark")
@@ -82,50 +111,24 @@ def benchmark(data: Path | None, variable: str, baselines: str | None, run_dir: 
               jobs: int | None, threads: int | None, prophet_stations: int, seed: int, out: Path,
               quiet: bool) -> None:
     """Compare the baselines of the paper's Table 12 (and a trained model) on the same test windows."""
-    with user_errors():
-        from .table import run_benchmark
+    t0 = time.perf_counter()
 
-        t0 = time.perf_counter()
+    def progress(msg: str) -> None:
+        if not quiet:
+            click.echo(f"[{time.perf_counter() - t0:7.1f}s] {msg}", err=True)
 
-        def progress(msg: str) -> None:
-            if not quiet:
-                click.echo(f"[{time.perf_counter() - t0:7.1f}s] {msg}", err=True)
-
-        if hours is not None and (data is not None or run_dir is not None):
-            raise click.UsageError("--hours applies to the synthetic default only (not with --data or --run)")
-        if data is not None and not Path(data).exists():
-            raise click.ClickException(f"--data {data}: no such file or directory")
-        if gfs is not None and gfs != "synthetic" and not Path(gfs).exists():
-            raise click.ClickException(f"--gfs {gfs}: no such file")
-        names = None
-        if baselines is not None:
-            from . import BASELINES
-
-            names = [b.strip().lower().replace("-", "_") for b in baselines.split(",") if b.strip()]
-            unknown = [b for b in names if b not in BASELINES]
-            if unknown:
-                raise click.ClickException(f"unknown baseline(s) {', '.join(unknown)}; choose from "
-                                           f"{', '.join(BASELINES)}")
-        source: Any = data
-        model_dir = None
-        if run_dir is not None:
-            model_dir, spec = _resolve_run(Path(run_dir), data)
-            if isinstance(spec, dict):
-                from urlk_forecast.data.synthetic import synthetic_global
-
-                progress(f"regenerating the run's synthetic data ({spec['stations']} stations)")
-                source = synthetic_global(stations=int(spec["stations"]), start=spec.get("start", "2019-01-01"),
-                                          hours=int(spec["hours"]), seed=int(spec["seed"]))
-            elif spec is not None:
-                source = spec
+    with user_errors(_FLAGS):
+        names = _check_arguments(data, run_dir, gfs, hours, baselines)
+        check_dir_destination(Path(out), "--out")
+        model_dir, source = _model_and_data(run_dir, data, progress)
         result = run_benchmark(
             data=source, variable=variable, baselines=names, run=model_dir, gfs=gfs, stations=stations, hours=hours,
             max_windows=max_windows, seq_len=seq_len, label_len=label_len, pred_len=pred_len, n_jobs=jobs,
             threads=threads, prophet_stations=prophet_stations, seed=seed, progress=progress,
         )
-        click.echo(result.to_markdown())
         paths = result.write(out)
-        click.echo(f"wrote {', '.join(str(p) for p in paths)} ({time.perf_counter() - t0:.0f} s in all)", err=True)
-        if result.failures:
-            click.echo(f"error: {len(result.failures)} method(s) failed: {', '.join(result.failures)}", err=True)
-            sys.exit(1)
+    click.echo(result.to_markdown())
+    click.echo(f"wrote {', '.join(str(p) for p in paths)} ({time.perf_counter() - t0:.0f} s in all)", err=True)
+    if result.failures:
+        click.echo(f"error: {len(result.failures)} method(s) failed: {', '.join(result.failures)}", err=True)
+        sys.exit(1)

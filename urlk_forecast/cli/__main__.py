@@ -1,0 +1,5 @@
+"""``python -m urlk_forecast.cli``: the console script."""
+
+from . import main
+
+main()

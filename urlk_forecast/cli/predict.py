@@ -1,0 +1,188 @@
+"""``urlk-forecast predict``: forecast the next ``pred_len`` steps of every station from a trained run.
+
+Loads a run (default: the latest complete one under ``runs/``), takes the last ``seq_len`` steps of the data (default:
+the run's own data, the synthetic set regenerated from its seed) and writes the forecast to netCDF or CSV, optionally
+with a PNG of a few stations. Every destination is checked first and the files are written together (all or none).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ..data.readers import open_dataset
+from ..data.schema import VARIABLES, validate
+from ..forecaster import Forecaster
+from ..rundir import RunDir, runs_root
+from .errors import user_errors
+from .outputs import check_file_destination, step_label, write_together
+
+__all__ = ["predict"]
+
+_FLAGS = {"variable": "--var", "data": "--data", "end": "--end", "stations": "--station"}
+
+
+@click.command("predict")
+@click.option("--var", "variable", default=None, help="Variable to forecast (must be the run's; default: the run's).")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), default=None,
+              help="Run directory (default: the latest complete run under runs/).")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="History file/directory (default: the run's data; synthetic runs regenerate it).")
+@click.option("--end", default=None, help="Issue the forecast from this time (default: the end of the data).")
+@click.option("--station", "stations", multiple=True, help="Only these station ids (repeatable).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="forecast.nc or forecast.csv (default: <run>/forecast.nc).")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="PNG of a few stations.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+def predict(variable: str | None, run_dir: Path | None, data: Path | None, end: str | None,
+            stations: tuple[str, ...], out: Path | None, plot: Path | None, device: str) -> None:
+    """Forecast the next pred_len steps for every station from the last seq_len steps of the data."""
+    with user_errors(_FLAGS):
+        run = _find_run(run_dir)
+        out = Path(out) if out is not None else run.forecast_file
+        check_file_destination(out, "--out", (".nc", ".csv"), ".nc (netCDF) or .csv")
+        if plot is not None:
+            plot = Path(plot)
+            check_file_destination(plot, "--plot", (".png",), ".png")
+            _require_matplotlib()
+        fc = run.load_model(map_location=device)
+        _check_variable(run, fc, variable)
+        history = _history(run, data, fc.variable, end)
+        _check_stations(history, stations)
+        fcst = fc.predict(history)
+        if stations:
+            fcst = fcst.sel(station=list(stations))
+        with write_together(out, plot) as (tmp_out, tmp_png):
+            if tmp_png is not None:  # the plot first: if it fails, no forecast file is written either
+                _plot(history, fcst, tmp_png, fc.variable, list(stations) or None, fc.seq_len)
+            _write_forecast(fcst, tmp_out, fc.variable, out.suffix.lower())
+    click.echo(f"wrote {out}: {fcst.sizes['station']} stations x {step_label(fcst.sizes['lead_time'], fc.frequency)} "
+               f"of {fc.variable} from {fcst.attrs['forecast_start']} (issued {fcst.attrs['issue_time']})")
+    if plot is not None:
+        click.echo(f"wrote {plot}")
+
+
+def _find_run(run_dir: Path | None) -> RunDir:
+    if run_dir is None:
+        try:
+            return RunDir.latest(runs_root())
+        except FileNotFoundError as e:
+            raise click.ClickException(f"{e} (train one with `urlk-forecast train`, or pass --run DIR)") from None
+    run = RunDir(run_dir)
+    if not run.is_complete:
+        others = ", ".join(str(r) for r in RunDir.list_runs(run.path.parent)) or "none"
+        raise click.ClickException(f"{run} is not a finished run (no model/config.json); runs under "
+                                   f"{run.path.parent}: {others}")
+    return run
+
+
+def _check_variable(run: RunDir, fc: Forecaster, variable: str | None) -> None:
+    if variable is None or variable == fc.variable:
+        return
+    if variable not in VARIABLES:
+        raise click.ClickException(f"unknown variable {variable!r}; available: {', '.join(VARIABLES)}")
+    others = ", ".join(str(r) for r in RunDir.list_runs(run.path.parent, variable=variable)) or "none"
+    raise click.ClickException(f"run {run} forecasts {fc.variable}, not {variable}; runs for {variable}: {others} "
+                               f"(train one with --var {variable})")
+
+
+def _history(run: RunDir, data: Path | None, variable: str, end: str | None) -> xr.Dataset:
+    """The history to forecast from: ``--data`` or the run's data, cut at ``--end``."""
+    if data is not None:
+        if not Path(data).exists():
+            raise click.ClickException(f"--data {data}: no such file or directory")
+        ds = open_dataset(data)
+        if variable not in ds.data_vars:
+            raise click.ClickException(f"--data {data} has no {variable!r}")
+        validate(ds, variables=[variable])
+    else:
+        try:
+            ds = run.open_data(variable)
+        except FileNotFoundError as e:
+            raise click.ClickException(f"{e}; pass --data") from None
+    if end is None:
+        return ds
+    try:
+        t_end = pd.Timestamp(end)
+    except (ValueError, TypeError):
+        raise click.ClickException(f"--end {end!r} is not a time (e.g. 2019-03-01T12:00)") from None
+    times = pd.DatetimeIndex(ds["time"].values)
+    if t_end < times[0] or t_end > times[-1]:
+        raise click.ClickException(f"--end {t_end} is outside the data ({times[0]} .. {times[-1]})")
+    return ds.sel(time=slice(None, t_end))
+
+
+def _check_stations(history: xr.Dataset, stations: tuple[str, ...]) -> None:
+    if not stations:
+        return
+    ids = [str(s) for s in history["station"].values]
+    unknown = [s for s in stations if s not in set(ids)]
+    if unknown:
+        raise click.ClickException(f"unknown station(s) {', '.join(unknown)}; available ({len(ids)}): "
+                                   f"{', '.join(ids[:12])}{', ...' if len(ids) > 12 else ''}")
+
+
+def _write_forecast(fcst: xr.Dataset, path: Path, variable: str, kind: str) -> None:
+    """netCDF, or long CSV (station, lat, lon, issue_time, valid_time, lead_time_h, value, units), to ``path``."""
+    if kind == ".nc":
+        fcst.to_netcdf(path, engine="netcdf4", format="NETCDF4",
+                       encoding={variable: {"dtype": "float32", "_FillValue": np.float32(np.nan)}})
+        return
+    vals = np.asarray(fcst[variable].values)  # (lead, station)
+    lead_h = pd.to_timedelta(fcst["lead_time"].values) / pd.Timedelta(hours=1)
+    n_lead, n_st = vals.shape
+    df = pd.DataFrame({
+        "station": np.tile(np.asarray(fcst["station"].values, dtype=str), n_lead),
+        "lat": np.tile(np.asarray(fcst["lat"].values), n_lead),
+        "lon": np.tile(np.asarray(fcst["lon"].values), n_lead),
+        "issue_time": fcst.attrs["issue_time"],
+        "valid_time": np.repeat(pd.DatetimeIndex(fcst["time"].values).strftime("%Y-%m-%dT%H:%M"), n_st),
+        "lead_time_h": np.repeat(np.asarray(lead_h, dtype=float), n_st),
+        variable: vals.reshape(-1),
+        "units": fcst[variable].attrs.get("units", ""),
+    })
+    df.to_csv(path, index=False, float_format="%.4f")
+
+
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401 - optional dependency (the 'plot' extra): checked before any work
+    except ImportError:
+        raise click.ClickException("--plot needs matplotlib: pip install 'urlk-forecast[plot]'") from None
+
+
+def _plot(history: xr.Dataset, fcst: xr.Dataset, path: Path, variable: str, stations: list[str] | None,
+          seq_len: int) -> None:
+    """History (last 3 x seq_len steps) and forecast of up to 4 stations, one panel each, as a PNG at ``path``."""
+    import matplotlib  # optional dependency (the 'plot' extra), imported only with --plot
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ids = stations or [str(s) for s in fcst["station"].values[:: max(1, fcst.sizes["station"] // 4)][:4]]
+    units = fcst[variable].attrs.get("units", "")
+    fig, axes = plt.subplots(len(ids), 1, figsize=(9, 2.4 * len(ids)), sharex=True, squeeze=False)
+    try:
+        hist = history.isel(time=slice(-3 * seq_len, None))
+        for ax, sid in zip(axes[:, 0], ids):
+            h = hist[variable].sel(station=sid)
+            f = fcst[variable].sel(station=sid)
+            ax.plot(pd.DatetimeIndex(hist["time"].values), np.asarray(h.values), color="0.3", lw=1.2,
+                    label="history")
+            ax.plot(pd.DatetimeIndex(fcst["time"].values), np.asarray(f.values), color="tab:red", lw=1.6,
+                    label="forecast")
+            ax.axvline(pd.Timestamp(fcst.attrs["issue_time"]), color="0.6", ls="--", lw=0.8)
+            name = str(fcst["name"].sel(station=sid).values) if "name" in fcst.coords else sid
+            ax.set_title(f"{sid} {name if name != sid else ''}".strip(), fontsize=9, loc="left")
+            ax.set_ylabel(units)
+        axes[0, 0].legend(loc="upper left", fontsize=8)
+        fig.suptitle(f"{variable} forecast issued {fcst.attrs['issue_time']}", fontsize=10)
+        fig.autofmt_xdate()
+        fig.tight_layout()
+        fig.savefig(path, format="png", dpi=110)
+    finally:
+        plt.close(fig)

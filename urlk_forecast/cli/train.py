@@ -1,0 +1,352 @@
+"""``urlk-forecast train``: fit a Forecaster into a run directory, then score it against baselines.
+
+Trains on the synthetic 3850-station default (or any ``--data`` file/directory a reader understands), time-boxed by
+``--max-time`` so the default finishes within ~15 minutes on a 2-core CPU, then prints the model next to
+persistence, seasonal naive and GBDT on the test windows ``benchmark`` scores (cli/train_report.py). ``--devices N``
+re-launches itself under ``torchrun`` (DDP). The run layout is :class:`~urlk_forecast.rundir.RunDir`'s.
+
+Every option, the network's ``--model-kw`` keys and the data are checked before the run directory is created, so a
+mistake leaves nothing behind (and ``--resume``, which only considers runs with a checkpoint, never picks it up).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+import xarray as xr
+
+from .. import distributed as D
+from ..config import QUICK_TRAIN_DEFAULTS, ConfigError, TrainConfig
+from ..data.windows import WindowDataset, split_dataset
+from ..forecaster import Forecaster, parse_model_name
+from ..models.encoders import encoder_options
+from ..models.forecast_net import ForecastNet
+from ..rundir import RunDir, file_data, open_data, runs_root, synthetic_data
+from ..training import seed_everything
+from .errors import command_logging, user_errors
+from .train_report import DEFAULT_EVAL_WINDOWS, final_table, print_report
+
+__all__ = ["train"]
+
+_VARIABLES = ("temperature", "wind_speed")
+_TRAIN_OPTION_KEYS = (
+    "data", "variable", "model", "model_kw", "seq_len", "label_len", "pred_len", "epochs", "batch_size", "lr",
+    "lr_decay", "patience", "steps_per_epoch", "device", "max_time", "max_steps", "amp", "checkpointing",
+    "grad_clip", "seed", "stations", "hours", "val_windows", "eval_windows", "checkpoint_every", "schedule",
+    "threads",
+)
+# never forwarded to the torchrun children (they are launcher options, or re-derived)
+_LAUNCH_ONLY = ("devices", "nnodes", "node_rank", "master_addr", "master_port", "rdzv_endpoint")
+# ForecastNet arguments the Forecaster sets itself (not --model-kw keys)
+_SET_BY_FORECASTER = {"self", "n_stations", "coords", "seq_len", "label_len", "pred_len", "encoder", "variant",
+                      "encoder_kw"}
+# Python argument names in library messages -> this command's flags
+_FLAGS = {"variable": "--var", "model": "--model", "seq_len": "--seq-len", "label_len": "--label-len",
+          "pred_len": "--pred-len", "stations": "--stations", "hours": "--hours", "data": "--data"}
+
+log = logging.getLogger("urlk_forecast.cli")
+
+
+@dataclass
+class _Plan:
+    """What a training run is made of, all checked before anything is written."""
+
+    cfg: TrainConfig
+    forecaster: Forecaster
+    data: dict[str, Any]
+    options: dict[str, Any]
+
+
+@click.command("train")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Station data file or directory (any supported format). Default: the synthetic set.")
+@click.option("--var", "variable", type=click.Choice(_VARIABLES), default="temperature", show_default=True,
+              help="Variable to forecast.")
+@click.option("--model", default="unireplknet_a", show_default=True,
+              help="unireplknet_<a|f|p|n|t|s|b|l|xl|h>, convnext[_v], resnet[_v] or corrformer[_v].")
+@click.option("--model-kw", multiple=True, metavar="KEY=VALUE",
+              help="Extra network argument (repeatable), e.g. --model-kw d_model=128 --model-kw dropout=0.1.")
+@click.option("--seq-len", type=click.IntRange(min=2), default=48, show_default=True, help="Input steps.")
+@click.option("--label-len", type=click.IntRange(min=0), default=24, show_default=True,
+              help="Decoder start-token steps.")
+@click.option("--pred-len", type=click.IntRange(min=1), default=24, show_default=True, help="Forecast steps.")
+@click.option("--schedule", type=click.Choice(["quick", "paper"]), default="quick", show_default=True,
+              help="quick: time-boxed CPU defaults; paper: lr 1e-4 halved per epoch, 10 epochs, batch 32, "
+                   "patience 3, no time limit. Options below override either.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Global batch size (windows per optimiser step).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Initial learning rate (Adam).")
+@click.option("--lr-decay", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="LR factor after each epoch (paper: 0.5).")
+@click.option("--patience", type=click.IntRange(min=0), default=None,
+              help="Early-stopping patience in epochs (0 = off).")
+@click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None, help="Cap on optimiser steps per epoch.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--max-time", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds of training before a clean stop.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Optimiser steps before a clean stop.")
+@click.option("--amp", type=click.Choice(["none", "auto", "bf16", "fp16"]), default="none", show_default=True,
+              help="Mixed precision (bf16 on CPU; bf16 or fp16 on CUDA).")
+@click.option("--checkpointing/--no-checkpointing", default=False, show_default=True,
+              help="Gradient checkpointing (less memory, ~1.3x compute).")
+@click.option("--grad-clip", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Clip the global gradient norm to this value.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out (default: the latest run with a checkpoint) from its checkpoint.")
+@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes per node for DDP (spawns torchrun; GPUs or CPU processes).")
+@click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True, help="Nodes for multi-node DDP.")
+@click.option("--node-rank", type=click.IntRange(min=0), default=None,
+              help="This node's rank (multi-node, static rendezvous).")
+@click.option("--master-addr", default=None, help="Rank-0 node address (multi-node).")
+@click.option("--master-port", type=click.IntRange(1, 65535), default=None, help="Rank-0 port (multi-node).")
+@click.option("--rdzv-endpoint", default=None, help="host:port of a c10d rendezvous (multi-node, elastic).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data, init and data order.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run directory (default runs/<time>).")
+@click.option("--stations", type=click.IntRange(min=1), default=QUICK_TRAIN_DEFAULTS["stations"], show_default=True,
+              help="Synthetic stations (without --data).")
+@click.option("--hours", type=click.IntRange(min=1), default=QUICK_TRAIN_DEFAULTS["hours"], show_default=True,
+              help="Synthetic hours (without --data).")
+@click.option("--val-windows", type=click.IntRange(min=1), default=None,
+              help="Validation windows per epoch (evenly spaced).")
+@click.option("--eval-windows", type=click.IntRange(min=0), default=DEFAULT_EVAL_WINDOWS, show_default=True,
+              help="Test windows of the final model-vs-baselines table, evenly spaced as in `benchmark "
+                   "--max-windows` (0 = all).")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=None, help="Also checkpoint every N steps.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads per process.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.pass_context
+def train(ctx: click.Context, **opts: Any) -> None:
+    """Train a forecaster (default: synthetic 3850 stations, ~10 min on CPU) and compare it with baselines."""
+    main = int(os.environ.get("RANK", "0")) == 0
+    with command_logging(main), user_errors(_FLAGS):
+        run = _resolve_run(opts)
+        if run is not None and opts["resume"]:
+            opts = _merge_resumed_options(ctx, opts, run)
+        plan = _plan(opts)
+        if opts["devices"] > 1 or opts["nnodes"] > 1:
+            if D.launched_by_torchrun():
+                raise click.ClickException("--devices is for the launching command; torchrun already started "
+                                           "these processes")
+            sys.exit(_launch_torchrun(ctx, opts, run or RunDir.unused(runs_root())))
+        _train_here(plan, run, main)
+
+
+# --------------------------------------------------------------------------------------------- the run directory
+def _resolve_run(opts: dict[str, Any]) -> RunDir | None:
+    """The run to train into (not created here): ``--out`` or the run to resume; None for a new run under runs/."""
+    if opts["resume"]:
+        if opts["out"] is None:
+            try:
+                return RunDir.latest_resumable(runs_root())
+            except FileNotFoundError as e:
+                raise click.ClickException(f"--resume: {e}; pass --out DIR") from None
+        run = RunDir(opts["out"])
+        if not run.is_run:
+            raise click.ClickException(f"--resume: {run} is not a run directory (no run.json)")
+        if not run.has_checkpoint:
+            raise click.ClickException(f"--resume: {run} has no checkpoint ({run.checkpoint}) to resume from; "
+                                       "train it again without --resume")
+        return run
+    if opts["out"] is not None:
+        run = RunDir(opts["out"])
+        # (torchrun's ranks and the other nodes of a multi-node job share the directory rank 0 starts)
+        if run.is_run and not D.launched_by_torchrun() and opts["nnodes"] == 1:
+            raise click.ClickException(f"--out {run} already holds a run; continue it with --resume or choose "
+                                       "another --out")
+        if run.path.exists() and not run.path.is_dir():
+            raise click.ClickException(f"--out {run}: exists and is not a directory")
+        return run
+    return None
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    src = ctx.get_parameter_source(name)
+    return src is not None and src.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def _merge_resumed_options(ctx: click.Context, opts: dict[str, Any], run: RunDir) -> dict[str, Any]:
+    """On --resume the run's recorded options apply, except those given again on this command line."""
+    saved = run.options
+    merged = dict(opts)
+    for k in _TRAIN_OPTION_KEYS:
+        if k in saved and not _given(ctx, k):
+            merged[k] = saved[k]
+    if merged.get("data") is not None:
+        merged["data"] = Path(merged["data"])
+    merged["model_kw"] = tuple(merged.get("model_kw") or ())
+    return merged
+
+
+# ------------------------------------------------------------------------------------------------ the checks
+def _parse_model_kw(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; VALUE is read as JSON when it parses (numbers, lists, true/null), else a string."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--model-kw")
+        k, v = item.split("=", 1)
+        k = k.strip().replace("-", "_")
+        if not k.isidentifier():
+            raise click.BadParameter(f"{k!r} is not a valid keyword name", param_hint="--model-kw")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def accepted_model_kw(encoder: str) -> list[str]:
+    """The ``--model-kw`` keys a model of ``encoder`` accepts: the network's own arguments, the encoder's options
+    and the Forecaster's ``max_gap``."""
+    net = set(inspect.signature(ForecastNet.__init__).parameters) - _SET_BY_FORECASTER
+    return sorted(net | set(encoder_options(encoder)) | {"max_gap"})
+
+
+def _check_model_kw(encoder: str, model_kw: dict[str, Any]) -> None:
+    accepted = accepted_model_kw(encoder)
+    unknown = [k for k in model_kw if k not in accepted]
+    if unknown:
+        raise click.ClickException(f"--model-kw: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                                   f"for a {encoder} model; accepted: {', '.join(accepted)}")
+
+
+def _train_config(opts: dict[str, Any]) -> TrainConfig:
+    base: dict[str, Any] = {}
+    if opts["schedule"] == "quick":
+        q = QUICK_TRAIN_DEFAULTS
+        base = {k: q[k] for k in ("max_time", "batch_size", "lr", "lr_decay", "epochs", "steps_per_epoch",
+                                  "val_windows", "grad_clip")}
+    for k in ("epochs", "batch_size", "lr", "lr_decay", "patience", "steps_per_epoch", "max_time", "max_steps",
+              "grad_clip", "val_windows", "checkpoint_every"):
+        if opts.get(k) is not None:
+            base[k] = opts[k]
+    base.update(device=opts["device"], amp=opts["amp"], checkpointing=bool(opts["checkpointing"]),
+                seed=int(opts["seed"]), progress=opts.get("progress"), resume=bool(opts["resume"]))
+    base.setdefault("checkpoint_every", 10)
+    try:
+        return TrainConfig(**base)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _plan(opts: dict[str, Any]) -> _Plan:
+    """Check every option (no data read yet) and return what the run is made of."""
+    cfg = _train_config(opts)
+    if opts["label_len"] > opts["seq_len"]:
+        raise click.ClickException(f"--label-len {opts['label_len']} must not exceed --seq-len {opts['seq_len']}")
+    model_kw = _parse_model_kw(opts["model_kw"])
+    encoder, _ = parse_model_name(opts["model"])
+    _check_model_kw(encoder, model_kw)
+    fc = Forecaster(opts["model"], variable=opts["variable"], seq_len=opts["seq_len"],
+                    label_len=opts["label_len"], pred_len=opts["pred_len"], **model_kw)
+    if opts["data"] is not None:
+        if not Path(opts["data"]).exists():
+            raise click.ClickException(f"--data {opts['data']}: no such file or directory")
+        data = file_data(opts["data"])
+    else:
+        data = synthetic_data(opts["stations"], opts["hours"], opts["seed"])
+    options = {k: (str(v) if isinstance(v, Path) else (list(v) if isinstance(v, tuple) else v))
+               for k, v in opts.items() if k in _TRAIN_OPTION_KEYS}
+    return _Plan(cfg=cfg, forecaster=fc, data=data, options=options)
+
+
+def _split(plan: _Plan) -> tuple[dict[str, xr.Dataset], WindowDataset]:
+    """Open and split the data; check that training and the final table both have windows. Returns the splits and
+    the test windows."""
+    fc = plan.forecaster
+    t0 = time.perf_counter()
+    ds = open_data(plan.data, fc.variable)
+    parts = split_dataset(ds, context=fc.seq_len)
+    need = fc.seq_len + fc.pred_len
+    for name in ("train", "test"):
+        steps = parts[name].sizes["time"]
+        if steps < need:
+            raise click.ClickException(
+                f"--seq-len {fc.seq_len} + --pred-len {fc.pred_len} = {need} steps do not fit in the {name} split "
+                f"({steps} of the data's {ds.sizes['time']} steps); use shorter windows or more data")
+    test_ws = WindowDataset(parts["test"], fc.variable, fc.seq_len, fc.label_len, fc.pred_len, max_gap=fc.max_gap)
+    if len(test_ws) == 0:
+        raise click.ClickException(f"the test split ({parts['test'].sizes['time']} steps) has no complete window of "
+                                   f"--seq-len {fc.seq_len} + --pred-len {fc.pred_len}; use shorter windows")
+    desc = "synthetic" if plan.data["kind"] == "synthetic" else plan.data["path"]
+    log.info("data: %s, %d stations x %d steps of %s (%.1f s)", desc, ds.sizes["station"], ds.sizes["time"],
+             fc.variable, time.perf_counter() - t0)
+    return parts, test_ws
+
+
+# -------------------------------------------------------------------------------------------------- training
+def _train_here(plan: _Plan, run: RunDir | None, main: bool) -> None:
+    """Train in this process (one of several under torchrun); only rank 0 (``main``) writes the run."""
+    opts, fc = plan.options, plan.forecaster
+    if opts.get("threads"):
+        torch.set_num_threads(int(opts["threads"]))
+    parts, test_ws = _split(plan)  # the last check: nothing has been written so far
+    if run is None:
+        run = RunDir.create(runs_root())
+    if main:
+        if not plan.cfg.resume:
+            run.start(plan.options, plan.data, world_size=int(os.environ.get("WORLD_SIZE", "1")), argv=sys.argv)
+        log.info("run directory: %s", run)
+    seed_everything(plan.cfg.seed)  # the network's initialisation
+    fc.fit(parts["train"], val=parts["val"], config=plan.cfg.replace(out_dir=str(run.train_dir)))
+    if not main:
+        D.cleanup()
+        return
+    fc.save(run.model_dir)
+    outcome = {k: v for k, v in fc.train_info.get("result", {}).items() if k != "step_losses"}
+    log.info("saved the model to %s (%s after %s steps, %.0f s)", run.model_dir, outcome.get("stopped"),
+             outcome.get("steps"), float(outcome.get("elapsed_s") or 0.0))
+    report = final_table(fc, parts["train"], test_ws, opts.get("eval_windows"), threads=opts.get("threads"),
+                         progress=log.info)
+    report["train"] = outcome
+    run.write_metrics(report)
+    run.finish("done")
+    print_report(report, plan.cfg)
+    D.cleanup()
+
+
+def _launch_torchrun(ctx: click.Context, opts: dict[str, Any], run: RunDir) -> int:
+    """Re-run this command under torchrun with the same options (launcher options removed, --out fixed)."""
+    args = ["train"]
+    for param in ctx.command.params:
+        name = param.name
+        assert name is not None
+        if name in _LAUNCH_ONLY or name == "out" or not _given(ctx, name) and name not in ("resume",):
+            continue
+        value = opts[name]
+        if isinstance(param, click.Option):
+            flag = param.opts[0]
+            if param.is_flag:
+                if param.secondary_opts:
+                    args.append(flag if value else param.secondary_opts[0])
+                elif value:
+                    args.append(flag)
+            elif param.multiple:
+                for v in value:
+                    args += [flag, str(v)]
+            elif value is not None:
+                args += [flag, str(value)]
+    args += ["--out", str(run)]
+    cmd = D.torchrun_command(opts["devices"], args, nnodes=opts["nnodes"], node_rank=opts["node_rank"],
+                             master_addr=opts["master_addr"], master_port=opts["master_port"],
+                             rdzv_endpoint=opts["rdzv_endpoint"])
+    click.echo("launching: " + " ".join(cmd), err=True)
+    env = dict(os.environ)
+    if opts.get("threads") is None and "OMP_NUM_THREADS" not in env:
+        cpus = os.cpu_count() or 1
+        env["OMP_NUM_THREADS"] = str(max(1, cpus // max(opts["devices"], 1)))
+    return subprocess.call(cmd, env=env)
