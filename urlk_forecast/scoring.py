@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from .data.windows import WindowSource
 from .metrics import evaluate_arrays, per_horizon
@@ -111,8 +112,9 @@ def window_targets(ws: WindowSource, indices: np.ndarray) -> tuple[np.ndarray, n
     return y, mask
 
 
-def to_numpy(a: Any) -> np.ndarray:
-    """A torch tensor or array-like as a numpy array (no copy when already numpy)."""
+def to_numpy(a: ArrayLike) -> np.ndarray:
+    """A torch tensor (it has ``detach``; torch is not imported here) or array-like as a numpy array (no copy when
+    already numpy)."""
     return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numba
 import numpy as np
@@ -34,6 +34,9 @@ import xarray as xr
 
 from ..data.windows import WindowDataset, WindowSource
 from .base import Baseline, resolve_indices, window_arrays, window_geometry
+
+if TYPE_CHECKING:  # scikit-learn is imported only when fitting (it is slow to import)
+    from sklearn.ensemble import HistGradientBoostingRegressor
 
 __all__ = ["GBDT", "Forest"]
 
@@ -76,7 +79,7 @@ class Forest:
     order, so the result equals ``model.predict`` (tested).
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: HistGradientBoostingRegressor) -> None:
         preds = [it[0] for it in model._predictors]  # one tree per iteration for single-output regression
         nodes = [p.nodes for p in preds]
         if any(n["is_categorical"].any() for n in nodes):
@@ -146,7 +149,7 @@ class GBDT(Baseline):
             "l2_regularization": float(l2_regularization), "early_stopping": True, "validation_fraction": 0.1,
             "n_iter_no_change": 15, "random_state": self.random_state,
         }
-        self.model: Any = None
+        self.model: HistGradientBoostingRegressor | None = None
         self.station_geo: np.ndarray | None = None  # (S, 3) lat, lon, elevation (training order)
         self.n_train_rows: int = 0
         self.used_features: np.ndarray | None = None

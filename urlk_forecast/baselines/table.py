@@ -56,6 +56,9 @@ PAPER_TABLE12: dict[str, dict[str, tuple[float, float]]] = {
 }
 
 Progress = Callable[[str], None]
+#: A dataset argument: in memory, or a path :func:`~urlk_forecast.data.readers.open_dataset` reads (for ``gfs``, a
+#: grid file, or the string ``"synthetic"``).
+DataSource = xr.Dataset | str | os.PathLike[str]
 
 
 @dataclass
@@ -168,7 +171,7 @@ def _per_lead(table: ScoreTable) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------------- running
-def _load_data(data: Any, stations: int | None, hours: int | None, seed: int, progress: Progress
+def _load_data(data: DataSource | None, stations: int | None, hours: int | None, seed: int, progress: Progress
                ) -> tuple[xr.Dataset, str]:
     if data is None:
         n = 3850 if stations is None else int(stations)
@@ -217,7 +220,7 @@ def _warn_if_in_sample(model: Forecaster, test: xr.Dataset) -> None:
                       "its row is not an out-of-sample score", RuntimeWarning, stacklevel=3)
 
 
-def _method_names(baselines: Sequence[str] | None, gfs: Any, ds: xr.Dataset) -> list[str]:
+def _method_names(baselines: Sequence[str] | None, gfs: DataSource | None, ds: xr.Dataset) -> list[str]:
     """Registry names to run: ``baselines`` or the defaults (+ ``prophet`` if installed), + ``gfs`` with a grid."""
     names = [normalize_name(n) for n in (baselines if baselines is not None else DEFAULT_BASELINES) if n.strip()]
     if baselines is None and prophet_available():
@@ -243,7 +246,7 @@ class _Setup:
     n_jobs: int | None
     threads: int | None
     prophet_stations: int
-    gfs: Any
+    gfs: DataSource | None
     test: xr.Dataset
     seed: int
 
@@ -292,8 +295,8 @@ def _fit_baselines(names: Sequence[str], train: xr.Dataset, st: _Setup, failures
     return fitted
 
 
-def run_benchmark(data: Any = None, variable: str = "temperature", baselines: Sequence[str] | None = None,
-                  run: str | os.PathLike[str] | None = None, gfs: Any = None, stations: int | None = None,
+def run_benchmark(data: DataSource | None = None, variable: str = "temperature", baselines: Sequence[str] | None = None,
+                  run: str | os.PathLike[str] | None = None, gfs: DataSource | None = None, stations: int | None = None,
                   hours: int | None = None, max_windows: int | None = 512, seq_len: int = 48,
                   label_len: int = 24, pred_len: int = 24,
                   n_jobs: int | None = None, threads: int | None = None, prophet_stations: int = 8,

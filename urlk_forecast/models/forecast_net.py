@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch import nn
 
 from ..utils import normalize_name, to_jsonable
@@ -81,7 +82,7 @@ def _node_list(node_list: Sequence[int] | None, n_nodes: int, n_stations: int, n
     return out
 
 
-def _coords_tensor(coords: Any, n_stations: int) -> torch.Tensor:
+def _coords_tensor(coords: ArrayLike | None, n_stations: int) -> torch.Tensor:
     """``(n_stations, 3)`` standardised lat/lon/elevation as float32 (zeros when not given)."""
     if coords is None:
         return torch.zeros(n_stations, 3)
@@ -100,7 +101,7 @@ class ForecastNet(nn.Module):
     def __init__(
         self,
         n_stations: int,
-        coords: Any = None,
+        coords: ArrayLike | None = None,
         node_size: int = 11,
         seq_len: int = 48,
         label_len: int = 24,

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
+from numpy.typing import ArrayLike
 from torch import nn
 
 __all__ = ["large_kernel_fusion", "LargeKernelFusion", "ForecastFusion", "build_forecast_fusion"]
@@ -208,7 +208,8 @@ class ForecastFusion(nn.Module):
 
     def __init__(self, d_model: int, n_stations: int, node_size: int, n_nodes: int, channels: int = 1,
                  length: int = 48, kernel_size: int | None = None, merge: str = "append",
-                 grid_points: Any = None, key: str = "aux", init_scale: float = 0.1, method: str = "auto") -> None:
+                 grid_points: torch.Tensor | ArrayLike | None = None, key: str = "aux", init_scale: float = 0.1,
+                 method: str = "auto") -> None:
         super().__init__()
         if merge not in ("append", "add"):
             raise ValueError(f"fusion merge must be 'append' or 'add', got {merge!r}")
@@ -301,7 +302,8 @@ class ForecastFusion(nn.Module):
 
 def build_forecast_fusion(*, d_model: int, seq_len: int, n_nodes: int, node_size: int, n_stations: int,
                           channels: int = 1, length: int | None = None, kernel_size: int | None = None,
-                          merge: str = "append", grid_points: Any = None, key: str = "aux",
+                          merge: str = "append", grid_points: torch.Tensor | ArrayLike | None = None,
+                          key: str = "aux",
                           init_scale: float = 0.1, method: str = "auto") -> ForecastFusion:
     """Builder called by ``ForecastNet(fusion={...})``; ``length`` defaults to ``seq_len`` aux steps."""
     return ForecastFusion(d_model, n_stations, node_size, n_nodes, channels=channels,

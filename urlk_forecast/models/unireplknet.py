@@ -50,6 +50,10 @@ __all__ = [
 
 MIN_INPUT_SIZE = 32
 
+#: ``kernel_sizes`` of :class:`UniRepLKNet`: one size everywhere, or one entry per stage (an int for the whole stage
+#: or one int per block).
+KernelSizes = int | Sequence[int | Sequence[int]]
+
 
 # --------------------------------------------------------------------------------------------------- layers
 class GRNwithNHWC(nn.Module):
@@ -297,7 +301,7 @@ def default_kernel_sizes(depths: Sequence[int]) -> tuple[tuple[int, ...], ...]:
     return (3,) * d0, (13,) * d1, third, (13,) * d3
 
 
-def _resolve_kernel_sizes(kernel_sizes: Any, depths: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+def _resolve_kernel_sizes(kernel_sizes: KernelSizes | None, depths: Sequence[int]) -> tuple[tuple[int, ...], ...]:
     if kernel_sizes is None:
         return default_kernel_sizes(depths)
     if isinstance(kernel_sizes, int) and not isinstance(kernel_sizes, bool):
@@ -353,7 +357,7 @@ class UniRepLKNet(nn.Module):
         num_classes: int = 1000,
         depths: Sequence[int] = (3, 3, 27, 3),
         dims: Sequence[int] = (96, 192, 384, 768),
-        kernel_sizes: Any = None,
+        kernel_sizes: KernelSizes | None = None,
         drop_path_rate: float = 0.0,
         layer_scale_init_value: float | None = 1e-6,
         head_init_scale: float = 1.0,
