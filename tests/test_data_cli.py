@@ -154,6 +154,22 @@ def test_info_usage_errors(tmp_path):
     (tmp_path / "junk.bin").write_bytes(b"\x00\x01garbage")
     r = CliRunner().invoke(data, ["info", str(tmp_path / "junk.bin")])
     assert r.exit_code == 1 and "junk.bin, line 1: unknown format" in r.output and "Traceback" not in r.output
+    assert "pass --format one of ['corrformer', 'csv-long'" in r.output and "format=" not in r.output
+
+
+def test_library_errors_name_the_flags(tmp_path):
+    src = xr.Dataset(
+        {"tas": (("valid_time", "site"), np.array([[273.15, 283.15], [274.15, 284.15]], "f4"), {"units": "K"})},
+        coords={"valid_time": pd.date_range("2021-01-01", periods=2, freq="h"), "site": ["a", "b"],
+                "latitude": ("site", [1.0, 2.0]), "longitude": ("site", [3.0, 4.0])},
+    )
+    src.to_netcdf(tmp_path / "cf.nc")
+    r = CliRunner().invoke(data, ["convert", str(tmp_path / "cf.nc"), "-o", str(tmp_path / "o.nc")])
+    assert r.exit_code == 1 and "map the file's name onto it, e.g. --name-map <name>=station" in r.output
+    r = CliRunner().invoke(data, ["convert", str(tmp_path / "cf.nc"), "-o", str(tmp_path / "o.nc"), "--name-map",
+                                  "site=station"])
+    assert r.exit_code == 1 and "map one, e.g. --name-map t2m=temperature" in r.output
+    assert "name_map" not in r.output and not (tmp_path / "o.nc").exists()
 
 
 def test_years_parsing():
