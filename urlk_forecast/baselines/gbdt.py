@@ -68,6 +68,22 @@ def _forest_predict(X: np.ndarray, feature: np.ndarray, threshold: np.ndarray, m
         out[i] = acc
 
 
+def _mean_last_24(xv: np.ndarray) -> np.ndarray:
+    """(N, S) mean of the observed values among the last (up to) 24 inputs of ``xv`` (N, L, S, NaN = missing); NaN
+    where none is observed."""
+    tail = xv[:, max(xv.shape[1] - 24, 0):, :]
+    cnt = np.isfinite(tail).sum(1)
+    with np.errstate(invalid="ignore"):
+        return np.where(cnt > 0, np.nansum(tail, axis=1) / np.maximum(cnt, 1), np.nan)
+
+
+def _hour_and_doy(tgt_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fractional UTC hour of day and day of year (1-based) of target times given as int64 nanoseconds."""
+    hour = (tgt_ns // _NS_PER_HOUR) % 24 + ((tgt_ns % _NS_PER_HOUR) / _NS_PER_HOUR)
+    td = tgt_ns.astype("datetime64[ns]")
+    doy = (td.astype("datetime64[D]") - td.astype("datetime64[Y]")).astype(np.int64) + 1
+    return hour, doy
+
 class Forest:
     """The trees of a fitted ``HistGradientBoostingRegressor`` (numeric features) as flat arrays, evaluated by a
     compiled row-by-row traversal.
@@ -178,17 +194,10 @@ class GBDT(Baseline):
             ok = (src >= 0) & (src < L)
             F[:, j] = np.where(ok, xv[n, np.clip(src, 0, L - 1), s], np.nan)
             j += 1
-        with np.errstate(invalid="ignore"):
-            k = min(24, L)
-            tail = xv[:, L - k :, :]
-            cnt = np.isfinite(tail).sum(1)
-            mean = np.where(cnt > 0, np.nansum(tail, axis=1) / np.maximum(cnt, 1), np.nan)
-        F[:, j] = mean[n, s]
+        F[:, j] = _mean_last_24(xv)[n, s]
         j += 1
         tgt = starts_ns[n] + (L + h).astype(np.int64) * step_ns
-        hour = (tgt // _NS_PER_HOUR) % 24 + ((tgt % _NS_PER_HOUR) / _NS_PER_HOUR)
-        td = tgt.astype("datetime64[ns]")
-        doy = (td.astype("datetime64[D]") - td.astype("datetime64[Y]")).astype(np.int64) + 1
+        hour, doy = _hour_and_doy(tgt)
         lat, lon, elev = geo[s, 0], geo[s, 1], geo[s, 2]
         solar = (hour + lon / 15.0) % 24
         F[:, j] = np.sin(2 * np.pi * hour / 24)
@@ -218,17 +227,10 @@ class GBDT(Baseline):
             ok = (src >= 0) & (src < L)
             F[..., j] = np.where(ok[None, :, None], xv[:, np.clip(src, 0, L - 1), :], np.nan)
             j += 1
-        with np.errstate(invalid="ignore"):
-            k = min(24, L)
-            tail = xv[:, L - k :, :]
-            cnt = np.isfinite(tail).sum(1)
-            mean = np.where(cnt > 0, np.nansum(tail, axis=1) / np.maximum(cnt, 1), np.nan)
-        F[..., j] = mean[:, None, :]
+        F[..., j] = _mean_last_24(xv)[:, None, :]
         j += 1
         tgt = starts_ns[:, None] + (L + hs).astype(np.int64)[None, :] * step_ns  # (N, H)
-        hour = (tgt // _NS_PER_HOUR) % 24 + ((tgt % _NS_PER_HOUR) / _NS_PER_HOUR)
-        td = tgt.astype("datetime64[ns]")
-        doy = (td.astype("datetime64[D]") - td.astype("datetime64[Y]")).astype(np.int64) + 1
+        hour, doy = _hour_and_doy(tgt)
         lat, lon, elev = geo[:, 0], geo[:, 1], geo[:, 2]
         solar = (hour[:, :, None] + lon[None, None, :] / 15.0) % 24
         F[..., j] = np.sin(2 * np.pi * hour / 24)[:, :, None]
