@@ -104,6 +104,11 @@ def _is_sentinel(raw: np.ndarray) -> np.ndarray:
     return (np.abs(r - _SENTINELS) <= _SENTINEL_TOL).any(axis=-1)
 
 
+def _example(loc: str) -> str:
+    """``"first on line 3: "`` when the place is known, else ``"e.g. "``."""
+    return f"first {loc}: " if loc else "e.g. "
+
+
 def _fmt(x: float, unit: str) -> str:
     return f"{float(x):g} {unit}"
 
@@ -152,8 +157,8 @@ def _check_one(
         raise ReaderError(
             source,
             f"{len(out_idx)} of {n_valid} {field} values ({100.0 * len(out_idx) / n_valid:.0f} %) are outside the "
-            f"plausible {spec.long_name} range {spec.range_text()} (first {loc or 'e.g.'}: "
-            f"{_fmt(raw_flat[out_idx[0]], unit)}); {_guess_unit(raw_flat[ok], spec, unit)}",
+            f"plausible {spec.long_name} range {spec.range_text()} "
+            f"({_example(loc)}{_fmt(raw_flat[out_idx[0]], unit)}); {_guess_unit(raw_flat[ok], spec, unit)}",
             line,
             field,
         )
@@ -162,7 +167,7 @@ def _check_one(
         _, loc = where(int(out_idx[0]))
         parts.append(
             f"{len(out_idx)} {field} value(s) outside the plausible range {spec.range_text()} set to NaN "
-            f"(first {loc + ': ' if loc else 'e.g. '}{_fmt(raw_flat[out_idx[0]], unit)})"
+            f"({_example(loc)}{_fmt(raw_flat[out_idx[0]], unit)})"
         )
     if len(sent_idx):
         codes = sorted({float(c) for c in raw_flat[sent_idx][:1000].astype(np.float64).round(2)})
@@ -195,7 +200,7 @@ def _check_relations(
             loc = locate(i)[1] if locate is not None else ""
             parts.append(
                 f"{int(bad.sum())} {fields.get(name, name)} value(s) above {fields.get(other, other)} + {tol:g} "
-                f"set to NaN (first {loc + ': ' if loc else 'e.g. '}{vals.reshape(-1)[i]:g} > "
+                f"set to NaN ({_example(loc)}{vals.reshape(-1)[i]:g} > "
                 f"{out[other].reshape(-1)[i]:g} {spec.units})"
             )
             out[name] = np.where(bad, np.float32(np.nan), vals)

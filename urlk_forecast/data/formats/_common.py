@@ -32,7 +32,6 @@ __all__ = [
     "check_unique",
     "csv_table",
     "check_complete",
-    "directory_files",
 ]
 
 PathLike = str | os.PathLike
@@ -103,14 +102,6 @@ def check_complete(data: bytes | str, path: PathLike) -> None:
         "the file ends in the middle of this line (no final newline): it looks truncated, so its last "
         "values may be cut short; re-download or re-copy it (or add the newline if the line is complete)",
         line,
-    )
-
-
-def directory_files(directory: PathLike, suffixes: tuple[str, ...]) -> list[Path]:
-    """Files under ``directory`` (recursively, sorted) whose names end with one of ``suffixes``; hidden ones skipped."""
-    d = Path(directory)
-    return sorted(
-        p for p in d.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name.endswith(suffixes)
     )
 
 
