@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from urlk_forecast.models.modalities import (
+    KALDI_EPS,
     AudioAdapter,
     ImageAdapter,
     PointCloudAdapter,
@@ -18,6 +19,8 @@ from urlk_forecast.models.modalities import (
     grid_shape,
     grid_to_frames,
     hz_to_mel,
+    kaldi_mel_filterbank,
+    kaldi_window,
     mel_filterbank,
     mel_frequencies,
     mel_to_hz,
@@ -118,7 +121,7 @@ def test_log_mel_matches_float64_numpy_reference():
     sr, n_fft, hop, n_mels = 8000, 256, 80, 32
     g = torch.Generator().manual_seed(0)
     wave = torch.randn(2, 4000, generator=g, dtype=torch.float64)
-    ad = AudioAdapter(sr, n_fft, hop, n_mels=n_mels, window="hamming")
+    ad = AudioAdapter(sr, n_fft, hop, n_mels=n_mels, window="hamming", frontend="stft")
     out = ad(wave)
     T = 1 + 4000 // hop
     assert out.shape == (2, 1, T, n_mels) and ad.num_frames(4000) == T
@@ -136,7 +139,7 @@ def test_log_mel_matches_float64_numpy_reference():
 
 def test_pure_tone_lands_in_the_nearest_mel_band():
     sr, n_mels = 16000, 64
-    ad = AudioAdapter(sr, n_fft=512, hop_length=160, n_mels=n_mels)
+    ad = AudioAdapter(sr, n_fft=512, hop_length=160, n_mels=n_mels, frontend="stft")
     centres = mel_frequencies(n_mels, 0.0, sr / 2, "htk")[1:-1]
     for f0 in (300.0, 1234.0, 5000.0):
         t = torch.arange(sr // 2, dtype=torch.float32) / sr
@@ -145,19 +148,144 @@ def test_pure_tone_lands_in_the_nearest_mel_band():
         assert abs(band - int(np.argmin(np.abs(centres - f0)))) <= 1
 
 
+def _kaldi_reference_bank(n_fft, n_mels, sr, f_lo, f_hi):
+    """Kaldi's MelBanks (mel-computations.cc), float64 loops: triangles linear in mel = 1127 ln(1 + f/700) over the
+    bins k < n_fft/2; returns (n_mels, n_fft // 2)."""
+    def mel(f):
+        return 1127.0 * math.log(1.0 + f / 700.0)
+
+    lo, hi = mel(f_lo), mel(f_hi)
+    delta = (hi - lo) / (n_mels + 1)
+    bank = np.zeros((n_mels, n_fft // 2))
+    for m in range(n_mels):
+        left, centre, right = lo + m * delta, lo + (m + 1) * delta, lo + (m + 2) * delta
+        for k in range(n_fft // 2):
+            z = mel(k * sr / n_fft)
+            if left < z < right:
+                bank[m, k] = (z - left) / (centre - left) if z <= centre else (right - z) / (right - centre)
+    return bank
+
+
+def _kaldi_fbank_reference(wave, sr, window, n_mels=128, f_lo=20.0, preemph=0.97):
+    """Kaldi's fbank features (compute-fbank-feats, i.e. torchaudio.compliance.kaldi.fbank with dither 0 and no
+    energy) in float64, frame by frame: 25 ms frames every 10 ms (whole frames only), remove the DC offset,
+    pre-emphasis x[i] -= p x[i-1] (x[0] -= p x[0]), symmetric window, zero-pad to the next power of two, power
+    spectrum, mel banks (Nyquist bin excluded), log with the float32-epsilon floor."""
+    win, hop = int(sr * 0.025), int(sr * 0.010)
+    n_fft = 1
+    while n_fft < win:
+        n_fft *= 2
+    i = np.arange(win)
+    a = 2 * math.pi / (win - 1)
+    w = {"hanning": 0.5 - 0.5 * np.cos(a * i), "povey": (0.5 - 0.5 * np.cos(a * i)) ** 0.85,
+         "hamming": 0.54 - 0.46 * np.cos(a * i)}[window]
+    bank = _kaldi_reference_bank(n_fft, n_mels, sr, f_lo, sr / 2)
+    T = 1 + (len(wave) - win) // hop
+    out = np.empty((T, n_mels))
+    for t in range(T):
+        frame = np.asarray(wave[t * hop: t * hop + win], dtype=np.float64).copy()
+        frame -= frame.mean()
+        for k in range(win - 1, 0, -1):
+            frame[k] -= preemph * frame[k - 1]
+        frame[0] -= preemph * frame[0]
+        padded = np.zeros(n_fft)
+        padded[:win] = frame * w
+        power = np.abs(np.fft.rfft(padded))[: n_fft // 2] ** 2
+        out[t] = np.log(np.maximum(bank @ power, np.finfo(np.float32).eps))
+    return out
+
+
+def _test_waveform(sr=16000):
+    """1 s: two tones, a chirp and noise at speech-like levels, the last 0.2 s exact silence."""
+    g = np.random.default_rng(3)
+    t = np.arange(sr) / sr
+    x = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 3150 * t + 1.0)
+    x += 0.05 * np.sin(2 * np.pi * (200 + 3000 * t) * t) + 0.02 * g.standard_normal(sr) + 0.01  # + a DC offset
+    x[int(0.8 * sr):] = 0.0
+    return x.astype(np.float32)
+
+
+def test_kaldi_mel_filterbank_matches_kaldi_loops():
+    fb = kaldi_mel_filterbank(512, 128, 16000, 20.0)
+    assert fb.dtype == torch.float64 and fb.shape == (257, 128)
+    ref = _kaldi_reference_bank(512, 128, 16000, 20.0, 8000.0)
+    np.testing.assert_allclose(fb.numpy()[:256].T, ref, rtol=1e-12, atol=1e-13)
+    assert np.all(fb.numpy()[256] == 0)  # no weight on the Nyquist bin, as in Kaldi
+    # Kaldi's own bank has one empty filter here (97-141 mel lies between bins 2 and 3); it is kept, not an error
+    assert np.flatnonzero(fb.numpy().max(axis=0) <= 0).tolist() == [3]
+    np.testing.assert_allclose(hz_to_mel(np.array([700.0, 20.0]), "kaldi"), [1127 * math.log(2), 31.748578],
+                               rtol=1e-7)
+    np.testing.assert_allclose(mel_to_hz(hz_to_mel(np.array([20.0, 8000.0]), "kaldi"), "kaldi"), [20.0, 8000.0])
+    with pytest.raises(ValueError, match="even"):
+        kaldi_mel_filterbank(551, 64, 22050)
+
+
+def test_kaldi_windows_by_formula():
+    n = np.arange(400)
+    c = np.cos(2 * np.pi * n / 399)
+    np.testing.assert_allclose(kaldi_window("hanning", 400).numpy(), 0.5 - 0.5 * c, atol=1e-15)
+    np.testing.assert_allclose(kaldi_window("povey", 400).numpy(), (0.5 - 0.5 * c) ** 0.85, atol=1e-15)
+    np.testing.assert_allclose(kaldi_window("hamming", 400).numpy(), 0.54 - 0.46 * c, atol=1e-15)
+    assert kaldi_window("hanning", 400)[0] == 0 and kaldi_window("hanning", 400)[-1] == 0  # symmetric
+
+
+@pytest.mark.parametrize("window", [None, "povey", "hamming"])
+def test_default_audio_adapter_is_the_kaldi_fbank_of_the_paper(window):
+    """AudioAdapter() = the paper's (AST's) features on 1 s of 16 kHz audio: 98 x 128 Kaldi fbank (window
+    "hanning" by default), against a float64 Kaldi reference; Kaldi's povey and hamming windows too."""
+    wave = _test_waveform()
+    ad = AudioAdapter() if window is None else AudioAdapter(window=window)
+    assert (ad.sample_rate, ad.win_length, ad.hop_length, ad.n_fft, ad.n_mels) == (16000, 400, 160, 512, 128)
+    out = ad(torch.from_numpy(wave)[None])
+    assert out.shape == (1, 1, 98, 128) and out.dtype == torch.float32
+    ref = _kaldi_fbank_reference(wave, 16000, window or "hanning")
+    np.testing.assert_allclose(out[0, 0].numpy(), ref, rtol=1e-4, atol=1e-4)
+    assert np.all(ref[-10:] == math.log(KALDI_EPS))  # frames in the silent tail sit on the floor
+    assert np.all(ref[:, 3] == math.log(KALDI_EPS))  # the empty filter
+    # a pure tone: the loudest band is the one whose centre is nearest its frequency
+    lo, hi = hz_to_mel(20.0, "kaldi"), hz_to_mel(8000.0, "kaldi")
+    centres = mel_to_hz(lo + (hi - lo) / 129 * np.arange(1, 129), "kaldi")
+    for f0 in (440.0, 1234.0, 5000.0):
+        tone = torch.sin(2 * math.pi * f0 * torch.arange(16000, dtype=torch.float64) / 16000).float()
+        band = int(ad(tone[None])[0, 0].mean(0).argmax())
+        assert abs(band - int(np.argmin(np.abs(centres - f0)))) <= 1
+    # batch of two, (B, 1, N) input and float64 input give the same features
+    two = ad(torch.from_numpy(np.stack([wave, wave[::-1].copy()]))[:, None].double())
+    assert two.dtype == torch.float64
+    torch.testing.assert_close(two[:1].float(), out)
+    np.testing.assert_allclose(two[1, 0].numpy(), _kaldi_fbank_reference(wave[::-1], 16000, window or "hanning"),
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_audio_fixed_frames_normalisation_and_errors():
-    ad = AudioAdapter(8000, 256, 128, n_mels=32, n_frames=40, mean=-3.0, std=2.0)
+    stft = dict(n_mels=32, frontend="stft")
+    ad = AudioAdapter(8000, 256, 128, n_frames=40, mean=-3.0, std=2.0, **stft)
     x = torch.randn(3, 1, 8000)
     out = ad(x)
     assert out.shape == (3, 1, 40, 32)
-    raw = AudioAdapter(8000, 256, 128, n_mels=32)(x)
+    raw = AudioAdapter(8000, 256, 128, **stft)(x)
     torch.testing.assert_close(out[:, 0], ((raw[:, 0, :40]) + 3.0) / 2.0)
-    short = AudioAdapter(8000, 256, 128, n_mels=32, n_frames=80)(x)  # padded with the log floor, not zeros
+    short = AudioAdapter(8000, 256, 128, n_frames=80, **stft)(x)  # padded with the log floor, not zeros
     assert torch.all(short[:, 0, 63:] == math.log(1e-6))
     with pytest.raises(ValueError, match=r"\(batch, samples\).*got shape \(3, 2, 8000\)"):
         ad(torch.randn(3, 2, 8000))
     with pytest.raises(ValueError, match=r"15x32 .*>= 32"):
-        AudioAdapter(8000, 256, 128, n_mels=32)(torch.randn(1, 1800))
+        AudioAdapter(8000, 256, 128, **stft)(torch.randn(1, 1800))
+    # the Kaldi frontend keeps whole frames only: 1 + (N - 400) // 160
+    kaldi = AudioAdapter()
+    assert kaldi.num_frames(16000) == 98 and kaldi.num_frames(399) == 0
+    with pytest.raises(ValueError, match=r"399 samples; one frame needs win_length = 400"):
+        kaldi(torch.randn(1, 399))
+    with pytest.raises(ValueError, match=r"log-mel image would be 3x128"):
+        kaldi(torch.randn(1, 800))
+    with pytest.raises(ValueError, match="frontend='stft'"):
+        AudioAdapter(mel_scale="slaney")
+    with pytest.raises(ValueError, match="frontend='kaldi'"):
+        AudioAdapter(frontend="stft", preemphasis=0.97)
+    with pytest.raises(ValueError, match="hanning, povey"):
+        AudioAdapter(window="hann")
+    with pytest.raises(ValueError, match="frontend must be"):
+        AudioAdapter(frontend="mfcc")
 
 
 # ------------------------------------------------------------------------------------------------ video
