@@ -205,17 +205,17 @@ class NeuralForecastPeer(Method):
             raise ValueError(f"{self.name}: no station of the training data has a {self.variable} observation")
         freq = pd.DatetimeIndex(train["time"].values[:2])
         freq_str = pd.tseries.frequencies.to_offset(freq[1] - freq[0]).freqstr
-        model = self._build(early_stopping=val_size > 0)
-        self.nf = NeuralForecast(models=[model], freq=freq_str)
         t0 = time.perf_counter()
         with _quiet():
+            self.nf = NeuralForecast(models=[self._build(early_stopping=val_size > 0)], freq=freq_str)
             self.nf.fit(df, val_size=val_size)
         self.fit_seconds = time.perf_counter() - t0
         self.train_info = self._summarise(self.nf.models[0], val_size)
         return self
 
     def _summarise(self, m: Any, val_size: int) -> dict[str, Any]:
-        steps = int(m.train_trajectories[-1][0]) if m.train_trajectories else 0
+        # train_trajectories holds (global_step before the step, loss) of every training step
+        steps = int(m.train_trajectories[-1][0]) + 1 if m.train_trajectories else 0
         if steps >= self.max_steps:
             stopped = "max_steps"
         elif self.max_time is not None and (self.fit_seconds or 0.0) >= 0.95 * self.max_time:
