@@ -468,3 +468,37 @@ def test_cuda_matches_cpu(encoder):
     torch.testing.assert_close(out.cpu(), ref, rtol=1e-3, atol=1e-3)
     gpu.train()
     gpu({k: v.cuda() for k, v in batch.items()}).square().mean().backward()
+
+
+def test_seasonal_skip_starts_at_seasonal_naive_and_linear_at_zero() -> None:
+    """SeasonalSkip: lead h copies input step L - 24 + h % 24 (persistence when the season exceeds the input);
+    in a ForecastNet it adds exactly x[seasonal-naive step] - window mean to the paper network's output (RevIN's
+    affine is the identity at initialisation), checked against the same weights without the skip."""
+    from urlk_forecast.data.synthetic import synthetic_global
+    from urlk_forecast.data.windows import WindowDataset
+    from urlk_forecast.models.forecast_net import ForecastNet
+    from urlk_forecast.models.layers import SeasonalSkip
+
+    xn = torch.randn(3, 48, 5)
+    out = SeasonalSkip(48, 30, "seasonal", 24)(xn)
+    ref = torch.stack([xn[:, 48 - 24 + h % 24] for h in range(30)], dim=1)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(SeasonalSkip(12, 4, "seasonal", 24)(xn[:, :12]), xn[:, 11:12].expand(-1, 4, -1))
+    assert SeasonalSkip(48, 24, "linear")(xn).abs().max() == 0
+    with pytest.raises(ValueError, match="skip must be one of"):
+        SeasonalSkip(48, 24, "bogus")
+
+    ds = synthetic_global(stations=5, hours=300, seed=0)
+    ws = WindowDataset(ds, "temperature")
+    b = ws.batch([0, 5])
+    torch.manual_seed(0)
+    with_skip = ForecastNet(5, coords=ws.coords, skip="seasonal").eval()
+    plain = ForecastNet(5, coords=ws.coords).eval()
+    missing = plain.load_state_dict(with_skip.state_dict(), strict=False)
+    assert sorted(missing.unexpected_keys) == ["skip.proj.bias", "skip.proj.weight"]
+    with torch.no_grad():
+        diff = (with_skip(b) - plain(b)).double()
+    x = b["x"].double()
+    expected = x[:, 24:48] - x.mean(dim=1, keepdim=True)
+    assert bool(b["x_mask"].all())
+    torch.testing.assert_close(diff, expected, rtol=1e-4, atol=1e-3)

@@ -44,7 +44,7 @@ from .decoder import CrossAttention, Decoder, DecoderLayer, SeriesDecomp
 from .embedding import DataEmbedding, NodeGrouping, RevIN
 from .encoders import build_encoder
 from .fusion import build_forecast_fusion
-from .layers import reparameterize_children
+from .layers import SeasonalSkip, reparameterize_children
 from .registry import DEFAULT_D_MODEL, variant_key
 
 __all__ = ["ForecastNet", "DEFAULT_D_MODEL", "default_d_model"]
@@ -125,6 +125,8 @@ class ForecastNet(nn.Module):
         tcn_layers: int = 1,
         activation: str = "gelu",
         cross: str | None = None,
+        skip: str = "none",
+        season: int = 24,
         **encoder_kw: Any,
     ) -> None:
         super().__init__()
@@ -174,6 +176,8 @@ class ForecastNet(nn.Module):
             spatial=spatial, factor_temporal=factor_temporal, factor_spatial=factor_spatial, tcn_layers=tcn_layers,
             activation=activation, cross=cross, **encoder_kw,
         ))
+        self.skip = None if skip == "none" else SeasonalSkip(seq_len, pred_len, skip, season)
+        self.config.update(skip=skip, season=int(season))
         self.reparameterized = False
 
     def _decoder_layer(self, cross: str, n_heads: int, node_list: list[int], corr_kw: dict[str, Any],
@@ -238,6 +242,8 @@ class ForecastNet(nn.Module):
         dec_in = self.dec_embedding(g.to_nodes(seasonal_init), y_mark, node_coords)
         seasonal_part, trend_part = self.decoder(dec_in, tokens, g.to_nodes(trend_init))
         out = g.from_nodes((seasonal_part + trend_part)[:, -self.pred_len:])
+        if self.skip is not None:
+            out = out + self.skip(xn)
         if self.revin is not None:
             out = self.revin.denormalize(out, stats)
         return g.crop(out)
