@@ -214,3 +214,12 @@ def test_statsforecast_fallback_and_unfitted_station(monkeypatch):
     assert m.fallbacks == 1
     with pytest.raises(ValueError, match="history must be"):
         AutoETSMethod(history=0)
+
+
+def test_registered_as_baselines():
+    from urlk_forecast.baselines import get_baseline, list_baselines
+
+    assert {"patchtst", "nhits", "dlinear", "autoets", "mstl"} <= set(list_baselines())
+    p = get_baseline("NHITS", variable="wind_speed", max_time=10)
+    assert isinstance(p, NeuralForecastPeer) and p.model == "nhits" and p.variable == "wind_speed"
+    assert isinstance(get_baseline("autoets"), AutoETSMethod) and isinstance(get_baseline("mstl"), MSTLMethod)

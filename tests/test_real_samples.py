@@ -141,3 +141,30 @@ def test_write_series_caches_and_reads_back(tmp_path):
     assert write_series("vega", tmp_path) == p and p.stat().st_mtime_ns == mtime  # reused
     write_series("vega", tmp_path, overwrite=True)
     assert open_dataset(p).sizes["time"] == 8760
+
+
+def _suite():
+    """benchmarks/real_skill.py as a module (it is a script, not part of the package)."""
+    import importlib.util as iu
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "real_skill.py"
+    spec = iu.spec_from_file_location("real_skill", path)
+    mod = iu.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_suite_verdict_needs_both_metrics_against_every_row():
+    suite = _suite()
+    rows = [{"method": "Persistence", "source": "cli", "MSE": 5.0, "MAE": 2.0},
+            {"method": "NHITS", "source": "in-process", "MSE": 4.0, "MAE": 1.5},
+            {"method": "UniRepLKNet-A", "source": "model", "MSE": 3.9, "MAE": 1.6}]
+    ok, text = suite.verdict(rows)
+    assert ok is False and "NHITS" in text and "Persistence" not in text  # MAE 1.6 >= 1.5
+    rows[-1]["MAE"] = 1.4
+    assert suite.verdict(rows)[0] is True
+    assert suite.verdict(rows[:2])[0] is None  # no model row: no verdict
+    cli = pd.DataFrame({"method": ["Persistence"], "MSE": [5.0]})
+    assert "checked" in suite.check_windows(cli, [{"method": "NHITS", "persistence_MSE": 5.0, "MSE": 4.0}])
+    assert "WARNING" in suite.check_windows(cli, [{"method": "NHITS", "persistence_MSE": 5.1, "MSE": 4.0}])

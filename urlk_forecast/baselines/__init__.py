@@ -26,6 +26,9 @@ _LAZY: dict[str, str] = {
     "ProphetReal": "urlk_forecast.baselines.prophet_like",
     "GBDT": "urlk_forecast.baselines.gbdt",
     "GFSInterpolation": "urlk_forecast.baselines.gfs",
+    "NeuralForecastPeer": "urlk_forecast.baselines.peers",
+    "AutoETSMethod": "urlk_forecast.baselines.statsforecast_models",
+    "MSTLMethod": "urlk_forecast.baselines.statsforecast_models",
     "run_benchmark": "urlk_forecast.baselines.table",
     "compare": "urlk_forecast.baselines.table",
 }
@@ -42,6 +45,9 @@ BASELINES: dict[str, tuple[str, dict[str, Any]]] = {
     "prophet": ("ProphetReal", {}),
     "gbdt": ("GBDT", {}),
     "gfs": ("GFSInterpolation", {}),
+    # optional real libraries (extra ``peers``): neuralforecast and statsforecast
+    **{k: ("NeuralForecastPeer", {"model": k}) for k in ("patchtst", "nhits", "dlinear")},
+    "autoets": ("AutoETSMethod", {}), "mstl": ("MSTLMethod", {}),
 }
 
 __all__ = [*_LAZY, "BASELINES", "get_baseline", "list_baselines"]
