@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from ..utils import atomic_path
+from ..utils import atomic_path, describe_steps
 
 __all__ = ["check_file_destination", "check_dir_destination", "write_together", "step_label"]
 
@@ -66,17 +66,5 @@ def write_together(*dests: Path | None) -> Iterator[list[Path | None]]:
 
 
 def step_label(n: int, freq: pd.Timedelta | str | None) -> str:
-    """``n`` steps of ``freq`` for a message: ``24 h`` for hourly data, ``3 days``, else ``6 steps of 10min``."""
-    f = pd.Timedelta(freq) if freq is not None else None
-    if f == pd.Timedelta(hours=1):
-        return f"{n} h"
-    if f == pd.Timedelta(days=1):
-        return f"{n} day{'s' if n != 1 else ''}"
-    return f"{n} steps" if f is None else f"{n} steps of {_freq_text(f)}"
-
-
-def _freq_text(f: pd.Timedelta) -> str:
-    for unit, label in ((pd.Timedelta(days=1), "D"), (pd.Timedelta(hours=1), "h"), (pd.Timedelta(minutes=1), "min")):
-        if f % unit == pd.Timedelta(0):
-            return f"{f // unit}{label}"
-    return str(f)
+    """``n`` steps of ``freq`` for a message (``24 h``, ``24 days``, ``6 x 10 min``): :func:`describe_steps`."""
+    return describe_steps(n, freq)

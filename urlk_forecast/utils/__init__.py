@@ -3,7 +3,8 @@
 * :mod:`.atomic` -- atomic file writes (temporary file in the target directory, fsync, ``os.replace``);
 * :mod:`.jsonable` -- the one converter of Python/numpy/pandas values to JSON-ready values;
 * :mod:`.names` -- the one registry-name normaliser (``"Holt-Winters "`` → ``"holt_winters"``);
-* :mod:`.indices` -- evenly spaced window indices.
+* :mod:`.indices` -- evenly spaced window indices;
+* :mod:`.steps` -- step counts worded in the data's time step ("24 h", "24 days", "6 x 10 min").
 
 This package imports nothing else from urlk_forecast, so any module may import it.
 """
@@ -14,6 +15,7 @@ from .atomic import atomic_path, atomic_torch_save, atomic_write, atomic_write_b
 from .indices import evenly_spaced
 from .jsonable import to_jsonable
 from .names import normalize_name
+from .steps import describe_steps, freq_label
 
 __all__ = [
     "atomic_path",
@@ -21,7 +23,9 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "describe_steps",
     "evenly_spaced",
+    "freq_label",
     "normalize_name",
     "to_jsonable",
 ]
