@@ -28,9 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 from .formats._common import PathLike
 from .formats.isd_lite import read_isd_history
+from .readers import read_global_hourly, read_gsod, read_isd_lite, write_netcdf
 
 __all__ = [
     "SOURCES",
@@ -335,13 +337,7 @@ def fetch(
     """
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; known: {sorted(SOURCES)}")
-    years = sorted({int(y) for y in years})
-    if not years:
-        raise ValueError("give at least one year")
-    this_year = pd.Timestamp.now().year
-    bad = [y for y in years if not 1901 <= y <= this_year]
-    if bad:
-        raise ValueError(f"years must be in 1901..{this_year}; got {bad}")
+    years = _checked_years(years)
     default_base, pattern = SOURCES[source]
     base = (base_url or default_base).rstrip("/")
     cache_dir = Path(cache if cache is not None else default_cache_dir())
@@ -349,85 +345,117 @@ def fetch(
     history = read_isd_history(history_path)
     ids = select_stations(history, years, n=stations, station_ids=station_ids)
     result = FetchResult(stations=ids)
-
     tasks = []
     for sid in ids:
         usaf, wban = sid.split("-")
         for y in years:
             name = pattern.format(usaf=usaf, wban=wban, year=y)
             tasks.append((sid, y, f"{base}/{y}/{name}", cache_dir / source / str(y) / name))
-    lock = threading.Lock()
-    nbytes = [0]
+    fetch_one = _Downloader(retries=retries, backoff=backoff, timeout=timeout)
+    failures = _download_all(tasks, fetch_one, result, workers, f"{source} {_years_label(years)}", progress)
+    _report(result, failures, len(tasks))
+    if not convert:
+        return result
+    if not result.files:
+        raise FetchError("nothing to convert: none of the requested station-years exist on the server")
+    ds = _convert(source, result.files, years, history_path, base)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    result.output = write_netcdf(ds, Path(out) / f"{source}_{_years_label(years)}.nc")
+    return result
 
-    def count(k: int) -> None:
-        with lock:
-            nbytes[0] += k
 
-    def one(task: tuple) -> tuple[str, Path | None, Exception | None]:
-        sid, y, url, dest = task
-        if dest.is_file():
-            # files of the running year grow daily at NCEI: refresh a cached copy older than a day
-            if y < this_year or time.time() - dest.stat().st_mtime < 86400:
-                return "cached", dest, None
+def _checked_years(years: Sequence[int]) -> list[int]:
+    out = sorted({int(y) for y in years})
+    if not out:
+        raise ValueError("give at least one year")
+    this_year = pd.Timestamp.now().year
+    bad = [y for y in out if not 1901 <= y <= this_year]
+    if bad:
+        raise ValueError(f"years must be in 1901..{this_year}; got {bad}")
+    return out
+
+
+class _Downloader:
+    """One station-year: reuse the cached file (refreshing the running year's after a day) or download it."""
+
+    def __init__(self, retries: int, backoff: float, timeout: float) -> None:
+        self.retries, self.backoff, self.timeout = retries, backoff, timeout
+        self.nbytes = 0
+        self._lock = threading.Lock()
+        self._this_year = pd.Timestamp.now().year
+
+    def _count(self, k: int) -> None:
+        with self._lock:
+            self.nbytes += k
+
+    def __call__(self, task: tuple) -> tuple[str, Path | None, Exception | None]:
+        _sid, y, url, dest = task
+        # files of the running year grow daily at NCEI: refresh a cached copy older than a day
+        if dest.is_file() and (y < self._this_year or time.time() - dest.stat().st_mtime < 86400):
+            return "cached", dest, None
         try:
-            return (
-                "downloaded",
-                download(url, dest, retries=retries, backoff=backoff, timeout=timeout, on_bytes=count),
-                None,
-            )
+            return "downloaded", download(url, dest, retries=self.retries, backoff=self.backoff,
+                                          timeout=self.timeout, on_bytes=self._count), None
         except NotFoundError:
             return "missing", None, None
         except FetchError as e:
             return "failed", None, e
 
-    from tqdm.auto import tqdm
+
+def _download_all(tasks: list[tuple], one: _Downloader, result: FetchResult, workers: int, desc: str,
+                  progress: bool) -> list[str]:
+    """Run every task in a thread pool, filling ``result``; returns the failure messages."""
+    from tqdm.auto import tqdm  # optional progress bar, imported only when downloading
 
     failures: list[str] = []
-    with tqdm(total=len(tasks), unit="file", desc=f"{source} {_years_label(years)}", disable=not progress) as bar:
-        with cf.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            futures = {pool.submit(one, t): t for t in tasks}
-            for fut in cf.as_completed(futures):
-                sid, y, url, dest = futures[fut]
-                kind, path, err = fut.result()
-                if kind == "cached":
-                    result.cached.append(dest)
-                elif kind == "downloaded":
-                    result.downloaded.append(dest)
-                elif kind == "missing":
-                    result.missing.append(f"{sid}-{y}")
-                else:
-                    failures.append(str(err))
-                bar.update(1)
-                bar.set_postfix_str(f"{nbytes[0] / 1e6:.1f} MB, {len(result.missing)} missing", refresh=False)
+    with tqdm(total=len(tasks), unit="file", desc=desc, disable=not progress) as bar, \
+            cf.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {pool.submit(one, t): t for t in tasks}
+        for fut in cf.as_completed(futures):
+            sid, y, _url, dest = futures[fut]
+            kind, _path, err = fut.result()
+            if kind == "cached":
+                result.cached.append(dest)
+            elif kind == "downloaded":
+                result.downloaded.append(dest)
+            elif kind == "missing":
+                result.missing.append(f"{sid}-{y}")
+            else:
+                failures.append(str(err))
+            bar.update(1)
+            bar.set_postfix_str(f"{one.nbytes / 1e6:.1f} MB, {len(result.missing)} missing", refresh=False)
     result.files = sorted(result.cached + result.downloaded)
     result.missing.sort()
+    return failures
+
+
+def _report(result: FetchResult, failures: list[str], n_tasks: int) -> None:
+    """Warn about station-years the server does not have; raise if any download failed."""
     if result.missing:
         shown = ", ".join(result.missing[:20]) + (
             f" ... (+{len(result.missing) - 20} more)" if len(result.missing) > 20 else ""
         )
         warnings.warn(
-            f"{len(result.missing)} of {len(tasks)} station-years are not on the server (404): {shown}",
+            f"{len(result.missing)} of {n_tasks} station-years are not on the server (404): {shown}",
             FetchWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     if failures:
         raise FetchError(
             f"{len(failures)} download(s) failed (completed files are cached; rerun to resume): "
             + "; ".join(failures[:5])
         )
-    if not convert:
-        return result
-    if not result.files:
-        raise FetchError("nothing to convert: none of the requested station-years exist on the server")
-    from .readers import read_global_hourly, read_gsod, read_isd_lite, write_netcdf
 
+
+def _convert(source: str, files: list[Path], years: list[int], history_path: Path, base: str) -> xr.Dataset:
+    """Read the downloaded files into the schema, spanning whole years."""
     span = {"start": f"{years[0]}-01-01", "end": f"{years[-1]}-12-31 23:00"}
     if source == "isd-lite":
-        ds = read_isd_lite(result.files, history=history_path, **span)
+        ds = read_isd_lite(files, history=history_path, **span)
     elif source == "global-hourly":
-        ds = read_global_hourly(result.files, **span)
+        ds = read_global_hourly(files, **span)
     else:
-        ds = read_gsod(result.files, start=span["start"], end=f"{years[-1]}-12-31")
+        ds = read_gsod(files, start=span["start"], end=f"{years[-1]}-12-31")
     ds = ds.sel(time=slice(span["start"], span["end"]))  # reports rounded into the next year stay out
     ds.attrs.update(
         {
@@ -436,6 +464,4 @@ def fetch(
             "history": f"{pd.Timestamp.now(tz='UTC').isoformat(timespec='seconds')} urlk-forecast data fetch",
         }
     )
-    Path(out).mkdir(parents=True, exist_ok=True)
-    result.output = write_netcdf(ds, Path(out) / f"{source}_{_years_label(years)}.nc")
-    return result
+    return ds

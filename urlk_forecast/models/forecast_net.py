@@ -174,10 +174,9 @@ class ForecastNet(nn.Module):
             dropout=dropout, moving_avg=moving_avg, n_heads=n_heads, d_ff=d_ff, revin=revin, with_cp=with_cp,
             fusion=dict(fusion) if fusion is not None else None, d_layers=int(d_layers), node_list=node_list,
             spatial=spatial, factor_temporal=factor_temporal, factor_spatial=factor_spatial, tcn_layers=tcn_layers,
-            activation=activation, cross=cross, **encoder_kw,
+            activation=activation, cross=cross, skip=skip, season=int(season), **encoder_kw,
         ))
         self.skip = None if skip == "none" else SeasonalSkip(seq_len, pred_len, skip, season)
-        self.config.update(skip=skip, season=int(season))
         self.reparameterized = False
 
     def _decoder_layer(self, cross: str, n_heads: int, node_list: list[int], corr_kw: dict[str, Any],
