@@ -12,6 +12,7 @@ import pandas as pd
 import xarray as xr
 
 from ..data.windows import WindowSource
+from ..utils import describe_steps
 from .base import Baseline, resolve_indices, target_times, window_arrays, window_geometry
 
 __all__ = ["Persistence", "SeasonalNaive", "Climatology"]
@@ -71,6 +72,13 @@ class SeasonalNaive(Baseline):
             raise ValueError(f"season length must be positive, got {m}")
         return m
 
+    def label(self, freq: pd.Timedelta | str | None) -> str:
+        """The method with its season in the data's terms: ``Seasonal naive (24 h)`` on hourly data,
+        ``Seasonal naive (1 day)`` on daily data, ``Seasonal naive (144 x 10 min)`` on 10-minute data."""
+        if freq is None:
+            return f"{self.name} ({self.period})"
+        return f"{self.name} ({describe_steps(self.season_steps(pd.Timedelta(freq)), freq)})"
+
     def _fit(self, train: xr.Dataset) -> None:
         """Record the stations (nothing to estimate)."""
         self._record_stations(train)
@@ -81,7 +89,8 @@ class SeasonalNaive(Baseline):
         geo = window_geometry(ws)
         m = self.season_steps(geo.freq)
         if m > geo.seq_len:
-            raise ValueError(f"seasonal naive needs seq_len >= season length ({m} steps), got seq_len={geo.seq_len}")
+            raise ValueError(f"seasonal naive needs seq_len >= its season ({describe_steps(m, geo.freq)} = {m} steps), "
+                             f"got seq_len={geo.seq_len}")
         x = window_arrays(ws, resolve_indices(ws, indices))["x"]
         src = geo.seq_len - m + (np.arange(geo.pred_len) % m)
         return np.ascontiguousarray(x[:, src, :], dtype=np.float32)

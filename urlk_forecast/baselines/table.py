@@ -33,9 +33,10 @@ from ..data.windows import WindowDataset, WindowSource, split_dataset
 from ..forecaster import Forecaster
 from ..method import Method
 from ..scoring import ScoreTable, method_labels, score_methods
-from ..utils import atomic_write_text, evenly_spaced, normalize_name
+from ..utils import atomic_write_text, describe_steps, evenly_spaced, freq_label, normalize_name
 from . import get_baseline
 from .gfs import synthetic_nwp_grid
+from .naive import SeasonalNaive
 from .prophet_like import prophet_available
 
 __all__ = ["run_benchmark", "compare", "table_rows", "BenchmarkResult", "PAPER_TABLE12", "DEFAULT_BASELINES",
@@ -81,9 +82,10 @@ class BenchmarkResult:
             f"- data: {i['data']}",
             f"- stations: {i['stations']}; test windows scored: {i['windows']} of {i['windows_total']}"
             f"{' (evenly spaced over the test split)' if i['windows'] < i['windows_total'] else ''}; "
-            f"seq_len/label_len/pred_len = {i['seq_len']}/{i['label_len']}/{i['pred_len']}",
+            f"seq_len/label_len/pred_len = {i['seq_len']}/{i['label_len']}/{i['pred_len']}{_steps_text(i)}",
             f"- scored target points (observed, forecast by every method): {i['points']} of {i['observed']} observed",
             f"- train {i['train_period']}; test {i['test_period']} (plus {i['seq_len']} steps of input history)",
+            *([f"- {i['season']}: the last season of the input, repeated"] if i.get("season") else []),
             "",
             _markdown_table(self.rows, COLUMNS),
         ]
@@ -349,6 +351,7 @@ def run_benchmark(data: DataSource | None = None, variable: str = "temperature",
     table = score_methods(methods, ws, idx, batch_size=batch_size, keep_going=True, progress=say)
     failures.update(table.failures)
     info = _info(variable, data_label, ws, idx, table, train, test, seq_len, label_len, pred_len)
+    info.update(_step_info(test, methods))
     reference = None
     if str(ds.attrs.get("source_format", "")) == "corrformer":
         reference = pd.DataFrame([{"method": k, "MSE": v[0], "MAE": v[1]} for k, v in PAPER_TABLE12[variable].items()])
@@ -359,6 +362,13 @@ def run_benchmark(data: DataSource | None = None, variable: str = "temperature",
         prophet_df = _prophet_side_by_side(real, own, test, ws, idx, max_gap, batch_size, say, failures)
     return BenchmarkResult(rows=table_rows(methods, table), info=info, prophet=prophet_df, reference=reference,
                            failures=failures, per_lead=_per_lead(table))
+
+
+def _steps_text(info: dict[str, Any]) -> str:
+    """`` steps of 1 day (forecast 24 days ahead)`` for the header; empty when the step is not known."""
+    if not info.get("step"):
+        return ""
+    return f" steps of {freq_label(info['step'])} (forecast {describe_steps(info['pred_len'], info['step'])} ahead)"
 
 
 def _period(ds: xr.Dataset, start: int = 0) -> str:
@@ -375,6 +385,22 @@ def _info(variable: str, data_label: str, ws: WindowSource, idx: np.ndarray, tab
         "train_period": _period(train),
         "test_period": _period(test, int(test.attrs.get("split_context", 0) or 0)),
     }
+
+
+def _step_info(test: xr.Dataset, methods: Sequence[Method]) -> dict[str, Any]:
+    """The data's time step (``"1D"``, ``"1h"``) and the seasonal naive's label with its season in those terms."""
+    times = pd.DatetimeIndex(test["time"].values)
+    if len(times) < 2:
+        return {"step": None}
+    step = pd.Timedelta(times[1] - times[0])
+    out: dict[str, Any] = {"step": str(pd.tseries.frequencies.to_offset(step).freqstr)}
+    sn = next((m for m in methods if isinstance(m, SeasonalNaive)), None)
+    if sn is not None:
+        try:
+            out["season"] = sn.label(step)
+        except ValueError:  # a period that is not a whole number of steps: the method has failed already
+            pass
+    return out
 
 
 def _prophet_side_by_side(real: Method, own: Method | None, test: xr.Dataset, ws: WindowSource, idx: np.ndarray,

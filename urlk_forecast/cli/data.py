@@ -19,6 +19,7 @@ from ..data.readers import FORMATS, detect_format, open_dataset, write_netcdf
 from ..data.summary import describe, format_description
 from ..data.synthetic import synthetic_global
 from .errors import user_errors
+from .units import parse_units, units_option
 
 __all__ = ["data"]
 
@@ -170,7 +171,7 @@ def fetch(
 @click.option(
     "--stations-csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV long: metadata."
 )
-@click.option("--units", multiple=True, help="CSV long: VARIABLE=UNITS, e.g. --units temperature=degF.")
+@units_option
 @click.option("--compress", type=click.IntRange(0, 9), default=0, show_default=True, help="zlib level (0 = off).")
 def convert(
     inputs: tuple[Path, ...],
@@ -198,7 +199,6 @@ def convert(
             "--split": (split is not None, "corrformer"),
             "--name-map": (bool(name_map), "netcdf"),
             "--stations-csv": (stations_csv is not None, "csv-long"),
-            "--units": (bool(units), "csv-long"),
         }
         for opt, (used, owner) in given.items():
             if used and kind != owner:
@@ -215,7 +215,7 @@ def convert(
         if stations_csv is not None:
             kw["stations"] = stations_csv
         if units:
-            kw["units"] = _pairs(units, "--units")
+            kw["units"] = parse_units(units)
         src: Any = list(inputs) if len(inputs) > 1 else inputs[0]
         ds = open_dataset(src, format=kind, **kw) if len(inputs) == 1 else _read_many(kind, src, kw)
         path = write_netcdf(ds, out, compress=compress)
@@ -238,20 +238,25 @@ def _read_many(kind: str, paths: list[Path], kw: dict[str, Any]) -> Any:
 @click.option("--stations", type=click.IntRange(min=1), default=3850, show_default=True, help="With --synthetic.")
 @click.option("--hours", type=click.IntRange(min=2), default=17544, show_default=True, help="With --synthetic.")
 @click.option("--seed", type=int, default=0, show_default=True, help="With --synthetic.")
+@units_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info(
-    path: Path | None, fmt: str | None, synthetic: bool, stations: int, hours: int, seed: int, as_json: bool
+    path: Path | None, fmt: str | None, synthetic: bool, stations: int, hours: int, seed: int,
+    units: tuple[str, ...], as_json: bool
 ) -> None:
     """Describe a dataset: stations, time span, frequency, missing % per variable, value ranges."""
     if (path is None) == (not synthetic):
         raise click.UsageError("give a PATH or --synthetic")
-    with user_errors({"format": "--format", "stations": "--stations", "hours": "--hours"}):
+    if synthetic and units:
+        raise click.UsageError("--units applies to a PATH, not --synthetic")
+    unit_map = parse_units(units)
+    with user_errors({"format": "--format", "stations": "--stations", "hours": "--hours", "units": "--units"}):
         if synthetic:
             ds = synthetic_global(stations=stations, hours=hours, seed=seed)
             title = f"synthetic_global(stations={stations}, hours={hours}, seed={seed})  [SYNTHETIC data]"
         else:
             kind = fmt or detect_format(path)
-            ds = open_dataset(path, format=kind)
+            ds = open_dataset(path, format=kind, **({"units": unit_map} if unit_map else {}))
             title = f"{path} ({kind})"
         summary = describe(ds)
     if as_json:

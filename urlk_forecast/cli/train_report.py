@@ -38,8 +38,8 @@ Progress = Callable[..., None]
 
 
 def _baselines(train: xr.Dataset, fc: Forecaster, threads: int | None, say: Progress) -> list[Method]:
-    """Persistence, seasonal naive (one day) and GBDT fitted on ``train``; one that cannot be built or fitted for
-    this data (e.g. a season longer than the input) is left out with a warning."""
+    """Persistence, seasonal naive (one day, however many steps) and GBDT fitted on ``train``; one that cannot be
+    built or fitted for this data (e.g. a season longer than the input) is left out with a warning."""
     v = fc.variable
     lags = tuple(k for k in (*range(1, 25), 48) if k <= fc.seq_len)
     makers: list[Callable[[], Method]] = [
@@ -88,6 +88,7 @@ def final_table(fc: Forecaster, train: xr.Dataset, test_ws: WindowDataset, windo
         "methods": {n: {"mse": s.mse, "mae": s.mae, "coverage": s.coverage, "fit_s": fit_s.get(n)}
                     for n, s in table.scores.items()},
         "points": table.points, "failures": table.failures,
+        "labels": {m.name: m.label(step) for m in methods if isinstance(m, SeasonalNaive) and step is not None},
     }
 
 
@@ -113,10 +114,11 @@ def print_report(metrics: dict[str, Any], cfg: TrainConfig) -> None:
                f"{metrics['stations']} stations, leads 1-{step_label(metrics['pred_len'], step)}, "
                f"{metrics['variable']} [{metrics['units']}]")
     methods = metrics["methods"]
-    width = max(len(n) for n in methods) + 2
+    labels = {n: (metrics.get("labels") or {}).get(n, n) for n in methods}
+    width = max(len(n) for n in labels.values()) + 2
     click.echo(f"{'method':<{width}}{'MSE':>10}{'MAE':>10}")
     for name, m in methods.items():
-        click.echo(f"{name:<{width}}{float(m['mse']):>10.4f}{float(m['mae']):>10.4f}")
+        click.echo(f"{labels[name]:<{width}}{float(m['mse']):>10.4f}{float(m['mae']):>10.4f}")
     model = metrics["model"]
     mine = methods[model]
     others = [n for n in methods if n != model]
