@@ -95,6 +95,15 @@ def _coords_tensor(coords: ArrayLike | None, n_stations: int) -> torch.Tensor:
     return coords_t.clone()
 
 
+def _cross_kind(cross: str | None, encoder: nn.Module) -> str:
+    """The decoder's cross block: ``cross`` checked, or by default attention over an encoder's spatial (image)
+    tokens and multi-correlation over temporal ones."""
+    cross = cross or ("attention" if getattr(encoder, "token_kind", "spatial") == "spatial" else "correlation")
+    if cross not in ("attention", "correlation"):
+        raise ValueError(f"cross must be 'attention' or 'correlation', got {cross!r}")
+    return cross
+
+
 class ForecastNet(nn.Module):
     """UniRepLKNet time-series forecaster (see the module docstring for the data flow and options)."""
 
@@ -151,16 +160,13 @@ class ForecastNet(nn.Module):
 
         corr_kw = dict(factor_temporal=factor_temporal, factor_spatial=factor_spatial, tcn_layers=tcn_layers,
                        dropout=dropout, spatial=spatial)
-        enc_kw = dict(encoder_kw)
-        if encoder == "corrformer":
-            enc_kw.update(node_list=node_list, factor_temporal=factor_temporal, factor_spatial=factor_spatial,
-                          tcn_layers=tcn_layers, spatial=spatial, activation=activation)
+        enc_kw = dict(encoder_kw) if encoder != "corrformer" else dict(  # Corrformer's encoder: tree + correlation
+            encoder_kw, node_list=node_list, factor_temporal=factor_temporal, factor_spatial=factor_spatial,
+            tcn_layers=tcn_layers, spatial=spatial, activation=activation)
         self.encoder = build_encoder(encoder, d_model=d_model, seq_len=seq_len, n_nodes=n_nodes, variant=variant,
                                      kernel_size=kernel_size, n_heads=n_heads, d_ff=d_ff, moving_avg=moving_avg,
                                      dropout=dropout, with_cp=with_cp, **enc_kw)
-        cross = cross or ("attention" if getattr(self.encoder, "token_kind", "spatial") == "spatial" else "correlation")
-        if cross not in ("attention", "correlation"):
-            raise ValueError(f"cross must be 'attention' or 'correlation', got {cross!r}")
+        cross = _cross_kind(cross, self.encoder)
         layers = [self._decoder_layer(cross, n_heads, node_list, corr_kw, d_ff, moving_avg, dropout, activation)
                   for _ in range(int(d_layers))]
         self.decoder = Decoder(layers, d_model, node_size, with_cp=with_cp)
