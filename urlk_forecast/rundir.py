@@ -29,7 +29,7 @@ from .data.synthetic import synthetic_global
 from .forecaster import CONFIG_NAME, Forecaster
 from .utils import atomic_write_text, to_jsonable
 
-__all__ = ["RunDir", "runs_root", "file_data", "synthetic_data", "open_data", "find_model"]
+__all__ = ["RunDir", "runs_root", "file_data", "data_units", "synthetic_data", "open_data", "find_model"]
 
 RUN_FILE = "run.json"
 TRAIN_DIR = "train"
@@ -46,12 +46,24 @@ def runs_root() -> Path:
 
 
 # ------------------------------------------------------------------------------------------------- data specs
-def file_data(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The data spec of a file or directory any reader understands (the path is made absolute)."""
+def file_data(path: str | os.PathLike[str], units: dict[str, str] | None = None) -> dict[str, Any]:
+    """The data spec of a file or directory any reader understands (the path is made absolute); ``units``: the
+    source's units per variable (``{"temperature": "degF"}``), recorded so the data is re-opened the same way."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or directory")
-    return {"kind": "file", "path": str(p.resolve())}
+    spec: dict[str, Any] = {"kind": "file", "path": str(p.resolve())}
+    if units:
+        spec["units"] = {str(k): str(v) for k, v in units.items()}
+    return spec
+
+
+def data_units(spec: dict[str, Any]) -> dict[str, str] | None:
+    """The source units a file data spec records (None when it records none)."""
+    units = spec.get("units")
+    if units is not None and not isinstance(units, dict):
+        raise ValueError(f"the data spec's units should be a mapping variable -> unit, got {units!r}")
+    return dict(units) if units else None
 
 
 def synthetic_data(stations: int, hours: int, seed: int, start: str = SYNTHETIC_START) -> dict[str, Any]:
@@ -69,7 +81,8 @@ def open_data(spec: dict[str, Any], variable: str | None = None) -> xr.Dataset:
         path = Path(spec["path"])
         if not path.exists():
             raise FileNotFoundError(f"the data file {path} no longer exists")
-        ds = open_dataset(path)
+        units = data_units(spec)
+        ds = open_dataset(path, **({"units": units} if units else {}))
     elif kind == "synthetic":
         kw = {"variables": (variable,)} if variable is not None else {}
         ds = synthetic_global(stations=int(spec["stations"]), start=spec.get("start", SYNTHETIC_START),
@@ -281,5 +294,6 @@ class RunDir:
         return Forecaster.load(self.model_dir, map_location=map_location)
 
     def open_data(self, variable: str | None = None) -> xr.Dataset:
-        """The data the run was trained on: its file re-opened, or the synthetic set regenerated from its seed."""
+        """The data the run was trained on: its file re-opened (with the source units recorded at training), or the
+        synthetic set regenerated from its seed."""
         return open_data(self.data_spec, variable)

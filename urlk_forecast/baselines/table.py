@@ -173,8 +173,11 @@ def _per_lead(table: ScoreTable) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------------- running
-def _load_data(data: DataSource | None, stations: int | None, hours: int | None, seed: int, progress: Progress
-               ) -> tuple[xr.Dataset, str]:
+def _load_data(data: DataSource | None, stations: int | None, hours: int | None, seed: int, progress: Progress,
+               units: dict[str, str] | None = None) -> tuple[xr.Dataset, str]:
+    if units and (data is None or isinstance(data, xr.Dataset)):
+        raise ValueError("units applies to a data file or directory (the reader converts them), not to "
+                         f"{'the synthetic default' if data is None else 'an in-memory Dataset'}")
     if data is None:
         n = 3850 if stations is None else int(stations)
         h = 17544 if hours is None else int(hours)
@@ -188,7 +191,7 @@ def _load_data(data: DataSource | None, stations: int | None, hours: int | None,
     path = Path(data)
     if not path.exists():
         raise FileNotFoundError(f"data: {path} does not exist")
-    return open_dataset(path), str(path)
+    return open_dataset(path, **({"units": dict(units)} if units else {})), str(path)
 
 
 def _subsample_stations(ds: xr.Dataset, stations: int | None, seed: int) -> xr.Dataset:
@@ -302,7 +305,8 @@ def run_benchmark(data: DataSource | None = None, variable: str = "temperature",
                   hours: int | None = None, max_windows: int | None = 512, seq_len: int = 48,
                   label_len: int = 24, pred_len: int = 24,
                   n_jobs: int | None = None, threads: int | None = None, prophet_stations: int = 8,
-                  batch_size: int = 32, seed: int = 0, progress: Progress | None = None) -> BenchmarkResult:
+                  batch_size: int = 32, seed: int = 0, progress: Progress | None = None,
+                  units: dict[str, str] | None = None) -> BenchmarkResult:
     """Run the comparison; see the module docstring.
 
     ``data``: Dataset, path (any format :func:`~urlk_forecast.data.readers.open_dataset` reads) or None for the
@@ -311,7 +315,8 @@ def run_benchmark(data: DataSource | None = None, variable: str = "temperature",
     window geometry and variable are used; it is one more row. ``gfs``: NWP grid (path, Dataset, or ``"synthetic"``
     for the demo grid built from the test truth + error). ``stations``: random subset (seeded) of real data, or the
     synthetic station count; ``hours``: synthetic length (default 2 years). ``max_windows``: evenly spaced test
-    windows (None/0 = all). ``n_jobs``: Holt-Winters processes; ``threads``: GBDT OpenMP threads.
+    windows (None/0 = all). ``n_jobs``: Holt-Winters processes; ``threads``: GBDT OpenMP threads. ``units``: the
+    source's units per variable of a ``data`` path (``{"temperature": "degF"}``), converted on reading.
     """
     say: Progress = progress or (lambda _msg: None)
     model = None
@@ -325,7 +330,7 @@ def run_benchmark(data: DataSource | None = None, variable: str = "temperature",
         seq_len, label_len, pred_len, max_gap = model.seq_len, model.label_len, model.pred_len, model.max_gap
     if variable not in VARIABLES:
         raise ValueError(f"unknown variable {variable!r}; choose from {', '.join(VARIABLES)}")
-    ds, data_label = _load_data(data, stations if model is None else None, hours, seed, say)
+    ds, data_label = _load_data(data, stations if model is None else None, hours, seed, say, units)
     validate(ds, variables=[variable])
     if model is not None:
         ds = _model_stations(ds, model, stations)

@@ -16,10 +16,11 @@ import click
 
 from ..baselines import BASELINES
 from ..baselines.table import run_benchmark
-from ..rundir import find_model
+from ..rundir import data_units, find_model
 from ..utils import normalize_name
 from .errors import user_errors
 from .outputs import check_dir_destination
+from .units import parse_units, units_option
 
 __all__ = ["benchmark"]
 
@@ -27,14 +28,17 @@ __all__ = ["benchmark"]
 _FLAGS = {"data": "--data", "variable": "--var", "baselines": "--baselines", "run": "--run", "gfs": "--gfs",
           "stations": "--stations", "hours": "--hours", "max_windows": "--max-windows", "seq_len": "--seq-len",
           "label_len": "--label-len", "pred_len": "--pred-len", "n_jobs": "--jobs", "threads": "--threads",
-          "prophet_stations": "--prophet-stations"}
+          "prophet_stations": "--prophet-stations", "units": "--units"}
 
 
 def _check_arguments(data: Path | None, run_dir: Path | None, gfs: str | None, hours: int | None,
-                     baselines: str | None) -> list[str] | None:
+                     baselines: str | None, units: dict[str, str]) -> list[str] | None:
     """Everything that can be checked without loading data; returns the normalised baseline names."""
     if hours is not None and (data is not None or run_dir is not None):
         raise click.UsageError("--hours applies to the synthetic default only (not with --data or --run)")
+    if units and data is None:
+        raise click.UsageError("--units describes the --data file; give --data (a --run's own data is re-opened "
+                               "with the units recorded when it was trained)")
     if data is not None and not Path(data).exists():
         raise click.ClickException(f"--data {data}: no such file or directory")
     if gfs is not None and gfs != "synthetic" and not Path(gfs).exists():
@@ -48,16 +52,18 @@ def _check_arguments(data: Path | None, run_dir: Path | None, gfs: str | None, h
     return names
 
 
-def _model_and_data(run_dir: Path | None, data: Path | None, progress: Any) -> tuple[Path | None, Any]:
-    """The model directory of ``--run`` and the data to benchmark on (``--data``, else the run's own data)."""
+def _model_and_data(run_dir: Path | None, data: Path | None, units: dict[str, str], progress: Any
+                    ) -> tuple[Path | None, Any, dict[str, str] | None]:
+    """The model directory of ``--run``, the data to benchmark on (``--data``, else the run's own data) and the
+    source units to read it with (``--units``, else those the run recorded)."""
     if run_dir is None:
-        return None, data
+        return None, data, units or None
     try:
         model_dir, run = find_model(run_dir)
     except FileNotFoundError as e:
         raise click.ClickException(f"--run {e}") from None
     if data is not None or run is None:
-        return model_dir, data
+        return model_dir, data, units or None
     try:
         spec = run.data_spec
     except (FileNotFoundError, ValueError) as e:
@@ -66,9 +72,9 @@ def _model_and_data(run_dir: Path | None, data: Path | None, progress: Any) -> t
         path = Path(spec["path"])
         if not path.exists():
             raise click.ClickException(f"the run's data {path} no longer exists; pass --data")
-        return model_dir, path
+        return model_dir, path, data_units(spec)
     progress(f"regenerating the run's synthetic data ({spec.get('stations')} stations)")
-    return model_dir, run.open_data()
+    return model_dir, run.open_data(), None
 
 
 @click.command("benchmark")
@@ -105,11 +111,12 @@ def _model_and_data(run_dir: Path | None, data: Path | None, progress: Any) -> t
 @click.option("--seed", type=int, default=0, show_default=True, help="Synthetic data / station subset seed.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmark_results"), show_default=True,
               help="Directory for benchmark_<var>.md / .csv.")
+@units_option
 @click.option("--quiet", is_flag=True, help="Only print the table.")
 def benchmark(data: Path | None, variable: str, baselines: str | None, run_dir: Path | None, gfs: str | None,
               stations: int | None, hours: int | None, max_windows: int, seq_len: int, label_len: int, pred_len: int,
               jobs: int | None, threads: int | None, prophet_stations: int, seed: int, out: Path,
-              quiet: bool) -> None:
+              units: tuple[str, ...], quiet: bool) -> None:
     """Compare the baselines of the paper's Table 12 (and a trained model) on the same test windows."""
     t0 = time.perf_counter()
 
@@ -118,13 +125,14 @@ def benchmark(data: Path | None, variable: str, baselines: str | None, run_dir: 
             click.echo(f"[{time.perf_counter() - t0:7.1f}s] {msg}", err=True)
 
     with user_errors(_FLAGS):
-        names = _check_arguments(data, run_dir, gfs, hours, baselines)
+        unit_map = parse_units(units)
+        names = _check_arguments(data, run_dir, gfs, hours, baselines, unit_map)
         check_dir_destination(Path(out), "--out")
-        model_dir, source = _model_and_data(run_dir, data, progress)
+        model_dir, source, source_units = _model_and_data(run_dir, data, unit_map, progress)
         result = run_benchmark(
             data=source, variable=variable, baselines=names, run=model_dir, gfs=gfs, stations=stations, hours=hours,
             max_windows=max_windows, seq_len=seq_len, label_len=label_len, pred_len=pred_len, n_jobs=jobs,
-            threads=threads, prophet_stations=prophet_stations, seed=seed, progress=progress,
+            threads=threads, prophet_stations=prophet_stations, seed=seed, progress=progress, units=source_units,
         )
         paths = result.write(out)
     click.echo(result.to_markdown())
