@@ -20,10 +20,11 @@ from ..forecaster import Forecaster
 from ..rundir import RunDir, runs_root
 from .errors import user_errors
 from .outputs import check_file_destination, step_label, write_together
+from .units import parse_units, units_option
 
 __all__ = ["predict"]
 
-_FLAGS = {"variable": "--var", "data": "--data", "end": "--end", "stations": "--station"}
+_FLAGS = {"variable": "--var", "data": "--data", "end": "--end", "stations": "--station", "units": "--units"}
 
 
 @click.command("predict")
@@ -38,9 +39,15 @@ _FLAGS = {"variable": "--var", "data": "--data", "end": "--end", "stations": "--
               help="forecast.nc or forecast.csv (default: <run>/forecast.nc).")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="PNG of a few stations.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@units_option
 def predict(variable: str | None, run_dir: Path | None, data: Path | None, end: str | None,
-            stations: tuple[str, ...], out: Path | None, plot: Path | None, device: str) -> None:
+            stations: tuple[str, ...], out: Path | None, plot: Path | None, device: str,
+            units: tuple[str, ...]) -> None:
     """Forecast the next pred_len steps for every station from the last seq_len steps of the data."""
+    unit_map = parse_units(units)
+    if unit_map and data is None:
+        raise click.UsageError("--units describes the --data file; give --data (the run's own data is re-opened "
+                               "with the units recorded when it was trained)")
     with user_errors(_FLAGS):
         run = _find_run(run_dir)
         out = Path(out) if out is not None else run.forecast_file
@@ -51,7 +58,7 @@ def predict(variable: str | None, run_dir: Path | None, data: Path | None, end: 
             _require_matplotlib()
         fc = run.load_model(map_location=device)
         _check_variable(run, fc, variable)
-        history = _history(run, data, fc.variable, end)
+        history = _history(run, data, fc.variable, end, unit_map)
         _check_stations(history, stations)
         fcst = fc.predict(history)
         if stations:
@@ -90,12 +97,13 @@ def _check_variable(run: RunDir, fc: Forecaster, variable: str | None) -> None:
                                f"(train one with --var {variable})")
 
 
-def _history(run: RunDir, data: Path | None, variable: str, end: str | None) -> xr.Dataset:
-    """The history to forecast from: ``--data`` or the run's data, cut at ``--end``."""
+def _history(run: RunDir, data: Path | None, variable: str, end: str | None,
+             units: dict[str, str] | None = None) -> xr.Dataset:
+    """The history to forecast from: ``--data`` (read with ``--units``) or the run's data, cut at ``--end``."""
     if data is not None:
         if not Path(data).exists():
             raise click.ClickException(f"--data {data}: no such file or directory")
-        ds = open_dataset(data)
+        ds = open_dataset(data, **({"units": units} if units else {}))
         if variable not in ds.data_vars:
             raise click.ClickException(f"--data {data} has no {variable!r}")
         validate(ds, variables=[variable])
