@@ -26,7 +26,7 @@ from torch import nn
 
 from urlk_forecast.config import ConfigError, TrainConfig
 from urlk_forecast.data.windows import WindowDataset
-from urlk_forecast.trainer import Trainer
+from urlk_forecast.trainer import Trainer, cosine_lr_factor
 from urlk_forecast.training import (
     CHECKPOINT_NAME,
     epoch_permutation,
@@ -479,6 +479,178 @@ def test_forecaster_config_round_trip_and_defaults_match_the_forecaster(tmp_path
     assert (f.model, f.pred_len, f.model_kw["d_model"]) == ("unireplknet_s", 12, 64)
     with pytest.raises(ConfigError, match="label_len=60"):
         ForecasterConfig(label_len=60)
+
+
+# ------------------------------------------------------------------------------- cosine schedule, plan, val_every
+
+
+def _cosine_ref(step: int, plan: int, warmup: float, min_ratio: float) -> float:
+    """The schedule as docs/training.md states it: ramp 1/w..1 over w = round(warmup*plan) steps, then a half cosine
+    from the peak (step w-1) to min_ratio (step plan-1), flat after."""
+    w = max(1, round(warmup * plan))
+    if step < w:
+        return (step + 1) / w
+    t = min((step - (w - 1)) / (plan - 1 - (w - 1)), 1.0)
+    return min_ratio + (1 - min_ratio) * (1 + math.cos(math.pi * t)) / 2
+
+
+def test_cosine_lr_factor_ramps_peaks_and_ends_at_min_ratio() -> None:
+    f = [cosine_lr_factor(s, 101, 0.05, 0.01) for s in range(110)]
+    assert f[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])  # 5 warm-up steps
+    assert f[52] == pytest.approx((1 + 0.01) / 2)  # half way from the peak (4) to the end (100)
+    assert f[100] == pytest.approx(0.01) and f[109] == pytest.approx(0.01)  # the last planned step, and after
+    assert all(a >= b for a, b in zip(f[4:], f[5:]))  # non-increasing after the peak
+    assert cosine_lr_factor(0, 10, 0.0, 0.1) < 1.0 and cosine_lr_factor(9, 10, 0.0, 0.1) == pytest.approx(0.1)
+    for plan in (1, 2, 7, 40):
+        assert [cosine_lr_factor(s, plan, 0.1, 0.05) for s in range(plan)] == pytest.approx(
+            [_cosine_ref(s, plan, 0.1, 0.05) if plan > max(1, round(0.1 * plan)) else 1.0 for s in range(plan)])
+
+
+def test_cosine_schedule_sets_the_lr_of_every_step(data: tuple) -> None:
+    ws, val = data
+    cfg = small_cfg(epochs=3, patience=0, lr=1e-2, lr_schedule="cosine", warmup=0.1, min_lr_ratio=0.05,
+                    plan_steps=20, val_every=1, val_windows=2)
+    res = train(TinyNet(), ws, val, cfg)
+    assert res.steps == 18 and res.plan == {"steps": 20, "val_every": 1, "by": "config"}
+    # one validation per step (val_every=1 and the epoch ends): each entry has the LR of that step
+    assert [h["global_step"] for h in res.history] == list(range(1, 19))
+    assert [h["lr"] for h in res.history] == pytest.approx([1e-2 * _cosine_ref(s, 20, 0.1, 0.05) for s in range(18)])
+    # without plan_steps nor max_time the plan is the step budget: epochs x steps per epoch, capped by max_steps
+    res = train(TinyNet(), ws, val, cfg.replace(plan_steps=None, max_steps=10, val_every=5))
+    assert res.plan == {"steps": 10, "val_every": 5, "by": "steps"} and res.history[-1]["global_step"] == 10
+    assert res.history[-1]["lr"] == pytest.approx(1e-2 * 0.05)  # the last planned step ends the decay
+
+
+class StepClock:
+    """Training time: ``train_s`` per training forward pass and ``eval_s`` per validation forward pass."""
+
+    def __init__(self, model: nn.Module, train_s: float = 1.0, eval_s: float = 0.0) -> None:
+        self.now, self.train_s, self.eval_s = 0.0, train_s, eval_s
+        model.register_forward_pre_hook(self._pre)
+
+    def _pre(self, module: nn.Module, _inputs: object) -> None:
+        self.now += self.train_s if module.training else self.eval_s
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _fit_with_step_clock(model: nn.Module, ws, val, cfg: TrainConfig, eval_s: float = 0.0):
+    trainer = Trainer(cfg)
+    trainer.clock = StepClock(model, 1.0, eval_s)  # type: ignore[method-assign]
+    return trainer.fit(model, ws, val)
+
+
+def test_time_plan_from_the_measured_step_and_validation_times(data: tuple, tmp_path: Path) -> None:
+    ws, val = data
+    # 1 s per step, 0.25 s per validation forward pass of 8 windows (16 windows: 0.5 s per validation), validation at
+    # each epoch end (6 steps); 40 s and a 20-epoch step budget (120 steps)
+    cfg = small_cfg(epochs=20, patience=0, lr_schedule="cosine", max_time=40.0, eval_batch_size=8,
+                    out_dir=tmp_path / "run")
+    res = _fit_with_step_clock(TinyNet(), ws, val, cfg, eval_s=0.25)
+    # timed: steps 2..4 (the first may compile): 1 s each; then one validation: 0.5 s. At 4.5 s the plan P is the
+    # largest with (P - 4) steps + (validations in steps 5..P) x 0.5 s <= 98 % of the 35.5 s left
+    left = (40.0 - 4.5) * 0.98
+    expect = max(p for p in range(5, 121) if (p - 4) * 1.0 + (p // 6) * 0.5 <= left)
+    assert expect == 35
+    assert res.plan is not None
+    assert {k: res.plan[k] for k in ("steps", "by", "step_s", "val_s", "val_every")} == {
+        "steps": expect, "by": "time", "step_s": 1.0, "val_s": 0.5, "val_every": None}
+    assert load_checkpoint(tmp_path / "run")["state"]["plan_steps"] == expect  # kept for a resume
+    # the budget runs out just after the plan: elapsed 4.5 + steps + 0.5 per epoch end >= 40 before step 38
+    assert res.stopped == "max_time" and res.steps == 37
+    lrs = {h["global_step"]: h["lr"] for h in res.history}
+    assert lrs[36] == pytest.approx(3e-3 * 0.01)  # past the plan: the final LR
+    assert lrs[18] == pytest.approx(3e-3 * _cosine_ref(17, expect, 0.05, 0.01))
+    # an explicit plan or no time limit: nothing is measured
+    res = _fit_with_step_clock(TinyNet(), ws, val, cfg.replace(plan_steps=30, out_dir=None), eval_s=0.25)
+    assert res.plan == {"steps": 30, "val_every": None, "by": "config"}
+    # validations spread over a time plan: val_per_plan
+    res = _fit_with_step_clock(TinyNet(), ws, val, cfg.replace(out_dir=None, val_per_plan=10, epochs=3), eval_s=0.25)
+    assert res.plan is not None and res.plan["by"] == "steps" and res.plan["steps"] == 18
+    assert res.plan["val_every"] == 2  # 10 over 3 epochs of 6 steps: 3 per epoch, at steps 2, 4 and its end
+    # (the interval exists once the plan is fixed, after step 4: no validation at step 2)
+    assert [h["global_step"] for h in res.history] == [4, 6, 8, 10, 12, 14, 16, 18]
+
+
+def test_val_every_validates_mid_epoch_and_restores_the_best_validation(tmp_path: Path) -> None:
+    ws = make_ws(480, 6, seed=0)
+    rng = np.random.default_rng(5)
+    noise = (10 + rng.normal(0, 3, (200, 6))).astype(np.float32)  # learning the daily cycle hurts here (see above)
+    val = WindowDataset.from_arrays(noise, pd.date_range("2020-03-01", periods=200, freq="h"),
+                                    np.stack([np.arange(6.0), np.arange(6.0)], 1), seq_len=SEQ, label_len=LABEL,
+                                    pred_len=PRED)
+    torch.manual_seed(0)
+    model = TinyNet(bn=False)
+    cfg = small_cfg(epochs=12, patience=3, lr=1e-2, lr_decay=1.0, loss_norm="none", val_windows=None, val_every=2,
+                    out_dir=tmp_path)
+    res = train(model, ws, val, cfg)
+    hist = res.history
+    # validations at steps 2 and 4 into an epoch, and at its end (6)
+    assert [(h["global_step"], h["at"]) for h in hist[:4]] == [(2, "val_every"), (4, "val_every"), (6, "epoch_end"),
+                                                               (8, "val_every")]
+    vals = [h["val_loss"] for h in hist]
+    b = int(np.argmin(vals))
+    assert res.stopped == "early_stopping" and len(hist) == b + 4  # patience counts validations
+    assert res.best_val_loss == vals[b] and res.best_step == hist[b]["global_step"]
+    assert res.best_epoch == hist[b]["epoch"]
+    assert res.steps == hist[-1]["global_step"]  # stopped right after the third validation without improvement
+    best = torch.load(tmp_path / "best.pt")
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, best[k], rtol=0, atol=0)
+    got = evaluate_loss(model, val, np.arange(len(val)), 64, torch.device("cpu"))
+    assert got == pytest.approx(res.best_val_loss, rel=1e-6)
+    assert load_checkpoint(tmp_path)["state"]["global_step"] == res.steps  # checkpointed at the last validation
+    assert res.epochs_completed == sum(h["at"] == "epoch_end" for h in hist)
+
+
+def _scheduled(history: list[dict]) -> list[tuple]:
+    return [(h["epoch"], h["global_step"], h["train_loss"], h["val_loss"], h["lr"]) for h in history
+            if h["at"] != "stop"]
+
+
+class _Killed(Exception):
+    """Stands in for a SIGKILL in the middle of a step."""
+
+
+@pytest.mark.parametrize("timed", [False, True])
+def test_cosine_val_every_resume_equals_uninterrupted(data: tuple, tmp_path: Path, timed: bool) -> None:
+    ws, val = data
+    # a plan measured on the fake clock (1 s per step: at 4 s, 98 % of the 11 s left fit 10 more steps) or a given one
+    plan = dict(max_time=15.0) if timed else dict(plan_steps=18)
+    cfg = small_cfg(epochs=3, patience=0, lr_schedule="cosine", warmup=0.2, val_every=4, **plan)
+    fit = (lambda m, c: _fit_with_step_clock(m, ws, val, c)) if timed else (lambda m, c: train(m, ws, val, c))
+    torch.manual_seed(0)
+    ref = TinyNet(dropout=0.3)
+    r_ref = fit(ref, cfg)
+    torch.manual_seed(0)
+    m1 = TinyNet(dropout=0.3)
+    if timed:  # max_steps would shorten the plan: the run dies in step 11 instead (last checkpoint: the validation
+        calls = [0]  # 4 steps into epoch 2, step 10)
+
+        def die(module: nn.Module, _inputs: object) -> None:
+            calls[0] += module.training
+            if calls[0] == 11:
+                raise _Killed
+
+        m1.register_forward_pre_hook(die)
+        with pytest.raises(_Killed):
+            fit(m1, cfg.replace(out_dir=tmp_path))
+        at = {"epoch": 1, "step_in_epoch": 4, "global_step": 10}
+    else:
+        r1 = fit(m1, cfg.replace(max_steps=9, out_dir=tmp_path))
+        assert r1.stopped == "max_steps" and r1.history[-1]["at"] == "stop"
+        at = {"epoch": 1, "step_in_epoch": 3, "global_step": 9}
+    torch.manual_seed(99)
+    m2 = TinyNet(dropout=0.3)
+    r2 = fit(m2, cfg.replace(out_dir=tmp_path, resume=True))
+    assert r2.resumed_from == at
+    assert r2.plan == r_ref.plan and r2.plan is not None
+    assert (r2.plan["steps"], r2.plan["by"]) == ((14, "time") if timed else (18, "config"))
+    assert (r2.stopped, r2.steps) == (r_ref.stopped, r_ref.steps) == (("max_time", 15) if timed else ("epochs", 18))
+    assert r2.step_losses == r_ref.step_losses
+    assert _scheduled(r2.history) == _scheduled(r_ref.history)
+    assert torch.equal(flat_params(m2), flat_params(ref))
 
 
 # -------------------------------------------------------------------------------------------- resume

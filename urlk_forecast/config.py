@@ -49,21 +49,13 @@ FORECASTER_DEFAULTS: dict[str, Any] = {
 FORECASTER_FORMAT = "urlk-forecast/forecaster"
 FORECASTER_FORMAT_VERSION = 1
 
-#: Defaults of ``urlk-forecast train`` when no ``--data`` is given: the synthetic 3850-station set,
-#: shortened and time-boxed so that generation + training + evaluation end within ~15 minutes on a
-#: 2-core CPU (see docs/training.md). A GPU run should raise ``max_time`` / ``epochs``.
+#: The synthetic default of ``urlk-forecast train`` (no data file given): the 3850-station set, four months of it,
+#: and the training budget that keeps generation + training + the final table to about 10 minutes on a 2-core CPU.
+#: The schedule itself is the automatic regime (:func:`urlk_forecast.regime.auto_regime`), sized to this data.
 QUICK_TRAIN_DEFAULTS: dict[str, Any] = {
     "stations": 3850,
     "hours": 24 * 120,  # four months of hourly data: 70 % train, 10 % val, 20 % test
-    "max_time": 540.0,  # seconds of optimisation (validation included)
-    "batch_size": 1,  # one window = all 3850 stations = 350 node images per BatchNorm batch, ~3 GiB of activations
-    "lr": 1e-3,
-    "lr_decay": 0.5,  # halved every "epoch" of steps_per_epoch steps
-    "epochs": 10,
-    "steps_per_epoch": 10,
-    "val_windows": 4,
-    "eval_windows": 12,
-    "grad_clip": 5.0,  # typical global grad norm is 1-2; caps the rare exploding window without slowing the rest
+    "max_time": 540.0,  # seconds of training (validation included)
 }
 
 
@@ -126,6 +118,7 @@ _AMP_CHOICES = (False, True, "bf16", "fp16", "auto", "none")
 _LOSS_NORMS = ("station", "none")
 _OPTIMIZERS = ("adam", "adamw")
 _BACKENDS = (None, "gloo", "nccl", "mpi")
+_LR_SCHEDULES = ("epoch", "cosine")
 
 
 def _positive_or_none(v: Any) -> bool:
@@ -136,6 +129,12 @@ def _positive_or_none(v: Any) -> bool:
 _TRAIN_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("lr", lambda v: v > 0, "must be > 0"),
     ("lr_decay", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    ("lr_schedule", lambda v: v in _LR_SCHEDULES, f"choose one of {list(_LR_SCHEDULES)}"),
+    ("warmup", lambda v: 0 <= v < 1, "must be a fraction in [0, 1)"),
+    ("min_lr_ratio", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    ("plan_steps", _positive_or_none, "must be >= 1 or None"),
+    ("val_every", _positive_or_none, "must be >= 1 or None"),
+    ("val_per_plan", _positive_or_none, "must be >= 1 or None"),
     ("epochs", lambda v: int(v) >= 1, "must be >= 1"),
     ("batch_size", lambda v: int(v) >= 1, "must be >= 1"),
     ("patience", lambda v: int(v) >= 0, "must be >= 0"),
@@ -162,8 +161,13 @@ class TrainConfig(_JsonConfig):
     """Everything :class:`urlk_forecast.trainer.Trainer` needs besides the model and the windows.
 
     Schedule: ``lr`` for the first epoch, multiplied by ``lr_decay`` after every epoch (the paper's
-    "type1" halving), at most ``epochs`` epochs, early stopping after ``patience`` epochs without a
-    lower validation loss (``patience=0`` disables it); the weights of the best epoch are restored at the end.
+    "type1" halving, ``lr_schedule="epoch"``), at most ``epochs`` epochs, early stopping after ``patience``
+    validations without a lower validation loss (``patience=0`` disables it); the weights of the best validation
+    are restored at the end. ``lr_schedule="cosine"`` instead sets the LR per optimiser step: a linear warm-up over
+    the first ``warmup`` fraction of the planned steps, then a cosine decay to ``min_lr_ratio * lr`` at the last
+    planned step (``plan_steps``; by default the step budget, or with ``max_time`` what the measured step time
+    lets fit). Validation runs at every epoch end and, with ``val_every``, every that many steps into an epoch
+    (``val_per_plan`` instead spreads that many validations over the plan). :meth:`paper` is the paper's schedule.
     Limits ``max_steps`` (optimiser steps) and ``max_time`` (seconds of training, summed over resumes)
     stop cleanly: the validation loss is still computed and the checkpoint still written. ``out_dir`` and
     ``resume`` are the only way to give the run directory and to continue from its checkpoint.
@@ -172,6 +176,15 @@ class TrainConfig(_JsonConfig):
     lr: float = 1e-4
     epochs: int = 10
     lr_decay: float = 0.5
+    lr_schedule: str = "epoch"  # "epoch": lr_decay after each epoch; "cosine": warm-up + cosine per optimiser step
+    warmup: float = 0.05  # cosine: linear warm-up over this fraction of the planned steps
+    min_lr_ratio: float = 0.01  # cosine: the LR at the last planned step, relative to lr
+    #: cosine: planned optimiser steps; None = min(epochs * steps per epoch, max_steps), with max_time further
+    #: capped by what fits in the time left at the step time measured over the first steps (fixed once per run)
+    plan_steps: int | None = None
+    val_every: int | None = None  # also validate every N steps into an epoch (patience then counts validations)
+    #: validations spread over the plan (sets the interval ``val_every`` when the plan is fixed; val_every wins)
+    val_per_plan: int | None = None
     patience: int = 3
     batch_size: int = 32
     weight_decay: float = 0.0
@@ -210,6 +223,11 @@ class TrainConfig(_JsonConfig):
         if isinstance(self.out_dir, os.PathLike):
             self.out_dir = os.fspath(self.out_dir)  # a Path is accepted; the field (and the JSON) holds a str
         self.validate()
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> TrainConfig:
+        """The paper's schedule (Adam, lr 1e-4 halved per epoch, 10 epochs, batch 32, patience 3): the defaults."""
+        return cls(**overrides)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid field (the rules of ``_TRAIN_RULES``, in order)."""

@@ -1,4 +1,4 @@
-"""The training loop: the paper's schedule, masked loss, AMP, checkpoint/resume, DDP.
+"""The training loop: the paper's or a warm-up + cosine schedule, masked loss, AMP, checkpoint/resume, DDP.
 
 :class:`Trainer` optimises any ``nn.Module`` whose ``forward(batch)`` maps a window batch (the dict of
 :meth:`urlk_forecast.data.windows.WindowDataset.batch`) to ``(B, pred_len, S)`` forecasts in physical
@@ -13,9 +13,17 @@ units: ``Trainer(cfg).fit(model, train_ws, val_ws)``. Design points (see docs/tr
   batch ``k`` is the slice ``[k*B, (k+1)*B)``, split contiguously across DDP ranks. A checkpoint stores
   ``(epoch, step)``, so a resumed run replays exactly the same batches, and with the RNG states restored
   it reaches the same weights as an uninterrupted run.
-* **Checkpoints** (``out_dir/checkpoint.pt``) are written atomically at the end of every epoch, every
-  ``checkpoint_every`` steps and when a limit stops the run; they hold model, optimiser, scheduler, AMP
-  scaler, every rank's RNG states, position, early-stopping state, best weights and history.
+* **Schedule.** ``lr_schedule="epoch"`` multiplies the LR by ``lr_decay`` after every epoch (the paper's);
+  ``"cosine"`` sets it per optimiser step from :func:`cosine_lr_factor` over a planned number of steps. The plan
+  is ``plan_steps``, or the step budget (``epochs`` x steps per epoch, ``max_steps``), and under ``max_time``
+  also what fits in the time left at the step and validation times measured on the first steps; it is fixed
+  once, kept in the checkpointed state, so a resumed run follows the same schedule.
+* **Validation** runs after every epoch and, every ``val_every`` steps into an epoch (or as ``val_per_plan``
+  spreads them over the plan), mid-epoch too; the best validation's weights are restored at the end and early
+  stopping counts validations without improvement.
+* **Checkpoints** (``out_dir/checkpoint.pt``) are written atomically at the end of every epoch, at every
+  validation, every ``checkpoint_every`` steps and when a limit stops the run; they hold model, optimiser,
+  scheduler, AMP scaler, every rank's RNG states, position, plan, early-stopping state, best weights and history.
 * **DDP.** Under ``torchrun`` the process group is joined automatically; BatchNorm becomes a
   synchronised BatchNorm (``sync_batchnorm``), and each rank's loss is scaled by the *global* count of
   observed targets, so N processes follow the single-process trajectory with the same global batch.
@@ -53,6 +61,7 @@ from .utils import atomic_torch_save, atomic_write_text, evenly_spaced
 __all__ = [
     "Trainer",
     "Callback",
+    "cosine_lr_factor",
     "TrainResult",
     "TrainState",
     "seed_everything",
@@ -79,6 +88,13 @@ _CKPT_VERSION = 1
 
 Callback = Callable[[dict[str, Any]], None]
 
+#: a time-bounded plan is fixed after this global step, from the step times measured so far (those after the first
+#: step of the process, which may compile kernels): at the same step in a resumed run, so a plan that the step budget
+#: decides is the same whether or not the run was interrupted
+PLAN_AT_STEP = 4
+#: fraction of the time left kept free when sizing a time-bounded plan (step-time noise)
+PLAN_MARGIN = 0.02
+
 
 @dataclass
 class TrainResult:
@@ -88,6 +104,7 @@ class TrainResult:
     step_losses: list[float] = field(default_factory=list)
     best_val_loss: float | None = None
     best_epoch: int | None = None
+    best_step: int | None = None  # global step of the best validation
     epochs_completed: int = 0
     steps: int = 0
     stopped: str = "epochs"  # why the run ended: epochs | early_stopping | max_steps | max_time
@@ -95,6 +112,8 @@ class TrainResult:
     windows_per_s: float = 0.0
     out_dir: str | None = None
     resumed_from: dict[str, int] | None = None
+    #: the step plan of the LR schedule and validations: steps, val_every, by (config | steps | time), step_s, val_s
+    plan: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable copy."""
@@ -110,7 +129,8 @@ class TrainState:
     global_step: int = 0
     best_val: float = math.inf
     best_epoch: int | None = None
-    bad_epochs: int = 0
+    best_step: int | None = None
+    bad_epochs: int = 0  # validations (at epoch ends, and mid-epoch with val_every) without a lower loss
     elapsed: float = 0.0  # seconds of training, summed over resumes
     windows_seen: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -118,9 +138,50 @@ class TrainState:
     epoch_loss_sum: float = 0.0  # running sums of the current epoch (for the mean train loss)
     epoch_loss_steps: int = 0
     stopped: str | None = None
+    plan_steps: int | None = None  # the fixed plan (None until fixed)
+    val_every: int | None = None  # the mid-epoch validation interval in use (None = epoch ends only)
+    plan: dict[str, Any] = field(default_factory=dict)  # how the plan was chosen (for the record)
 
 
 # --------------------------------------------------------------------------------------------- helpers
+
+
+def cosine_lr_factor(step: int, plan: int, warmup: float, min_ratio: float) -> float:
+    """The LR multiplier of optimiser step ``step`` (0-based) in a ``plan``-step warm-up + cosine schedule.
+
+    ``w = max(1, round(warmup * plan))`` warm-up steps ramp linearly ``1/w, 2/w, ..., 1``; from the peak at step
+    ``w - 1`` a half cosine falls to ``min_ratio`` at step ``plan - 1``, where it stays. ``warmup=0`` starts at
+    the peak's first decayed value (no warm-up).
+    """
+    plan = max(int(plan), 1)
+    w = max(1, round(warmup * plan)) if warmup > 0 else 0
+    if step < w:
+        return (step + 1) / w
+    if step >= plan - 1:
+        return float(min_ratio)
+    progress = (step - (w - 1)) / (plan - w)
+    return float(min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def val_interval(plan: int, steps_per_epoch: int, per_plan: int | None) -> int | None:
+    """Steps between mid-epoch validations that spread about ``per_plan`` validations over ``plan`` steps, counting
+    the validation at every epoch end; None when the epoch ends alone give that many (or ``per_plan`` is None)."""
+    if per_plan is None:
+        return None
+    if plan <= steps_per_epoch:
+        iv = max(1, math.ceil(plan / per_plan))
+        return iv if iv < steps_per_epoch else None
+    per_epoch = round(per_plan * steps_per_epoch / plan)  # validations per epoch, its end included
+    return math.ceil(steps_per_epoch / per_epoch) if per_epoch > 1 else None
+
+
+def count_validations(upto: int, steps_per_epoch: int, every: int | None) -> int:
+    """Validations done in global steps ``1..upto``: at every epoch end and at steps ``every, 2*every, ...`` into an
+    epoch (mid-epoch)."""
+    full, rest = divmod(int(upto), steps_per_epoch)
+    if not every:
+        return full
+    return full * ((steps_per_epoch - 1) // every + 1) + rest // every
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -440,6 +501,16 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4g}"
 
 
+def _describe_plan(plan: dict[str, Any]) -> str:
+    by = plan.get("by")
+    if by == "config":
+        return "plan_steps"
+    if "step_s" in plan:
+        return (f"{plan['step_s']:.3g} s/step and {plan['val_s']:.3g} s/validation measured, "
+                f"{plan['time_left_s']:.0f} s left" + ("" if by == "time" else ": the step budget fits"))
+    return "the step budget"
+
+
 # ---------------------------------------------------------------------------------------------- Trainer
 
 
@@ -458,9 +529,10 @@ class _Run:
     steps_per_epoch: int
     val_idx: np.ndarray | None  # validation windows evaluated after each epoch; None = no validation
     eval_bs: int
-    fingerprint: dict[str, int]  # what a resumed run must share with the checkpoint
+    fingerprint: dict[str, Any]  # what a resumed run must share with the checkpoint
     show_bar: bool
     prev_deterministic: bool
+    step_plan: int  # the step budget: epochs x steps_per_epoch, capped by max_steps
     # built by Trainer._build
     net: nn.Module = field(init=False)  # ``model``, DDP-wrapped under a process group
     optimizer: torch.optim.Optimizer = field(init=False)
@@ -473,6 +545,9 @@ class _Run:
     resumed_from: dict[str, int] | None = None
     t_last: float = 0.0  # clock reading last added to ``TrainState.elapsed``
     t_logged: float = 0.0  # clock reading of the last progress log line
+    step_ends: list[float] = field(default_factory=list)  # clock at the start of this process's first step, then at
+    # the end of each step until the plan is fixed (step timing)
+    last_lr: float | None = None  # the LR of the last optimiser step (what a history entry reports)
 
 
 class Trainer:
@@ -512,6 +587,7 @@ class Trainer:
             self._build(run)
             self._resume(run)
             self._write_config(run)
+            self._plan_without_timing(run)
             self._loop(run)
         finally:
             self._teardown(run)
@@ -535,15 +611,19 @@ class Trainer:
         full_steps = n_train // gbs if cfg.drop_last else math.ceil(n_train / gbs)
         steps_per_epoch = min(full_steps, cfg.steps_per_epoch) if cfg.steps_per_epoch else full_steps
         n_val = len(val_ws) if val_ws is not None else 0
+        step_plan = cfg.epochs * steps_per_epoch
+        if cfg.max_steps is not None:
+            step_plan = min(step_plan, cfg.max_steps)
         return _Run(
             model=model, train_ws=train_ws, val_ws=val_ws, ctx=ctx, device=device,
             amp_dtype=resolve_amp(cfg.amp, device), n_train=n_train, gbs=gbs, steps_per_epoch=steps_per_epoch,
             val_idx=evenly_spaced(n_val, cfg.val_windows) if n_val > 0 else None,
             eval_bs=cfg.eval_batch_size or cfg.batch_size,
             fingerprint={"n_train": n_train, "n_val": n_val, "batch_size": gbs, "steps_per_epoch": steps_per_epoch,
-                         "seed": cfg.seed},
+                         "seed": cfg.seed, "lr_schedule": cfg.lr_schedule},
             show_bar=ctx.is_main and (cfg.progress if cfg.progress is not None else sys.stderr.isatty()),
             prev_deterministic=prev_deterministic,
+            step_plan=step_plan,
         )
 
     def _build(self, run: _Run) -> None:
@@ -567,7 +647,12 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         run.optimizer = opt_cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-        run.scheduler = torch.optim.lr_scheduler.ExponentialLR(run.optimizer, gamma=cfg.lr_decay)
+        if cfg.lr_schedule == "cosine":  # stepped per optimiser step; the plan is read at every step
+            run.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                run.optimizer, lambda s: cosine_lr_factor(s, self.state.plan_steps or run.step_plan, cfg.warmup,
+                                                          cfg.min_lr_ratio))
+        else:  # stepped per epoch
+            run.scheduler = torch.optim.lr_scheduler.ExponentialLR(run.optimizer, gamma=cfg.lr_decay)
         run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.amp_dtype == torch.float16)
 
     def _resume(self, run: _Run) -> None:
@@ -612,6 +697,86 @@ class Trainer:
         if self.cfg.deterministic and not run.prev_deterministic:
             torch.use_deterministic_algorithms(False)
 
+    # -------------------------------------------------------------------------------------------- plan
+
+    def _needs_plan(self) -> bool:
+        """Whether anything depends on the planned number of steps (the cosine LR, validations per plan)."""
+        cfg = self.cfg
+        return cfg.lr_schedule == "cosine" or (cfg.val_per_plan is not None and cfg.val_every is None)
+
+    def _plan_without_timing(self, run: _Run) -> None:
+        """Fix the plan now unless it is already fixed (resumed) or must wait for measured step times."""
+        st, cfg = self.state, self.cfg
+        if st.plan_steps is not None:
+            return
+        if not self._needs_plan():
+            st.val_every = cfg.val_every
+            return
+        if cfg.plan_steps is not None:
+            self._fix_plan(run, cfg.plan_steps, {"by": "config"})
+        elif cfg.max_time is None or max(st.global_step, PLAN_AT_STEP) >= run.step_plan:  # nothing to time
+            self._fix_plan(run, run.step_plan, {"by": "steps"})
+        else:  # until the step time is measured: the step budget's schedule, epoch-end validations (or val_every)
+            st.val_every = cfg.val_every
+
+    def _fix_plan(self, run: _Run, plan: int, info: dict[str, Any]) -> None:
+        """Set the plan (and with it the validation interval) once; the LR of the next step follows it."""
+        st, cfg = self.state, self.cfg
+        st.plan_steps = max(int(plan), 1)
+        st.val_every = cfg.val_every if cfg.val_every is not None else \
+            val_interval(st.plan_steps, run.steps_per_epoch, cfg.val_per_plan)
+        st.plan = {"steps": st.plan_steps, "val_every": st.val_every, **info}
+        if cfg.lr_schedule == "cosine":
+            sched = run.scheduler
+            factor = cosine_lr_factor(sched.last_epoch, st.plan_steps, cfg.warmup, cfg.min_lr_ratio)
+            for group, base in zip(run.optimizer.param_groups, sched.base_lrs):
+                group["lr"] = base * factor
+            sched._last_lr = [g["lr"] for g in run.optimizer.param_groups]  # what get_last_lr() reports
+        if run.ctx.is_main:
+            logger.info("plan: %d steps (%s)%s, validation %s", st.plan_steps, _describe_plan(st.plan),
+                        f", {cfg.lr_schedule} LR" if cfg.lr_schedule == "cosine" else "",
+                        f"every {st.val_every} steps and at epoch ends" if st.val_every else "at epoch ends")
+
+    def _time_plan(self, run: _Run) -> None:
+        """At :data:`PLAN_AT_STEP`: time one validation and fix the plan that fits in ``max_time``."""
+        cfg = self.cfg
+        ends = run.step_ends
+        if self.state.global_step < PLAN_AT_STEP or len(ends) < 2:
+            return
+        first = 1 if len(ends) > 2 else 0  # the first step of a process may compile kernels: skip it when possible
+        step_s = (ends[-1] - ends[first]) / (len(ends) - 1 - first)
+        val_s = 0.0
+        if run.val_idx is not None:
+            t0 = self.clock()
+            evaluate_loss(run.model, run.val_ws, run.val_idx, run.eval_bs, run.device, run.scale, run.amp_dtype,
+                          run.ctx)
+            val_s = self.clock() - t0
+        both = D.all_reduce_max(torch.tensor([step_s, val_s], dtype=torch.float64, device=run.device))
+        step_s, val_s = float(both[0]), float(both[1])
+        assert cfg.max_time is not None
+        left = (cfg.max_time - self._tick(run)) * (1.0 - PLAN_MARGIN)
+        plan = self._steps_that_fit(run, left, step_s, val_s if run.val_idx is not None else 0.0)
+        self._fix_plan(run, plan, {"by": "time" if plan < run.step_plan else "steps", "step_s": round(step_s, 4),
+                                   "val_s": round(val_s, 4), "time_left_s": round(left, 1)})
+        self._save_checkpoint(run)
+
+    def _steps_that_fit(self, run: _Run, left: float, step_s: float, val_s: float) -> int:
+        """The largest plan (at most the step budget) whose remaining steps and validations take ``left`` seconds."""
+        g, spe, cfg = self.state.global_step, run.steps_per_epoch, self.cfg
+
+        def cost(plan: int) -> float:
+            every = cfg.val_every if cfg.val_every is not None else val_interval(plan, spe, cfg.val_per_plan)
+            n_val = count_validations(plan, spe, every) - count_validations(g, spe, every)
+            return (plan - g) * step_s + n_val * val_s
+
+        lo, hi = g + 1, run.step_plan  # cost(lo) is spent whatever the plan; find the last plan within ``left``
+        if hi <= lo or cost(hi) <= left:
+            return max(hi, lo)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if cost(mid) <= left else (lo, mid - 1)
+        return lo
+
     # -------------------------------------------------------------------------------------------- loop
 
     def _loop(self, run: _Run) -> None:
@@ -634,7 +799,11 @@ class Trainer:
         st, cfg = self.state, self.cfg
         if st.epoch >= cfg.epochs:
             return "epochs"
-        if cfg.patience and run.val_idx is not None and st.bad_epochs >= cfg.patience:
+        return self._early_stop(run)
+
+    def _early_stop(self, run: _Run) -> str | None:
+        """``"early_stopping"`` after ``patience`` validations in a row without a lower validation loss."""
+        if self.cfg.patience and run.val_idx is not None and self.state.bad_epochs >= self.cfg.patience:
             return "early_stopping"
         return None
 
@@ -667,7 +836,7 @@ class Trainer:
         self._tick(run)
         try:
             for k, raw in enumerate(_Batches(run.train_ws, local, cfg.prefetch)):
-                stop_reason = self._limit_hit(run)
+                stop_reason = self._limit_hit(run) or self._early_stop(run)
                 if stop_reason:
                     break
                 self._step(run, raw, len(batches[k]), bar)
@@ -682,6 +851,9 @@ class Trainer:
         """One optimiser step on a global batch of ``n_windows``; bookkeeping, progress, mid-epoch checkpoint."""
         st, cfg = self.state, self.cfg
         t0 = time.perf_counter()
+        if not run.step_ends and st.plan_steps is None and self._needs_plan():
+            run.step_ends.append(self.clock())
+        run.last_lr = run.optimizer.param_groups[0]["lr"]
         loss = _train_step(run.net, run.optimizer, run.scaler, _to_device(raw, run.device), run.scale,
                            run.amp_dtype, cfg, run.ctx)
         st.global_step += 1
@@ -691,11 +863,21 @@ class Trainer:
             st.step_losses.append(loss)
             st.epoch_loss_sum += loss
             st.epoch_loss_steps += 1
+        if cfg.lr_schedule == "cosine":
+            run.scheduler.step()
         wps = n_windows / max(time.perf_counter() - t0, 1e-9)
         self._tick(run)
         self._report_step(run, bar, loss, wps)
-        if cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0 \
-                and st.step_in_epoch < run.steps_per_epoch:
+        if st.plan_steps is None and self._needs_plan():
+            run.step_ends.append(self.clock())
+            self._time_plan(run)
+        mid_epoch = st.step_in_epoch < run.steps_per_epoch
+        if mid_epoch and st.val_every and run.val_idx is not None and st.step_in_epoch % st.val_every == 0:
+            self._validate_and_record(run, at="val_every")
+            self._tick(run)
+            self._save_checkpoint(run)
+            self._write_history(run)
+        elif mid_epoch and cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0:
             self._save_checkpoint(run)
 
     def _report_step(self, run: _Run, bar: Any, loss: float | None, wps: float) -> None:
@@ -721,7 +903,9 @@ class Trainer:
         st = self.state
         st.stopped = reason
         if st.step_in_epoch > 0:
-            self._validate_and_record(run, partial=True)
+            last = st.history[-1] if st.history else {}
+            if not (last.get("at") == "val_every" and last["global_step"] == st.global_step):  # not just validated
+                self._validate_and_record(run, at="stop")
             self._tick(run)
             self._save_checkpoint(run)
             self._write_history(run)
@@ -729,60 +913,68 @@ class Trainer:
     def _end_epoch(self, run: _Run) -> None:
         """A complete epoch: validate, advance the position and the LR schedule, checkpoint."""
         st = self.state
-        self._validate_and_record(run, partial=False)
+        self._validate_and_record(run, at="epoch_end")
         st.epoch += 1
         st.step_in_epoch = 0
         st.epoch_loss_sum, st.epoch_loss_steps = 0.0, 0
-        run.scheduler.step()
+        if self.cfg.lr_schedule == "epoch":
+            run.scheduler.step()
         self._tick(run)
         self._save_checkpoint(run)
         self._write_history(run)
 
     # ---------------------------------------------------------------------------------- validate / record
 
-    def _validate_and_record(self, run: _Run, partial: bool) -> None:
-        """Evaluate the validation windows, update the best / early-stopping state, append the history entry."""
+    def _validate_and_record(self, run: _Run, at: str) -> None:
+        """Evaluate the validation windows, update the best / early-stopping state, append the history entry.
+
+        ``at``: ``"epoch_end"``, ``"val_every"`` (a scheduled mid-epoch validation) or ``"stop"`` (a limit stopped
+        the run mid-epoch; this one never enters the early-stopping state).
+        """
         val = (evaluate_loss(run.model, run.val_ws, run.val_idx, run.eval_bs, run.device, run.scale, run.amp_dtype,
                              run.ctx) if run.val_idx is not None else float("nan"))
-        entry = self._history_entry(run, val, partial)
-        self._update_best(run, val, partial)
+        entry = self._history_entry(run, val, at)
+        self._update_best(run, val, counted=at != "stop")
         self.state.history.append(entry)
         if run.ctx.is_main:
+            where = {"epoch_end": "", "stop": " (partial)"}.get(at, f" step {entry['steps']}")
             logger.info(
                 "epoch %d%s: train %s  val %s  lr %.3g  %.3g windows/s",
-                entry["epoch"], " (partial)" if partial else "",
+                entry["epoch"], where,
                 _fmt(entry["train_loss"]), _fmt(entry["val_loss"]), entry["lr"], entry["windows_per_s"] or 0.0,
             )
             if self.callback is not None:
                 self.callback(dict(entry))
 
-    def _history_entry(self, run: _Run, val: float, partial: bool) -> dict[str, Any]:
+    def _history_entry(self, run: _Run, val: float, at: str) -> dict[str, Any]:
         st = self.state
         return {
             "epoch": st.epoch + 1,
-            "partial": partial,
+            "partial": at != "epoch_end",  # the epoch is not complete at this entry
+            "at": at,
             "steps": st.step_in_epoch,
             "global_step": st.global_step,
             "train_loss": st.epoch_loss_sum / st.epoch_loss_steps if st.epoch_loss_steps else None,
             "val_loss": _finite(val),
-            "lr": run.optimizer.param_groups[0]["lr"],
+            "lr": run.last_lr if run.last_lr is not None else run.optimizer.param_groups[0]["lr"],
             "elapsed_s": round(st.elapsed, 3),
             "windows_per_s": round(st.windows_seen / st.elapsed, 3) if st.elapsed > 0 else None,
         }
 
-    def _update_best(self, run: _Run, val: float, partial: bool) -> None:
-        """Best weights and early stopping follow complete epochs only.
+    def _update_best(self, run: _Run, val: float, counted: bool) -> None:
+        """Best weights and early stopping follow the scheduled validations (epoch ends, ``val_every``) only.
 
-        A run stopped by a limit mid-epoch returns its current weights if they beat every complete epoch, but they
-        do not enter the early-stopping state, so a later resume continues as if the stop had not happened.
+        A run stopped by a limit mid-epoch returns its current weights if they beat every scheduled validation, but
+        they do not enter the early-stopping state, so a later resume continues as if the stop had not happened.
         """
         st = self.state
         improved = math.isfinite(val) and val < st.best_val
-        if partial:
+        if not counted:
             run.partial_best = val if improved else None
             return
+        run.partial_best = None
         if improved:
-            st.best_val, st.best_epoch = val, st.epoch + 1
+            st.best_val, st.best_epoch, st.best_step = val, st.epoch + 1, st.global_step
             run.best_state = _cpu_state_dict(run.model)
             if self.out is not None and run.ctx.is_main:
                 atomic_torch_save(run.best_state, self.out / BEST_NAME)
@@ -829,9 +1021,9 @@ class Trainer:
     def _result(self, run: _Run) -> TrainResult:
         """Restore the best weights, write the final history, build and log the :class:`TrainResult`."""
         st = self.state
-        best_val, best_epoch = _finite(st.best_val), st.best_epoch
+        best_val, best_epoch, best_step = _finite(st.best_val), st.best_epoch, st.best_step
         if run.partial_best is not None:  # the limit-stopped partial epoch is the best: keep the current weights
-            best_val, best_epoch = run.partial_best, st.epoch + 1
+            best_val, best_epoch, best_step = run.partial_best, st.epoch + 1, st.global_step
         elif run.best_state is not None:
             run.model.load_state_dict(run.best_state)
         self._write_history(run)
@@ -840,6 +1032,7 @@ class Trainer:
             step_losses=list(st.step_losses),
             best_val_loss=best_val,
             best_epoch=best_epoch,
+            best_step=best_step,
             epochs_completed=sum(1 for h in st.history if not h["partial"]),
             steps=st.global_step,
             stopped=st.stopped or "epochs",
@@ -847,6 +1040,7 @@ class Trainer:
             windows_per_s=st.windows_seen / st.elapsed if st.elapsed > 0 else 0.0,
             out_dir=str(self.out) if self.out is not None else None,
             resumed_from=run.resumed_from,
+            plan=dict(st.plan) or None,
         )
         if run.ctx.is_main:
             logger.info("training stopped (%s) after %d steps, %.1f s; best val %s (epoch %s)", result.stopped,
