@@ -40,9 +40,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     """One tiny CLI training run shared by the predict tests: (runs root, run dir, train stdout)."""
     runs = tmp_path_factory.mktemp("runs")
     run = runs / "tiny"
-    res = CliRunner().invoke(cli, ["train", *TINY, "--max-steps", "8", "--steps-per-epoch", "4", "--batch-size",
-                                   "2", "--lr", "3e-3", "--val-windows", "6", "--eval-windows", "6", "--out",
-                                   str(run)], env={"URLK_RUNS_DIR": str(runs), "URLK_DWCONV": "torch"},
+    res = CliRunner().invoke(cli, ["train", *TINY, "--schedule", "paper", "--max-steps", "8", "--steps-per-epoch", "4",
+                                   "--batch-size", "2", "--lr", "3e-3", "--val-windows", "6", "--eval-windows", "6",
+                                   "--out", str(run)], env={"URLK_RUNS_DIR": str(runs), "URLK_DWCONV": "torch"},
                         catch_exceptions=False)  # predict tests below run the default (own-op) path
     assert res.exit_code == 0, res.output
     return runs, run, res.output

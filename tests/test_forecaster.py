@@ -42,7 +42,8 @@ def trained(data):
     torch.set_num_threads(1)
     try:
         fc = Forecaster("unireplknet_a", "temperature", **TINY)
-        assert fc.fit(data, max_steps=40, batch_size=8, lr=2e-3, progress=False, val_windows=16, seed=0) is fc
+        assert fc.fit(data, schedule="paper", max_steps=40, batch_size=8, lr=2e-3, progress=False, val_windows=16,
+                      seed=0) is fc
     finally:
         torch.set_num_threads(n)
     return fc, fc.train_result

@@ -5,7 +5,7 @@ new data: the variable, the window lengths, the data frequency, the trained stat
 space-filling-curve order the windows were built in) and their metadata. Typical use::
 
     fc = Forecaster("unireplknet_a", variable="temperature")
-    fc.fit(ds, max_time=600)                 # chronological train/val split, the paper's schedule; returns fc
+    fc.fit(ds, max_time=600)                 # chronological train/val split, the automatic regime; returns fc
     forecast = fc.predict(ds)                # next pred_len steps after the end of ds, per station
     fc.evaluate(test_ds)                     # Scores: MSE/MAE overall, .per_lead per lead time
     fc.save("runs/a");  fc = Forecaster.load("runs/a")
@@ -19,6 +19,7 @@ Model names: ``"unireplknet_<v>"`` (or just ``"<v>"``) for v in a f p n t s b l 
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
@@ -39,6 +40,7 @@ from .method import Method
 from .models.embedding import RevIN
 from .models.forecast_net import ForecastNet
 from .models.registry import parse_model_name  # kept importable here: forecaster.parse_model_name
+from .regime import Regime, auto_regime
 from .scoring import Scores, resolve_indices
 from .trainer import Callback, Trainer, TrainResult
 from .utils import atomic_torch_save, atomic_write_text, normalize_name, to_jsonable
@@ -49,6 +51,7 @@ FORMAT = FORECASTER_FORMAT  # the config.json format (defined with ForecasterCon
 FORMAT_VERSION = FORECASTER_FORMAT_VERSION
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.pt"
+_NODE_SIZE = inspect.signature(ForecastNet.__init__).parameters["node_size"].default  # stations per node image
 STATIONS_NAME = "stations.json"
 
 def _open(data: Any, what: str) -> xr.Dataset:
@@ -200,24 +203,28 @@ class Forecaster(Method):
         return self.net
 
     def fit(self, train: xr.Dataset | str | os.PathLike[str], val: xr.Dataset | str | os.PathLike[str] | None = None,
-            *, config: TrainConfig | None = None, callback: Callback | None = None, stride: int = 1,
-            **overrides: Any) -> Forecaster:
+            *, config: TrainConfig | Regime | None = None, schedule: str = "auto", callback: Callback | None = None,
+            stride: int = 1, **overrides: Any) -> Forecaster:
         """Train on ``train`` (Dataset or path), early-stopping on ``val``; returns ``self``.
 
         Without ``val`` the data is split chronologically: the source's own splits when
         ``train.attrs["split_bounds"]`` exists (train / val used, test left out), else the last 10 % of the
         time steps become the validation period (with ``seq_len`` steps of context before it).
 
-        Every training setting is a :class:`~urlk_forecast.config.TrainConfig` field: ``config`` (default: the
-        paper's schedule), and ``overrides`` as a shorthand for ``config.replace(**overrides)`` (``epochs``,
+        Every training setting is a :class:`~urlk_forecast.config.TrainConfig` field. Without ``config`` the
+        ``schedule`` picks them: ``"auto"`` (default) sizes the regime to the training windows
+        (:func:`urlk_forecast.regime.auto_regime`: batch, epochs, warm-up + cosine LR, validation, 600 s on a CPU),
+        ``"paper"`` is the paper's schedule (:meth:`TrainConfig.paper`); ``config`` may also be a :class:`Regime`
+        from :meth:`regime`. ``overrides`` win over either, or replace fields of ``config`` (``epochs``,
         ``max_steps``, ``max_time``, ``lr``, ``batch_size``, ``device``, ``out_dir``/``resume`` to checkpoint and
         continue a killed run, ...). ``stride``: step between training windows. ``callback(entry)`` receives each
-        history entry. The :class:`~urlk_forecast.trainer.TrainResult` is kept in ``self.train_result``, the
-        wall time in ``self.fit_seconds``.
+        history entry. The :class:`~urlk_forecast.trainer.TrainResult` is kept in ``self.train_result``, the wall
+        time in ``self.fit_seconds``, the regime (its settings and reasons) in ``self.train_info["regime"]``.
         """
-        cfg = config if config is not None else TrainConfig()
-        if overrides:
-            cfg = cfg.replace(**overrides)
+        if config is None and schedule not in ("auto", "paper"):
+            raise ValueError(f"schedule={schedule!r}: choose 'auto' or 'paper'")
+        base = config.config() if isinstance(config, Regime) else config
+        cfg = (base if base is not None else TrainConfig.paper()).replace(**overrides)  # checks the overrides
         ds, train_ds, val_ds = self._split(train, val)
         self.frequency = infer_frequency(train_ds)
         train_ws = self._windows(train_ds, stride=stride)
@@ -227,6 +234,13 @@ class Forecaster(Method):
         self._keep_stations(train_ws, train_ds)
         net = self.build_net(len(train_ws.station_ids), coords=train_ws.coords)
         val_ws = self._val_windows(val_ds)
+        regime: dict[str, Any] = {"schedule": "config" if config is not None else schedule, "given": sorted(overrides)}
+        if isinstance(config, Regime):
+            regime = {**config.to_dict(), "overrides": sorted(overrides)}
+        elif config is None and schedule == "auto":
+            chosen = auto_regime(len(train_ws), len(val_ws) if val_ws is not None else 0, len(train_ws.station_ids),
+                                 net.node_size, given=overrides)
+            cfg, regime = chosen.config(), chosen.to_dict()
         t0 = time.perf_counter()
         result = Trainer(cfg, callback=callback).fit(net, train_ws, val_ws)
         self.fit_seconds = time.perf_counter() - t0
@@ -240,10 +254,26 @@ class Forecaster(Method):
             "val_windows": len(val_ws) if val_ws is not None else 0,
             "wall_s": self.fit_seconds,
             "train_config": cfg.to_dict(),
+            "regime": regime,
             "result": {k: v for k, v in result.to_dict().items() if k != "step_losses"},
             "source": {k: str(v) for k, v in ds.attrs.items() if k in ("title", "source", "synthetic", "seed")},
         }
         return self
+
+    def regime(self, train: xr.Dataset | str | os.PathLike[str], val: xr.Dataset | str | os.PathLike[str] | None = None,
+               *, stride: int = 1, max_time: float | str | None = "auto", **given: Any) -> Regime:
+        """The automatic regime ``fit(train, val, **given)`` would train with (its settings and the reasons), to show
+        or record before training; pass it back as ``fit(..., config=regime)``. ``max_time``: the budget when not
+        given (``"auto"``: 600 s on a CPU, none on CUDA). See :func:`urlk_forecast.regime.auto_regime`."""
+        _, train_ds, val_ds = self._split(train, val)
+        train_ws = self._windows(train_ds, stride=stride)
+        if len(train_ws) == 0:
+            raise ValueError(f"the training period has {train_ds.sizes['time']} time steps, fewer than "
+                             f"seq_len + pred_len = {self.seq_len + self.pred_len}: no training window")
+        n_val = len(self._windows(val_ds)) if val_ds is not None and val_ds.sizes.get("time", 0) else 0
+        node_size = int(self.model_kw.get("node_size", _NODE_SIZE))
+        return auto_regime(len(train_ws), n_val, len(train_ws.station_ids), node_size, max_time=max_time,
+                           given=given)
 
     def _split(self, train: Any, val: Any) -> tuple[xr.Dataset, xr.Dataset, xr.Dataset | None]:
         """``(the data given, training split, validation split)``; the chronological split when ``val`` is None."""

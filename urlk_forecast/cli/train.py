@@ -1,7 +1,8 @@
 """``urlk-forecast train``: fit a Forecaster into a run directory, then score it against baselines.
 
-Trains on the synthetic 3850-station default (or any ``--data`` file/directory a reader understands), time-boxed by
-``--max-time`` so the default finishes within ~15 minutes on a 2-core CPU, then prints the model next to
+Trains on the synthetic 3850-station default (or any ``--data`` file/directory a reader understands) under a regime
+sized to the data (``--schedule auto``, :func:`urlk_forecast.regime.auto_regime`: its choices and reasons are printed
+and recorded in ``run.json``) or the paper's (``--schedule paper``), then prints the model next to
 persistence, seasonal naive and GBDT on the test windows ``benchmark`` scores (cli/train_report.py). ``--devices N``
 re-launches itself under ``torchrun`` (DDP). The run layout is :class:`~urlk_forecast.rundir.RunDir`'s.
 
@@ -33,6 +34,7 @@ from ..data.windows import WindowDataset, split_dataset
 from ..forecaster import Forecaster, parse_model_name
 from ..models.encoders import encoder_options
 from ..models.forecast_net import ForecastNet
+from ..regime import Regime
 from ..rundir import RunDir, file_data, open_data, runs_root, synthetic_data
 from ..training import seed_everything
 from .errors import command_logging, user_errors
@@ -63,7 +65,8 @@ log = logging.getLogger("urlk_forecast.cli")
 class _Plan:
     """What a training run is made of, all checked before anything is written."""
 
-    cfg: TrainConfig
+    schedule: str  # "auto" or "paper"
+    given: dict[str, Any]  # the TrainConfig values this command line sets (checked); the schedule picks the rest
     forecaster: Forecaster
     data: dict[str, Any]
     options: dict[str, Any]
@@ -82,9 +85,11 @@ class _Plan:
 @click.option("--label-len", type=click.IntRange(min=0), default=24, show_default=True,
               help="Decoder start-token steps.")
 @click.option("--pred-len", type=click.IntRange(min=1), default=24, show_default=True, help="Forecast steps.")
-@click.option("--schedule", type=click.Choice(["quick", "paper"]), default="quick", show_default=True,
-              help="quick: time-boxed CPU defaults; paper: lr 1e-4 halved per epoch, 10 epochs, batch 32, "
-                   "patience 3, no time limit. Options below override either.")
+@click.option("--schedule", type=click.Choice(["auto", "paper", "quick"]), default="auto", show_default=True,
+              help="auto: sized to the data (batch from the stations per window, epochs that are full passes, warm-up "
+                   "+ cosine LR over the steps that fit in --max-time, validation ~10 times, early stopping; 600 s on "
+                   "CPU, 540 s for the synthetic default, no limit on GPU); quick: the same as auto; paper: lr 1e-4 "
+                   "halved per epoch, 10 epochs, batch 32, patience 3, no time limit. Options below override either.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Global batch size (windows per optimiser step).")
@@ -92,11 +97,12 @@ class _Plan:
 @click.option("--lr-decay", type=click.FloatRange(min=0, min_open=True), default=None,
               help="LR factor after each epoch (paper: 0.5).")
 @click.option("--patience", type=click.IntRange(min=0), default=None,
-              help="Early-stopping patience in epochs (0 = off).")
+              help="Early-stopping patience in validations (epochs for --schedule paper; 0 = off).")
 @click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None, help="Cap on optimiser steps per epoch.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--max-time", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds of training before a clean stop.")
+              help="Seconds of training before a clean stop (auto: 600 on CPU, 540 for the synthetic default, none "
+                   "on GPU).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Optimiser steps before a clean stop.")
 @click.option("--amp", type=click.Choice(["none", "auto", "bf16", "fp16"]), default="none", show_default=True,
               help="Mixed precision (bf16 on CPU; bf16 or fp16 on CUDA).")
@@ -224,28 +230,26 @@ def _check_model_kw(encoder: str, model_kw: dict[str, Any]) -> None:
                                    f"for a {encoder} model; accepted: {', '.join(accepted)}")
 
 
-def _train_config(opts: dict[str, Any]) -> TrainConfig:
-    base: dict[str, Any] = {}
-    if opts["schedule"] == "quick":
-        q = QUICK_TRAIN_DEFAULTS
-        base = {k: q[k] for k in ("max_time", "batch_size", "lr", "lr_decay", "epochs", "steps_per_epoch",
-                                  "val_windows", "grad_clip")}
-    for k in ("epochs", "batch_size", "lr", "lr_decay", "patience", "steps_per_epoch", "max_time", "max_steps",
-              "grad_clip", "val_windows", "checkpoint_every"):
-        if opts.get(k) is not None:
-            base[k] = opts[k]
-    base.update(device=opts["device"], amp=opts["amp"], checkpointing=bool(opts["checkpointing"]),
-                seed=int(opts["seed"]), progress=opts.get("progress"), resume=bool(opts["resume"]))
-    base.setdefault("checkpoint_every", 10)
+def _train_settings(opts: dict[str, Any]) -> dict[str, Any]:
+    """The TrainConfig values this command line sets (the schedule picks the rest), checked."""
+    given: dict[str, Any] = {k: opts[k] for k in ("epochs", "batch_size", "lr", "lr_decay", "patience",
+                                                  "steps_per_epoch", "max_time", "max_steps", "grad_clip",
+                                                  "val_windows", "checkpoint_every") if opts.get(k) is not None}
+    given.update(seed=int(opts["seed"]), checkpoint_every=given.get("checkpoint_every", 10))
+    for k, unset in (("device", "auto"), ("amp", "none"), ("checkpointing", False), ("progress", None),
+                     ("resume", False)):
+        if opts.get(k) != unset:
+            given[k] = opts[k]
     try:
-        return TrainConfig(**base)
+        TrainConfig.paper(**given)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
+    return given
 
 
 def _plan(opts: dict[str, Any]) -> _Plan:
     """Check every option (no data read yet) and return what the run is made of."""
-    cfg = _train_config(opts)
+    given = _train_settings(opts)
     if opts["label_len"] > opts["seq_len"]:
         raise click.ClickException(f"--label-len {opts['label_len']} must not exceed --seq-len {opts['seq_len']}")
     model_kw = _parse_model_kw(opts["model_kw"])
@@ -261,7 +265,8 @@ def _plan(opts: dict[str, Any]) -> _Plan:
         data = synthetic_data(opts["stations"], opts["hours"], opts["seed"])
     options = {k: (str(v) if isinstance(v, Path) else (list(v) if isinstance(v, tuple) else v))
                for k, v in opts.items() if k in _TRAIN_OPTION_KEYS}
-    return _Plan(cfg=cfg, forecaster=fc, data=data, options=options)
+    schedule = "paper" if opts["schedule"] == "paper" else "auto"  # quick: the name auto had before
+    return _Plan(schedule=schedule, given=given, forecaster=fc, data=data, options=options)
 
 
 def _split(plan: _Plan) -> tuple[dict[str, xr.Dataset], WindowDataset]:
@@ -295,14 +300,22 @@ def _train_here(plan: _Plan, run: RunDir | None, main: bool) -> None:
     if opts.get("threads"):
         torch.set_num_threads(int(opts["threads"]))
     parts, test_ws = _split(plan)  # the last check: nothing has been written so far
+    chosen = _auto_regime(plan, parts) if plan.schedule == "auto" else None
+    regime = chosen.to_dict() if chosen is not None else _paper_regime(plan)
     if run is None:
         run = RunDir.create(runs_root())
     if main:
-        if not plan.cfg.resume:
-            run.start(plan.options, plan.data, world_size=int(os.environ.get("WORLD_SIZE", "1")), argv=sys.argv)
+        if not plan.given.get("resume"):
+            run.start(plan.options, plan.data, world_size=int(os.environ.get("WORLD_SIZE", "1")), argv=sys.argv,
+                      regime=regime)
         log.info("run directory: %s", run)
-    seed_everything(plan.cfg.seed)  # the network's initialisation
-    fc.fit(parts["train"], val=parts["val"], config=plan.cfg.replace(out_dir=str(run.train_dir)))
+        log.info("training regime (%s):\n  %s", regime["schedule"], "\n  ".join(regime["reasons"]))
+    seed_everything(int(plan.given["seed"]))  # the network's initialisation
+    out_dir = str(run.train_dir)
+    if chosen is not None:
+        fc.fit(parts["train"], val=parts["val"], config=chosen, out_dir=out_dir)
+    else:
+        fc.fit(parts["train"], val=parts["val"], schedule="paper", **plan.given, out_dir=out_dir)
     if not main:
         D.cleanup()
         return
@@ -314,9 +327,30 @@ def _train_here(plan: _Plan, run: RunDir | None, main: bool) -> None:
                          progress=log.info)
     report["train"] = outcome
     run.write_metrics(report)
-    run.finish("done")
-    print_report(report, plan.cfg)
+    run.finish("done", regime={**regime, "plan": outcome.get("plan")})
+    print_report(report, TrainConfig.from_dict(fc.train_info["train_config"]))
     D.cleanup()
+
+
+def _auto_regime(plan: _Plan, parts: dict[str, xr.Dataset]) -> Regime:
+    """The automatic regime for this data: what it chooses and why (printed, and recorded in ``run.json``)."""
+    # on a CPU the synthetic default keeps generation + training + the final table to about 10 minutes
+    device = str(plan.given.get("device", "auto"))
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    budget = QUICK_TRAIN_DEFAULTS["max_time"] if plan.data["kind"] == "synthetic" and not on_gpu else "auto"
+    try:
+        return plan.forecaster.regime(parts["train"], parts["val"], max_time=budget, **plan.given)
+    except (ValueError, ConfigError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _paper_regime(plan: _Plan) -> dict[str, Any]:
+    """The record of ``--schedule paper``: the paper's settings with the options given."""
+    p = TrainConfig.paper()
+    return {"schedule": "paper", "settings": TrainConfig.paper(**plan.given).to_dict(), "given": sorted(plan.given),
+            "reasons": [f"the paper's schedule: Adam, lr {p.lr:g} halved after every epoch, {p.epochs} epochs of batch "
+                        f"{p.batch_size}, early stopping after {p.patience} epochs without improvement, no time limit",
+                        "given: " + ", ".join(f"{k}={v!r}" for k, v in plan.given.items())]}
 
 
 def _launch_torchrun(ctx: click.Context, opts: dict[str, Any], run: RunDir) -> int:
