@@ -38,7 +38,9 @@ from ..regime import Regime
 from ..rundir import RunDir, file_data, open_data, runs_root, synthetic_data
 from ..training import seed_everything
 from .errors import command_logging, user_errors
+from .outputs import step_label
 from .train_report import DEFAULT_EVAL_WINDOWS, final_table, print_report
+from .units import parse_units, units_option
 
 __all__ = ["train"]
 
@@ -47,7 +49,7 @@ _TRAIN_OPTION_KEYS = (
     "data", "variable", "model", "model_kw", "seq_len", "label_len", "pred_len", "epochs", "batch_size", "lr",
     "lr_decay", "patience", "steps_per_epoch", "device", "max_time", "max_steps", "amp", "checkpointing",
     "grad_clip", "seed", "stations", "hours", "val_windows", "eval_windows", "checkpoint_every", "schedule",
-    "threads",
+    "threads", "units",
 )
 # never forwarded to the torchrun children (they are launcher options, or re-derived)
 _LAUNCH_ONLY = ("devices", "nnodes", "node_rank", "master_addr", "master_port", "rdzv_endpoint")
@@ -56,7 +58,7 @@ _SET_BY_FORECASTER = {"self", "n_stations", "coords", "seq_len", "label_len", "p
                       "encoder_kw"}
 # Python argument names in library messages -> this command's flags
 _FLAGS = {"variable": "--var", "model": "--model", "seq_len": "--seq-len", "label_len": "--label-len",
-          "pred_len": "--pred-len", "stations": "--stations", "hours": "--hours", "data": "--data"}
+          "pred_len": "--pred-len", "stations": "--stations", "hours": "--hours", "data": "--data", "units": "--units"}
 
 log = logging.getLogger("urlk_forecast.cli")
 
@@ -75,6 +77,7 @@ class _Plan:
 @click.command("train")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Station data file or directory (any supported format). Default: the synthetic set.")
+@units_option
 @click.option("--var", "variable", type=click.Choice(_VARIABLES), default="temperature", show_default=True,
               help="Variable to forecast.")
 @click.option("--model", default="unireplknet_a", show_default=True,
@@ -257,10 +260,13 @@ def _plan(opts: dict[str, Any]) -> _Plan:
     _check_model_kw(encoder, model_kw)
     fc = Forecaster(opts["model"], variable=opts["variable"], seq_len=opts["seq_len"],
                     label_len=opts["label_len"], pred_len=opts["pred_len"], **model_kw)
+    units = parse_units(opts.get("units") or ())
+    if units and opts["data"] is None:
+        raise click.UsageError("--units describes the --data file; the synthetic set is in the schema units")
     if opts["data"] is not None:
         if not Path(opts["data"]).exists():
             raise click.ClickException(f"--data {opts['data']}: no such file or directory")
-        data = file_data(opts["data"])
+        data = file_data(opts["data"], units)
     else:
         data = synthetic_data(opts["stations"], opts["hours"], opts["seed"])
     options = {k: (str(v) if isinstance(v, Path) else (list(v) if isinstance(v, tuple) else v))
@@ -288,8 +294,10 @@ def _split(plan: _Plan) -> tuple[dict[str, xr.Dataset], WindowDataset]:
         raise click.ClickException(f"the test split ({parts['test'].sizes['time']} steps) has no complete window of "
                                    f"--seq-len {fc.seq_len} + --pred-len {fc.pred_len}; use shorter windows")
     desc = "synthetic" if plan.data["kind"] == "synthetic" else plan.data["path"]
-    log.info("data: %s, %d stations x %d steps of %s (%.1f s)", desc, ds.sizes["station"], ds.sizes["time"],
-             fc.variable, time.perf_counter() - t0)
+    times = ds["time"].values
+    step = times[1] - times[0] if len(times) > 1 else None
+    log.info("data: %s, %d stations x %s of %s (%.1f s)", desc, ds.sizes["station"],
+             step_label(ds.sizes["time"], step), fc.variable, time.perf_counter() - t0)
     return parts, test_ws
 
 
