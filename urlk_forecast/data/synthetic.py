@@ -342,6 +342,22 @@ def _gaps(T: int, S: int, missing: float, rng: np.random.Generator) -> tuple[np.
     return np.concatenate(rows), np.concatenate(cols)
 
 
+def _check_arguments(stations: int, hours: int, seed: int, missing: float,
+                     variables: tuple[str, ...]) -> tuple[str, ...]:
+    """Raise ValueError naming the first invalid argument of :func:`synthetic_global`; the variables as a tuple."""
+    if int(stations) < 1 or int(hours) < 1:
+        raise ValueError(f"stations and hours must be >= 1, got stations={stations}, hours={hours}")
+    if not 0.0 <= float(missing) < 0.5:
+        raise ValueError(f"missing must be in [0, 0.5), got {missing}")
+    variables = tuple(variables)
+    unknown = [v for v in variables if v not in ("temperature", "wind_speed")]
+    if unknown or not variables:
+        raise ValueError(f"variables must be a non-empty subset of ('temperature', 'wind_speed'), got {variables}")
+    if not 0 <= int(seed) < 2**63:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    return variables
+
+
 def synthetic_global(
     stations: int = 3850,
     start: str | pd.Timestamp = "2019-01-01",
@@ -356,16 +372,7 @@ def synthetic_global(
     multi-hour gaps ~45 %, long station outages ~30 % of it; 0 gives complete data). The result follows the package
     schema and its attrs say ``synthetic: "true"`` with a description: this is not real weather.
     """
-    if int(stations) < 1 or int(hours) < 1:
-        raise ValueError(f"stations and hours must be >= 1, got stations={stations}, hours={hours}")
-    if not 0.0 <= float(missing) < 0.5:
-        raise ValueError(f"missing must be in [0, 0.5), got {missing}")
-    variables = tuple(variables)
-    unknown = [v for v in variables if v not in ("temperature", "wind_speed")]
-    if unknown or not variables:
-        raise ValueError(f"variables must be a non-empty subset of ('temperature', 'wind_speed'), got {variables}")
-    if not 0 <= int(seed) < 2**63:
-        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    variables = _check_arguments(stations, hours, seed, missing, variables)
     S, T, seed = int(stations), int(hours), int(seed)
     times = pd.date_range(pd.Timestamp(start), periods=T, freq="h")
     st = _stations(S, np.random.default_rng([seed, 0]))
