@@ -401,3 +401,24 @@ def test_default_model_beats_persistence_and_seasonal_naive():
                                     true, mask)["mse"],
     }
     assert scores["model"] < scores["persistence"] and scores["model"] < scores["seasonal"], scores
+
+
+def test_default_network_has_the_seasonal_skip_and_paper_network_is_one_option_away() -> None:
+    """The default Forecaster adds the seasonal-naive-initialised skip with one day of steps as its season (a week
+    of steps for daily data); skip="none" builds the paper's network without it."""
+    import pandas as pd
+
+    from urlk_forecast.forecaster import season_steps
+
+    assert season_steps(pd.Timedelta(hours=1)) == 24
+    assert season_steps(pd.Timedelta(minutes=10)) == 144
+    assert season_steps(pd.Timedelta(hours=3)) == 8
+    assert season_steps(pd.Timedelta(days=1)) == 7
+    assert season_steps(None) == 24
+    fc = Forecaster()
+    fc.frequency = pd.Timedelta(hours=1)
+    net = fc.build_net(3)
+    assert net.config["skip"] == "seasonal" and net.config["season"] == 24
+    assert any(k.startswith("skip.") for k in net.state_dict())
+    paper = Forecaster(skip="none").build_net(3)
+    assert paper.config["skip"] == "none" and not any(k.startswith("skip.") for k in paper.state_dict())
