@@ -207,7 +207,7 @@ class Forecaster(Method):
             raise ValueError(f"{what} has a time step of {freq}, but the model was trained on {self.frequency} steps")
 
     # --------------------------------------------------------------------------------------------- fit
-    def build_net(self, n_stations: int, coords: Any = None) -> torch.nn.Module:
+    def build_net(self, n_stations: int, coords: np.ndarray | None = None) -> torch.nn.Module:
         """Build (and keep) a fresh network for ``n_stations`` stations with ``coords`` (S, 3) standardised."""
         kw = dict(self.model_kw)
         if kw.get("skip", "none") != "none" and "season" not in kw:
@@ -371,7 +371,7 @@ class Forecaster(Method):
             out[i:i + batch_size] = pred.numpy()
         return out
 
-    def predict(self, history: Any) -> xr.Dataset:
+    def predict(self, history: xr.Dataset | str | os.PathLike[str]) -> xr.Dataset:
         """Forecast the ``pred_len`` steps after the end of ``history`` (Dataset or path) for every station.
 
         Uses the last ``seq_len`` steps (gaps handled as in training). Returns a Dataset with dims
@@ -441,7 +441,8 @@ class Forecaster(Method):
         return result.set_coords("forecast_reference_time")
 
     # ---------------------------------------------------------------------------------------- evaluate
-    def evaluate(self, data: Any, indices: Sequence[int] | np.ndarray | None = None, *, split: str | None = None,
+    def evaluate(self, data: WindowSource | xr.Dataset | str | os.PathLike[str],
+                 indices: Sequence[int] | np.ndarray | None = None, *, split: str | None = None,
                  stride: int = 1, batch_size: int = 32) -> Scores:
         """MSE/MAE (physical units, Corrformer averaging) overall and per lead time (``Scores.per_lead``), scored
         by the one scorer like every baseline.

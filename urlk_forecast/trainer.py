@@ -56,6 +56,7 @@ from torch import nn
 
 from . import distributed as D
 from .config import ConfigError, TrainConfig
+from .data.windows import WindowSource
 from .utils import atomic_torch_save, atomic_write_text, evenly_spaced
 
 __all__ = [
@@ -308,7 +309,7 @@ class _Moments:
             self.s1, self.s2, self.cnt = self.s1 + a1, self.s2 + a2, self.cnt + c
 
 
-def station_scale(ws: Any, batch_windows: int = 16, floor: float = 1e-3) -> torch.Tensor:
+def station_scale(ws: WindowSource, batch_windows: int = 16, floor: float = 1e-3) -> torch.Tensor:
     """Per-station standard deviation (ddof 1) of the observed training values of ``ws`` (float32, ``(S,)``).
 
     Uses the dataset's raw observations (``ws.values`` where ``ws.observed``, interpolated and missing
@@ -347,7 +348,7 @@ def station_scale(ws: Any, batch_windows: int = 16, floor: float = 1e-3) -> torc
 @torch.no_grad()
 def evaluate_loss(
     model: nn.Module,
-    ws: Any,
+    ws: WindowSource,
     indices: Sequence[int] | np.ndarray,
     batch_size: int,
     device: torch.device,
@@ -383,7 +384,7 @@ def evaluate_loss(
 class _Batches:
     """Yields ``ws.batch(idx)`` for a list of index arrays, building the next one in a background thread."""
 
-    def __init__(self, ws: Any, index_lists: list[np.ndarray], prefetch: bool) -> None:
+    def __init__(self, ws: WindowSource, index_lists: list[np.ndarray], prefetch: bool) -> None:
         self.ws, self.index_lists, self.prefetch = ws, index_lists, prefetch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -519,8 +520,8 @@ class _Run:
     """What one :meth:`Trainer.fit` call works with besides :class:`TrainState` (never checkpointed)."""
 
     model: nn.Module
-    train_ws: Any
-    val_ws: Any
+    train_ws: WindowSource
+    val_ws: WindowSource | None
     ctx: D.DistContext
     device: torch.device
     amp_dtype: torch.dtype | None
@@ -572,7 +573,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ public
 
-    def fit(self, model: nn.Module, train_ws: Any, val_ws: Any | None = None) -> TrainResult:
+    def fit(self, model: nn.Module, train_ws: WindowSource, val_ws: WindowSource | None = None) -> TrainResult:
         """Train ``model`` on the windows ``train_ws`` (early stopping on ``val_ws``); returns a :class:`TrainResult`.
 
         ``out_dir`` (from the config) receives ``checkpoint.pt``, ``best.pt``, ``history.json`` and
@@ -595,7 +596,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- setup
 
-    def _plan(self, model: nn.Module, train_ws: Any, val_ws: Any | None) -> _Run:
+    def _plan(self, model: nn.Module, train_ws: WindowSource, val_ws: WindowSource | None) -> _Run:
         """Join the process group, pick the device and size the run (touches neither the model nor the RNG)."""
         cfg = self.cfg
         want_cuda = cfg.device == "auto" and torch.cuda.is_available() or str(cfg.device).startswith("cuda")

@@ -8,11 +8,10 @@ cfg)`` is ``Trainer(cfg).fit(model, train_ws, val_ws)``, and the helpers (``stat
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
 from .config import TrainConfig
+from .data.windows import WindowSource
 from .trainer import (
     CHECKPOINT_NAME,
     Callback,
@@ -49,8 +48,8 @@ __all__ = [
 
 def train(
     model: nn.Module,
-    train_ws: Any,
-    val_ws: Any | None = None,
+    train_ws: WindowSource,
+    val_ws: WindowSource | None = None,
     cfg: TrainConfig | None = None,
     *,
     callback: Callback | None = None,
