@@ -219,3 +219,49 @@ def test_default_suite_on_500_stations(tmp_path: Path) -> None:
     # sanity on the synthetic weather: learnt/seasonal methods beat "no change"
     assert csv.loc["GBDT", "MSE"] < csv.loc["Persistence", "MSE"]
     assert csv.loc["Seasonal naive", "MSE"] < csv.loc["Persistence", "MSE"]
+
+
+def _daily_file(tmp_path: Path, degf: bool = False) -> Path:
+    """The synthetic set resampled to daily means with xarray (written as netCDF); temperatures in degF if asked."""
+    from urlk_forecast.data.readers import write_netcdf
+
+    hourly = synthetic_global(stations=6, hours=24 * 400, seed=1)
+    daily = hourly.resample(time="1D").mean()
+    for v in hourly.data_vars:
+        daily[v].attrs = dict(hourly[v].attrs)
+    if degf:
+        daily["temperature"] = daily["temperature"] * 9.0 / 5.0 + 32.0
+        daily["temperature"].attrs = dict(hourly["temperature"].attrs)  # still says degC: --units corrects it
+    path = tmp_path / ("daily_degf.nc" if degf else "daily.nc")
+    write_netcdf(daily, path)
+    return path
+
+
+def test_daily_data_is_described_in_days(tmp_path: Path) -> None:
+    path = _daily_file(tmp_path)
+    res = CliRunner().invoke(cli, ["benchmark", "--data", str(path), "--max-windows", "8", "--baselines",
+                                   "persistence,seasonal_naive", "--seq-len", "30", "--label-len", "7",
+                                   "--pred-len", "7", "--out", str(tmp_path / "out"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "out" / "benchmark_temperature.md").read_text()
+    assert "steps of 1 day (forecast 7 days ahead)" in md and "Seasonal naive (1 day)" in md
+    assert " h " not in md and " h)" not in md and "hour" not in md, md
+
+
+def test_units_flag_reads_the_data_in_its_units(tmp_path: Path) -> None:
+    """A degF file with --units temperature=degF scores exactly like the degC file (same data, converted)."""
+    args = ["--max-windows", "8", "--baselines", "persistence,seasonal_naive", "--seq-len", "30", "--label-len", "7",
+            "--pred-len", "7", "--quiet"]
+    ref = _invoke("--data", str(_daily_file(tmp_path)), *args, "--out", str(tmp_path / "c"))
+    got = _invoke("--data", str(_daily_file(tmp_path, degf=True)), *args, "--units", "temperature=degF",
+                  "--out", str(tmp_path / "f"))
+    assert ref.exit_code == 0 and got.exit_code == 0, (ref.output, got.output)
+    a = pd.read_csv(tmp_path / "c" / "benchmark_temperature.csv").set_index("method")
+    b = pd.read_csv(tmp_path / "f" / "benchmark_temperature.csv").set_index("method")
+    np.testing.assert_allclose(b[["MSE", "MAE"]].to_numpy(), a[["MSE", "MAE"]].to_numpy(), rtol=1e-4)
+    bad = _invoke("--data", str(_daily_file(tmp_path)), *args, "--units", "humidity=percent",
+                  "--out", str(tmp_path / "x"))
+    line = bad.output.strip()
+    assert bad.exit_code == 1 and len(line.splitlines()) == 1 and "humidity" in line and "temperature" in line, line
+    res = _invoke("--units", "temperature=degF", "--out", str(tmp_path / "y"))
+    assert res.exit_code == 2 and "--units describes the --data file" in res.output

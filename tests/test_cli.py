@@ -6,11 +6,14 @@ import logging
 import warnings
 
 import click
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from urlk_forecast.cli import cli, command_logging, user_errors
 from urlk_forecast.cli.errors import speak_flags
+from urlk_forecast.cli.outputs import step_label
+from urlk_forecast.utils import describe_steps, freq_label
 
 
 @pytest.mark.parametrize(
@@ -110,3 +113,15 @@ def test_help_lists_every_command_without_importing_them() -> None:
         cmd = cli.get_command(click.Context(cli), name)
         assert cmd is not None and cmd.help is not None
         assert " ".join(cmd.help.split()).startswith(short), name
+
+
+@pytest.mark.parametrize("n, freq, expect", [
+    (24, "1h", "24 h"), (24, "1D", "24 days"), (1, "1D", "1 day"), (6, "10min", "6 x 10 min"),
+    (8, "3h", "8 x 3 h"), (5, None, "5 steps"), (1, None, "1 step"), (3, "7D", "3 x 7 days"), (90, "1min", "90 min"),
+])
+def test_describe_steps_words_counts_in_the_data_step(n: int, freq: str | None, expect: str) -> None:
+    assert describe_steps(n, freq) == expect
+    assert step_label(n, freq) == expect  # the CLI's name for the same helper
+    if freq is not None:
+        assert describe_steps(n, pd.Timedelta(freq)) == expect
+        assert freq_label(pd.Timedelta(freq)) == describe_steps(1, freq).replace("1 x ", "")

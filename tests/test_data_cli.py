@@ -175,3 +175,55 @@ def test_library_errors_name_the_flags(tmp_path):
 def test_years_parsing():
     assert _parse_years(("2019", "2020")) == [2019, 2020]
     assert _parse_years(("2015-2017", "2020,2019")) == [2015, 2016, 2017, 2019, 2020]
+
+
+def _degf_csv_long(path: Path) -> np.ndarray:
+    """A CSV-long file of two stations, temperatures in degF; returns the values (times x stations) in degF."""
+    t = pd.date_range("2020-01-01", periods=30, freq="h")
+    degf = np.stack([32.0 + np.arange(30) * 1.5, 50.0 - np.arange(30)], axis=1)
+    rows = [{"station": s, "time": tt.isoformat(), "temperature": degf[i, j], "lat": 40.0 + j, "lon": -75.0}
+            for j, s in enumerate(["A", "B"]) for i, tt in enumerate(t)]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return degf
+
+
+def test_info_units_converts_every_range(tmp_path):
+    degf = _degf_csv_long(tmp_path / "f.csv")
+    r = run("info", str(tmp_path / "f.csv"), "--units", "temperature=degF", "--json")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.output)["variables"]["temperature"]
+    degc = (degf - 32.0) * 5.0 / 9.0  # independent reference: the textbook formula
+    assert s["min"] == pytest.approx(degc.min(), abs=1e-4) and s["max"] == pytest.approx(degc.max(), abs=1e-4)
+    assert s["mean"] == pytest.approx(degc.mean(), abs=1e-4)
+    text = run("info", str(tmp_path / "f.csv"), "--units", "temperature=degF").output
+    assert "temperature  degC" in text and f"{degc.max():.2f}" in text
+
+
+def test_units_errors_are_one_line(tmp_path):
+    _degf_csv_long(tmp_path / "f.csv")
+    r = CliRunner().invoke(data, ["info", str(tmp_path / "f.csv"), "--units", "humidity=percent"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    line = r.output.strip()
+    assert len(line.splitlines()) == 1 and "humidity" in line and "temperature" in line, line
+    r = CliRunner().invoke(data, ["info", str(tmp_path / "f.csv"), "--units", "temperature=furlongs"])
+    line = r.output.strip()
+    assert r.exit_code == 1 and len(line.splitlines()) == 1, line
+    assert "furlongs" in line and "degF" in line and "degC" in line and "K" in line
+    r = CliRunner().invoke(data, ["info", str(tmp_path / "f.csv"), "--units", "temperature"])
+    assert r.exit_code == 2 and "VARIABLE=UNIT" in r.output
+    r = CliRunner().invoke(data, ["info", "--synthetic", "--units", "temperature=degF"])
+    assert r.exit_code == 2 and "--units applies to a PATH" in r.output
+
+
+def test_convert_units_on_netcdf_input(tmp_path):
+    """--units is no longer CSV-long only: a netCDF in degF converts too."""
+    t = pd.date_range("2021-01-01", periods=4, freq="h")
+    degf = np.array([[32.0, 50.0], [41.0, 59.0], [95.0, -40.0], [68.0, 77.0]], dtype=np.float32)
+    ds = make_dataset(t, ["a", "b"], [10, 20], [-5, 0], temperature=degf)
+    ds["temperature"].attrs["units"] = "degC"  # mislabelled source: --units says what it really is
+    write_netcdf(ds, tmp_path / "f.nc")
+    r = run("convert", str(tmp_path / "f.nc"), "-o", str(tmp_path / "o.nc"), "--units", "temperature=degF")
+    assert r.exit_code == 0, r.output
+    got = read_netcdf(tmp_path / "o.nc").temperature.values
+    np.testing.assert_allclose(got, (degf.astype(np.float64) - 32.0) * 5.0 / 9.0, atol=1e-4)
+    assert "--units" in run("convert", "--help").output and "CSV long: VARIABLE" not in run("convert", "--help").output
