@@ -36,6 +36,7 @@ from .config import FORECASTER_FORMAT, FORECASTER_FORMAT_VERSION, ConfigError, F
 from .data.readers import open_dataset
 from .data.schema import COORD_ATTRS, VARIABLES, SchemaError, infer_frequency, make_dataset, validate
 from .data.windows import WindowDataset, WindowSource, split_dataset
+from .export import ExportResult, export_forecaster
 from .method import Method
 from .models.embedding import RevIN
 from .models.forecast_net import ForecastNet
@@ -540,3 +541,10 @@ class Forecaster(Method):
         net.reparameterize()
         self.reparameterized = True
         return self
+
+    def export(self, path: str | os.PathLike[str], format: str = "onnx", *, check: bool = True) -> ExportResult:
+        """Write the re-parameterised network (a copy; this forecaster is unchanged) to ``path`` as ``format``
+        (``"onnx"`` or ``"torchscript"``) with a JSON sidecar ``<path>.json`` (variable, units, lengths, station
+        order, inputs, time features); see :func:`urlk_forecast.export.export_forecaster` and ``docs/export.md``."""
+        self._require()
+        return export_forecaster(self, path, format, check=check)
