@@ -1,9 +1,9 @@
 """The ``urlk-forecast`` command line (a click group) -- the only code that knows flags.
 
 One module per command: ``data`` (cli/data.py: fetch, convert, info), ``train`` (cli/train.py), ``predict``
-(cli/predict.py), ``benchmark`` (cli/benchmark.py). They call the library and translate its exceptions into one-line
-errors naming the flags (cli/errors.py); nothing outside this package imports it. Sub-commands are imported lazily so
-``--help`` stays fast and one broken command does not take the others down.
+(cli/predict.py), ``benchmark`` (cli/benchmark.py), ``export`` (cli/export.py). They call the library and translate
+its exceptions into one-line errors naming the flags (cli/errors.py); nothing outside this package imports it.
+Sub-commands are imported lazily so ``--help`` stays fast and one broken command does not take the others down.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
                   "Compare the baselines of the paper's Table 12 (and a trained model) on the same test windows."),
     "data": ("urlk_forecast.cli.data", "data", "Station data: download (fetch), convert to netCDF (convert) and "
              "describe (info)."),
+    "export": ("urlk_forecast.cli.export", "export",
+               "Export a trained run's network (re-parameterised) to ONNX or TorchScript with a JSON sidecar."),
     "predict": ("urlk_forecast.cli.predict", "predict",
                 "Forecast the next pred_len steps for every station from the last seq_len steps of the data."),
     "train": ("urlk_forecast.cli.train", "train",
