@@ -15,12 +15,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import xarray as xr
 from click.testing import CliRunner
 
 from urlk_forecast.cli import cli
+from urlk_forecast.data.readers import write_netcdf
+from urlk_forecast.data.synthetic import synthetic_global
 from urlk_forecast.training import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -301,6 +304,42 @@ def test_early_stopping_run_advises_no_more_time(tmp_path: Path) -> None:
     assert m["train"]["stopped"] == "early_stopping", m["train"]
     assert "does not beat" in res.output and "early stopping" in res.output
     assert "--max-time" not in res.output and "train longer" not in res.output
+
+
+def test_daily_degf_run_records_its_units_and_speaks_days(tmp_path: Path) -> None:
+    """A daily file in degF trained with --units: run.json records the units, predict and benchmark --run re-open
+    the data the same way (scores equal to the degC file's), and every step count says days."""
+    hourly = synthetic_global(stations=6, hours=24 * 400, seed=2)
+    daily = hourly.resample(time="1D").mean()
+    for v in hourly.data_vars:
+        daily[v].attrs = dict(hourly[v].attrs)
+    write_netcdf(daily, tmp_path / "daily_degc.nc")
+    daily["temperature"] = daily["temperature"] * 9.0 / 5.0 + 32.0
+    daily["temperature"].attrs = dict(hourly["temperature"].attrs)  # mislabelled degC: --units corrects it
+    write_netcdf(daily, tmp_path / "daily_degf.nc")
+    runs, run = tmp_path / "runs", tmp_path / "runs" / "daily"
+    env = {"URLK_RUNS_DIR": str(runs), "URLK_DWCONV": "torch"}
+    res = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "daily_degf.nc"), "--units", "temperature=degF",
+                                   *TINY[:6], "--threads", "1", "--seq-len", "30", "--label-len", "7", "--pred-len",
+                                   "7", "--max-steps", "2", "--eval-windows", "4", "--out", str(run)], env=env)
+    assert res.exit_code == 0, res.output
+    assert "leads 1-7 days" in res.output and "Seasonal naive (1 day)" in res.output and " h," not in res.output
+    spec = json.loads((run / "run.json").read_text())["data"]
+    assert spec["units"] == {"temperature": "degF"} and spec["kind"] == "file"
+    res = CliRunner().invoke(cli, ["predict", "--run", str(run), "--out", str(tmp_path / "f.nc")], env=env)
+    assert res.exit_code == 0, res.output
+    assert "6 stations x 7 days of temperature" in res.output, res.output
+    bench = ["--max-windows", "4", "--baselines", "persistence,seasonal_naive", "--quiet"]
+    res = CliRunner().invoke(cli, ["benchmark", "--run", str(run), *bench, "--out", str(tmp_path / "b")], env=env)
+    assert res.exit_code == 0, res.output
+    assert "steps of 1 day (forecast 7 days ahead)" in (tmp_path / "b" / "benchmark_temperature.md").read_text()
+    ref = CliRunner().invoke(cli, ["benchmark", "--data", str(tmp_path / "daily_degc.nc"), "--seq-len", "30",
+                                   "--label-len", "7", "--pred-len", "7", *bench, "--out", str(tmp_path / "r")])
+    assert ref.exit_code == 0, ref.output
+    got = pd.read_csv(tmp_path / "b" / "benchmark_temperature.csv").set_index("method")
+    want = pd.read_csv(tmp_path / "r" / "benchmark_temperature.csv").set_index("method")
+    for m in ("Persistence", "Seasonal naive"):  # the run's data re-opened in degC, not degF
+        assert got.loc[m, "MSE"] == pytest.approx(want.loc[m, "MSE"], rel=1e-4)
 
 
 def test_console_entry_point_in_a_real_process(trained: tuple, tmp_path: Path) -> None:
