@@ -522,22 +522,29 @@ def test_cosine_schedule_sets_the_lr_of_every_step(data: tuple) -> None:
 
 
 class StepClock:
-    """Training time: ``train_s`` per training forward pass and ``eval_s`` per validation forward pass."""
+    """Training time: ``train_s`` per training forward pass (``slow[k]`` for the k-th, 1-based) and ``eval_s`` per
+    validation forward pass."""
 
-    def __init__(self, model: nn.Module, train_s: float = 1.0, eval_s: float = 0.0) -> None:
-        self.now, self.train_s, self.eval_s = 0.0, train_s, eval_s
+    def __init__(self, model: nn.Module, train_s: float = 1.0, eval_s: float = 0.0,
+                 slow: dict[int, float] | None = None) -> None:
+        self.now, self.train_s, self.eval_s, self.slow, self.n = 0.0, train_s, eval_s, slow or {}, 0
         model.register_forward_pre_hook(self._pre)
 
     def _pre(self, module: nn.Module, _inputs: object) -> None:
-        self.now += self.train_s if module.training else self.eval_s
+        if module.training:
+            self.n += 1
+            self.now += self.slow.get(self.n, self.train_s)
+        else:
+            self.now += self.eval_s
 
     def __call__(self) -> float:
         return self.now
 
 
-def _fit_with_step_clock(model: nn.Module, ws, val, cfg: TrainConfig, eval_s: float = 0.0):
+def _fit_with_step_clock(model: nn.Module, ws, val, cfg: TrainConfig, eval_s: float = 0.0,
+                         slow: dict[int, float] | None = None):
     trainer = Trainer(cfg)
-    trainer.clock = StepClock(model, 1.0, eval_s)  # type: ignore[method-assign]
+    trainer.clock = StepClock(model, 1.0, eval_s, slow)  # type: ignore[method-assign]
     return trainer.fit(model, ws, val)
 
 
@@ -547,21 +554,26 @@ def test_time_plan_from_the_measured_step_and_validation_times(data: tuple, tmp_
     # each epoch end (6 steps); 40 s and a 20-epoch step budget (120 steps)
     cfg = small_cfg(epochs=20, patience=0, lr_schedule="cosine", max_time=40.0, eval_batch_size=8,
                     out_dir=tmp_path / "run")
-    res = _fit_with_step_clock(TinyNet(), ws, val, cfg, eval_s=0.25)
-    # timed: steps 2..4 (the first may compile): 1 s each; then one validation: 0.5 s. At 4.5 s the plan P is the
-    # largest with (P - 4) steps + (validations in steps 5..P) x 0.5 s <= 98 % of the 35.5 s left
-    left = (40.0 - 4.5) * 0.98
-    expect = max(p for p in range(5, 121) if (p - 4) * 1.0 + (p // 6) * 0.5 <= left)
-    assert expect == 35
+    res = _fit_with_step_clock(TinyNet(), ws, val, cfg, eval_s=0.25, slow={5: 9.0})
+    # timed: steps 2..8 (the first may compile), 1 s each but step 5 (9 s, another process): the lower quartile is
+    # 1 s. At step 8 one more validation is timed (0.5 s): 8 steps + 8 s extra + the step-6 and the timing
+    # validations = 17 s spent. The plan P is the largest with (P - 8) steps + (epoch ends in steps 9..P) x 0.5 s
+    # <= 95 % of the rest
+    left = (40.0 - 17.0) * 0.95
+    expect = max(p for p in range(9, 121) if (p - 8) * 1.0 + (p // 6 - 1) * 0.5 <= left)
+    assert expect == 28
     assert res.plan is not None
     assert {k: res.plan[k] for k in ("steps", "by", "step_s", "val_s", "val_every")} == {
         "steps": expect, "by": "time", "step_s": 1.0, "val_s": 0.5, "val_every": None}
     assert load_checkpoint(tmp_path / "run")["state"]["plan_steps"] == expect  # kept for a resume
-    # the budget runs out just after the plan: elapsed 4.5 + steps + 0.5 per epoch end >= 40 before step 38
-    assert res.stopped == "max_time" and res.steps == 37
+    # the budget runs out just after the plan: 9 s extra + steps + 0.5 s per epoch end >= 40 s before step 31
+    assert res.stopped == "max_time" and res.steps == 30
     lrs = {h["global_step"]: h["lr"] for h in res.history}
-    assert lrs[36] == pytest.approx(3e-3 * 0.01)  # past the plan: the final LR
+    assert lrs[30] == pytest.approx(3e-3 * 0.01)  # past the plan: the final LR
     assert lrs[18] == pytest.approx(3e-3 * _cosine_ref(17, expect, 0.05, 0.01))
+    # before the plan is fixed a provisional one from the fastest step shapes the warm-up: after step 5 (13 s spent)
+    # 95 % of the 27 s left fit 25 more 1-s steps: P = 30, 2 warm-up steps (the step budget's would be 6)
+    assert lrs[6] == pytest.approx(3e-3 * _cosine_ref(5, 30, 0.05, 0.01))
     # an explicit plan or no time limit: nothing is measured
     res = _fit_with_step_clock(TinyNet(), ws, val, cfg.replace(plan_steps=30, out_dir=None), eval_s=0.25)
     assert res.plan == {"steps": 30, "val_every": None, "by": "config"}
@@ -569,8 +581,8 @@ def test_time_plan_from_the_measured_step_and_validation_times(data: tuple, tmp_
     res = _fit_with_step_clock(TinyNet(), ws, val, cfg.replace(out_dir=None, val_per_plan=10, epochs=3), eval_s=0.25)
     assert res.plan is not None and res.plan["by"] == "steps" and res.plan["steps"] == 18
     assert res.plan["val_every"] == 2  # 10 over 3 epochs of 6 steps: 3 per epoch, at steps 2, 4 and its end
-    # (the interval exists once the plan is fixed, after step 4: no validation at step 2)
-    assert [h["global_step"] for h in res.history] == [4, 6, 8, 10, 12, 14, 16, 18]
+    # (the interval exists once the plan is fixed, after step 8: before it only the epoch end validates)
+    assert [h["global_step"] for h in res.history] == [6, 8, 10, 12, 14, 16, 18]
 
 
 def test_val_every_validates_mid_epoch_and_restores_the_best_validation(tmp_path: Path) -> None:
@@ -616,7 +628,7 @@ class _Killed(Exception):
 @pytest.mark.parametrize("timed", [False, True])
 def test_cosine_val_every_resume_equals_uninterrupted(data: tuple, tmp_path: Path, timed: bool) -> None:
     ws, val = data
-    # a plan measured on the fake clock (1 s per step: at 4 s, 98 % of the 11 s left fit 10 more steps) or a given one
+    # a plan measured on the fake clock (1 s per step: at 8 s, 95 % of the 7 s left fit 6 more steps) or a given one
     plan = dict(max_time=15.0) if timed else dict(plan_steps=18)
     cfg = small_cfg(epochs=3, patience=0, lr_schedule="cosine", warmup=0.2, val_every=4, **plan)
     fit = (lambda m, c: _fit_with_step_clock(m, ws, val, c)) if timed else (lambda m, c: train(m, ws, val, c))

@@ -89,12 +89,14 @@ _CKPT_VERSION = 1
 
 Callback = Callable[[dict[str, Any]], None]
 
-#: a time-bounded plan is fixed after this global step, from the step times measured so far (those after the first
-#: step of the process, which may compile kernels): at the same step in a resumed run, so a plan that the step budget
-#: decides is the same whether or not the run was interrupted
-PLAN_AT_STEP = 4
-#: fraction of the time left kept free when sizing a time-bounded plan (step-time noise)
-PLAN_MARGIN = 0.02
+#: a time-bounded plan is fixed after this global step, from the lower quartile of the step times measured so far
+#: (steps after the first of the process, which may compile kernels; a step slowed by another process on a shared
+#: CPU only makes steps slower, so the fast ones measure the run): at the same step in a resumed run, so a plan that
+#: the step budget decides is the same whether or not the run was interrupted. Until then a provisional plan from
+#: the fastest step so far shapes the warm-up.
+PLAN_AT_STEP = 8
+#: fraction of the time left kept free when sizing a time-bounded plan (checkpoints, logging, step-time noise)
+PLAN_MARGIN = 0.05
 
 
 @dataclass
@@ -546,8 +548,9 @@ class _Run:
     resumed_from: dict[str, int] | None = None
     t_last: float = 0.0  # clock reading last added to ``TrainState.elapsed``
     t_logged: float = 0.0  # clock reading of the last progress log line
-    step_ends: list[float] = field(default_factory=list)  # clock at the start of this process's first step, then at
-    # the end of each step until the plan is fixed (step timing)
+    durations: list[float] = field(default_factory=list)  # clock seconds of this process's steps until the plan is
+    # fixed (step timing)
+    prov_plan: int | None = None  # the provisional plan while the step time is being measured
     last_lr: float | None = None  # the LR of the last optimiser step (what a history entry reports)
 
 
@@ -650,8 +653,8 @@ class Trainer:
         run.optimizer = opt_cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         if cfg.lr_schedule == "cosine":  # stepped per optimiser step; the plan is read at every step
             run.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                run.optimizer, lambda s: cosine_lr_factor(s, self.state.plan_steps or run.step_plan, cfg.warmup,
-                                                          cfg.min_lr_ratio))
+                run.optimizer, lambda s: cosine_lr_factor(s, self.state.plan_steps or run.prov_plan or run.step_plan,
+                                                          cfg.warmup, cfg.min_lr_ratio))
         else:  # stepped per epoch
             run.scheduler = torch.optim.lr_scheduler.ExponentialLR(run.optimizer, gamma=cfg.lr_decay)
         run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.amp_dtype == torch.float16)
@@ -717,7 +720,7 @@ class Trainer:
             self._fix_plan(run, cfg.plan_steps, {"by": "config"})
         elif cfg.max_time is None or max(st.global_step, PLAN_AT_STEP) >= run.step_plan:  # nothing to time
             self._fix_plan(run, run.step_plan, {"by": "steps"})
-        else:  # until the step time is measured: the step budget's schedule, epoch-end validations (or val_every)
+        else:  # until the step time is measured: a provisional plan (_time_plan), epoch-end validations (or val_every)
             st.val_every = cfg.val_every
 
     def _fix_plan(self, run: _Run, plan: int, info: dict[str, Any]) -> None:
@@ -738,14 +741,19 @@ class Trainer:
                         f", {cfg.lr_schedule} LR" if cfg.lr_schedule == "cosine" else "",
                         f"every {st.val_every} steps and at epoch ends" if st.val_every else "at epoch ends")
 
-    def _time_plan(self, run: _Run) -> None:
-        """At :data:`PLAN_AT_STEP`: time one validation and fix the plan that fits in ``max_time``."""
-        cfg = self.cfg
-        ends = run.step_ends
-        if self.state.global_step < PLAN_AT_STEP or len(ends) < 2:
-            return
-        first = 1 if len(ends) > 2 else 0  # the first step of a process may compile kernels: skip it when possible
-        step_s = (ends[-1] - ends[first]) / (len(ends) - 1 - first)
+    def _time_plan(self, run: _Run) -> bool:
+        """While the step time is measured: a provisional plan from the fastest step so far; at
+        :data:`PLAN_AT_STEP` time one validation and fix the plan that fits in ``max_time`` (returns True then)."""
+        cfg, st = self.cfg, self.state
+        times = run.durations[1:] if len(run.durations) > 1 else run.durations  # the process's first step compiles
+        assert cfg.max_time is not None
+        if st.global_step < PLAN_AT_STEP:
+            if len(run.durations) > 1:  # ~ an upper bound on the plan: a warm-up no shorter than the final one
+                fastest = float(D.all_reduce_max(torch.tensor([min(times)], dtype=torch.float64, device=run.device)))
+                run.prov_plan = self._steps_that_fit(run, (cfg.max_time - self._tick(run)) * (1.0 - PLAN_MARGIN),
+                                                     fastest, 0.0)
+            return False
+        step_s = float(np.percentile(times, 25))
         val_s = 0.0
         if run.val_idx is not None:
             t0 = self.clock()
@@ -754,12 +762,11 @@ class Trainer:
             val_s = self.clock() - t0
         both = D.all_reduce_max(torch.tensor([step_s, val_s], dtype=torch.float64, device=run.device))
         step_s, val_s = float(both[0]), float(both[1])
-        assert cfg.max_time is not None
         left = (cfg.max_time - self._tick(run)) * (1.0 - PLAN_MARGIN)
-        plan = self._steps_that_fit(run, left, step_s, val_s if run.val_idx is not None else 0.0)
+        plan = self._steps_that_fit(run, left, step_s, val_s)
         self._fix_plan(run, plan, {"by": "time" if plan < run.step_plan else "steps", "step_s": round(step_s, 4),
                                    "val_s": round(val_s, 4), "time_left_s": round(left, 1)})
-        self._save_checkpoint(run)
+        return True
 
     def _steps_that_fit(self, run: _Run, left: float, step_s: float, val_s: float) -> int:
         """The largest plan (at most the step budget) whose remaining steps and validations take ``left`` seconds."""
@@ -852,8 +859,8 @@ class Trainer:
         """One optimiser step on a global batch of ``n_windows``; bookkeeping, progress, mid-epoch checkpoint."""
         st, cfg = self.state, self.cfg
         t0 = time.perf_counter()
-        if not run.step_ends and st.plan_steps is None and self._needs_plan():
-            run.step_ends.append(self.clock())
+        timing = st.plan_steps is None and self._needs_plan()
+        c0 = self.clock() if timing else 0.0
         run.last_lr = run.optimizer.param_groups[0]["lr"]
         loss = _train_step(run.net, run.optimizer, run.scaler, _to_device(raw, run.device), run.scale,
                            run.amp_dtype, cfg, run.ctx)
@@ -864,14 +871,16 @@ class Trainer:
             st.step_losses.append(loss)
             st.epoch_loss_sum += loss
             st.epoch_loss_steps += 1
+        if timing:
+            run.durations.append(self.clock() - c0)
+        fixed = timing and self._time_plan(run)  # before the scheduler sets the next step's LR from the plan
         if cfg.lr_schedule == "cosine":
             run.scheduler.step()
         wps = n_windows / max(time.perf_counter() - t0, 1e-9)
         self._tick(run)
         self._report_step(run, bar, loss, wps)
-        if st.plan_steps is None and self._needs_plan():
-            run.step_ends.append(self.clock())
-            self._time_plan(run)
+        if fixed:
+            self._save_checkpoint(run)
         mid_epoch = st.step_in_epoch < run.steps_per_epoch
         if mid_epoch and st.val_every and run.val_idx is not None and st.step_in_epoch % st.val_every == 0:
             self._validate_and_record(run, at="val_every")
