@@ -61,7 +61,8 @@ def test_cli_tiny_synthetic_table_files_and_independent_scores(tmp_path: Path) -
     snaive = a["x"][:, 24:48]
     ref = evaluate_arrays(snaive, a["y"], a["y_mask"])
     assert csv.set_index("method").loc["Seasonal naive", "MSE"] == pytest.approx(ref["mse"], rel=1e-6)
-    assert csv.set_index("method").loc["Holt-Winters", "parameters"] == 27 * 10
+    # alpha, beta, gamma, phi (damped trend) + the 24-step seasonal profile, per station
+    assert csv.set_index("method").loc["Holt-Winters", "parameters"] == (4 + 24) * 10
     lead = pd.read_csv(out / "benchmark_temperature_per_lead.csv")
     assert len(lead) == 6 * 24 and list(lead.columns) == ["method", "lead", "MSE", "MAE"]
     pl = lead[lead["method"] == "Persistence"].set_index("lead")
