@@ -68,7 +68,7 @@ def test_seasonal_naive_indexing_rule() -> None:
     pred = m.predict_windows(ws, idx)
     for h in range(50):
         np.testing.assert_array_equal(pred[:, h], x[:, 30 - 24 + h % 24])
-    with pytest.raises(ValueError, match="seq_len >= season length"):
+    with pytest.raises(ValueError, match="seq_len >= its season"):
         m.predict_windows(WindowDataset(ds, "temperature", seq_len=12, label_len=0, pred_len=4), [0])
     with pytest.raises(ValueError, match="whole number of time steps"):
         type(m)(period="90min").fit(ds).predict_windows(ws, [0])

@@ -38,7 +38,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -52,8 +52,22 @@ from .models.embedding import RevIN
 from .ops import use_backend
 from .utils import atomic_path, to_jsonable
 
-if TYPE_CHECKING:  # the Forecaster imports this module (Forecaster.export); only its type is needed here
-    from .forecaster import Forecaster
+
+class Forecaster(Protocol):
+    """What export reads of a trained :class:`~urlk_forecast.forecaster.Forecaster` (which imports this module
+    for ``Forecaster.export``, so the class itself is not imported here)."""
+
+    name: str
+    model: str
+    variable: str
+    seq_len: int
+    label_len: int
+    pred_len: int
+    max_gap: int
+    frequency: pd.Timedelta | None
+    stations: dict[str, Any] | None
+    train_info: dict[str, Any]
+    net: nn.Module | None
 
 __all__ = ["ExportedForecaster", "ExportResult", "ExportNet", "export_forecaster", "read_sidecar", "sidecar_path",
            "EXPORT_FORMAT", "EXPORT_FORMAT_VERSION", "FORMATS", "INPUT_NAMES", "OUTPUT_NAME", "ONNX_OPSET",
