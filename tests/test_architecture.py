@@ -149,8 +149,8 @@ def test_the_cli_is_a_leaf() -> None:
 # ----------------------------------------------------------------------------------------------- layering
 #: The layer of every module or package of urlk_forecast (by its first name below the package) and the layers it
 #: may import from (its own always). Imports anywhere in a module count, function-local and TYPE_CHECKING ones too.
-#: The order, bottom up: utils <- data <- ops/models <- method/scoring <- trainer <- export <- forecaster <- baselines <- rundir
-#: <- cli (docs/architecture.md). A new module must be placed here.
+#: The order, bottom up: utils <- data <- ops/models <- method/scoring <- trainer <- export <- forecaster
+#: <- baselines <- rundir <- cli (docs/architecture.md). A new module must be placed here.
 _BASE = {"utils"}
 _DATA = _BASE | {"data", "metrics"}
 _NETS = _DATA | {"ops", "models"}
