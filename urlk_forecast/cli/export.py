@@ -42,7 +42,8 @@ def export(run_dir: Path | None, fmt: str, out: Path | None, check: bool) -> Non
     opset = f", opset {info['opset']}" if info.get("opset") else ""
     parity = info.get("check") or {}
     if "relative_error" in parity:
-        parity_text = f"; parity with the model on {parity['batch']} example windows: {parity['relative_error']:.2g}"
+        parity_text = (f"; parity with the model on {parity['batch']} example windows: relative error "
+                       f"{parity['relative_error']:.2g}")
     else:
         parity_text = f"; not checked ({parity.get('skipped', 'disabled with --no-check')})"
     click.echo(f"wrote {result.path} ({fmt}{opset}, {size:.1f} MB) and {result.sidecar}: {info['model']} "
