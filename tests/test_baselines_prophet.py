@@ -44,7 +44,7 @@ def _planted(S: int = 8, noise: float = 0.3, seed: int = 0) -> tuple[object, dic
 def test_recovers_planted_trend_and_seasonality() -> None:
     ds, truth = _planted()
     train = ds.isel(time=slice(0, T_TRAIN))
-    model = ProphetLike(yearly_order=0, n_changepoints=25).fit(train)
+    model = ProphetLike(yearly_order=0, n_changepoints=25, recent_hours=None).fit(train)
     cols = model.columns
     coef = model.coef * model.y_scale  # physical units
     # daily wave a sin(w t + p) = a cos(p) sin(w t) + a sin(p) cos(w t): first-harmonic coefficients
@@ -76,12 +76,16 @@ def test_level_adjustment_removes_a_level_shift() -> None:
     train = ds.isel(time=slice(0, T_TRAIN))
     test = ds.isel(time=slice(T_TRAIN, None)).copy(deep=True)
     test["temperature"].values[:] += 4.0  # a regime change the trend cannot know about
-    plain = ProphetLike(yearly_order=0).fit(train)
+    plain = ProphetLike(yearly_order=0, recent_hours=None).fit(train)
     adj = ProphetLike(yearly_order=0, adjust_level=True).fit(train)
     ws = WindowDataset(test, "temperature", seq_len=48, label_len=0, pred_len=24)
     assert plain.evaluate(ws)["mae"] > 3.5
     assert adj.evaluate(ws)["mae"] < 0.2
     assert adj.name != plain.name
+    # conditioning on the recent 72 h follows the shifted level, too (from the second day of the test period on)
+    recent = ProphetLike(yearly_order=0).fit(train)
+    later = np.arange(len(ws))[np.arange(len(ws)) >= 72]
+    assert recent.evaluate(ws, later)["mae"] < 0.5 and plain.evaluate(ws, later)["mae"] > 3.5  # weekly wave: 72 h
 
 
 def test_fourier_terms_and_unfitted_station() -> None:
@@ -93,11 +97,11 @@ def test_fourier_terms_and_unfitted_station() -> None:
     ds, _ = _planted(S=3)
     ds["temperature"].values[:, 1] = np.nan
     with pytest.warns(RuntimeWarning, match="1 of 3 stations"):
-        model = ProphetLike(yearly_order=0).fit(ds.isel(time=slice(0, T_TRAIN)))
+        model = ProphetLike(yearly_order=0, recent_hours=None).fit(ds.isel(time=slice(0, T_TRAIN)))
     assert np.isnan(model.coef[:, 1]).all() and np.isfinite(model.coef[:, [0, 2]]).all()
     # 120 days of history cannot identify a yearly Fourier series: it is dropped (orders_), not extrapolated wildly
     with pytest.warns(RuntimeWarning, match="fewer than"):
-        auto = ProphetLike().fit(ds.isel(time=slice(0, T_TRAIN)))
+        auto = ProphetLike(recent_hours=None).fit(ds.isel(time=slice(0, T_TRAIN)))
     assert auto.orders_ == {"daily": 4, "weekly": 3, "yearly": 0} and not any("yearly" in c for c in auto.columns)
 
 
@@ -112,7 +116,7 @@ def test_agrees_with_real_prophet() -> None:
     kw = {"yearly_order": 10}  # dropped by both: 120 days of history (min_periods rule)
     real = ProphetReal(stations=None, **kw).fit(train)
     assert real.kwargs_["yearly_seasonality"] is False
-    own = ProphetLike(**kw).fit(train)
+    own = ProphetLike(recent_hours=None, **kw).fit(train)
     p_real, p_own = real.predict_windows(ws), own.predict_windows(ws)
     assert np.isfinite(p_real).all()
     # same model, different prior on the deltas (Laplace vs Gaussian) and solver: forecasts nearly agree
@@ -137,7 +141,77 @@ def test_flat_direction_ridge_tames_an_unobserved_season() -> None:
     ds = make_dataset(times, ["a"], [0.0], [0.0], temperature=y[:, None].astype(np.float32))
     err = {}
     for fr in (0.0, 1e-4):
-        f = ProphetLike(flat_ridge=fr).fit(ds).fitted_function(times.values)[:, 0]
+        f = ProphetLike(flat_ridge=fr, recent_hours=None).fit(ds).fitted_function(times.values)[:, 0]
         err[fr] = (np.abs(f[gap] - clean[gap]).mean(), np.nanmean(np.abs(f - y)))
     assert err[0.0][0] > 50 and err[1e-4][0] < 20 and err[1e-4][0] < 0.2 * err[0.0][0]
     assert err[1e-4][1] < 1.05 * err[0.0][1]  # the observed part is fitted as well as before
+
+
+def _history_ds(ds, origin: int, hours: int):  # the ``hours`` observed steps before ``origin``, as their own dataset
+    return ds.isel(time=slice(origin - hours, origin))
+
+
+def test_recent_refit_is_the_fit_on_the_history_before_each_origin() -> None:
+    """Independent reference: the fit-once model (its own code path) fitted on exactly the 72 h before an origin,
+    with Prophet's linear trend continuation, forecasts what the per-origin refit forecasts; and altering anything
+    at or after an origin leaves that origin's forecast unchanged (no leakage)."""
+    ds, _ = _planted(S=3, noise=0.3, seed=2)
+    train = ds.isel(time=slice(0, T_TRAIN))
+    test = ds.isel(time=slice(T_TRAIN - 48, None))
+    ws = WindowDataset(test, "temperature", seq_len=48, label_len=0, pred_len=24, order="identity")
+    recent = ProphetLike(recent_trend="linear").fit(train)
+    assert recent.recent_hours == 72 and recent.recent_trend == "linear"
+    idx = np.array([0, 30, 100])
+    pred = recent.predict_windows(ws, idx)
+    for n, i in enumerate(idx):
+        origin = T_TRAIN + int(i)  # row of the window's first target in ``ds``
+        once = ProphetLike(recent_hours=None, yearly_order=10).fit(_history_ds(ds, origin, 72))
+        assert once.orders_ == {"daily": 4, "weekly": 0, "yearly": 0}
+        ref = once.fitted_function(ds["time"].values[origin : origin + 24])
+        np.testing.assert_allclose(pred[n], ref, atol=2e-3)
+    changed = test.copy(deep=True)
+    changed["temperature"].values[48 + 100 :] += 50.0  # everything from window 100's origin on
+    ws2 = WindowDataset(changed, "temperature", seq_len=48, label_len=0, pred_len=24, order="identity")
+    np.testing.assert_array_equal(recent.predict_windows(ws2, idx), pred)
+
+
+def test_recent_refit_trend_continuations() -> None:
+    """flat holds the trend's last value, damped adds a geometric sum of its last slope, linear its full slope."""
+    times = pd.date_range("2021-01-01", periods=24 * 20, freq="h")
+    y = 0.1 * np.arange(times.size)  # a pure ramp: trend slope 0.1 per step, no seasonality
+    ds = make_dataset(times, ["a"], [0.0], [0.0], temperature=y[:, None].astype(np.float32))
+    ws = WindowDataset(ds.isel(time=slice(24 * 10, None)), "temperature", seq_len=48, label_len=0, pred_len=24)
+    train = ds.isel(time=slice(0, 24 * 10))
+    truth = window_arrays(ws, np.array([5]))["y"][0, :, 0]
+    last = truth[0] - 0.1  # the value at the last history step
+    k = np.arange(1, 25)
+    expect = {"flat": np.full(24, last), "linear": last + 0.1 * k,
+              "damped": last + 0.1 * np.cumsum(0.8 ** k)}
+    for mode, want in expect.items():
+        got = ProphetLike(recent_trend=mode, n_changepoints=0, daily_order=0, weekly_order=0,
+                          yearly_order=0).fit(train).predict_windows(ws, [5])[0, :, 0]
+        np.testing.assert_allclose(got, want, atol=0.02, err_msg=mode)
+    with pytest.raises(ValueError, match="recent_trend"):
+        ProphetLike(recent_trend="cubic")
+    with pytest.raises(ValueError, match="recent_hours"):
+        ProphetLike(recent_hours=2)
+
+
+@pytest.mark.skipif(not prophet_available(), reason="the real prophet package is not installed")
+def test_recent_refit_agrees_with_real_prophet_fitted_the_same_way() -> None:
+    """Real Prophet fitted on the 72 h before each origin (its own linear trend continuation) vs the batched refit."""
+    from urlk_forecast.baselines import ProphetReal
+
+    ds, _ = _planted(S=2, noise=0.3, seed=4)
+    train = ds.isel(time=slice(0, T_TRAIN))
+    test = ds.isel(time=slice(T_TRAIN - 48, None))
+    ws = WindowDataset(test, "temperature", seq_len=48, label_len=0, pred_len=24, order="identity")
+    own = ProphetLike(recent_trend="linear").fit(train)
+    for i in (10, 120):
+        origin = T_TRAIN + i
+        real = ProphetReal(stations=None).fit(_history_ds(ds, origin, 72))
+        p_real = real.predict_windows(ws, [i])
+        p_own = own.predict_windows(ws, [i])
+        assert np.isfinite(p_real).all()
+        # Laplace vs Gaussian prior on the deltas: the linear continuations of the last slope differ slightly
+        assert np.abs(p_real - p_own).mean() < 0.25, (i, np.abs(p_real - p_own).mean())
