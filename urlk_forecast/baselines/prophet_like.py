@@ -26,10 +26,10 @@ trend were chosen on the validation windows of the real-data suite (docs/benchma
 training data scored 1.6x (TMY3 temperature) to 480x (vega) worse than persistence there, while the recent refits
 score well below persistence on temperature. ``recent_hours=None`` keeps the single fit on the training split.
 
-With ``recent_hours=None``, forecasting evaluates the fitted function at the window's target times (the trend continues with its last slope,
-as Prophet's point forecast). Prophet has no notion of "the current window": with ``adjust_level=True`` the forecast
-is shifted by the mean residual of the window's last ``level_hours`` observed inputs (an option, off by default so the
-default row is faithful to Prophet; registry name ``prophet_like_adjusted`` turns it on).
+With ``recent_hours=None``, forecasting evaluates the fitted function at the window's target times (the trend
+continues with its last slope, as Prophet's point forecast). That single fit has no notion of "the current window":
+with ``adjust_level=True`` (which implies ``recent_hours=None``) the forecast is shifted by the mean residual of the
+window's last ``level_hours`` observed inputs (registry name ``prophet_like_adjusted`` turns it on).
 """
 
 from __future__ import annotations
