@@ -555,10 +555,10 @@ def test_time_plan_from_the_measured_step_and_validation_times(data: tuple, tmp_
     cfg = small_cfg(epochs=20, patience=0, lr_schedule="cosine", max_time=40.0, eval_batch_size=8,
                     out_dir=tmp_path / "run")
     res = _fit_with_step_clock(TinyNet(), ws, val, cfg, eval_s=0.25, slow={5: 9.0})
-    # timed: steps 2..8 (the first may compile), 1 s each but step 5 (9 s, another process): the lower quartile is
-    # 1 s. At step 8 one more validation is timed (0.5 s): 8 steps + 8 s extra + the step-6 and the timing
-    # validations = 17 s spent. The plan P is the largest with (P - 8) steps + (epoch ends in steps 9..P) x 0.5 s
-    # <= 95 % of the rest
+    # timed: steps 2..8 (the first may compile), 1 s each but step 5 (9 s, another process): the median is 1 s.
+    # At step 8 one more validation is timed (0.5 s): 8 steps + 8 s extra + the step-6 and the timing validations
+    # = 17 s spent. The plan P is the largest with (P - 8) steps + (epoch ends in steps 9..P) x 0.5 s <= 95 % of
+    # the rest (checkpoints take no time on this clock)
     left = (40.0 - 17.0) * 0.95
     expect = max(p for p in range(9, 121) if (p - 8) * 1.0 + (p // 6 - 1) * 0.5 <= left)
     assert expect == 28
@@ -583,6 +583,33 @@ def test_time_plan_from_the_measured_step_and_validation_times(data: tuple, tmp_
     assert res.plan["val_every"] == 2  # 10 over 3 epochs of 6 steps: 3 per epoch, at steps 2, 4 and its end
     # (the interval exists once the plan is fixed, after step 8: before it only the epoch end validates)
     assert [h["global_step"] for h in res.history] == [6, 8, 10, 12, 14, 16, 18]
+
+
+def test_time_plan_counts_checkpoints(data: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import urlk_forecast.trainer as trainer_mod
+
+    ws, val = data
+    model = TinyNet()
+    trainer = Trainer(small_cfg(epochs=20, patience=0, lr_schedule="cosine", max_time=40.0, eval_batch_size=8,
+                                checkpoint_every=4, out_dir=tmp_path))
+    clock = StepClock(model, 1.0, 0.25)
+    trainer.clock = clock  # type: ignore[method-assign]
+    save = trainer_mod.atomic_torch_save
+
+    def slow_save(obj: object, path: Path) -> None:  # every checkpoint write takes 2 s of the clock
+        save(obj, path)
+        if Path(path).name == CHECKPOINT_NAME:
+            clock.now += 2.0
+
+    monkeypatch.setattr(trainer_mod, "atomic_torch_save", slow_save)
+    res = trainer.fit(model, ws, val)
+    # checkpoints before the plan: after step 1 (timing one), step 4 (checkpoint_every), the step-6 epoch end; at
+    # step 8: 8 s of steps + 3 x 2 s + the step-6 and the timing validations (2 x 0.5 s) = 15 s spent. Each
+    # further step costs 1 s + 2 s / 4, each validation 0.5 s + its 2-s checkpoint
+    left = (40.0 - 15.0) * 0.95
+    expect = max(p for p in range(9, 121) if (p - 8) * 1.5 + (p // 6 - 1) * 2.5 <= left)
+    assert res.plan is not None and (res.plan["checkpoint_s"], res.plan["step_s"]) == (2.0, 1.0)
+    assert res.plan["steps"] == expect == 20
 
 
 def test_val_every_validates_mid_epoch_and_restores_the_best_validation(tmp_path: Path) -> None:

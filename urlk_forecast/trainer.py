@@ -89,13 +89,13 @@ _CKPT_VERSION = 1
 
 Callback = Callable[[dict[str, Any]], None]
 
-#: a time-bounded plan is fixed after this global step, from the lower quartile of the step times measured so far
-#: (steps after the first of the process, which may compile kernels; a step slowed by another process on a shared
-#: CPU only makes steps slower, so the fast ones measure the run): at the same step in a resumed run, so a plan that
-#: the step budget decides is the same whether or not the run was interrupted. Until then a provisional plan from
-#: the fastest step so far shapes the warm-up.
+#: a time-bounded plan is fixed after this global step, from the median time from one step's end to the next's (batch
+#: wait and logging included; steps after the first of the process, which may compile kernels; the median ignores a
+#: few steps slowed by another process on a shared CPU): at the same step in a resumed run, so a plan that the step
+#: budget decides is the same whether or not the run was interrupted. Until then a provisional plan from the fastest
+#: step so far shapes the warm-up.
 PLAN_AT_STEP = 8
-#: fraction of the time left kept free when sizing a time-bounded plan (checkpoints, logging, step-time noise)
+#: fraction of the time left kept free when sizing a time-bounded plan (step-time noise)
 PLAN_MARGIN = 0.05
 
 
@@ -551,6 +551,8 @@ class _Run:
     durations: list[float] = field(default_factory=list)  # clock seconds of this process's steps until the plan is
     # fixed (step timing)
     prov_plan: int | None = None  # the provisional plan while the step time is being measured
+    t_step_end: float | None = None  # clock at the end of the last step of this epoch (its validation included)
+    ckpt_s: float = 0.0  # seconds the last checkpoint took to write
     last_lr: float | None = None  # the LR of the last optimiser step (what a history entry reports)
 
 
@@ -753,29 +755,32 @@ class Trainer:
                 run.prov_plan = self._steps_that_fit(run, (cfg.max_time - self._tick(run)) * (1.0 - PLAN_MARGIN),
                                                      fastest, 0.0)
             return False
-        step_s = float(np.percentile(times, 25))
+        step_s = float(np.median(times))
         val_s = 0.0
         if run.val_idx is not None:
             t0 = self.clock()
             evaluate_loss(run.model, run.val_ws, run.val_idx, run.eval_bs, run.device, run.scale, run.amp_dtype,
                           run.ctx)
             val_s = self.clock() - t0
-        both = D.all_reduce_max(torch.tensor([step_s, val_s], dtype=torch.float64, device=run.device))
-        step_s, val_s = float(both[0]), float(both[1])
+        both = D.all_reduce_max(torch.tensor([step_s, val_s, run.ckpt_s], dtype=torch.float64, device=run.device))
+        step_s, val_s, ckpt_s = (float(v) for v in both)
         left = (cfg.max_time - self._tick(run)) * (1.0 - PLAN_MARGIN)
-        plan = self._steps_that_fit(run, left, step_s, val_s)
+        plan = self._steps_that_fit(run, left, step_s, val_s, ckpt_s)
         self._fix_plan(run, plan, {"by": "time" if plan < run.step_plan else "steps", "step_s": round(step_s, 4),
-                                   "val_s": round(val_s, 4), "time_left_s": round(left, 1)})
+                                   "val_s": round(val_s, 4), "checkpoint_s": round(ckpt_s, 4),
+                                   "time_left_s": round(left, 1)})
         return True
 
-    def _steps_that_fit(self, run: _Run, left: float, step_s: float, val_s: float) -> int:
-        """The largest plan (at most the step budget) whose remaining steps and validations take ``left`` seconds."""
+    def _steps_that_fit(self, run: _Run, left: float, step_s: float, val_s: float, ckpt_s: float = 0.0) -> int:
+        """The largest plan (at most the step budget) whose remaining steps, validations and checkpoints (one per
+        validation and every ``checkpoint_every`` steps) take ``left`` seconds."""
         g, spe, cfg = self.state.global_step, run.steps_per_epoch, self.cfg
+        per_step = step_s + (ckpt_s / cfg.checkpoint_every if cfg.checkpoint_every else 0.0)
 
         def cost(plan: int) -> float:
             every = cfg.val_every if cfg.val_every is not None else val_interval(plan, spe, cfg.val_per_plan)
             n_val = count_validations(plan, spe, every) - count_validations(g, spe, every)
-            return (plan - g) * step_s + n_val * val_s
+            return (plan - g) * per_step + n_val * (val_s + ckpt_s)
 
         lo, hi = g + 1, run.step_plan  # cost(lo) is spent whatever the plan; find the last plan within ``left``
         if hi <= lo or cost(hi) <= left:
@@ -841,6 +846,7 @@ class Trainer:
         local = [D.shard(b, ctx.rank, ctx.world_size) for b in batches]
         bar = _progress(run.show_bar, run.steps_per_epoch, st.step_in_epoch, f"epoch {st.epoch + 1}/{cfg.epochs}")
         stop_reason = None
+        run.t_step_end = None  # the epoch-end validation and checkpoint are not part of the next step
         self._tick(run)
         try:
             for k, raw in enumerate(_Batches(run.train_ws, local, cfg.prefetch)):
@@ -860,7 +866,7 @@ class Trainer:
         st, cfg = self.state, self.cfg
         t0 = time.perf_counter()
         timing = st.plan_steps is None and self._needs_plan()
-        c0 = self.clock() if timing else 0.0
+        c0 = (run.t_step_end if run.t_step_end is not None else self.clock()) if timing else 0.0
         run.last_lr = run.optimizer.param_groups[0]["lr"]
         loss = _train_step(run.net, run.optimizer, run.scaler, _to_device(raw, run.device), run.scale,
                            run.amp_dtype, cfg, run.ctx)
@@ -879,7 +885,7 @@ class Trainer:
         wps = n_windows / max(time.perf_counter() - t0, 1e-9)
         self._tick(run)
         self._report_step(run, bar, loss, wps)
-        if fixed:
+        if fixed or (timing and len(run.durations) == 1):  # the first checkpoint also times a checkpoint
             self._save_checkpoint(run)
         mid_epoch = st.step_in_epoch < run.steps_per_epoch
         if mid_epoch and st.val_every and run.val_idx is not None and st.step_in_epoch % st.val_every == 0:
@@ -889,6 +895,7 @@ class Trainer:
             self._write_history(run)
         elif mid_epoch and cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0:
             self._save_checkpoint(run)
+        run.t_step_end = self.clock() if timing else None
 
     def _report_step(self, run: _Run, bar: Any, loss: float | None, wps: float) -> None:
         """Progress: the bar when shown; else on rank 0 a log line every ``log_every`` steps or ``log_every_s`` s."""
@@ -994,6 +1001,7 @@ class Trainer:
         """Write ``checkpoint.pt`` (rank 0) with every rank's RNG states (a collective under DDP)."""
         if self.out is None:
             return
+        t0 = self.clock()
         rng = _rng_state(run.device)
         rngs = [rng]
         if run.ctx.enabled:
@@ -1019,6 +1027,7 @@ class Trainer:
             },
             self.out / CHECKPOINT_NAME,
         )
+        run.ckpt_s = self.clock() - t0
 
     def _write_history(self, run: _Run) -> None:
         if self.out is None or not run.ctx.is_main:
