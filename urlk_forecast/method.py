@@ -10,6 +10,11 @@ same targets and masks. Tables and backtests therefore never special-case a meth
 
 Forecasts are float32 in physical units, stations in the window source's *model order* (``ws.station_ids``); a
 point a method cannot forecast is NaN, never a silent zero.
+
+Distributions: a method that forecasts quantiles sets ``quantiles`` (sorted levels in (0, 1), e.g. ``(0.1, 0.5,
+0.9)``) and implements :meth:`Method.predict_quantiles` -> ``(N, pred_len, S, Q)``, non-decreasing along ``Q``. Its
+point forecast (``predict_windows``) is then the median (level 0.5 when present). ``quantiles = None`` (the default):
+point forecasts only.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class Method(ABC):
     kind: ClassVar[str] = "statistical"
     variable: str
     fit_seconds: float | None = None
+    #: quantile levels forecast by :meth:`predict_quantiles` (sorted, in (0, 1)); None: point forecasts only
+    quantiles: tuple[float, ...] | None = None
 
     @abstractmethod
     def fit(self, train: xr.Dataset, val: xr.Dataset | None = None) -> Method:
@@ -50,6 +57,11 @@ class Method(ABC):
     @abstractmethod
     def predict_windows(self, ws: WindowSource, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """Forecasts ``(N, pred_len, S)`` float32 for windows ``indices`` of ``ws`` (all when None)."""
+
+    def predict_quantiles(self, ws: WindowSource, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """Quantile forecasts ``(N, pred_len, S, Q)`` float32 at the levels ``self.quantiles``, non-decreasing along
+        the last axis, for windows ``indices`` of ``ws`` (all when None)."""
+        raise NotImplementedError(f"{self.name} forecasts no quantiles (quantiles=None)")
 
     @property
     @abstractmethod
