@@ -4,7 +4,8 @@
 * :mod:`.jsonable` -- the one converter of Python/numpy/pandas values to JSON-ready values;
 * :mod:`.names` -- the one registry-name normaliser (``"Holt-Winters "`` → ``"holt_winters"``);
 * :mod:`.indices` -- evenly spaced window indices;
-* :mod:`.steps` -- step counts worded in the data's time step ("24 h", "24 days", "6 x 10 min").
+* :mod:`.steps` -- step counts worded in the data's time step ("24 h", "24 days", "6 x 10 min");
+* :mod:`.quantiles` -- the one check of quantile levels, their column names and central intervals.
 
 This package imports nothing else from urlk_forecast, so any module may import it.
 """
@@ -15,6 +16,7 @@ from .atomic import atomic_path, atomic_torch_save, atomic_write, atomic_write_b
 from .indices import evenly_spaced
 from .jsonable import to_jsonable
 from .names import normalize_name
+from .quantiles import central_intervals, quantile_label, quantile_levels
 from .steps import describe_steps, freq_label
 
 __all__ = [
@@ -23,9 +25,12 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "central_intervals",
     "describe_steps",
     "evenly_spaced",
     "freq_label",
     "normalize_name",
+    "quantile_label",
+    "quantile_levels",
     "to_jsonable",
 ]
