@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
+import time
 
 import pytest
 import torch
@@ -10,6 +14,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from urlk_forecast.cli.errors import command_logging
 from urlk_forecast.ops import cpu_kernels, dwconv2d, same_padding, use_backend
 
 TOL = 1e-5  # norm-wise relative error allowed for float32 results
@@ -270,3 +275,66 @@ def test_generated_source_is_deterministic_and_cached():
     d = cpu_kernels.cache_dir()
     assert os.path.isdir(d) and any(f.endswith(".py") for f in os.listdir(d))
 
+
+# ------------------------------------------------------------------------------------------- first compilation
+def test_compile_notice_reaches_the_cli_stderr_with_a_heartbeat(monkeypatch, capsys):
+    """A compilation that takes longer than a cache load is announced on the CLI's stderr (the package logger that
+    ``command_logging`` sets up), then every heartbeat period, then timed; a quick one (a cache load) is silent."""
+    monkeypatch.setattr(cpu_kernels, "_COMPILE_NOTICE_S", 0.1)
+    monkeypatch.setattr(cpu_kernels, "_COMPILE_HEARTBEAT_S", 0.25)
+    with command_logging():
+        with cpu_kernels._compile_notice("bwd_32x4", torch.float32, (13, 13)):
+            time.sleep(0.75)
+        with cpu_kernels._compile_notice("fwd_32x4", torch.float32, (13, 5)):
+            pass
+    err = capsys.readouterr().err
+    first = (f"compiling depthwise-conv kernels bwd_32x4 (float32) for K=13 (first run only, cached in "
+             f"{cpu_kernels.cache_dir()})")
+    assert err.splitlines()[0] == first
+    assert err.count("still compiling depthwise-conv kernels bwd_32x4 (float32) for K=13") >= 1
+    assert "compiled depthwise-conv kernels bwd_32x4 (float32) for K=13 in 0." in err
+    assert "fwd_32x4" not in err
+
+
+_FRESH_RUN = textwrap.dedent("""
+    import torch, torch.nn.functional as F
+    from urlk_forecast.cli.errors import command_logging
+    from urlk_forecast.ops import cpu_kernels, dwconv2d, use_backend
+    cpu_kernels._COMPILE_NOTICE_S = 1.0
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 20, 4, 6, generator=g).requires_grad_()
+    w = torch.randn(20, 1, 5, 5, generator=g).requires_grad_()
+    with command_logging(), use_backend("own"):
+        y = dwconv2d(x, w)
+        y.square().sum().backward()
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    F.conv2d(x64, w64, None, 1, 2, 1, 20).square().sum().backward()
+    for a, b in ((x.grad, x64.grad), (w.grad, w64.grad)):
+        assert float((a.double() - b).norm() / b.norm()) < 1e-5
+    mod = cpu_kernels._load()
+    misses = sum(sum(getattr(mod, name).stats.cache_misses.values()) for name, _ in cpu_kernels._compiled)
+    print("drivers", sorted(name for name, _ in cpu_kernels._compiled), "misses", misses,
+          "helper", cpu_kernels._helper is not None)
+""")
+
+
+def test_first_run_compiles_visibly_once_and_later_runs_load_the_cache(tmp_path):
+    """Fresh caches: the run says what it compiles (with the cache directory), a helper process compiles the
+    backward kernels ahead, gradients are right and markers record the cache; a second run with the same caches
+    compiles nothing, logs nothing and starts no helper."""
+    env = dict(os.environ, URLK_CACHE_DIR=str(tmp_path / "urlk"), NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    env.pop("URLK_DWCONV_PRECOMPILE", None)
+    runs = [subprocess.run([sys.executable, "-c", _FRESH_RUN], env=env, capture_output=True, text=True,
+                           timeout=600) for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr
+    first, second = runs
+    where = os.path.join(str(tmp_path / "urlk"), "dwconv")
+    assert (f"compiling depthwise-conv kernels cbfwd_8 (float32) for K=5 (first run only, cached in {where})"
+            in first.stderr)
+    assert "compiled depthwise-conv kernels cbfwd_8 (float32) for K=5 in" in first.stderr
+    assert "drivers ['cbbwd_8', 'cbfwd_8']" in first.stdout and "helper True" in first.stdout
+    ready = os.listdir(os.path.join(where, "ready"))
+    assert any("-cbfwd_8-float32-" in f for f in ready) and any("-cbbwd_8-float32-" in f for f in ready)
+    assert "compiling" not in second.stderr
+    assert "drivers ['cbbwd_8', 'cbfwd_8'] misses 0 helper False" in second.stdout

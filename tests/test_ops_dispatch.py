@@ -88,6 +88,28 @@ def test_auto_small_maps_forward_on_onednn_backward_on_own(monkeypatch, hw, k, d
     assert spy.calls == (1 if onednn else 2)
 
 
+@pytest.mark.parametrize(("hw", "driver"), [((16, 24), "bwd_32x4"), ((12, 12), "cbbwd_8"), ((3, 4), "cbbwd_4")])
+def test_forward_with_grad_asks_for_the_backward_kernels_ahead(monkeypatch, hw, driver):
+    """A CPU forward whose gradient will be needed names the backward driver that will run (compiled ahead by the
+    helper process); inference (no_grad, or nothing requiring grad) asks for nothing."""
+    asked = []
+    monkeypatch.setattr(cpu_kernels, "prefetch_backward",
+                        lambda x, w, pads, dil: asked.append(cpu_kernels._backward_driver(x, w, pads, dil)))
+    used = []
+    real_run = cpu_kernels._run
+    monkeypatch.setattr(cpu_kernels, "_run", lambda name, *a, **k: (used.append(name), real_run(name, *a, **k)))
+    x = torch.randn(2, 16, *hw, requires_grad=True)
+    w = torch.randn(16, 1, 13, 13, requires_grad=True)
+    with torch.no_grad():
+        dwconv2d(x, w)
+    dwconv2d(x.detach(), w.detach())
+    assert asked == []
+    used.clear()
+    dwconv2d(x, w).sum().backward()
+    assert asked == [driver]
+    assert used[-1] == driver  # the backward ran exactly the driver named ahead
+
+
 def test_env_forces_torch_and_own(monkeypatch):
     spy = Spy(monkeypatch)
     x, w = torch.randn(1, 2, 6, 6), torch.randn(2, 1, 3, 3)

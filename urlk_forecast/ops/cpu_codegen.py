@@ -28,7 +28,7 @@ FWD_VARIANTS = ((32, 4), (16, 8), (16, 4), (8, 4), (4, 4))
 _GW_TAPS = 8
 #: gradient rows loaded at once by the unit-dilation grad-weight kernel
 _GW_ROWS = 4
-GENERATOR_VERSION = "12"
+GENERATOR_VERSION = "13"
 CB_LANES = 16  # channels per vector of the channel-blocked kernels
 CB_PIXELS = (8, 4)  # output pixels of a row they hold at once
 _CB_TAPS = 4  # kernel columns per channel-blocked grad-weight pass
@@ -288,13 +288,43 @@ def _gw_ring_group(e, ind: str, V: int, T: int, U: int, tag: str) -> None:
     e(f"{ind3}    glane[gl + l] += acc[t * {V} + l]")
 
 
-def _drivers_source(V: int, R: int, T: int, GV: int) -> list[str]:  # noqa: C901 - generated kernel template
-    """Serial drivers over the planes ``[lo, hi)`` (threads are run by the caller, see :func:`_run_chunks`)."""
+def _drivers_source(V: int, R: int, T: int, GV: int, dilated: bool) -> list[str]:  # noqa: C901 - template
+    """Serial drivers over the planes ``[lo, hi)`` (threads are run by the caller, see :func:`_run_chunks`), for unit
+    row dilation (``fwd_``/``bwd_``) or any row dilation (``fwdd_``/``bwdd_``). Separate drivers compile separately,
+    so a model compiles only the kernels its convolutions run: a re-parameterised UniRepLKNet has no dilated conv,
+    and UniRepLKNet-A runs its dilated branches on small maps only (the channel-blocked kernels)."""
     s = f"{V}x{R}"
-    return f'''
+    d = "d" if dilated else ""
+    conv = f"fwd_dil_{s}" if dilated else f"fwd_plane_{s}"
+    dh = "dh, " if dilated else ""
+    if dilated:  # grad-weight per plane from aligned shifted copies (S2)
+        gw_buffers = f"""
+    S2, soff2 = _aligned_buffer((Kw + {T - 1}) * Hx * {GV} if need_gw else 0, x)
+    acc = np.empty({T * GV}, x.dtype)
+    glane = np.zeros(1, np.float64)"""
+        gw_plane = f"""
+                gw_plane_{GV}x{T}(xp, Wx, Hx, gp, Wg, ptb, plb, Ho, Wo, Kh, Kw, dh, dw, pt, pl, H, W, gwa, goff, acc,
+                                 zero, S2, soff2)"""
+        gw_ring = ""
+    else:  # grad-weight over the rows of each channel, lane partial sums in glane
+        gw_buffers = f"""
+    acc = np.empty({T * GV}, x.dtype)
+    glane = np.zeros(KK * {GV} if need_gw else 1, np.float64)"""
+        gw_plane = ""
+        gw_ring = f"""
+        if need_gw:
+            gw_ring_{GV}x{T}(xpB, Wx, Sx, gpB, Wg, Sg, nb, ptb, plb, Ho, Wo, Kh, Kw, dw, pt, pl, H, W, glane, acc,
+                             zero)
+            if last:  # lane partial sums -> per-tap sums, once per channel (or plane)
+                for t in range(KK):
+                    tot = 0.0
+                    for l in range({GV}):
+                        tot += glane[t * {GV} + l]
+                    gwa[goff + t] = tot"""
+    return f"""
 
 {_JIT}
-def fwd_{s}(x, wt, bias, has_bias, out, C, Kh, Kw, pt, pl, dh, dw, poison, lo, hi, zero):
+def fwd{d}_{s}(x, wt, bias, has_bias, out, C, Kh, Kw, pt, pl, dh, dw, poison, lo, hi, zero):
     P, H, W = x.shape
     Ho = out.shape[1]
     Wo = out.shape[2]
@@ -310,16 +340,13 @@ def fwd_{s}(x, wt, bias, has_bias, out, C, Kh, Kw, pt, pl, dh, dw, poison, lo, h
         _put(xp, pt * Wp + pl, Wp, xn)
         if poison:  # test mode: scratch an unwritten output element would be read from is NaN
             o[:] = np.nan
-        if dh == 1:
-            fwd_plane_{s}(xp, Wp, wt, c * Kh * Kw, Kh, Kw, dw, o, Wc, Ho, Wo, pt, pl, H, W, zero)
-        else:
-            fwd_dil_{s}(xp, Wp, wt, c * Kh * Kw, Kh, Kw, dh, dw, o, Wc, Ho, Wo, pt, pl, H, W, zero)
+        {conv}(xp, Wp, wt, c * Kh * Kw, Kh, Kw, {dh}dw, o, Wc, Ho, Wo, pt, pl, H, W, zero)
         bv = bias[c] if has_bias else zero
         _get(out[n], o, 0, Wc, bv)
 
 
 {_JIT}
-def bwd_{s}(x, gy, wtflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, dw, by_channel, poison, lo, hi,
+def bwd{d}_{s}(x, gy, wtflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, dw, by_channel, poison, lo, hi,
           zero):
     # by_channel: [lo, hi) are channels, gwa (C, Kh*Kw) float64 accumulates over the batch (no partials);
     # else [lo, hi) are planes and gwa (planes, Kh*Kw) receives per-plane sums (reduced by the caller)
@@ -346,10 +373,7 @@ def bwd_{s}(x, gy, wtflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, dw,
     # at a time keeps results identical for any thread count (the batching gained < 10 %).
     NB = 1
     gpB = np.zeros(NB * Sg, x.dtype)
-    xpB = np.zeros(NB * Sx if need_gw else 1, x.dtype)
-    S2, soff2 = _aligned_buffer((Kw + {T - 1}) * Hx * {GV} if need_gw and dh > 1 else 0, x)
-    acc = np.empty({T * GV}, x.dtype)
-    glane = np.zeros(KK * {GV} if need_gw and dh == 1 else 1, np.float64)
+    xpB = np.zeros(NB * Sx if need_gw else 1, x.dtype){gw_buffers}
     nblk = (B + NB - 1) // NB
     items = (hi - lo) * nblk if by_channel else hi - lo
     for k in range(items):
@@ -380,27 +404,12 @@ def bwd_{s}(x, gy, wtflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, dw,
             if need_gx:
                 if poison:
                     o[:] = np.nan
-                if dh == 1:
-                    fwd_plane_{s}(gp, Wg, wtflip, c * KK, Kh, Kw, dw, o, Wc, H, W, ptb, plb, Ho, Wo, zero)
-                else:
-                    fwd_dil_{s}(gp, Wg, wtflip, c * KK, Kh, Kw, dh, dw, o, Wc, H, W, ptb, plb, Ho, Wo, zero)
+                {conv}(gp, Wg, wtflip, c * KK, Kh, Kw, {dh}dw, o, Wc, H, W, ptb, plb, Ho, Wo, zero)
                 _get(gx[n], o, 0, Wc, zero)
             if need_gw:
                 xp = xpB[bb * Sx:]
-                _put(xp, pt * Wx + pl, Wx, x[n])
-                if dh > 1:
-                    gw_plane_{GV}x{T}(xp, Wx, Hx, gp, Wg, ptb, plb, Ho, Wo, Kh, Kw, dh, dw, pt, pl, H, W, gwa, goff,
-                                     acc, zero, S2, soff2)
-        if need_gw and dh == 1:
-            gw_ring_{GV}x{T}(xpB, Wx, Sx, gpB, Wg, Sg, nb, ptb, plb, Ho, Wo, Kh, Kw, dw, pt, pl, H, W, glane, acc,
-                             zero)
-            if last:  # lane partial sums -> per-tap sums, once per channel (or plane)
-                for t in range(KK):
-                    tot = 0.0
-                    for l in range({GV}):
-                        tot += glane[t * {GV} + l]
-                    gwa[goff + t] = tot
-'''.splitlines()
+                _put(xp, pt * Wx + pl, Wx, x[n]){gw_plane}{gw_ring}
+""".splitlines()
 
 
 # ------------------------------------------------------------------------ channel-blocked kernels (small maps)
@@ -636,5 +645,6 @@ def generate_source() -> str:  # noqa: C901 - generated kernel template
     for V, R in FWD_VARIANTS:
         lines += ["", ""] + _fwd_ring_source(V, R)
         lines += ["", ""] + _fwd_dilated_source(V, R)
-        lines += _drivers_source(V, R, _GW_TAPS, min(V, 16))
+        lines += _drivers_source(V, R, _GW_TAPS, min(V, 16), dilated=False)
+        lines += _drivers_source(V, R, _GW_TAPS, min(V, 16), dilated=True)
     return "\n".join(lines) + "\n"

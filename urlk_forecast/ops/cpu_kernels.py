@@ -20,8 +20,15 @@ and wraps it for torch tensors.
 * numba disables LLVM's SLP vectorizer by default (``NUMBA_SLP_VECTORIZE=0``); it is switched on only while these
   kernels compile (:func:`_compile_ctx`, under numba's compiler lock), with numba's pipeline minus its SSA pass
   (:class:`NoSSACompiler`). The generated module lives in a user cache directory (``URLK_CACHE_DIR``, else
-  ``$XDG_CACHE_HOME/urlk_forecast``, else a temp dir) so numba's on-disk cache works: the first compilation (about a
-  minute of CPU for all float32 variants) happens once per machine.
+  ``$XDG_CACHE_HOME/urlk_forecast``, else a temp dir) so numba's on-disk cache works: each driver (direction x
+  register block x dtype) compiles lazily, on its first use, once per machine (UniRepLKNet-A's training step needs
+  six, ~35 s of CPU).
+* A compilation that takes longer than a cache load is logged at INFO level on ``urlk_forecast.ops`` (what, for
+  which kernel size, where it is cached), every 30 s while it lasts, and timed (:func:`_compile_notice`).
+* A forward whose gradient will be needed asks a helper process to compile the backward driver meanwhile
+  (:func:`prefetch_backward`; numba compiles one function at a time per process); per-driver file locks keep the
+  two processes from compiling a driver twice, marker files say which drivers the disk cache holds.
+  ``URLK_DWCONV_PRECOMPILE=0`` turns the helper off.
 
 The public functions take and return torch CPU tensors (zero-copy ``.numpy()`` views); float32 and float64.
 """
@@ -32,10 +39,13 @@ import contextlib
 import hashlib
 import importlib.util
 import itertools
+import logging
 import os
+import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
@@ -58,9 +68,12 @@ __all__ = [
     "generate_source",
     "cache_dir",
     "warmup",
+    "prefetch_backward",
 ]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+log = logging.getLogger("urlk_forecast.ops")
 
 #: maps at most this wide (input and output) use the channel-blocked kernels, forward / backward
 _CB_MAX_WIDTH_FWD = 12
@@ -151,10 +164,7 @@ def available() -> bool:
             _load()
             _available = True
         except Exception as exc:  # noqa: BLE001 - any failure means "use torch"
-            import logging
-
-            logging.getLogger("urlk_forecast.ops").warning("dwconv2d: own CPU kernels unavailable (%s: %s)",
-                                                           type(exc).__name__, exc)
+            log.warning("dwconv2d: own CPU kernels unavailable (%s: %s)", type(exc).__name__, exc)
             _available = False
     return _available
 
@@ -202,19 +212,212 @@ def _compile_ctx() -> Iterator[None]:
             config.SLP_VECTORIZE = old
 
 
-def _compiled_fn(name: str, args: tuple[Any, ...], dtype: torch.dtype) -> Any:
+#: a driver that takes longer than this to get ready is being compiled (a disk-cache load takes ~0.1-0.5 s)
+_COMPILE_NOTICE_S = 2.0
+#: then a line every this many seconds until it is done
+_COMPILE_HEARTBEAT_S = 30.0
+
+
+@contextlib.contextmanager
+def _compile_notice(name: str, dtype: torch.dtype, k: tuple[int, int]) -> Iterator[None]:
+    """Log at INFO level when getting driver ``name`` ready takes longer than a disk-cache load (i.e. it compiles,
+    once per machine), then every ``_COMPILE_HEARTBEAT_S`` seconds, and how long it took: a first run is otherwise
+    silent for minutes when no progress bar is shown."""
+    done = threading.Event()
+    noticed = threading.Event()
+    t0 = time.perf_counter()
+    what = f"{name} ({str(dtype).replace('torch.', '')}) for K={k[0]}" + (f"x{k[1]}" if k[1] != k[0] else "")
+
+    def watch() -> None:
+        if done.wait(_COMPILE_NOTICE_S):
+            return
+        noticed.set()
+        log.info("compiling depthwise-conv kernels %s (first run only, cached in %s)", what, cache_dir())
+        while not done.wait(_COMPILE_HEARTBEAT_S):
+            log.info("still compiling depthwise-conv kernels %s (%.0f s so far)", what, time.perf_counter() - t0)
+
+    watcher = threading.Thread(target=watch, name="urlk-dwconv-compile-notice", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        if noticed.is_set():
+            log.info("compiled depthwise-conv kernels %s in %.1f s", what, time.perf_counter() - t0)
+
+
+def _compiled_fn(name: str, args: tuple[Any, ...], dtype: torch.dtype, k: tuple[int, int] = (0, 0)) -> Any:
     """The generated driver ``name``, compiled for ``args`` (or loaded from the disk cache) under
     :func:`_compile_ctx`. Drivers are always called with the same argument kinds for a dtype, so (name, dtype) is
-    the compile key and the per-call cost is one set lookup."""
+    the compile key and the per-call cost is one set lookup. ``k`` (the kernel size of the call) only labels the
+    log line of a compilation."""
     fn = getattr(_load(), name)
     key = (name, str(dtype))
     if key not in _compiled:
         import numba
 
-        with _lock, _compile_ctx():
-            fn.compile(tuple(numba.typeof(a) for a in args))
-            _compiled.add(key)
+        with _lock:
+            if key not in _compiled:
+                # the driver lock: when the helper process is compiling this driver, wait and load its result
+                with _compile_notice(name, dtype, k), _driver_lock(name, dtype), _compile_ctx():
+                    fn.compile(tuple(numba.typeof(a) for a in args))
+                _mark_ready(name, dtype)
+                _compiled.add(key)
     return fn
+
+
+# ------------------------------------------------------------------------------- compiling ahead, in parallel
+# A training step needs the backward drivers right after the forward ones. numba compiles one function at a time
+# per process (its compiler lock), so while this process compiles a forward driver, a helper process compiles the
+# matching backward driver into the shared disk cache; this process then loads it instead of compiling it. A
+# per-driver file lock keeps the two from compiling the same driver twice, and a marker file per driver records
+# that the disk cache holds it (later processes start no helper).
+_PRECOMPILE_ENV = "URLK_DWCONV_PRECOMPILE"  # "0": no helper process
+#: the helper exits after this long without a request
+_HELPER_IDLE_S = 20.0
+_helper: subprocess.Popen[bytes] | None = None
+_requested: set[tuple[str, str]] = set()
+
+
+def _module_dir() -> str:
+    """Directory of the loaded kernel module (numba's cache, the driver locks and the ready markers live there)."""
+    return os.path.dirname(os.path.abspath(_load().__file__ or ""))
+
+
+def _driver_file(kind: str, name: str, dtype: torch.dtype) -> str:
+    """Lock or marker file of a driver: named by the kernel module (its source hash), the driver, the dtype and
+    numba's cache location (markers are only true for the cache they describe)."""
+    where = hashlib.sha256(os.environ.get("NUMBA_CACHE_DIR", "").encode()).hexdigest()[:8]
+    d = os.path.join(_module_dir(), kind)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    return os.path.join(d, f"{_load().__name__}-{name}-{str(dtype).replace('torch.', '')}-{where}")
+
+
+@contextlib.contextmanager
+def _driver_lock(name: str, dtype: torch.dtype) -> Iterator[None]:
+    """Exclusive lock of one driver across processes (POSIX ``flock``; a no-op elsewhere)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no cross-process coordination (and no helper process)
+        yield
+        return
+    with open(_driver_file("locks", name, dtype), "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _mark_ready(name: str, dtype: torch.dtype) -> None:
+    with contextlib.suppress(OSError):
+        with open(_driver_file("ready", name, dtype), "wb"):
+            pass
+
+
+def _is_ready(name: str, dtype: torch.dtype) -> bool:
+    return os.path.exists(_driver_file("ready", name, dtype))
+
+
+def _precompile_enabled() -> bool:
+    return os.environ.get(_PRECOMPILE_ENV, "1") not in ("", "0") and os.name == "posix" and available()
+
+
+def _backward_driver(x: torch.Tensor, w: torch.Tensor, pad: Pad, dil: int | Sequence[int]) -> str:
+    """Name of the driver :func:`backward` runs for this call."""
+    H, W = x.shape[-2:]
+    dh, dw = pair(dil, "dil", "cpu_kernels")
+    Wo = out_hw(H, W, tuple(w.shape[-2:]), _pads(pad), (dh, dw))[1]
+    cbp = _cb_pixels(W, Wo, backward=True)
+    return f"cbbwd_{cbp}" if cbp else f"bwd{_dil_tag(dh)}_{_variant(H, W)}"
+
+
+def prefetch_backward(x: torch.Tensor, w: torch.Tensor, pad: Pad, dil: int | Sequence[int]) -> None:
+    """The forward of a call whose gradient will be needed: have the helper process compile the backward driver (and
+    its forward sibling, whose code it shares) unless this process or the disk cache already has it."""
+    if x.dtype not in SUPPORTED_DTYPES or not supports(x, w, pad, dil):
+        return
+    name = _backward_driver(x, w, pad, dil)
+    key = (name, str(x.dtype))
+    if key in _compiled or key in _requested or not _precompile_enabled() or _is_ready(name, x.dtype):
+        return
+    sibling = name.replace("bwd", "fwd")  # bwd_32x4 -> fwd_32x4, cbbwd_8 -> cbfwd_8: the same conv callee
+    _requested.add(key)
+    _request(f"{sibling} {name} {str(x.dtype).replace('torch.', '')}\n")
+
+
+def _request(line: str) -> None:
+    """Send one request to the helper process, starting it when none is running."""
+    global _helper
+    with _lock:
+        for _attempt in range(2):
+            if _helper is None or _helper.poll() is not None:
+                _helper = _start_helper()
+                if _helper is None:
+                    return
+            try:
+                assert _helper.stdin is not None
+                _helper.stdin.write(line.encode())
+                _helper.stdin.flush()
+                return
+            except (BrokenPipeError, OSError):  # it had just exited (idle): start another
+                _helper = None
+
+
+def _start_helper() -> subprocess.Popen[bytes] | None:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # above urlk_forecast/
+    env = dict(os.environ, OMP_NUM_THREADS="1", **{_PRECOMPILE_ENV: "0"})
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", "from urlk_forecast.ops.cpu_kernels import _helper_main; _helper_main()"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+            start_new_session=True)
+    except OSError as exc:
+        log.debug("dwconv2d: no helper process for compiling ahead (%s)", exc)
+        return None
+
+
+def _compile_driver(name: str, dtype: torch.dtype) -> None:
+    """Compile driver ``name`` (e.g. ``bwd_32x4``, ``cbfwd_8``) for ``dtype`` the way a real call does: a tiny call
+    with that register block forced, so the argument types (the compile signature) are those of real calls."""
+    global _FORCE_VARIANT
+    kind, _, block = name.partition("_")  # fwd, fwdd, bwd, bwdd, cbfwd, cbbwd
+    x = torch.zeros(1, 1, 4, 4, dtype=dtype)
+    w = torch.zeros(1, 1, 3, 3, dtype=dtype)
+    dil = 2 if kind in ("fwdd", "bwdd") else 1
+    with _lock:
+        old, _FORCE_VARIANT = _FORCE_VARIANT, f"cb{block}" if kind.startswith("cb") else block
+        try:
+            if "fwd" in kind:
+                forward(x, w, None, dil, dil)
+            else:
+                backward(x, torch.zeros_like(x), w, dil, dil)
+        finally:
+            _FORCE_VARIANT = old
+
+
+def _helper_main() -> None:
+    """The helper process: compile the drivers named on stdin (``"name name ... dtype"`` per line) in order; exit on
+    end of input or after ``_HELPER_IDLE_S`` seconds without a request."""
+    import select
+
+    torch.set_num_threads(1)
+    fd, buf = sys.stdin.fileno(), b""
+    while True:
+        while b"\n" not in buf:  # raw reads: a buffered reader could hold a request that select() never sees
+            if not select.select([fd], [], [], _HELPER_IDLE_S)[0]:
+                return
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return
+            buf += chunk
+        line, buf = buf.split(b"\n", 1)
+        *names, dt = line.decode().split()
+        for name in names:
+            with contextlib.suppress(Exception):  # the parent compiles whatever did not work here
+                _compile_driver(name, getattr(torch, dt))
 
 
 #: below this many multiply-adds per thread, waking another thread costs more than it saves
@@ -239,7 +442,8 @@ def _threads_for(units: int, work: float) -> int:
     return max(1, min(torch.get_num_threads(), units, int(work // _MIN_WORK_PER_THREAD)))
 
 
-def _run(name: str, head: tuple[Any, ...], units: int, threads: int, dtype: torch.dtype) -> None:
+def _run(name: str, head: tuple[Any, ...], units: int, threads: int, dtype: torch.dtype,
+         k: tuple[int, int] = (0, 0)) -> None:
     """Run driver ``name(*head, lo, hi, zero)`` over ``units`` work units (planes or channels) on ``threads``
     threads (the kernels release the GIL).
 
@@ -247,7 +451,7 @@ def _run(name: str, head: tuple[Any, ...], units: int, threads: int, dtype: torc
     on a busy machine a worker that is scheduled late just takes fewer chunks instead of stalling the call.
     """
     zero = np.float32(0) if dtype == torch.float32 else np.float64(0)
-    fn = _compiled_fn(name, head + (0, units, zero), dtype)
+    fn = _compiled_fn(name, head + (0, units, zero), dtype, k)
     if threads <= 1:
         fn(*head, 0, units, zero)
         return
@@ -288,6 +492,12 @@ def _cb_weights(w: torch.Tensor, flip: bool) -> np.ndarray:
     wp = torch.zeros(nb * CB_LANES, KH, KW, dtype=w.dtype)
     wp[:C] = w.detach()[:, 0].flip(-2, -1) if flip else w.detach()[:, 0]
     return wp.view(nb, CB_LANES, KH, KW).permute(0, 2, 3, 1).contiguous().view(-1).numpy()
+
+
+def _dil_tag(dh: int) -> str:
+    """Suffix of the spatial drivers: ``fwd_``/``bwd_`` for unit row dilation, ``fwdd_``/``bwdd_`` for dilated rows
+    (separate drivers, compiled only when used)."""
+    return "d" if dh > 1 else ""
 
 
 def _variant(out_h: int, out_w: int) -> str:
@@ -389,12 +599,12 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pad: Pa
         units = B * -(-C // CB_LANES)
         head = (x.view(B * C, H, W).numpy(), _cb_weights(w, False), bv, has_bias, y.view(B * C, Ho, Wo).numpy(), C,
                 KH, KW, t, l, dh, dw, _poison())
-        _run(f"cbfwd_{cbp}", head, units, _threads_for(units, work), x.dtype)
+        _run(f"cbfwd_{cbp}", head, units, _threads_for(units, work), x.dtype, (KH, KW))
         return y
     wt = w.detach().transpose(-1, -2).contiguous().view(-1).numpy()  # [c][kw][kh]: the kernel's loop order
     head = (x.view(B * C, H, W).numpy(), wt, bv, has_bias, y.view(B * C, Ho, Wo).numpy(), C, KH, KW, t, l, dh, dw,
             _poison())
-    _run(f"fwd_{_variant(Ho, Wo)}", head, B * C, _threads_for(B * C, work), x.dtype)
+    _run(f"fwd{_dil_tag(dh)}_{_variant(Ho, Wo)}", head, B * C, _threads_for(B * C, work), x.dtype, (KH, KW))
     return y
 
 
@@ -431,7 +641,7 @@ def backward(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, pad: Pad, dil: 
                 gx.view(B * C, H, W).numpy() if gx is not None else dummy,
                 gwa.view(-1).numpy() if gwa is not None else np.zeros(1), C, KH, KW, t, l, dh, dw, by_channel,
                 _poison())
-        _run(f"bwd_{_variant(H, W)}", head, C if by_channel else B * C, threads, x.dtype)
+        _run(f"bwd{_dil_tag(dh)}_{_variant(H, W)}", head, C if by_channel else B * C, threads, x.dtype, (KH, KW))
     gw = None
     if gwa is not None:
         if not by_channel:
@@ -459,7 +669,7 @@ def _backward_cb(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, gx: torch.T
                 gwa.view(-1).numpy() if gwa is not None else np.zeros(1), C, KH, KW, tl[0], tl[1], dil[0], dil[1],
                 by_channel, _poison())
         units = nb if by_channel else B * nb
-        _run(f"cbbwd_{cbp}", head, units, min(threads, units), x.dtype)
+        _run(f"cbbwd_{cbp}", head, units, min(threads, units), x.dtype, (KH, KW))
     gw = None
     if gwa is not None:
         gwa = gwa[:C] if by_channel else gwa[:, :C].sum(0)
@@ -488,10 +698,9 @@ def grad_weight(x: torch.Tensor, gy: torch.Tensor, k: int | Sequence[int], pad: 
 
 
 def warmup(dtypes: Sequence[torch.dtype] = (torch.float32,)) -> None:
-    """Compile (or load from the disk cache) every kernel variant for the given dtypes."""
+    """Compile (or load from the disk cache) every kernel driver for the given dtypes (the spatial ones with and
+    without row dilation, the channel-blocked ones)."""
     for dt in dtypes:
-        for V, _ in FWD_VARIANTS:
-            x = torch.zeros(1, 1, 3, max(1, V - 1), dtype=dt)
-            w = torch.zeros(1, 1, 3, 3, dtype=dt)
-            y = forward(x, w, None, 1, 1)
-            backward(x, y, w, 1, 1)
+        for name in [f"{k}_{V}x{R}" for V, R in FWD_VARIANTS for k in ("fwd", "bwd", "fwdd", "bwdd")] + [
+                f"cb{k}_{P}" for P in CB_PIXELS for k in ("fwd", "bwd")]:
+            _compile_driver(name, dt)

@@ -269,6 +269,8 @@ def run(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
             x, w = x.float(), w.float()
             bias = bias.float() if bias is not None else None
         channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):  # a backward will follow: compile its
+            cpu_kernels.prefetch_backward(x, w, pads, dil)  # kernels ahead, in parallel (first run on a machine)
         kernels = _CPUKernels(onednn_forward=backend == "auto" and _onednn_forward(x, w, pads))
         y = _OwnConv.apply(x, w, bias, pads, dil, kernels)
         if channels_last:
