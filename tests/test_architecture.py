@@ -149,14 +149,14 @@ def test_the_cli_is_a_leaf() -> None:
 # ----------------------------------------------------------------------------------------------- layering
 #: The layer of every module or package of urlk_forecast (by its first name below the package) and the layers it
 #: may import from (its own always). Imports anywhere in a module count, function-local and TYPE_CHECKING ones too.
-#: The order, bottom up: utils <- data <- ops/models <- method/scoring <- trainer <- export <- forecaster
+#: The order, bottom up: utils <- data <- ops/models <- method/scoring <- trainer <- export/backtest <- forecaster
 #: <- baselines <- rundir <- cli (docs/architecture.md). A new module must be placed here.
 _BASE = {"utils"}
 _DATA = _BASE | {"data", "metrics"}
 _NETS = _DATA | {"ops", "models"}
 _CONTRACT = _NETS | {"method", "scoring"}
 _TRAINING = _CONTRACT | {"config", "distributed", "trainer", "training", "regime"}
-_APP = _TRAINING | {"forecaster"}
+_APP = _TRAINING | {"backtest", "forecaster"}
 LAYERS: dict[str, set[str]] = {
     "utils": set(),
     "metrics": set(),
@@ -171,7 +171,8 @@ LAYERS: dict[str, set[str]] = {
     "trainer": _CONTRACT | {"config", "distributed", "regime"},
     "training": _CONTRACT | {"config", "distributed", "regime", "trainer"},
     "export": _TRAINING,  # exports a Forecaster through a Protocol; the Forecaster imports it (Forecaster.export)
-    "forecaster": _TRAINING | {"export"},
+    "backtest": _CONTRACT,  # rolling-origin backtests of any Method; the Forecaster imports it (cross_validation)
+    "forecaster": _TRAINING | {"export", "backtest"},
     "baselines": _APP,  # baselines.table scores a trained Forecaster beside the baselines
     "rundir": _APP | {"baselines"},
     "cli": _APP | {"baselines", "rundir", "export", PKG},
