@@ -100,6 +100,15 @@ class RevIN(nn.Module):
             y = (y - self._tiled(self.affine_bias, y.shape[-1])) / self._tiled(w, y.shape[-1])
         return y * std + mean
 
+    def denormalize_spread(self, d: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Undo :meth:`normalize`'s scaling on differences ``d`` (B, P, S, K) between forecasts (quantile spreads):
+        ``d * std / |affine weight|``, so non-negative spreads stay non-negative whatever the weight's sign."""
+        _, std = stats
+        if self.affine:
+            w = self.affine_weight.abs().clamp(min=1e-10)
+            d = d / self._tiled(w, d.shape[-2])[:, None]
+        return d * std[..., None]
+
 
 class NodeGrouping(nn.Module):
     """Group ``S`` stations into ``n = ceil(S / D')`` nodes of ``D'`` consecutive stations and back."""

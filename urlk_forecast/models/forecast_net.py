@@ -17,6 +17,13 @@
    Corrformer tokens), FFN, progressive decomposition and trend projection; output seasonal + trend.
 7. Ungroup, crop the padded stations, undo RevIN.
 
+Quantiles (``quantiles=(0.1, 0.5, 0.9)``, sorted levels in (0, 1) with the median): the decoder's projection gives
+one channel per level and node station; the median channel plus the trend (and skip) is the median forecast, every
+other channel becomes a non-negative spread (softplus), and the levels are the median minus/plus cumulative spreads
+(:func:`~urlk_forecast.models.quantiles.monotone_quantiles`): they never cross. RevIN de-normalises the median as
+the point forecast and scales the spreads by the window's std. The output is then ``(B, pred_len, S, Q)`` and the
+network's ``quantiles`` attribute (None for a point network) tells the trainer to use the pinball loss.
+
 The network never reads ``batch["y"]``. ``config`` holds the (JSON-serialisable) constructor arguments with
 defaults resolved; ``ForecastNet(**net.config)`` rebuilds the same architecture (the coordinates are a
 persistent buffer, restored by ``load_state_dict``).
@@ -38,13 +45,14 @@ import torch
 from numpy.typing import ArrayLike
 from torch import nn
 
-from ..utils import normalize_name, to_jsonable
+from ..utils import normalize_name, quantile_levels, to_jsonable
 from .corrformer import auto_node_list, build_multi_correlation
 from .decoder import CrossAttention, Decoder, DecoderLayer, SeriesDecomp
 from .embedding import DataEmbedding, NodeGrouping, RevIN
 from .encoders import build_encoder
 from .fusion import build_forecast_fusion
 from .layers import SeasonalSkip, reparameterize_children
+from .quantiles import monotone_quantiles, spreads_from_raw
 from .registry import DEFAULT_D_MODEL, variant_key
 
 __all__ = ["ForecastNet", "DEFAULT_D_MODEL", "default_d_model"]
@@ -136,6 +144,7 @@ class ForecastNet(nn.Module):
         cross: str | None = None,
         skip: str = "none",
         season: int = 24,
+        quantiles: Sequence[float] | None = None,
         **encoder_kw: Any,
     ) -> None:
         super().__init__()
@@ -144,6 +153,9 @@ class ForecastNet(nn.Module):
         d_model = int(d_model) if d_model is not None else default_d_model(variant)
         _check_sizes(n_stations, node_size, seq_len, label_len, pred_len, d_model, n_heads, dropout)
         encoder = normalize_name(encoder)
+        #: forecast quantile levels (the output gains a last axis Q); None: point forecasts (B, pred_len, S)
+        self.quantiles = quantile_levels(quantiles)
+        n_out = len(self.quantiles) if self.quantiles is not None else 1
 
         self.grouping = NodeGrouping(n_stations, node_size)
         n_nodes = self.grouping.n_nodes
@@ -169,7 +181,7 @@ class ForecastNet(nn.Module):
         cross = _cross_kind(cross, self.encoder)
         layers = [self._decoder_layer(cross, n_heads, node_list, corr_kw, d_ff, moving_avg, dropout, activation)
                   for _ in range(int(d_layers))]
-        self.decoder = Decoder(layers, d_model, node_size, with_cp=with_cp)
+        self.decoder = Decoder(layers, d_model, node_size * n_out, with_cp=with_cp)  # n_out channels per station
         self.fusion = None if fusion is None else build_forecast_fusion(
             **dict(fusion), d_model=d_model, seq_len=seq_len, n_nodes=n_nodes, node_size=node_size,
             n_stations=n_stations)
@@ -180,7 +192,8 @@ class ForecastNet(nn.Module):
             dropout=dropout, moving_avg=moving_avg, n_heads=n_heads, d_ff=d_ff, revin=revin, with_cp=with_cp,
             fusion=dict(fusion) if fusion is not None else None, d_layers=int(d_layers), node_list=node_list,
             spatial=spatial, factor_temporal=factor_temporal, factor_spatial=factor_spatial, tcn_layers=tcn_layers,
-            activation=activation, cross=cross, skip=skip, season=int(season), **encoder_kw,
+            activation=activation, cross=cross, skip=skip, season=int(season),
+            quantiles=list(self.quantiles) if self.quantiles is not None else None, **encoder_kw,
         ))
         self.skip = None if skip == "none" else SeasonalSkip(seq_len, pred_len, skip, season)
         self.reparameterized = False
@@ -215,7 +228,8 @@ class ForecastNet(nn.Module):
             raise ValueError(f"batch['x_mask'] must match x {tuple(x.shape)}, got {tuple(mask.shape)}")
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Forecast ``(B, pred_len, S)`` in the units of ``batch["x"]`` (never reads ``batch["y"]``)."""
+        """Forecast ``(B, pred_len, S)`` in the units of ``batch["x"]`` (never reads ``batch["y"]``); with
+        ``quantiles``, ``(B, pred_len, S, Q)`` non-decreasing along Q."""
         self._check_batch(batch)
         g = self.grouping
         dtype = self.coords.dtype
@@ -246,12 +260,36 @@ class ForecastNet(nn.Module):
             tokens = self.fusion(tokens, batch)
         dec_in = self.dec_embedding(g.to_nodes(seasonal_init), y_mark, node_coords)
         seasonal_part, trend_part = self.decoder(dec_in, tokens, g.to_nodes(trend_init))
+        if self.quantiles is not None:
+            return self._quantile_output(seasonal_part, trend_part, xn, stats)
         out = g.from_nodes((seasonal_part + trend_part)[:, -self.pred_len:])
         if self.skip is not None:
             out = out + self.skip(xn)
         if self.revin is not None:
             out = self.revin.denormalize(out, stats)
         return g.crop(out)
+
+    def _quantile_output(self, seasonal: torch.Tensor, trend: torch.Tensor, xn: torch.Tensor,
+                         stats: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """``(B, pred_len, S, Q)`` from the decoder's per-level seasonal channels ``(B·n, L, Q·D')`` (level-major)
+        and its trend ``(B·n, L, D')``: the median channel + trend (+ skip) is the median, the other channels are
+        spreads (see the module docstring); both de-normalised by RevIN."""
+        assert self.quantiles is not None
+        g, P = self.grouping, self.pred_len
+        m = self.quantiles.index(0.5)
+        parts = seasonal[:, -P:].split(self.node_size, dim=-1)  # one (B·n, P, D') per level
+        median = g.from_nodes(parts[m] + trend[:, -P:])
+        if self.skip is not None:
+            median = median + self.skip(xn)
+        others = [g.from_nodes(p) for j, p in enumerate(parts) if j != m]
+        spreads = (spreads_from_raw(torch.stack(others, dim=-1)) if others
+                   else median.new_zeros(median.shape + (0,)))
+        if self.revin is not None:
+            assert stats is not None
+            median = self.revin.denormalize(median, stats)
+            spreads = self.revin.denormalize_spread(spreads, stats)
+        S = self.n_stations
+        return monotone_quantiles(median[..., :S], spreads[..., :S, :], m)
 
     # ----------------------------------------------------------------------------------------- helpers
     def reparameterize(self) -> ForecastNet:
@@ -270,4 +308,4 @@ class ForecastNet(nn.Module):
         c = self.config
         return (f"stations={self.n_stations}, nodes={self.n_nodes}x{self.node_size}, encoder={c['encoder']}"
                 f"({c['variant']}), d_model={self.d_model}, seq/label/pred={self.seq_len}/{self.label_len}/"
-                f"{self.pred_len}")
+                f"{self.pred_len}" + (f", quantiles={list(self.quantiles)}" if self.quantiles is not None else ""))
