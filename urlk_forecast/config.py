@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .utils import atomic_write_text, to_jsonable  # atomic_write_text is also re-exported from here (__all__)
+from .utils.quantiles import quantile_levels
 
 __all__ = [
     "TrainConfig",
@@ -245,8 +246,8 @@ class ForecasterConfig(_JsonConfig):
     (network options; a saved model also records ``encoder``/``variant`` there). Saved state: ``format``/``version``
     (the file format), ``units`` of the variable, ``net`` (the network's constructor config), ``reparameterized``,
     ``frequency`` (the data time step, e.g. ``"0 days 01:00:00"``), ``n_stations`` and ``train`` (training
-    metadata: period, windows, wall time, the TrainConfig, the result). Files written before ``max_gap`` was saved
-    load with its default.
+    metadata: period, windows, wall time, the TrainConfig, the result). ``quantiles``: the forecast quantile levels
+    (None: point forecasts). Files written before ``max_gap`` or ``quantiles`` were saved load with their defaults.
     """
 
     model: str = FORECASTER_DEFAULTS["model"]
@@ -255,6 +256,7 @@ class ForecasterConfig(_JsonConfig):
     label_len: int = FORECASTER_DEFAULTS["label_len"]
     pred_len: int = FORECASTER_DEFAULTS["pred_len"]
     max_gap: int = FORECASTER_DEFAULTS["max_gap"]
+    quantiles: list[float] | None = None
     model_kw: dict[str, Any] = field(default_factory=dict)
     format: str = FORECASTER_FORMAT
     version: int = FORECASTER_FORMAT_VERSION
@@ -275,6 +277,11 @@ class ForecasterConfig(_JsonConfig):
             )
         if int(self.max_gap) < 0:
             raise ConfigError(f"ForecasterConfig.max_gap={self.max_gap!r}: must be >= 0")
+        if self.quantiles is not None:
+            try:
+                self.quantiles = list(quantile_levels(self.quantiles, "ForecasterConfig.quantiles") or ())
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         if self.format != FORECASTER_FORMAT:
             raise ConfigError(f"ForecasterConfig.format={self.format!r}: not a forecaster config "
                               f"(expected {FORECASTER_FORMAT!r})")
@@ -285,6 +292,7 @@ class ForecasterConfig(_JsonConfig):
     def forecaster_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``Forecaster(**kw)`` (the network options of ``model_kw`` included; the
         ``encoder``/``variant`` a saved model records there follow from ``model``)."""
-        kw = {k: getattr(self, k) for k in ("model", "variable", "seq_len", "label_len", "pred_len", "max_gap")}
+        kw = {k: getattr(self, k) for k in ("model", "variable", "seq_len", "label_len", "pred_len", "max_gap",
+                                             "quantiles")}
         net_kw = {k: v for k, v in self.model_kw.items() if k not in ("encoder", "variant")}
         return {**kw, **net_kw}

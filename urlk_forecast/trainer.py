@@ -8,7 +8,9 @@ units: ``Trainer(cfg).fit(model, train_ws, val_ws)``. Design points (see docs/tr
   (missing targets never count). With ``loss_norm="station"`` (default) each station's error is divided
   by that station's standard deviation over the training windows: the MSE in standardised units that
   Corrformer (and the paper) report, while the network keeps predicting physical units. The per-window
-  statistics are the network's own business (RevIN inside it).
+  statistics are the network's own business (RevIN inside it). A network with a ``quantiles`` attribute (sorted
+  levels, e.g. ``(0.1, 0.5, 0.9)``) forecasts ``(B, pred_len, S, Q)`` and is trained -- and validated, early
+  stopping included -- with the masked pinball loss averaged over the levels (:func:`masked_pinball_loss`).
 * **Data order.** Epoch ``e`` visits the windows in ``default_rng([seed, e]).permutation(n)``; global
   batch ``k`` is the slice ``[k*B, (k+1)*B)``, split contiguously across DDP ranks. A checkpoint stores
   ``(epoch, step)``, so a resumed run replays exactly the same batches, and with the RNG states restored
@@ -69,6 +71,9 @@ __all__ = [
     "epoch_permutation",
     "station_scale",
     "masked_sq_error",
+    "masked_pinball_loss",
+    "masked_loss",
+    "output_quantiles",
     "evaluate_loss",
     "resolve_device",
     "resolve_amp",
@@ -272,6 +277,45 @@ def masked_sq_error(
     return (err * err).sum(), mask.sum().to(torch.float64)
 
 
+def masked_pinball_loss(
+    pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, levels: Sequence[float],
+    scale: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum over observed entries of the pinball loss averaged over the levels, number of observed entries)``.
+
+    ``pred`` is ``(B, P, S, Q)`` (quantile ``levels[k]`` in ``pred[..., k]``), ``y`` and ``mask`` ``(B, P, S)``;
+    the pinball loss of level ``q`` at error ``e = y - pred`` is ``max(q e, (q - 1) e)`` (its expectation is
+    minimised by the true ``q``-quantile). ``scale`` ``(S,)`` divides the errors, as in :func:`masked_sq_error`.
+    """
+    if pred.shape[:-1] != y.shape or pred.shape[-1] != len(levels):
+        raise ValueError(f"model output has shape {tuple(pred.shape)} but the targets have {tuple(y.shape)} and "
+                         f"there are {len(levels)} quantile levels (expected targets + ({len(levels)},))")
+    err = y.float().unsqueeze(-1) - pred.float()
+    if scale is not None:
+        err = err / scale.unsqueeze(-1)
+    q = torch.as_tensor(list(levels), dtype=err.dtype, device=err.device)
+    loss = torch.maximum(q * err, (q - 1.0) * err).mean(dim=-1)
+    loss = torch.where(mask, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
+    return loss.sum(), mask.sum().to(torch.float64)
+
+
+def output_quantiles(model: nn.Module) -> tuple[float, ...] | None:
+    """The quantile levels ``model`` forecasts (its ``quantiles`` attribute, through a DDP wrapper); None: point."""
+    levels = getattr(getattr(model, "module", model), "quantiles", None)
+    return tuple(float(v) for v in levels) if levels is not None else None
+
+
+def masked_loss(
+    pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor | None = None,
+    quantiles: Sequence[float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training loss as ``(sum, count)``: :func:`masked_sq_error` for point forecasts, the pinball loss
+    (:func:`masked_pinball_loss`) at ``quantiles`` for quantile forecasts."""
+    if quantiles is None:
+        return masked_sq_error(pred, y, mask, scale)
+    return masked_pinball_loss(pred, y, mask, quantiles, scale)
+
+
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     non_blocking = device.type == "cuda"
     out = {}
@@ -358,7 +402,8 @@ def evaluate_loss(
     amp_dtype: torch.dtype | None = None,
     ctx: D.DistContext | None = None,
 ) -> float:
-    """Masked (scaled) MSE pooled over the observed targets of the windows ``indices`` (eval mode).
+    """Masked (scaled) MSE pooled over the observed targets of the windows ``indices`` (eval mode); the mean
+    pinball loss (:func:`masked_loss`) for a model that forecasts quantiles (:func:`output_quantiles`).
 
     Under DDP each rank evaluates its share and the sums are all-reduced, so every rank gets the same value.
     """
@@ -368,13 +413,14 @@ def evaluate_loss(
     model.eval()
     sq = torch.zeros((), dtype=torch.float64, device=device)
     cnt = torch.zeros((), dtype=torch.float64, device=device)
+    levels = output_quantiles(model)
     try:
         for lo in range(0, len(idx), batch_size):
             batch = _to_device(ws.batch(idx[lo : lo + batch_size]), device)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 pred = model(batch)
             y, mask = _targets(batch, pred.shape[1])
-            s, c = masked_sq_error(pred, y, mask, scale)
+            s, c = masked_loss(pred, y, mask, scale, levels)
             sq += s.double()
             cnt += c
     finally:
@@ -419,7 +465,7 @@ def _train_step(
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         pred = net(batch)
     y, mask = _targets(batch, pred.shape[1])
-    sq, cnt = masked_sq_error(pred, y, mask, scale)
+    sq, cnt = masked_loss(pred, y, mask, scale, output_quantiles(net))
     total = D.all_reduce_sum(torch.stack([sq.detach().double(), cnt]))
     if float(total[1]) == 0:
         return None  # every target of the global batch is missing: nothing to learn from
