@@ -1,8 +1,9 @@
 """The ``urlk-forecast`` command line (a click group) -- the only code that knows flags.
 
 One module per command: ``data`` (cli/data.py: fetch, convert, info), ``train`` (cli/train.py), ``predict``
-(cli/predict.py), ``benchmark`` (cli/benchmark.py), ``export`` (cli/export.py). They call the library and translate
-its exceptions into one-line errors naming the flags (cli/errors.py); nothing outside this package imports it.
+(cli/predict.py), ``benchmark`` (cli/benchmark.py), ``backtest`` (cli/backtest.py), ``export`` (cli/export.py).
+They call the library and translate its exceptions into one-line errors naming the flags (cli/errors.py); nothing
+outside this package imports it.
 Sub-commands are imported lazily so ``--help`` stays fast and one broken command does not take the others down.
 """
 
@@ -19,6 +20,8 @@ __all__ = ["cli", "main", "user_errors", "command_logging"]
 
 # (module, attribute, one-line help) of each sub-command; the module is imported on first use
 _COMMANDS: dict[str, tuple[str, str, str]] = {
+    "backtest": ("urlk_forecast.cli.backtest", "backtest",
+                 "Rolling-origin backtest: baselines (and a run) forecast from many origins, each from its past."),
     "benchmark": ("urlk_forecast.cli.benchmark", "benchmark",
                   "Compare the baselines of the paper's Table 12 (and a trained model) on the same test windows."),
     "data": ("urlk_forecast.cli.data", "data", "Station data: download (fetch), convert to netCDF (convert) and "
