@@ -153,9 +153,7 @@ class ForecastNet(nn.Module):
         d_model = int(d_model) if d_model is not None else default_d_model(variant)
         _check_sizes(n_stations, node_size, seq_len, label_len, pred_len, d_model, n_heads, dropout)
         encoder = normalize_name(encoder)
-        #: forecast quantile levels (the output gains a last axis Q); None: point forecasts (B, pred_len, S)
-        self.quantiles = quantile_levels(quantiles)
-        n_out = len(self.quantiles) if self.quantiles is not None else 1
+        self.quantiles = quantile_levels(quantiles)  # levels: the output gains a last axis Q; None: point forecasts
 
         self.grouping = NodeGrouping(n_stations, node_size)
         n_nodes = self.grouping.n_nodes
@@ -181,7 +179,8 @@ class ForecastNet(nn.Module):
         cross = _cross_kind(cross, self.encoder)
         layers = [self._decoder_layer(cross, n_heads, node_list, corr_kw, d_ff, moving_avg, dropout, activation)
                   for _ in range(int(d_layers))]
-        self.decoder = Decoder(layers, d_model, node_size * n_out, with_cp=with_cp)  # n_out channels per station
+        n_out = len(self.quantiles) if self.quantiles is not None else 1  # decoder channels per station
+        self.decoder = Decoder(layers, d_model, node_size * n_out, with_cp=with_cp)
         self.fusion = None if fusion is None else build_forecast_fusion(
             **dict(fusion), d_model=d_model, seq_len=seq_len, n_nodes=n_nodes, node_size=node_size,
             n_stations=n_stations)
@@ -192,8 +191,7 @@ class ForecastNet(nn.Module):
             dropout=dropout, moving_avg=moving_avg, n_heads=n_heads, d_ff=d_ff, revin=revin, with_cp=with_cp,
             fusion=dict(fusion) if fusion is not None else None, d_layers=int(d_layers), node_list=node_list,
             spatial=spatial, factor_temporal=factor_temporal, factor_spatial=factor_spatial, tcn_layers=tcn_layers,
-            activation=activation, cross=cross, skip=skip, season=int(season),
-            quantiles=list(self.quantiles) if self.quantiles is not None else None, **encoder_kw,
+            activation=activation, cross=cross, skip=skip, season=int(season), quantiles=self.quantiles, **encoder_kw,
         ))
         self.skip = None if skip == "none" else SeasonalSkip(seq_len, pred_len, skip, season)
         self.reparameterized = False
