@@ -166,8 +166,10 @@ def test_library_errors_name_the_flags(tmp_path):
     src.to_netcdf(tmp_path / "cf.nc")
     r = CliRunner().invoke(data, ["convert", str(tmp_path / "cf.nc"), "-o", str(tmp_path / "o.nc")])
     assert r.exit_code == 1 and "map the file's name onto it, e.g. --name-map <name>=station" in r.output
-    r = CliRunner().invoke(data, ["convert", str(tmp_path / "cf.nc"), "-o", str(tmp_path / "o.nc"), "--name-map",
-                                  "site=station"])
+    src["tas"].attrs = {}  # without units "tas" is no data variable (with units it is read as it is: open variables)
+    src.to_netcdf(tmp_path / "cf_nounits.nc")
+    r = CliRunner().invoke(data, ["convert", str(tmp_path / "cf_nounits.nc"), "-o", str(tmp_path / "o.nc"),
+                                  "--name-map", "site=station"])
     assert r.exit_code == 1 and "map one, e.g. --name-map t2m=temperature" in r.output
     assert "name_map" not in r.output and not (tmp_path / "o.nc").exists()
 

@@ -19,17 +19,19 @@ from ..data.readers import FORMATS, detect_format, open_dataset, write_netcdf
 from ..data.summary import describe, format_description
 from ..data.synthetic import synthetic_global
 from .errors import user_errors
+from .reader_options import WIDE_FLAGS, reader_kwargs, wide_csv_options
 from .units import parse_units, units_option
 
 __all__ = ["data"]
 
-_FORMATS = ("isd-lite", "global-hourly", "gsod", "corrformer", "netcdf", "csv-long")
+_FORMATS = ("isd-lite", "global-hourly", "gsod", "corrformer", "netcdf", "csv-long", "wide-csv")
 _MULTI_INPUT = ("isd-lite", "global-hourly", "gsod")
 # Python argument names in library messages -> the flags of these commands
 _FETCH_FLAGS = {"stations": "--stations", "station_ids": "--station-ids", "years": "--years", "out": "--out",
                 "base_url": "--base-url", "history_url": "--history-url", "cache": "--cache"}
 _CONVERT_FLAGS = {"format": "--format", "history": "--history", "missing_coords": "--missing-coords",
-                  "split": "--split", "name_map": "--name-map", "stations": "--stations-csv", "units": "--units"}
+                  "split": "--split", "name_map": "--name-map", "stations": "--stations-csv", "units": "--units",
+                  **WIDE_FLAGS}
 
 
 class _MultiValueCommand(click.Command):
@@ -172,6 +174,7 @@ def fetch(
     "--stations-csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV long: metadata."
 )
 @units_option
+@wide_csv_options
 @click.option("--compress", type=click.IntRange(0, 9), default=0, show_default=True, help="zlib level (0 = off).")
 def convert(
     inputs: tuple[Path, ...],
@@ -183,10 +186,17 @@ def convert(
     name_map: tuple[str, ...],
     stations_csv: Path | None,
     units: tuple[str, ...],
+    time_column: str | None,
+    columns: str | None,
+    var_name: str | None,
     compress: int,
 ) -> None:
     """Read INPUTS (any supported format) and write one schema netCDF file, atomically."""
     with user_errors(_CONVERT_FLAGS):
+        wide = reader_kwargs(time_column, columns, var_name)
+        if wide and fmt not in (None, "wide-csv"):
+            raise click.UsageError(f"--time-column/--columns/--var-name apply to wide-csv input, not {fmt}")
+        fmt = wide.pop("format", fmt)
         kinds = {detect_format(p) for p in inputs} if fmt is None else {fmt}
         if len(kinds) > 1:
             raise click.UsageError(f"inputs mix formats {sorted(kinds)}; convert them separately")
@@ -216,6 +226,7 @@ def convert(
             kw["stations"] = stations_csv
         if units:
             kw["units"] = parse_units(units)
+        kw.update(wide)
         src: Any = list(inputs) if len(inputs) > 1 else inputs[0]
         ds = open_dataset(src, format=kind, **kw) if len(inputs) == 1 else _read_many(kind, src, kw)
         path = write_netcdf(ds, out, compress=compress)
@@ -239,10 +250,11 @@ def _read_many(kind: str, paths: list[Path], kw: dict[str, Any]) -> Any:
 @click.option("--hours", type=click.IntRange(min=2), default=17544, show_default=True, help="With --synthetic.")
 @click.option("--seed", type=int, default=0, show_default=True, help="With --synthetic.")
 @units_option
+@wide_csv_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info(
     path: Path | None, fmt: str | None, synthetic: bool, stations: int, hours: int, seed: int,
-    units: tuple[str, ...], as_json: bool
+    units: tuple[str, ...], time_column: str | None, columns: str | None, var_name: str | None, as_json: bool
 ) -> None:
     """Describe a dataset: stations, time span, frequency, missing % per variable, value ranges."""
     if (path is None) == (not synthetic):
@@ -250,13 +262,17 @@ def info(
     if synthetic and units:
         raise click.UsageError("--units applies to a PATH, not --synthetic")
     unit_map = parse_units(units)
-    with user_errors({"format": "--format", "stations": "--stations", "hours": "--hours", "units": "--units"}):
+    wide = reader_kwargs(time_column, columns, var_name)
+    if wide and (synthetic or fmt not in (None, "wide-csv")):
+        raise click.UsageError(f"--time-column/--columns/--var-name apply to wide-csv input, not {fmt or 'synthetic'}")
+    with user_errors({"format": "--format", "stations": "--stations", "hours": "--hours", "units": "--units",
+                      **WIDE_FLAGS}):
         if synthetic:
             ds = synthetic_global(stations=stations, hours=hours, seed=seed)
             title = f"synthetic_global(stations={stations}, hours={hours}, seed={seed})  [SYNTHETIC data]"
         else:
-            kind = fmt or detect_format(path)
-            ds = open_dataset(path, format=kind, **({"units": unit_map} if unit_map else {}))
+            kind = wide.pop("format", None) or fmt or detect_format(path)
+            ds = open_dataset(path, format=kind, **wide, **({"units": unit_map} if unit_map else {}))
             title = f"{path} ({kind})"
         summary = describe(ds)
     if as_json:

@@ -9,6 +9,7 @@ format             what                                                         
 ``corrformer``     Corrformer Global Temp/Wind ``.npy`` release (a directory)   :func:`read_corrformer_npy`
 ``netcdf``         our own files, or CF files through a name map                :func:`read_netcdf`
 ``csv-long``       ``station,time,temperature,wind_speed[,lat,lon,...]``        :func:`read_csv_long`
+``wide-csv``       ``date,col1,...,colN``: one series per column (ETTh1 layout)   :func:`read_wide_csv`
 =================  ===========================================================  =====================
 
 :func:`open_dataset` picks the reader from the path (extension, content, or a directory's files);
@@ -33,6 +34,7 @@ from .formats.global_hourly import read_global_hourly
 from .formats.gsod import read_gsod
 from .formats.isd_lite import ISD_LITE_NAME, read_isd_history, read_isd_lite
 from .formats.netcdf import NETCDF_MAGIC, read_netcdf, write_netcdf
+from .formats.wide_csv import read_wide_csv
 
 __all__ = [
     "ReaderError",
@@ -44,6 +46,7 @@ __all__ = [
     "read_corrformer_npy",
     "read_netcdf",
     "read_csv_long",
+    "read_wide_csv",
     "open_dataset",
     "detect_format",
     "write_netcdf",
@@ -59,6 +62,7 @@ FORMATS: dict[str, Callable[..., xr.Dataset]] = {
     "corrformer": read_corrformer_npy,
     "netcdf": read_netcdf,
     "csv-long": read_csv_long,
+    "wide-csv": read_wide_csv,
 }
 _NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5")
 _ISD_LITE_LINE = re.compile(r"^\s*\d{4}(\s+-?\d+){11}\s*$")
@@ -112,6 +116,9 @@ def _sniff_text(path: Path) -> str | None:
     low = {c.lower() for c in cols}
     if low & set(CSV_ALIASES["station"]) and low & set(CSV_ALIASES["time"]):
         return "csv-long"
+    names = [c.strip().strip('"').strip() for c in first.split(",")]
+    if len(names) >= 2 and names[0].lower() in CSV_ALIASES["time"]:
+        return "wide-csv"  # date,col1,...,colN (a time column first, no station column)
     if _ISD_LITE_LINE.match(first):
         return "isd-lite"
     return None
@@ -189,10 +196,11 @@ def open_dataset(path: PathLike, format: str | None = None, **kwargs: Any) -> xr
     ``kwargs`` go to the reader: ``units={"temperature": "degF"}`` for every format (the source's units
     per variable when they are not the format's; a key naming no variable of the file is an error),
     ``history=`` for ISD-Lite, ``split=`` for Corrformer, ``name_map=`` for netCDF, ``stations=`` for
-    CSV long, ``start=``/``end=`` for the NCEI formats. A directory of ISD-Lite files uses the
-    ``isd-history.csv`` inside it when present.
+    CSV long, ``start=``/``end=`` for the NCEI formats, ``time_column=``/``columns=``/``variable=`` for a
+    wide CSV (``format="wide-csv"`` or ``"wide_csv"``: format names take ``_`` for ``-``). A directory of
+    ISD-Lite files uses the ``isd-history.csv`` inside it when present.
     """
-    fmt = detect_format(path) if format is None else format
+    fmt = detect_format(path) if format is None else str(format).replace("_", "-")
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; known: {sorted(FORMATS)}")
     return FORMATS[fmt](path, **kwargs)

@@ -1,9 +1,12 @@
 """The one station-data schema every reader returns.
 
-An ``xarray.Dataset`` with dims ``(time, station)``; data variables ``temperature`` (degC) and/or
-``wind_speed`` (m s-1), float32, NaN = missing; coords ``station`` (id string), ``lat``, ``lon``,
-``elevation`` and ``name`` on the station dim. CF attributes (``units``, ``standard_name``) on every
-variable. ``validate`` checks all of it and raises one :class:`SchemaError` saying what is wrong.
+An ``xarray.Dataset`` with dims ``(time, station)``; data variables are open: any floating-point variable on
+``(time, station)`` with a ``units`` attribute (NaN = missing). Variables of the registry
+(``data/variables.py``: ``temperature`` in degC, ``wind_speed`` in m s-1, ``dew_point``, ``sea_level_pressure``,
+...) keep their names, CF metadata and canonical units; any other name (a wide CSV's ``value``, a load in MW)
+carries the units it was given. Coords ``station`` (id string), ``lat``, ``lon``, ``elevation`` and ``name``
+on the station dim (lat/lon NaN = location unknown). ``validate`` checks all of it and raises one
+:class:`SchemaError` saying what is wrong.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ __all__ = [
     "SPLITS",
     "parse_split_bounds",
     "format_split_bounds",
+    "variable_attrs",
+    "data_variables",
+    "variable_units",
+    "require_variable",
 ]
 
 #: CF metadata of the schema's data variables, keyed by our variable name (from the variable registry).
@@ -62,6 +69,42 @@ def convert_units(values: np.ndarray, units: str, variable: str) -> np.ndarray:
         return convert(values, str(units).strip(), spec.units)
     except UnitError as e:
         raise SchemaError(f"{variable}: {e}") from None
+
+
+def variable_attrs(name: str, attrs: Mapping[str, object] | None = None) -> dict[str, str]:
+    """The CF attributes of data variable ``name``: the registry's for a known variable (``attrs`` may add to them
+    but not change its canonical units), else ``attrs``, which must hold a non-empty ``units`` string."""
+    extra = {str(k): str(v) for k, v in (attrs or {}).items()}
+    if name in REGISTRY:
+        spec = REGISTRY[name]
+        if "units" in extra and extra["units"] != spec.units:
+            raise SchemaError(f"variable {name!r} is stored in {spec.units!r}, not {extra['units']!r}; convert it "
+                              "with convert_units")
+        return {**extra, **spec.cf_attrs()}
+    if not extra.get("units", "").strip():
+        raise SchemaError(f"variable {name!r} is not in the variable registry ({', '.join(REGISTRY)}), so its "
+                          "units must be given")
+    return {"long_name": name, **extra}
+
+
+def data_variables(ds: xr.Dataset) -> list[str]:
+    """The data variables of a schema dataset (every variable on ``(time, station)``), in dataset order."""
+    return [str(v) for v, da in ds.data_vars.items() if set(da.dims) == {"time", "station"}]
+
+
+def variable_units(ds: xr.Dataset, name: str) -> str:
+    """The ``units`` attribute of ``ds[name]`` (the registry's canonical unit when the attribute is absent)."""
+    units = ds[name].attrs.get("units") if name in ds.data_vars else None
+    if units is None:
+        return REGISTRY[name].units if name in REGISTRY else ""
+    return str(units)
+
+
+def require_variable(ds: xr.Dataset, name: str, what: str = "the data") -> None:
+    """Raise :class:`SchemaError` naming the dataset's variables when ``ds`` has no data variable ``name``."""
+    if name not in ds.data_vars:
+        have = data_variables(ds)
+        raise SchemaError(f"{what} has no variable {name!r}; its variables are: {', '.join(have) or 'none'}")
 
 
 def format_split_bounds(bounds: Mapping[str, tuple[pd.Timestamp, pd.Timestamp]]) -> str:
@@ -109,12 +152,14 @@ def make_dataset(
     elevation: Sequence[float] | np.ndarray | None = None,
     name: Sequence[str] | np.ndarray | None = None,
     attrs: Mapping[str, object] | None = None,
+    var_attrs: Mapping[str, Mapping[str, object]] | None = None,
     **variables: np.ndarray,
 ) -> xr.Dataset:
     """Build a schema dataset from arrays of shape ``(time, station)`` per variable.
 
-    Values must already be in canonical units (see :func:`convert_units`). ``elevation`` defaults
-    to NaN (unknown) and ``name`` to the station id.
+    Values of registry variables must already be in canonical units (see :func:`convert_units`); any other
+    variable needs its CF attributes, ``units`` at least, in ``var_attrs[name]`` (:func:`variable_attrs`).
+    ``elevation`` defaults to NaN (unknown) and ``name`` to the station id.
     """
     time_index = pd.DatetimeIndex(pd.to_datetime(np.asarray(time)))
     ids = np.asarray([str(s) for s in station], dtype=object)
@@ -123,12 +168,11 @@ def make_dataset(
     names = ids.copy() if name is None else np.asarray([str(s) for s in name], dtype=object)
     data_vars = {}
     for var, arr in variables.items():
-        if var not in VARIABLES:
-            raise SchemaError(f"unknown variable {var!r}; known: {sorted(VARIABLES)}")
+        meta = variable_attrs(var, (var_attrs or {}).get(var))
         a = np.asarray(arr, dtype=np.float32)
         if a.shape != (len(time_index), n):
             raise SchemaError(f"{var} has shape {a.shape}, expected (time, station) = {(len(time_index), n)}")
-        data_vars[var] = (("time", "station"), a, dict(VARIABLES[var]))
+        data_vars[var] = (("time", "station"), a, meta)
     ds = xr.Dataset(
         data_vars,
         coords={
@@ -174,14 +218,20 @@ def _check_structure(ds: xr.Dataset) -> None:
 
 
 def _check_variable(ds: xr.Dataset, v: str) -> None:
-    """Dims, canonical units and a floating dtype of the schema variable ``v``."""
+    """Dims, units (canonical for a registry variable, present for any other) and a floating dtype of ``v``."""
     da = ds[v]
     if set(da.dims) != {"time", "station"}:
         raise SchemaError(f"variable {v!r} must have dims (time, station), found {da.dims}")
     units = da.attrs.get("units")
+    if v not in REGISTRY:
+        if units is None or not str(units).strip():
+            raise SchemaError(f"variable {v!r} has no 'units' attribute; every data variable needs one")
+        if not np.issubdtype(da.dtype, np.floating):
+            raise SchemaError(f"variable {v!r} must be floating point (NaN = missing), found {da.dtype}")
+        return
     if units is None:
-        raise SchemaError(f"variable {v!r} has no 'units' attribute (expected {VARIABLES[v]['units']!r})")
-    want = VARIABLES[v]["units"]
+        raise SchemaError(f"variable {v!r} has no 'units' attribute (expected {REGISTRY[v].units!r})")
+    want = REGISTRY[v].units
     if units != want:
         try:
             lookup(str(units), REGISTRY[v].quantity)
@@ -195,19 +245,19 @@ def _check_variable(ds: xr.Dataset, v: str) -> None:
 def validate(ds: xr.Dataset, variables: Sequence[str] | None = None, regular: bool = True) -> xr.Dataset:
     """Check ``ds`` follows the schema; return it unchanged or raise one clear :class:`SchemaError`.
 
-    ``variables`` names the data variables that must be present (default: at least one schema
-    variable). ``regular=False`` skips the constant-frequency check.
+    ``variables`` names the data variables that must be present (default: at least one). Every data
+    variable on ``(time, station)`` and every registry variable is checked (dims, units, dtype); other
+    variables (a scalar ``crs``) are left alone. ``regular=False`` skips the constant-frequency check.
     """
     _check_structure(ds)
-    present = [v for v in VARIABLES if v in ds.data_vars]
+    present = [str(v) for v in ds.data_vars if v in REGISTRY or str(v) in data_variables(ds)]
     for v in variables if variables is not None else []:
-        if v not in VARIABLES:
-            raise SchemaError(f"unknown variable {v!r}; known: {sorted(VARIABLES)}")
         if v not in ds.data_vars:
-            raise SchemaError(f"missing variable {v!r}; dataset has {sorted(ds.data_vars)}")
+            raise SchemaError(f"missing variable {v!r}; dataset has {sorted(present)}")
     if not present:
         raise SchemaError(
-            f"no schema variable present; expected one of {sorted(VARIABLES)}, found {sorted(ds.data_vars)}"
+            "no schema variable present: a dataset needs at least one floating-point data variable on "
+            f"(time, station) with units (e.g. {', '.join(VARIABLES)})"
         )
     for v in present:
         _check_variable(ds, v)

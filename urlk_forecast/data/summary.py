@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .schema import VARIABLES
+from .schema import data_variables
 from .variables import REGISTRY
 
 __all__ = ["describe", "format_description", "format_step"]
@@ -43,14 +43,13 @@ def describe(ds: xr.Dataset) -> dict[str, Any]:
         "coords": {},
         "attrs": {k: str(v) for k, v in ds.attrs.items() if k not in ("Conventions", "featureType")},
     }
-    for v in VARIABLES:
-        if v not in ds.data_vars:
-            continue
+    for v in data_variables(ds):
         a = np.asarray(ds[v].transpose("time", "station").values)
         # chunks over time keep memory small on 3850 x 17544 archives; sums in float64
         n_ok, total, total_sq, n_out = 0, 0.0, 0.0, 0
         lo, hi = np.inf, -np.inf
-        spec = REGISTRY[v]
+        spec = REGISTRY.get(v)  # None: a variable outside the registry has no known plausible range
+        lo_ok, hi_ok = (spec.valid_min, spec.valid_max) if spec is not None else (-np.inf, np.inf)
         seen = np.zeros(a.shape[1], bool)
         for i in range(0, a.shape[0], 2048):
             c = a[i : i + 2048]
@@ -61,12 +60,12 @@ def describe(ds: xr.Dataset) -> dict[str, Any]:
                 x = c[ok].astype(np.float64)
                 n_ok, total, total_sq = n_ok + k, total + float(x.sum()), total_sq + float((x * x).sum())
                 lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
-                n_out += int(np.count_nonzero((x < spec.valid_min) | (x > spec.valid_max)))
+                n_out += int(np.count_nonzero((x < lo_ok) | (x > hi_ok)))
         stats: dict[str, Any] = {
             "units": str(ds[v].attrs.get("units", "")),
             "missing_pct": 100.0 * (1.0 - n_ok / a.size) if a.size else 0.0,
             "stations_all_missing": int((~seen).sum()),
-            "plausible_range": [spec.valid_min, spec.valid_max],
+            "plausible_range": [spec.valid_min, spec.valid_max] if spec is not None else None,
             "outside_plausible_range": n_out,
         }
         if n_ok:
@@ -102,13 +101,14 @@ def format_description(info: dict[str, Any], title: str | None = None) -> str:
     irregular = ", IRREGULAR steps" if info["frequency"] == "irregular" else ""
     lines.append(f"time        {span}  ({info['time_steps']} steps{freq}{irregular})")
     lines.append("")
+    w = max([12, *(len(v) for v in info["variables"])])  # the variable column fits the longest name
     lines.append(
-        f"{'variable':<12} {'units':<6} {'missing%':>9} {'min':>10} {'mean':>10} {'max':>10} {'std':>10}  "
+        f"{'variable':<{w}} {'units':<6} {'missing%':>9} {'min':>10} {'mean':>10} {'max':>10} {'std':>10}  "
         "all-missing stations"
     )
     for v, s in info["variables"].items():
         lines.append(
-            f"{v:<12} {s['units']:<6} {s['missing_pct']:>9.2f} {_num(s['min'])} {_num(s['mean'])} {_num(s['max'])} "
+            f"{v:<{w}} {s['units']:<6} {s['missing_pct']:>9.2f} {_num(s['min'])} {_num(s['mean'])} {_num(s['max'])} "
             f"{_num(s['std'])}  {s['stations_all_missing']}"
         )
     for v, s in info["variables"].items():

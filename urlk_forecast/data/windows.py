@@ -322,7 +322,8 @@ class WindowDataset(torch.utils.data.Dataset):
     last ``pred_len`` rows are the targets, NaN where a gap is longer than ``max_gap``.
     :meth:`batch` builds a stacked batch directly (the fast path for training).
 
-    ``order``: None = Hilbert order over lat/lon (:func:`station_order`), ``"identity"`` = dataset order, or an
+    ``order``: None = Hilbert order over lat/lon (:func:`station_order`; dataset order when no station has a
+    location, as for a wide CSV's series), ``"identity"`` = dataset order, or an
     explicit permutation of station indices. Before a station's first observation its inputs are the causal values
     of the nearest station with data (``x_mask`` False); stations without any observation get only such inputs (a
     warning names them) and all-NaN targets.
@@ -375,7 +376,10 @@ class WindowDataset(torch.utils.data.Dataset):
     @staticmethod
     def _resolve_order(order: np.ndarray | Sequence[int] | str | None, ds: xr.Dataset, S: int) -> np.ndarray:
         if order is None or (isinstance(order, str) and order == "hilbert"):
-            return station_order(ds["lat"].values, ds["lon"].values)
+            lat, lon = np.asarray(ds["lat"].values, np.float64), np.asarray(ds["lon"].values, np.float64)
+            if np.isnan(lat).all() and np.isnan(lon).all():  # series without a location (wide CSV): as given
+                return np.arange(S)
+            return station_order(lat, lon)
         if isinstance(order, str):
             if order == "identity":
                 return np.arange(S)

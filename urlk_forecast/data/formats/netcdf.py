@@ -20,7 +20,7 @@ import pandas as pd
 import xarray as xr
 
 from ..plausibility import apply_bounds, at_grid, resolve_units
-from ..schema import VARIABLES, SchemaError, make_dataset, validate
+from ..schema import SchemaError, make_dataset, validate
 from ..units import UnitError, lookup
 from ..variables import REGISTRY, SCHEMA_VARIABLES
 from ._common import PathLike, ReaderError, regular_grid
@@ -40,7 +40,7 @@ _COORD_ALIASES = {
     "station_name": "name",
 }
 _DIM_ALIASES = {"stations": "station", "station_id": "station", "valid_time": "time", "times": "time"}
-_STANDARD_NAMES = {meta["standard_name"]: var for var, meta in VARIABLES.items()}
+_STANDARD_NAMES = {spec.standard_name: var for var, spec in reversed(list(REGISTRY.items()))}
 
 
 def _auto_map(ds: xr.Dataset) -> dict[str, str]:
@@ -68,12 +68,13 @@ def read_netcdf(
 
     ``name_map`` maps names in the file — variables, coordinates or dimensions — onto the schema's
     (``{"t2m": "temperature", "si10": "wind_speed", "stations": "station", "latitude": "lat"}``).
-    Without it, variables are recognised by CF ``standard_name`` (air_temperature, wind_speed) and
-    coordinates by common spellings (latitude, longitude, altitude, ...). Units are converted from
-    each variable's ``units`` attribute (e.g. K -> degC, knots -> m/s); ``units={"temperature": "degF"}``
-    supplies or overrides it. Impossible values become NaN with one warning; data variables that are
-    not read are named in a warning. Times with gaps on a regular step are put on the full axis, gaps
-    NaN. Global attributes are kept.
+    Without it, variables are recognised by CF ``standard_name`` (air_temperature, wind_speed,
+    dew_point_temperature, ...: the variable registry) and coordinates by common spellings (latitude,
+    longitude, altitude, ...). Registry variables are converted from their ``units`` attribute (e.g. K ->
+    degC, knots -> m/s); ``units={"temperature": "degF"}`` supplies or overrides it. Any other numeric
+    variable on (time, station) with a ``units`` attribute is read as it is (open variables). Impossible
+    values become NaN with one warning; data variables that are not read are named in a warning. Times
+    with gaps on a regular step are put on the full axis, gaps NaN. Global attributes are kept.
     """
     p = Path(path)
     if not p.is_file():
@@ -180,14 +181,28 @@ def _values(ds: xr.Dataset, v: str, p: Path) -> tuple[np.ndarray, str | None]:
     return np.asarray(da.transpose("time", "station").values), None if units is None else str(units)
 
 
-def _warn_unread(ds: xr.Dataset, p: Path) -> None:
+def _open_variables(ds: xr.Dataset) -> list[str]:
+    """Variables outside the registry that are read as they are: numeric, on (time, station), with units."""
+    out = []
+    for v, da in ds.data_vars.items():
+        if str(v) in REGISTRY or str(v) in ("lat", "lon", "elevation", "name"):
+            continue
+        on_grid = {"time", "station"} <= set(da.dims) and all(da.sizes[d] == 1 for d in da.dims
+                                                              if d not in ("time", "station"))
+        if on_grid and np.issubdtype(da.dtype, np.number) and str(da.attrs.get("units", "")).strip():
+            out.append(str(v))
+    return out
+
+
+def _warn_unread(ds: xr.Dataset, p: Path, read: list[str]) -> None:
     """Name the data variables that are not read (an extra variable is never dropped without a word)."""
-    skip = set(SCHEMA_VARIABLES) | {"time", "station", "lat", "lon", "elevation", "name"}
+    skip = set(read) | {"time", "station", "lat", "lon", "elevation", "name"}
     unread = sorted(str(v) for v in ds.data_vars if str(v) not in skip)
     if unread:
         warnings.warn(
-            f"{p}: variable(s) {unread} are not read; the schema holds {', '.join(SCHEMA_VARIABLES)} "
-            "(map another name onto one of them with name_map)",
+            f"{p}: variable(s) {unread} are not read: a data variable must be numeric on (time, station) with a "
+            f"units attribute (known variables such as {', '.join(SCHEMA_VARIABLES)} are recognised by name, "
+            "standard_name or name_map)",
             UserWarning,
             stacklevel=4,
         )
@@ -197,18 +212,20 @@ def _to_schema(
     src: xr.Dataset, p: Path, name_map: Mapping[str, str] | None, units: Mapping[str, str] | None = None
 ) -> xr.Dataset:
     ds = _renamed(src, p, name_map)
-    present = [v for v in SCHEMA_VARIABLES if v in ds.data_vars or v in ds.coords]
-    if not present:
+    present = [v for v in REGISTRY if v in ds.data_vars or v in ds.coords]
+    others = _open_variables(ds)
+    if not present and not others:
         raise ReaderError(
             p,
-            f"no temperature or wind_speed variable (variables are {sorted(map(str, ds.data_vars))}); "
-            "map one, e.g. name_map={'t2m': 'temperature'}",
+            f"no data variable: none of {sorted(map(str, ds.data_vars))} is numeric on (time, station) with units "
+            "or a known variable; map one, e.g. name_map={'t2m': 'temperature'}",
         )
     t, grid = _time_axis(ds, p)
     ids, coords, names = _stations(ds, p)
     raw, file_units = {}, {}
     for v in present:
         raw[v], file_units[v] = _values(ds, v, p)
+    extra = {v: _values(ds, v, p) for v in others}
     given = resolve_units(units, {v: u or "" for v, u in file_units.items()}, p)
     for v in present:
         if not given[v]:
@@ -220,17 +237,19 @@ def _to_schema(
             lookup(given[v], REGISTRY[v].quantity)
         except UnitError as e:
             raise ReaderError(p, f"{v} has units {given[v]!r}: {e}", field=v) from None
-    _warn_unread(ds, p)
-    data = apply_bounds(raw, p, units=given, locate=at_grid(t, ids), stacklevel=4)
+    _warn_unread(ds, p, present + others)
+    data = apply_bounds(raw, p, units=given, locate=at_grid(t, ids), stacklevel=4) if raw else {}
+    data.update({v: np.asarray(vals, np.float32) for v, (vals, _) in extra.items()})
     if not (len(grid) == len(t) and (len(t) < 2 or t.is_monotonic_increasing)):
         for v, vals in data.items():  # gaps in the file's times: put on the full axis
             full = np.full((len(grid), len(ids)), np.nan, np.float32)
             full[grid.get_indexer(t)] = vals
             data[v] = full
     attrs = {k: v for k, v in src.attrs.items() if k not in ("Conventions", "featureType")}
-    out = make_dataset(
-        grid, ids, coords["lat"], coords["lon"], elevation=coords["elevation"], name=names, attrs=attrs, **data
-    )
+    var_attrs = {v: {k: str(a) for k, a in ds[v].attrs.items() if k in ("units", "long_name", "standard_name")}
+                 for v in others}
+    out = make_dataset(grid, ids, coords["lat"], coords["lon"], elevation=coords["elevation"], name=names,
+                       attrs=attrs, var_attrs=var_attrs, **data)
     return validate(out)
 
 
