@@ -24,12 +24,12 @@ from typing import Any
 import xarray as xr
 
 from .data.readers import open_dataset
-from .data.schema import VARIABLES, validate
+from .data.schema import data_variables, validate
 from .data.synthetic import synthetic_global
 from .forecaster import CONFIG_NAME, Forecaster
 from .utils import atomic_write_text, to_jsonable
 
-__all__ = ["RunDir", "runs_root", "file_data", "data_units", "synthetic_data", "open_data", "find_model"]
+__all__ = ["RunDir", "runs_root", "file_data", "data_units", "data_reader", "synthetic_data", "open_data", "find_model"]
 
 RUN_FILE = "run.json"
 TRAIN_DIR = "train"
@@ -46,16 +46,29 @@ def runs_root() -> Path:
 
 
 # ------------------------------------------------------------------------------------------------- data specs
-def file_data(path: str | os.PathLike[str], units: dict[str, str] | None = None) -> dict[str, Any]:
+def file_data(path: str | os.PathLike[str], units: dict[str, str] | None = None,
+              reader: dict[str, Any] | None = None) -> dict[str, Any]:
     """The data spec of a file or directory any reader understands (the path is made absolute); ``units``: the
-    source's units per variable (``{"temperature": "degF"}``), recorded so the data is re-opened the same way."""
+    source's units per variable (``{"temperature": "degF"}``); ``reader``: other reader arguments (``format``,
+    a wide CSV's ``time_column``/``columns``/``variable``). Both are recorded so the data is re-opened the same
+    way."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or directory")
     spec: dict[str, Any] = {"kind": "file", "path": str(p.resolve())}
     if units:
         spec["units"] = {str(k): str(v) for k, v in units.items()}
+    if reader:
+        spec["reader"] = {str(k): (list(v) if isinstance(v, tuple) else v) for k, v in reader.items()}
     return spec
+
+
+def data_reader(spec: dict[str, Any]) -> dict[str, Any]:
+    """The reader arguments a file data spec records besides its units (``{}`` when none)."""
+    reader = spec.get("reader") or {}
+    if not isinstance(reader, dict):
+        raise ValueError(f"the data spec's reader should be a mapping of reader arguments, got {reader!r}")
+    return dict(reader)
 
 
 def data_units(spec: dict[str, Any]) -> dict[str, str] | None:
@@ -82,7 +95,7 @@ def open_data(spec: dict[str, Any], variable: str | None = None) -> xr.Dataset:
         if not path.exists():
             raise FileNotFoundError(f"the data file {path} no longer exists")
         units = data_units(spec)
-        ds = open_dataset(path, **({"units": units} if units else {}))
+        ds = open_dataset(path, **data_reader(spec), **({"units": units} if units else {}))
     elif kind == "synthetic":
         kw = {"variables": (variable,)} if variable is not None else {}
         ds = synthetic_global(stations=int(spec["stations"]), start=spec.get("start", SYNTHETIC_START),
@@ -91,7 +104,7 @@ def open_data(spec: dict[str, Any], variable: str | None = None) -> xr.Dataset:
         raise ValueError(f"unknown data spec {spec!r} (kind must be 'file' or 'synthetic')")
     if variable is not None:
         if variable not in ds.data_vars:
-            have = [str(v) for v in ds.data_vars if v in VARIABLES]
+            have = data_variables(ds)
             raise ValueError(f"the data has no {variable!r}; available: {', '.join(have) or 'none'}")
         validate(ds, variables=[variable])
     return ds

@@ -13,6 +13,7 @@ import xarray as xr
 
 from ..data.windows import WindowSource
 from ..utils import describe_steps
+from ..utils.steps import default_season
 from .base import Baseline, resolve_indices, target_times, window_arrays, window_geometry
 
 __all__ = ["Persistence", "SeasonalNaive", "Climatology"]
@@ -49,18 +50,21 @@ class SeasonalNaive(Baseline):
     length in steps (24 for a daily season of hourly data), i.e. the last observed season repeated.
 
     ``period`` is a duration (``"1D"``, ``"24h"``, a :class:`pandas.Timedelta`) converted with the data's time step,
-    or an int number of steps. The window must hold at least one season (``seq_len >= m``).
+    an int number of steps, or None (the default): from the data's step, one day of sub-daily steps (24 for hourly,
+    144 for 10-minute data), a week of daily steps (7). The window must hold at least one season (``seq_len >= m``).
     """
 
     name = "Seasonal naive"
     kind = "statistical"
 
-    def __init__(self, period: str | pd.Timedelta | int = "1D", *, variable: str = "temperature") -> None:
+    def __init__(self, period: str | pd.Timedelta | int | None = None, *, variable: str = "temperature") -> None:
         super().__init__(variable=variable)
         self.period = period
 
     def season_steps(self, freq: pd.Timedelta) -> int:
         """The season length in time steps of ``freq``."""
+        if self.period is None:
+            return default_season(freq)
         if isinstance(self.period, (int, np.integer)):
             m = int(self.period)
         else:
@@ -76,7 +80,7 @@ class SeasonalNaive(Baseline):
         """The method with its season in the data's terms: ``Seasonal naive (24 h)`` on hourly data,
         ``Seasonal naive (1 day)`` on daily data, ``Seasonal naive (144 x 10 min)`` on 10-minute data."""
         if freq is None:
-            return f"{self.name} ({self.period})"
+            return f"{self.name} ({self.period if self.period is not None else 'a day, or a week of daily steps'})"
         return f"{self.name} ({describe_steps(self.season_steps(pd.Timedelta(freq)), freq)})"
 
     def _fit(self, train: xr.Dataset) -> None:

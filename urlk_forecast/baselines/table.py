@@ -27,13 +27,14 @@ import pandas as pd
 import xarray as xr
 
 from ..data.readers import open_dataset
-from ..data.schema import VARIABLES, validate
+from ..data.schema import infer_frequency, require_variable, validate
 from ..data.synthetic import synthetic_global
 from ..data.windows import WindowDataset, WindowSource, split_dataset
 from ..forecaster import Forecaster
 from ..method import Method
 from ..scoring import ScoreTable, method_labels, score_methods
 from ..utils import atomic_write_text, describe_steps, evenly_spaced, freq_label, normalize_name
+from ..utils.steps import default_season, length_steps
 from . import get_baseline
 from .gfs import synthetic_nwp_grid
 from .naive import SeasonalNaive
@@ -174,7 +175,7 @@ def _per_lead(table: ScoreTable) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------------- running
 def _load_data(data: DataSource | None, stations: int | None, hours: int | None, seed: int, progress: Progress,
-               units: dict[str, str] | None = None) -> tuple[xr.Dataset, str]:
+               units: dict[str, str] | None = None, reader: dict[str, Any] | None = None) -> tuple[xr.Dataset, str]:
     if units and (data is None or isinstance(data, xr.Dataset)):
         raise ValueError("units applies to a data file or directory (the reader converts them), not to "
                          f"{'the synthetic default' if data is None else 'an in-memory Dataset'}")
@@ -191,7 +192,7 @@ def _load_data(data: DataSource | None, stations: int | None, hours: int | None,
     path = Path(data)
     if not path.exists():
         raise FileNotFoundError(f"data: {path} does not exist")
-    return open_dataset(path, **({"units": dict(units)} if units else {})), str(path)
+    return open_dataset(path, **(reader or {}), **({"units": dict(units)} if units else {})), str(path)
 
 
 def _subsample_stations(ds: xr.Dataset, stations: int | None, seed: int) -> xr.Dataset:
@@ -254,11 +255,13 @@ class _Setup:
     gfs: DataSource | None
     test: xr.Dataset
     seed: int
+    season: int = 24  # steps: a day of sub-daily steps, a week of daily steps
 
 
 def _baseline_kwargs(name: str, st: _Setup, say: Progress) -> dict[str, Any]:
     if name == "holt_winters":
-        return {"n_jobs": st.n_jobs}
+        return {"n_jobs": st.n_jobs, "season_length": st.season, "fit_hours": max(672, 4 * st.season),
+                "history_hours": max(672, 4 * st.season)}
     if name == "gbdt":
         return {"n_threads": st.threads, "seq_len": st.seq_len, "max_horizon": st.pred_len,
                 "lags": tuple(v for v in (*range(1, 25), 48) if v <= st.seq_len)}
@@ -302,11 +305,11 @@ def _fit_baselines(names: Sequence[str], train: xr.Dataset, st: _Setup, failures
 
 def run_benchmark(data: DataSource | None = None, variable: str = "temperature", baselines: Sequence[str] | None = None,
                   run: str | os.PathLike[str] | None = None, gfs: DataSource | None = None, stations: int | None = None,
-                  hours: int | None = None, max_windows: int | None = 512, seq_len: int = 48,
-                  label_len: int = 24, pred_len: int = 24,
+                  hours: int | None = None, max_windows: int | None = 512, seq_len: int | str = 48,
+                  label_len: int | str = 24, pred_len: int | str = 24,
                   n_jobs: int | None = None, threads: int | None = None, prophet_stations: int = 8,
                   batch_size: int = 32, seed: int = 0, progress: Progress | None = None,
-                  units: dict[str, str] | None = None) -> BenchmarkResult:
+                  units: dict[str, str] | None = None, reader: dict[str, Any] | None = None) -> BenchmarkResult:
     """Run the comparison; see the module docstring.
 
     ``data``: Dataset, path (any format :func:`~urlk_forecast.data.readers.open_dataset` reads) or None for the
@@ -316,7 +319,11 @@ def run_benchmark(data: DataSource | None = None, variable: str = "temperature",
     for the demo grid built from the test truth + error). ``stations``: random subset (seeded) of real data, or the
     synthetic station count; ``hours``: synthetic length (default 2 years). ``max_windows``: evenly spaced test
     windows (None/0 = all). ``n_jobs``: Holt-Winters processes; ``threads``: GBDT OpenMP threads. ``units``: the
-    source's units per variable of a ``data`` path (``{"temperature": "degF"}``), converted on reading.
+    source's units per variable of a ``data`` path (``{"temperature": "degF"}``), converted on reading; ``reader``:
+    other reader arguments for it (``format``, a wide CSV's ``time_column``/``columns``/``variable``).
+    ``variable``: any data variable of the data. ``seq_len``/``label_len``/``pred_len``: steps or durations
+    (``"48h"``) that are whole numbers of the data's steps. The seasonal baselines' season is one day of sub-daily
+    steps, a week of daily steps.
     """
     say: Progress = progress or (lambda _msg: None)
     model = None
@@ -328,10 +335,12 @@ def run_benchmark(data: DataSource | None = None, variable: str = "temperature",
             say(f"the model forecasts {model.variable!r}; benchmarking {model.variable!r}")
         variable = model.variable
         seq_len, label_len, pred_len, max_gap = model.seq_len, model.label_len, model.pred_len, model.max_gap
-    if variable not in VARIABLES:
-        raise ValueError(f"unknown variable {variable!r}; choose from {', '.join(VARIABLES)}")
-    ds, data_label = _load_data(data, stations if model is None else None, hours, seed, say, units)
+    ds, data_label = _load_data(data, stations if model is None else None, hours, seed, say, units, reader)
+    require_variable(ds, variable)
     validate(ds, variables=[variable])
+    freq = infer_frequency(ds)
+    seq_len, label_len, pred_len = (length_steps(v, freq, k) for k, v in
+                                    (("seq_len", seq_len), ("label_len", label_len), ("pred_len", pred_len)))
     if model is not None:
         ds = _model_stations(ds, model, stations)
     elif data is not None:
@@ -350,7 +359,8 @@ def run_benchmark(data: DataSource | None = None, variable: str = "temperature",
 
     names = _method_names(baselines, gfs, ds)
     failures: dict[str, str] = {}
-    setup = _Setup(variable, seq_len, pred_len, n_jobs, threads, prophet_stations, gfs, test, seed)
+    setup = _Setup(variable, seq_len, pred_len, n_jobs, threads, prophet_stations, gfs, test, seed,
+                   default_season(freq))
     fitted = _fit_baselines(names, train, setup, failures, say)
     methods = [m for n, m in fitted if n != "prophet"] + ([model] if model is not None else [])
     table = score_methods(methods, ws, idx, batch_size=batch_size, keep_going=True, progress=say)
@@ -383,7 +393,7 @@ def _period(ds: xr.Dataset, start: int = 0) -> str:
 def _info(variable: str, data_label: str, ws: WindowSource, idx: np.ndarray, table: ScoreTable, train: xr.Dataset,
           test: xr.Dataset, seq_len: int, label_len: int, pred_len: int) -> dict[str, Any]:
     return {
-        "variable": variable, "units": VARIABLES[variable]["units"], "data": data_label,
+        "variable": variable, "units": ws.units, "data": data_label,
         "stations": ws.num_stations, "windows": int(idx.size), "windows_total": len(ws),
         "windows_scored": int(table.windows), "points": int(table.points), "observed": int(table.observed),
         "seq_len": seq_len, "label_len": label_len, "pred_len": pred_len,

@@ -16,10 +16,12 @@ import click
 
 from ..baselines import BASELINES
 from ..baselines.table import run_benchmark
-from ..rundir import data_units, find_model
+from ..rundir import data_reader, data_units, find_model
 from ..utils import normalize_name
 from .errors import user_errors
+from .lengths import LENGTH_HELP, Length
 from .outputs import check_dir_destination
+from .reader_options import WIDE_FLAGS, default_variable, reader_kwargs, wide_csv_options
 from .units import parse_units, units_option
 
 __all__ = ["benchmark"]
@@ -28,7 +30,7 @@ __all__ = ["benchmark"]
 _FLAGS = {"data": "--data", "variable": "--var", "baselines": "--baselines", "run": "--run", "gfs": "--gfs",
           "stations": "--stations", "hours": "--hours", "max_windows": "--max-windows", "seq_len": "--seq-len",
           "label_len": "--label-len", "pred_len": "--pred-len", "n_jobs": "--jobs", "threads": "--threads",
-          "prophet_stations": "--prophet-stations", "units": "--units"}
+          "prophet_stations": "--prophet-stations", "units": "--units", **WIDE_FLAGS}
 
 
 def _check_arguments(data: Path | None, run_dir: Path | None, gfs: str | None, hours: int | None,
@@ -52,18 +54,19 @@ def _check_arguments(data: Path | None, run_dir: Path | None, gfs: str | None, h
     return names
 
 
-def _model_and_data(run_dir: Path | None, data: Path | None, units: dict[str, str], progress: Any
-                    ) -> tuple[Path | None, Any, dict[str, str] | None]:
-    """The model directory of ``--run``, the data to benchmark on (``--data``, else the run's own data) and the
-    source units to read it with (``--units``, else those the run recorded)."""
+def _model_and_data(run_dir: Path | None, data: Path | None, units: dict[str, str], reader: dict[str, Any],
+                    progress: Any) -> tuple[Path | None, Any, dict[str, str] | None, dict[str, Any]]:
+    """The model directory of ``--run``, the data to benchmark on (``--data``, else the run's own data), the
+    source units to read it with (``--units``, else those the run recorded) and the other reader arguments (the
+    wide-CSV options, else those the run recorded)."""
     if run_dir is None:
-        return None, data, units or None
+        return None, data, units or None, reader
     try:
         model_dir, run = find_model(run_dir)
     except FileNotFoundError as e:
         raise click.ClickException(f"--run {e}") from None
     if data is not None or run is None:
-        return model_dir, data, units or None
+        return model_dir, data, units or None, reader
     try:
         spec = run.data_spec
     except (FileNotFoundError, ValueError) as e:
@@ -72,17 +75,18 @@ def _model_and_data(run_dir: Path | None, data: Path | None, units: dict[str, st
         path = Path(spec["path"])
         if not path.exists():
             raise click.ClickException(f"the run's data {path} no longer exists; pass --data")
-        return model_dir, path, data_units(spec)
+        return model_dir, path, data_units(spec), data_reader(spec)
     progress(f"regenerating the run's synthetic data ({spec.get('stations')} stations)")
-    return model_dir, run.open_data(), None
+    return model_dir, run.open_data(), None, {}
 
 
 @click.command("benchmark")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Station data (any supported file/directory). Default: the SYNTHETIC 3850-station set "
                    "(or the data of --run).")
-@click.option("--var", "variable", type=click.Choice(["temperature", "wind_speed"]), default="temperature",
-              show_default=True, help="Variable to forecast (a --run model fixes it).")
+@click.option("--var", "variable", default=None,
+              help="Variable to forecast: any data variable of --data (default: temperature; for a wide CSV its "
+                   "variable, --var-name; a --run model fixes it).")
 @click.option("--baselines", default=None,
               help="Comma-separated baselines (default: persistence,seasonal_naive,climatology,holt_winters,"
                    "prophet_like,gbdt; + prophet if installed; + gfs with --gfs). Also: prophet_like_adjusted.")
@@ -97,12 +101,12 @@ def _model_and_data(run_dir: Path | None, data: Path | None, units: dict[str, st
               help="Length of the synthetic default in hours (default 17544 = 2 years).")
 @click.option("--max-windows", type=click.IntRange(min=0), default=512, show_default=True,
               help="Score N test windows evenly spaced over the test split (0 = all).")
-@click.option("--seq-len", type=click.IntRange(min=1), default=48, show_default=True,
-              help="Input window length (steps; a --run model fixes it).")
-@click.option("--label-len", type=click.IntRange(min=0), default=24, show_default=True,
-              help="Decoder start-token length (steps).")
-@click.option("--pred-len", type=click.IntRange(min=1), default=24, show_default=True,
-              help="Forecast horizon (steps).")
+@click.option("--seq-len", type=Length(min=1), default=48, show_default=True,
+              help="Input window length (a --run model fixes it)." + LENGTH_HELP)
+@click.option("--label-len", type=Length(min=0), default=24, show_default=True,
+              help="Decoder start-token length." + LENGTH_HELP)
+@click.option("--pred-len", type=Length(min=1), default=24, show_default=True,
+              help="Forecast horizon." + LENGTH_HELP)
 @click.option("--jobs", type=click.IntRange(min=1), default=None, help="Holt-Winters fit processes (default: cores).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="GBDT OpenMP threads (default: all cores; 1 is faster on a busy machine).")
@@ -112,11 +116,13 @@ def _model_and_data(run_dir: Path | None, data: Path | None, units: dict[str, st
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmark_results"), show_default=True,
               help="Directory for benchmark_<var>.md / .csv.")
 @units_option
+@wide_csv_options
 @click.option("--quiet", is_flag=True, help="Only print the table.")
-def benchmark(data: Path | None, variable: str, baselines: str | None, run_dir: Path | None, gfs: str | None,
-              stations: int | None, hours: int | None, max_windows: int, seq_len: int, label_len: int, pred_len: int,
+def benchmark(data: Path | None, variable: str | None, baselines: str | None, run_dir: Path | None, gfs: str | None,
+              stations: int | None, hours: int | None, max_windows: int, seq_len: Any, label_len: Any, pred_len: Any,
               jobs: int | None, threads: int | None, prophet_stations: int, seed: int, out: Path,
-              units: tuple[str, ...], quiet: bool) -> None:
+              units: tuple[str, ...], time_column: str | None, columns: str | None, var_name: str | None,
+              quiet: bool) -> None:
     """Compare the baselines of the paper's Table 12 (and a trained model) on the same test windows."""
     t0 = time.perf_counter()
 
@@ -126,13 +132,18 @@ def benchmark(data: Path | None, variable: str, baselines: str | None, run_dir: 
 
     with user_errors(_FLAGS):
         unit_map = parse_units(units)
+        reader = reader_kwargs(time_column, columns, var_name)
+        if reader and data is None:
+            raise click.UsageError("--time-column/--columns/--var-name describe a wide CSV --data file")
         names = _check_arguments(data, run_dir, gfs, hours, baselines, unit_map)
         check_dir_destination(Path(out), "--out")
-        model_dir, source, source_units = _model_and_data(run_dir, data, unit_map, progress)
+        model_dir, source, source_units, source_reader = _model_and_data(run_dir, data, unit_map, reader, progress)
         result = run_benchmark(
-            data=source, variable=variable, baselines=names, run=model_dir, gfs=gfs, stations=stations, hours=hours,
+            data=source, variable=default_variable(variable, data, reader),
+            baselines=names, run=model_dir, gfs=gfs, stations=stations, hours=hours,
             max_windows=max_windows, seq_len=seq_len, label_len=label_len, pred_len=pred_len, n_jobs=jobs,
             threads=threads, prophet_stations=prophet_stations, seed=seed, progress=progress, units=source_units,
+            reader=source_reader or None,
         )
         paths = result.write(out)
     click.echo(result.to_markdown())

@@ -38,13 +38,14 @@ Progress = Callable[..., None]
 
 
 def _baselines(train: xr.Dataset, fc: Forecaster, threads: int | None, say: Progress) -> list[Method]:
-    """Persistence, seasonal naive (one day, however many steps) and GBDT fitted on ``train``; one that cannot be
-    built or fitted for this data (e.g. a season longer than the input) is left out with a warning."""
+    """Persistence, seasonal naive (a day of sub-daily steps, a week of daily steps) and GBDT fitted on ``train``;
+    one that cannot be built or fitted for this data (e.g. a season longer than the input) is left out with a
+    warning."""
     v = fc.variable
     lags = tuple(k for k in (*range(1, 25), 48) if k <= fc.seq_len)
     makers: list[Callable[[], Method]] = [
         lambda: Persistence(variable=v),
-        lambda: SeasonalNaive("1D", variable=v),
+        lambda: SeasonalNaive(variable=v),
         lambda: GBDT(variable=v, seq_len=fc.seq_len, max_horizon=fc.pred_len, lags=lags, max_rows=GBDT_MAX_ROWS,
                      n_threads=threads, max_gap=fc.max_gap),
     ]
