@@ -34,7 +34,15 @@ import xarray as xr
 
 from .config import FORECASTER_FORMAT, FORECASTER_FORMAT_VERSION, ConfigError, ForecasterConfig, TrainConfig
 from .data.readers import open_dataset
-from .data.schema import COORD_ATTRS, VARIABLES, SchemaError, infer_frequency, make_dataset, validate
+from .data.schema import (
+    COORD_ATTRS,
+    SchemaError,
+    infer_frequency,
+    make_dataset,
+    require_variable,
+    validate,
+    variable_units,
+)
 from .data.windows import WindowDataset, WindowSource, split_dataset
 from .export import ExportResult, export_forecaster
 from .method import Method
@@ -45,6 +53,7 @@ from .regime import Regime, auto_regime
 from .scoring import Scores, resolve_indices
 from .trainer import Callback, Trainer, TrainResult
 from .utils import atomic_torch_save, atomic_write_text, normalize_name, to_jsonable
+from .utils.steps import default_season, lead_time_unit, length_steps, parse_length
 
 __all__ = ["Forecaster", "parse_model_name", "FORMAT", "FORMAT_VERSION"]
 
@@ -91,17 +100,18 @@ def _preview(ids: Sequence[str], n: int = 10) -> str:
 
 def season_steps(freq: pd.Timedelta | None) -> int:
     """The seasonal period in steps for data of step ``freq``: one day of sub-daily steps (24 for hourly data),
-    a week of daily or longer steps; 24 when the step is unknown."""
-    if freq is None or freq <= pd.Timedelta(0):
-        return 24
-    if freq < pd.Timedelta(days=1):
-        return max(1, round(pd.Timedelta(days=1) / freq))
-    return max(1, round(pd.Timedelta(days=7) / freq))
+    a week of daily or longer steps; 24 when the step is unknown (:func:`urlk_forecast.utils.steps.default_season`,
+    which the baselines use too)."""
+    return default_season(freq)
 
 
 class Forecaster(Method):
     """Station forecaster built on :class:`~urlk_forecast.models.forecast_net.ForecastNet`; a
     :class:`~urlk_forecast.method.Method` of kind ``"neural"`` named after its model (``"unireplknet_a"``).
+
+    ``variable`` is any data variable of the data it is fitted on (its units are taken from there).
+    ``seq_len``/``label_len``/``pred_len`` are steps (int) or durations (``"48h"``, ``"7D"``) converted with the
+    data's time step when fitting (a whole number of steps, else an error).
 
     ``model_kw`` go to the network (``d_model``, ``node_size``, ``kernel_size``, ``dims``, ``spatial``, ...);
     ``max_gap`` (keyword) is the longest gap (steps) interpolated in the inputs, as in
@@ -110,23 +120,23 @@ class Forecaster(Method):
 
     kind: ClassVar[str] = "neural"
 
-    def __init__(self, model: str = "unireplknet_a", variable: str = "temperature", seq_len: int = 48,
-                 label_len: int = 24, pred_len: int = 24, *, max_gap: int = 3, **model_kw: Any) -> None:
-        if variable not in VARIABLES:
-            raise ValueError(f"unknown variable {variable!r}; available: {', '.join(VARIABLES)}")
-        for name, v, lo in (("seq_len", seq_len, 2), ("label_len", label_len, 0), ("pred_len", pred_len, 1),
-                            ("max_gap", max_gap, 0)):
-            if int(v) != v or int(v) < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-        if label_len > seq_len:
-            raise ValueError(f"label_len ({label_len}) must not exceed seq_len ({seq_len})")
+    def __init__(self, model: str = "unireplknet_a", variable: str = "temperature", seq_len: int | str = 48,
+                 label_len: int | str = 24, pred_len: int | str = 24, *, max_gap: int = 3, **model_kw: Any) -> None:
+        if not isinstance(variable, str) or not variable.strip():
+            raise ValueError(f"variable must be the name of a data variable, got {variable!r}")
+        lengths = {"seq_len": parse_length(seq_len, "seq_len"), "label_len": parse_length(label_len, "label_len"),
+                   "pred_len": parse_length(pred_len, "pred_len")}
+        self._check_lengths(lengths, max_gap)
         encoder, variant = parse_model_name(model)
         self.model = str(model)
         #: the table label: the variant for UniRepLKNet ("unireplknet_a" also for model="a"), else the given name
         self.name = variant if encoder == "unireplknet" else normalize_name(model)
         self.variable = variable
-        self.seq_len, self.label_len, self.pred_len = int(seq_len), int(label_len), int(pred_len)
+        #: the lengths as given (steps or durations); resolved to steps from the data's step by fit
+        self.lengths: dict[str, int | pd.Timedelta] = lengths
+        self.seq_len, self.label_len, self.pred_len = (v if isinstance(v, int) else 0 for v in lengths.values())
         self.max_gap = int(max_gap)
+        self.units: str | None = None  # the variable's units, from the training data
         # skip="seasonal" (a seasonal-naive-initialised linear head) is the default chosen on the validation windows
         # of the real-data suite (docs/training.md); skip="none" is the paper's network
         self.model_kw: dict[str, Any] = {"encoder": encoder, "variant": variant, "skip": "seasonal", **model_kw}
@@ -137,6 +147,28 @@ class Forecaster(Method):
         self.train_result: TrainResult | None = None  # the last fit's result (not saved)
         self.fit_seconds: float | None = None  # wall time of training (train_info["wall_s"])
         self.reparameterized = False
+
+    @staticmethod
+    def _check_lengths(lengths: Mapping[str, int | pd.Timedelta], max_gap: int) -> None:
+        """Integer lengths within bounds; ``label_len <= seq_len`` where both are of one kind (steps or durations)."""
+        lows = {"seq_len": 2, "label_len": 0, "pred_len": 1, "max_gap": 0}
+        for name, v in (*lengths.items(), ("max_gap", max_gap)):
+            if isinstance(v, pd.Timedelta):
+                continue
+            if int(v) != v or int(v) < lows[name]:
+                raise ValueError(f"{name} must be an integer >= {lows[name]} or a duration like '48h', got {v!r}")
+        sl, ll = lengths["seq_len"], lengths["label_len"]
+        if type(sl) is type(ll) and ll > sl:  # type: ignore[operator]
+            raise ValueError(f"label_len ({ll}) must not exceed seq_len ({sl})")
+
+    def resolve_lengths(self, ds: xr.Dataset) -> None:
+        """Turn lengths given as durations into steps of ``ds``'s time step (whole steps only; fit does this)."""
+        if all(isinstance(v, int) for v in self.lengths.values()):
+            return
+        freq = infer_frequency(ds)
+        steps = {k: length_steps(v, freq, k) for k, v in self.lengths.items()}
+        self._check_lengths(steps, self.max_gap)
+        self.seq_len, self.label_len, self.pred_len = steps["seq_len"], steps["label_len"], steps["pred_len"]
 
     # ------------------------------------------------------------------------------------------ basics
     def __repr__(self) -> str:
@@ -294,9 +326,13 @@ class Forecaster(Method):
     def _split(self, train: Any, val: Any) -> tuple[xr.Dataset, xr.Dataset, xr.Dataset | None]:
         """``(the data given, training split, validation split)``; the chronological split when ``val`` is None."""
         ds = _open(train, "train")
+        require_variable(ds, self.variable, "train")
         validate(ds, variables=[self.variable])
+        self.resolve_lengths(ds)
+        self.units = variable_units(ds, self.variable)
         if val is not None:
             val_ds = _open(val, "val")
+            require_variable(val_ds, self.variable, "val")
             validate(val_ds, variables=[self.variable])
             return ds, ds, val_ds
         ratios = (0.7, 0.1, 0.2) if ds.attrs.get("split_bounds") else (0.9, 0.1, 0.0)
@@ -403,7 +439,8 @@ class Forecaster(Method):
         full = np.concatenate([vals, np.full((self.pred_len, vals.shape[1]), np.nan, np.float32)], axis=0)
         st = recent.isel(station=order)
         ext = make_dataset(times.append(future), st["station"].values, st["lat"].values, st["lon"].values,
-                           st["elevation"].values, st["name"].values, **{self.variable: full})
+                           st["elevation"].values, st["name"].values,
+                           var_attrs={self.variable: dict(ds[self.variable].attrs)}, **{self.variable: full})
         try:
             ws = self._windows(ext, order="identity")
         except SchemaError as e:
@@ -412,7 +449,8 @@ class Forecaster(Method):
         out = np.empty_like(pred)
         out[:, order] = pred  # back to the history's station order
         lead = pd.to_timedelta(np.arange(1, self.pred_len + 1) * freq.value, unit="ns")
-        meta = VARIABLES[self.variable]
+        meta = {k: str(v) for k, v in ds[self.variable].attrs.items() if k in ("units", "standard_name", "long_name")}
+        meta.setdefault("long_name", self.variable)
         result = xr.Dataset(
             {self.variable: (("lead_time", "station"), out, {**meta, "long_name": f"forecast {meta['long_name']}"})},
             coords={
@@ -435,8 +473,9 @@ class Forecaster(Method):
                 "pred_len": self.pred_len,
             },
         )
-        if freq % pd.Timedelta(hours=1) == pd.Timedelta(0):  # netCDF: lead_time = 1, 2, ... hours
-            result["lead_time"].encoding.update(units="hours", dtype="int32")
+        _, lead_units, lead_unit = lead_time_unit(freq)  # netCDF: lead_time = 1, 2, ... hours (days, minutes)
+        if freq % lead_unit == pd.Timedelta(0):
+            result["lead_time"].encoding.update(units=lead_units, dtype="int32")
         result["forecast_reference_time"] = xr.DataArray(
             np.datetime64(times[-1].to_datetime64(), "ns"), attrs={"standard_name": "forecast_reference_time"})
         return result.set_coords("forecast_reference_time")
@@ -482,7 +521,7 @@ class Forecaster(Method):
         return ForecasterConfig(
             model=self.model, variable=self.variable, seq_len=self.seq_len, label_len=self.label_len,
             pred_len=self.pred_len, max_gap=self.max_gap, model_kw=dict(self.model_kw),
-            units=VARIABLES[self.variable]["units"], net=dict(self._net().config),
+            units=self.units, net=dict(self._net().config),
             reparameterized=self.reparameterized,
             frequency=str(self.frequency) if self.frequency is not None else None,
             n_stations=len(stations["station"]), train=dict(self.train_info))
@@ -528,6 +567,7 @@ class Forecaster(Method):
         self.reparameterized = bool(config.reparameterized)
         self.stations = stations
         self.frequency = pd.Timedelta(config.frequency) if config.frequency else None
+        self.units = config.units
         self.train_info = dict(config.train)
         wall = self.train_info.get("wall_s")
         self.fit_seconds = float(wall) if wall is not None else None
