@@ -150,7 +150,7 @@ def test_predict_end_and_station_and_plot(trained: tuple, tmp_path: Path) -> Non
     ("args", "expect"),
     [
         (["--var", "wind_speed"], "forecasts temperature, not wind_speed"),
-        (["--var", "humidity"], "unknown variable 'humidity'; available: temperature, wind_speed"),
+        (["--var", "humidity"], "forecasts temperature, not humidity; runs for humidity: none"),
         (["--station", "NOPE"], "unknown station(s) NOPE; available (24)"),
         (["--end", "2019-01-02T00:00"], "the model needs the last seq_len=48"),
         (["--end", "1990-01-01"], "outside the data"),
@@ -323,7 +323,7 @@ def test_daily_degf_run_records_its_units_and_speaks_days(tmp_path: Path) -> Non
                                    *TINY[:6], "--threads", "1", "--seq-len", "30", "--label-len", "7", "--pred-len",
                                    "7", "--max-steps", "2", "--eval-windows", "4", "--out", str(run)], env=env)
     assert res.exit_code == 0, res.output
-    assert "leads 1-7 days" in res.output and "Seasonal naive (1 day)" in res.output and " h," not in res.output
+    assert "leads 1-7 days" in res.output and "Seasonal naive (7 days)" in res.output and " h," not in res.output
     spec = json.loads((run / "run.json").read_text())["data"]
     assert spec["units"] == {"temperature": "degF"} and spec["kind"] == "file"
     res = CliRunner().invoke(cli, ["predict", "--run", str(run), "--out", str(tmp_path / "f.nc")], env=env)

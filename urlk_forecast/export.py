@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .data.schema import VARIABLES
+from .data.variables import REGISTRY
 from .data.windows import time_features
 from .models.embedding import RevIN
 from .ops import use_backend
@@ -245,9 +245,15 @@ def sidecar_path(path: str | Path) -> Path:
     return Path(str(path) + ".json")
 
 
+def _units(fc: Forecaster) -> str:
+    """The forecast variable's units: those of the data it was trained on (the registry's for older models)."""
+    units = getattr(fc, "units", None)
+    return str(units) if units else REGISTRY[fc.variable].units if fc.variable in REGISTRY else ""
+
+
 def _io_spec(fc: Forecaster) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     S, L, P, Q = len(fc.stations["station"]), fc.seq_len, fc.label_len, fc.pred_len
-    units = VARIABLES[fc.variable]["units"]
+    units = _units(fc)
     inputs = [
         {"name": "x", "shape": ["batch", L, S], "dtype": "float32", "units": units,
          "description": f"the last seq_len values of {fc.variable}, stations in model order; gaps of at most max_gap "
@@ -274,7 +280,7 @@ def build_sidecar(fc: Forecaster, fmt: str, file_name: str, graph: Mapping[str, 
     return to_jsonable({
         "format": EXPORT_FORMAT, "version": EXPORT_FORMAT_VERSION, "file": file_name, "file_format": fmt,
         "model": fc.model, "name": fc.name, "variable": fc.variable, "variables": [fc.variable],
-        "units": VARIABLES[fc.variable]["units"],
+        "units": _units(fc),
         "seq_len": fc.seq_len, "label_len": fc.label_len, "pred_len": fc.pred_len, "max_gap": fc.max_gap,
         "frequency": str(fc.frequency) if fc.frequency is not None else None,
         "n_stations": len(st["station"]),

@@ -15,16 +15,19 @@ import pandas as pd
 import xarray as xr
 
 from ..data.readers import open_dataset
-from ..data.schema import VARIABLES, validate
+from ..data.schema import require_variable, validate
 from ..forecaster import Forecaster
 from ..rundir import RunDir, runs_root
+from ..utils.steps import lead_time_unit
 from .errors import user_errors
 from .outputs import check_file_destination, step_label, write_together
+from .reader_options import WIDE_FLAGS, reader_kwargs, wide_csv_options
 from .units import parse_units, units_option
 
 __all__ = ["predict"]
 
-_FLAGS = {"variable": "--var", "data": "--data", "end": "--end", "stations": "--station", "units": "--units"}
+_FLAGS = {"variable": "--var", "data": "--data", "end": "--end", "stations": "--station", "units": "--units",
+          **WIDE_FLAGS}
 
 
 @click.command("predict")
@@ -40,14 +43,16 @@ _FLAGS = {"variable": "--var", "data": "--data", "end": "--end", "stations": "--
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="PNG of a few stations.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @units_option
+@wide_csv_options
 def predict(variable: str | None, run_dir: Path | None, data: Path | None, end: str | None,
             stations: tuple[str, ...], out: Path | None, plot: Path | None, device: str,
-            units: tuple[str, ...]) -> None:
+            units: tuple[str, ...], time_column: str | None, columns: str | None, var_name: str | None) -> None:
     """Forecast the next pred_len steps for every station from the last seq_len steps of the data."""
     unit_map = parse_units(units)
-    if unit_map and data is None:
-        raise click.UsageError("--units describes the --data file; give --data (the run's own data is re-opened "
-                               "with the units recorded when it was trained)")
+    reader = reader_kwargs(time_column, columns, var_name)
+    if (unit_map or reader) and data is None:
+        raise click.UsageError("--units and the wide-CSV options describe the --data file; give --data (the run's "
+                               "own data is re-opened the way it was read when it was trained)")
     with user_errors(_FLAGS):
         run = _find_run(run_dir)
         out = Path(out) if out is not None else run.forecast_file
@@ -58,7 +63,7 @@ def predict(variable: str | None, run_dir: Path | None, data: Path | None, end: 
             _require_matplotlib()
         fc = run.load_model(map_location=device)
         _check_variable(run, fc, variable)
-        history = _history(run, data, fc.variable, end, unit_map)
+        history = _history(run, data, fc.variable, end, unit_map, reader)
         _check_stations(history, stations)
         fcst = fc.predict(history)
         if stations:
@@ -90,22 +95,20 @@ def _find_run(run_dir: Path | None) -> RunDir:
 def _check_variable(run: RunDir, fc: Forecaster, variable: str | None) -> None:
     if variable is None or variable == fc.variable:
         return
-    if variable not in VARIABLES:
-        raise click.ClickException(f"unknown variable {variable!r}; available: {', '.join(VARIABLES)}")
     others = ", ".join(str(r) for r in RunDir.list_runs(run.path.parent, variable=variable)) or "none"
     raise click.ClickException(f"run {run} forecasts {fc.variable}, not {variable}; runs for {variable}: {others} "
                                f"(train one with --var {variable})")
 
 
 def _history(run: RunDir, data: Path | None, variable: str, end: str | None,
-             units: dict[str, str] | None = None) -> xr.Dataset:
-    """The history to forecast from: ``--data`` (read with ``--units``) or the run's data, cut at ``--end``."""
+             units: dict[str, str] | None = None, reader: dict[str, object] | None = None) -> xr.Dataset:
+    """The history to forecast from: ``--data`` (read with ``--units`` and the wide-CSV options) or the run's data,
+    cut at ``--end``."""
     if data is not None:
         if not Path(data).exists():
             raise click.ClickException(f"--data {data}: no such file or directory")
-        ds = open_dataset(data, **({"units": units} if units else {}))
-        if variable not in ds.data_vars:
-            raise click.ClickException(f"--data {data} has no {variable!r}")
+        ds = open_dataset(data, **(reader or {}), **({"units": units} if units else {}))
+        require_variable(ds, variable, f"--data {data}")
         validate(ds, variables=[variable])
     else:
         try:
@@ -135,13 +138,19 @@ def _check_stations(history: xr.Dataset, stations: tuple[str, ...]) -> None:
 
 
 def _write_forecast(fcst: xr.Dataset, path: Path, variable: str, kind: str) -> None:
-    """netCDF, or long CSV (station, lat, lon, issue_time, valid_time, lead_time_h, value, units), to ``path``."""
+    """netCDF, or long CSV (station, lat, lon, issue_time, valid_time, lead_time_<unit>, value, units), to ``path``.
+
+    The lead-time column counts in the largest unit that divides the data's step (``lead_time_h`` for hourly,
+    ``lead_time_d`` for daily, ``lead_time_min`` for 10-minute data; :func:`~urlk_forecast.utils.steps.lead_time_unit`).
+    """
     if kind == ".nc":
         fcst.to_netcdf(path, engine="netcdf4", format="NETCDF4",
                        encoding={variable: {"dtype": "float32", "_FillValue": np.float32(np.nan)}})
         return
     vals = np.asarray(fcst[variable].values)  # (lead, station)
-    lead_h = pd.to_timedelta(fcst["lead_time"].values) / pd.Timedelta(hours=1)
+    leads = pd.to_timedelta(fcst["lead_time"].values)
+    suffix, _, unit = lead_time_unit(leads[0] if len(leads) else None)
+    lead = leads / unit
     n_lead, n_st = vals.shape
     df = pd.DataFrame({
         "station": np.tile(np.asarray(fcst["station"].values, dtype=str), n_lead),
@@ -149,7 +158,7 @@ def _write_forecast(fcst: xr.Dataset, path: Path, variable: str, kind: str) -> N
         "lon": np.tile(np.asarray(fcst["lon"].values), n_lead),
         "issue_time": fcst.attrs["issue_time"],
         "valid_time": np.repeat(pd.DatetimeIndex(fcst["time"].values).strftime("%Y-%m-%dT%H:%M"), n_st),
-        "lead_time_h": np.repeat(np.asarray(lead_h, dtype=float), n_st),
+        f"lead_time_{suffix}": np.repeat(np.asarray(lead, dtype=float), n_st),
         variable: vals.reshape(-1),
         "units": fcst[variable].attrs.get("units", ""),
     })

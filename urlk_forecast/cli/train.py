@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import pandas as pd
 import torch
 import xarray as xr
 
@@ -37,19 +38,21 @@ from ..models.forecast_net import ForecastNet
 from ..regime import Regime
 from ..rundir import RunDir, file_data, open_data, runs_root, synthetic_data
 from ..training import seed_everything
+from ..utils.steps import parse_length
 from .errors import command_logging, user_errors
+from .lengths import LENGTH_HELP, Length, same_kind
 from .outputs import step_label
+from .reader_options import WIDE_FLAGS, default_variable, reader_kwargs, wide_csv_options
 from .train_report import DEFAULT_EVAL_WINDOWS, final_table, print_report
 from .units import parse_units, units_option
 
 __all__ = ["train"]
 
-_VARIABLES = ("temperature", "wind_speed")
 _TRAIN_OPTION_KEYS = (
     "data", "variable", "model", "model_kw", "seq_len", "label_len", "pred_len", "epochs", "batch_size", "lr",
     "lr_decay", "patience", "steps_per_epoch", "device", "max_time", "max_steps", "amp", "checkpointing",
     "grad_clip", "seed", "stations", "hours", "val_windows", "eval_windows", "checkpoint_every", "schedule",
-    "threads", "units",
+    "threads", "units", "time_column", "columns", "var_name",
 )
 # never forwarded to the torchrun children (they are launcher options, or re-derived)
 _LAUNCH_ONLY = ("devices", "nnodes", "node_rank", "master_addr", "master_port", "rdzv_endpoint")
@@ -58,7 +61,8 @@ _SET_BY_FORECASTER = {"self", "n_stations", "coords", "seq_len", "label_len", "p
                       "encoder_kw"}
 # Python argument names in library messages -> this command's flags
 _FLAGS = {"variable": "--var", "model": "--model", "seq_len": "--seq-len", "label_len": "--label-len",
-          "pred_len": "--pred-len", "stations": "--stations", "hours": "--hours", "data": "--data", "units": "--units"}
+          "pred_len": "--pred-len", "stations": "--stations", "hours": "--hours", "data": "--data", "units": "--units",
+          **WIDE_FLAGS}
 
 log = logging.getLogger("urlk_forecast.cli")
 
@@ -78,16 +82,18 @@ class _Plan:
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Station data file or directory (any supported format). Default: the synthetic set.")
 @units_option
-@click.option("--var", "variable", type=click.Choice(_VARIABLES), default="temperature", show_default=True,
-              help="Variable to forecast.")
+@wide_csv_options
+@click.option("--var", "variable", default=None,
+              help="Variable to forecast: any data variable of --data (default: temperature; for a wide CSV its "
+                   "variable, --var-name).")
 @click.option("--model", default="unireplknet_a", show_default=True,
               help="unireplknet_<a|f|p|n|t|s|b|l|xl|h>, convnext[_v], resnet[_v] or corrformer[_v].")
 @click.option("--model-kw", multiple=True, metavar="KEY=VALUE",
               help="Extra network argument (repeatable), e.g. --model-kw d_model=128 --model-kw dropout=0.1.")
-@click.option("--seq-len", type=click.IntRange(min=2), default=48, show_default=True, help="Input steps.")
-@click.option("--label-len", type=click.IntRange(min=0), default=24, show_default=True,
-              help="Decoder start-token steps.")
-@click.option("--pred-len", type=click.IntRange(min=1), default=24, show_default=True, help="Forecast steps.")
+@click.option("--seq-len", type=Length(min=2), default=48, show_default=True, help="Input length." + LENGTH_HELP)
+@click.option("--label-len", type=Length(min=0), default=24, show_default=True,
+              help="Decoder start-token length." + LENGTH_HELP)
+@click.option("--pred-len", type=Length(min=1), default=24, show_default=True, help="Forecast length." + LENGTH_HELP)
 @click.option("--schedule", type=click.Choice(["auto", "paper", "quick"]), default="auto", show_default=True,
               help="auto: sized to the data (batch from the stations per window, epochs that are full passes, warm-up "
                    "+ cosine LR over the steps that fit in --max-time, validation ~10 times, early stopping; 600 s on "
@@ -197,6 +203,8 @@ def _merge_resumed_options(ctx: click.Context, opts: dict[str, Any], run: RunDir
     if merged.get("data") is not None:
         merged["data"] = Path(merged["data"])
     merged["model_kw"] = tuple(merged.get("model_kw") or ())
+    for k in ("seq_len", "label_len", "pred_len"):  # recorded as steps or as a duration's text
+        merged[k] = parse_length(merged[k], k)
     return merged
 
 
@@ -253,11 +261,15 @@ def _train_settings(opts: dict[str, Any]) -> dict[str, Any]:
 def _plan(opts: dict[str, Any]) -> _Plan:
     """Check every option (no data read yet) and return what the run is made of."""
     given = _train_settings(opts)
-    if opts["label_len"] > opts["seq_len"]:
+    if same_kind(opts["label_len"], opts["seq_len"]) and opts["label_len"] > opts["seq_len"]:
         raise click.ClickException(f"--label-len {opts['label_len']} must not exceed --seq-len {opts['seq_len']}")
     model_kw = _parse_model_kw(opts["model_kw"])
     encoder, _ = parse_model_name(opts["model"])
     _check_model_kw(encoder, model_kw)
+    reader = reader_kwargs(opts.get("time_column"), opts.get("columns"), opts.get("var_name"))
+    if reader and opts["data"] is None:
+        raise click.UsageError("--time-column/--columns/--var-name describe a wide CSV --data file")
+    opts["variable"] = default_variable(opts["variable"], opts["data"], reader)
     fc = Forecaster(opts["model"], variable=opts["variable"], seq_len=opts["seq_len"],
                     label_len=opts["label_len"], pred_len=opts["pred_len"], **model_kw)
     units = parse_units(opts.get("units") or ())
@@ -266,10 +278,10 @@ def _plan(opts: dict[str, Any]) -> _Plan:
     if opts["data"] is not None:
         if not Path(opts["data"]).exists():
             raise click.ClickException(f"--data {opts['data']}: no such file or directory")
-        data = file_data(opts["data"], units)
+        data = file_data(opts["data"], units, reader)
     else:
         data = synthetic_data(opts["stations"], opts["hours"], opts["seed"])
-    options = {k: (str(v) if isinstance(v, Path) else (list(v) if isinstance(v, tuple) else v))
+    options = {k: (str(v) if isinstance(v, (Path, pd.Timedelta)) else (list(v) if isinstance(v, tuple) else v))
                for k, v in opts.items() if k in _TRAIN_OPTION_KEYS}
     schedule = "paper" if opts["schedule"] == "paper" else "auto"  # quick: the name auto had before
     return _Plan(schedule=schedule, given=given, forecaster=fc, data=data, options=options)
@@ -281,6 +293,7 @@ def _split(plan: _Plan) -> tuple[dict[str, xr.Dataset], WindowDataset]:
     fc = plan.forecaster
     t0 = time.perf_counter()
     ds = open_data(plan.data, fc.variable)
+    fc.resolve_lengths(ds)  # --seq-len 48h: steps of this data
     parts = split_dataset(ds, context=fc.seq_len)
     need = fc.seq_len + fc.pred_len
     for name in ("train", "test"):
