@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
+from .backtest import Backtest, cross_validation, warm_refits
 from .config import FORECASTER_FORMAT, FORECASTER_FORMAT_VERSION, ConfigError, ForecasterConfig, TrainConfig
 from .data.readers import open_dataset
 from .data.schema import (
@@ -252,7 +253,7 @@ class Forecaster(Method):
 
     def fit(self, train: xr.Dataset | str | os.PathLike[str], val: xr.Dataset | str | os.PathLike[str] | None = None,
             *, config: TrainConfig | Regime | None = None, schedule: str = "auto", callback: Callback | None = None,
-            stride: int = 1, **overrides: Any) -> Forecaster:
+            stride: int = 1, warm_start: bool = False, **overrides: Any) -> Forecaster:
         """Train on ``train`` (Dataset or path), early-stopping on ``val``; returns ``self``.
 
         Without ``val`` the data is split chronologically: the source's own splits when
@@ -268,6 +269,8 @@ class Forecaster(Method):
         continue a killed run, ...). ``stride``: step between training windows. ``callback(entry)`` receives each
         history entry. The :class:`~urlk_forecast.trainer.TrainResult` is kept in ``self.train_result``, the wall
         time in ``self.fit_seconds``, the regime (its settings and reasons) in ``self.train_info["regime"]``.
+        ``warm_start``: continue training the current network (same stations; e.g. a backtest's refit) instead of
+        building a fresh one.
         """
         if config is None and schedule not in ("auto", "paper"):
             raise ValueError(f"schedule={schedule!r}: choose 'auto' or 'paper'")
@@ -279,8 +282,12 @@ class Forecaster(Method):
         if len(train_ws) == 0:
             raise ValueError(f"the training period has {train_ds.sizes['time']} time steps, fewer than "
                              f"seq_len + pred_len = {self.seq_len + self.pred_len}: no training window")
+        warm = warm_start and self.net is not None
+        if warm and (self.reparameterized or [str(s) for s in train_ws.station_ids] != list(self.station_ids)):
+            raise ValueError("warm_start=True continues the current network: the training data must have exactly its "
+                             "stations, and the network must not be re-parameterized")
         self._keep_stations(train_ws, train_ds)
-        net = self.build_net(len(train_ws.station_ids), coords=train_ws.coords)
+        net = self.net if warm else self.build_net(len(train_ws.station_ids), coords=train_ws.coords)
         val_ws = self._val_windows(val_ds)
         regime: dict[str, Any] = {"schedule": "config" if config is not None else schedule, "given": sorted(overrides)}
         if isinstance(config, Regime):
@@ -513,6 +520,21 @@ class Forecaster(Method):
             ds = split_dataset(ds, context=self.seq_len)[split]
         self._check_frequency(ds, "data")
         return self._windows(ds, order=self._order_for(ds, "data"), stride=stride)
+
+    def cross_validation(self, data: xr.Dataset | str | os.PathLike[str], n_windows: int, step: int = 1,
+                         refit: bool | int = False, *, baselines: Sequence[Method] = (),
+                         refit_max_time: float | None = 60.0, batch_size: int = 256, progress: Any = None,
+                         **fit_kw: Any) -> Backtest:
+        """Rolling-origin backtest of this forecaster beside ``baselines`` (other methods, fitted at the same origins)
+        on ``data``: :func:`urlk_forecast.backtest.cross_validation` with this model's window lengths. Untrained, it
+        is fitted on the data up to the first origin with ``fit_kw`` (``fit``'s settings); trained, it is used as it
+        is (its training data must end by the first origin). ``refit=N``: at every N-th origin it continues training
+        from its current weights on the data up to that origin for at most ``refit_max_time`` seconds."""
+        return cross_validation(
+            [self, *baselines], _open(data, "data"), n_windows=n_windows, step=step, refit=refit,
+            seq_len=self.seq_len, label_len=self.label_len, pred_len=self.pred_len, max_gap=self.max_gap,
+            fitted=[self.net is not None] + [False] * len(baselines), batch_size=batch_size, progress=progress,
+            fit_fn=warm_refits(self, refit_max_time, **fit_kw))
 
     # ------------------------------------------------------------------------------------ save / load
     def to_config(self) -> ForecasterConfig:
