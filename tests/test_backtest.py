@@ -320,6 +320,14 @@ def test_forecaster_cross_validation_fits_once_then_warm_refits_for_a_bounded_ti
         torch.testing.assert_close(v.detach(), before[k], rtol=1e-5, atol=1e-6)
 
 
+def test_forecaster_cross_validation_takes_lengths_as_durations():
+    fc = Forecaster("unireplknet_a", "temperature", seq_len="48h", label_len="24h", pred_len="12h", **TINY)
+    bt = fc.cross_validation(_data(hours=24 * 10), n_windows=2, step=6, schedule="paper", max_steps=1, batch_size=8,
+                             progress=False, val_windows=2, seed=0)
+    assert (fc.seq_len, fc.label_len, fc.pred_len) == (48, 24, 12)
+    assert sorted(bt.table["lead"].unique()) == list(range(1, 13)) and bt.info["seq_len"] == 48
+
+
 def test_warm_start_needs_the_same_stations():
     ds = _data(hours=24 * 10)
     fc = Forecaster("unireplknet_a", "temperature", **GEO, **TINY)

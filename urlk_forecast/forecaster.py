@@ -530,8 +530,11 @@ class Forecaster(Method):
         is fitted on the data up to the first origin with ``fit_kw`` (``fit``'s settings); trained, it is used as it
         is (its training data must end by the first origin). ``refit=N``: at every N-th origin it continues training
         from its current weights on the data up to that origin for at most ``refit_max_time`` seconds."""
+        ds = _open(data, "data")
+        if self.net is None:
+            self.resolve_lengths(ds)  # lengths given as durations, in steps of this data
         return cross_validation(
-            [self, *baselines], _open(data, "data"), n_windows=n_windows, step=step, refit=refit,
+            [self, *baselines], ds, n_windows=n_windows, step=step, refit=refit,
             seq_len=self.seq_len, label_len=self.label_len, pred_len=self.pred_len, max_gap=self.max_gap,
             fitted=[self.net is not None] + [False] * len(baselines), batch_size=batch_size, progress=progress,
             fit_fn=warm_refits(self, refit_max_time, **fit_kw))
