@@ -108,7 +108,7 @@ def _model_stations(ds: xr.Dataset, model: Forecaster) -> xr.Dataset:
 def backtest(data: Path, variable: str | None, run_dir: Path | None, baselines: str, n_windows: int, step: int,
              refit: int, refit_max_time: float, seq_len: int, label_len: int, pred_len: int, threads: int | None,
              jobs: int | None, out: Path, units: tuple[str, ...], quiet: bool) -> None:
-    """Rolling-origin backtest: every method forecasts from many origins, knowing only the data up to each."""
+    """Rolling-origin backtest: baselines (and a run) forecast from many origins, each from its past."""
     t0 = time.perf_counter()
 
     def progress(msg: str) -> None:
