@@ -104,10 +104,23 @@ def _source_unit(variable: str, units: str | Mapping[str, str] | None, path: Pat
 
 def _grid(tv: np.ndarray, freq: str | pd.Timedelta | None, lines: np.ndarray, path: PathLike,
           tcol: str) -> pd.DatetimeIndex:
-    """The regular time axis of the rows; an irregular or mixed-step table is an error saying how to resample."""
+    """The regular time axis of the rows; an irregular or mixed-step table is an error saying how to resample.
+
+    Without ``freq``, rows filling less than half of the axis of their most common step mean mixed steps (hourly
+    rows, then 10-minute rows), not gaps, and are an error too."""
     try:
-        return regular_grid(tv, None if freq is None else pd.Timedelta(freq))
+        grid = regular_grid(tv, None if freq is None else pd.Timedelta(freq))
+        if freq is None and len(tv) < 0.5 * len(grid):
+            steps = pd.Series(np.diff(np.sort(tv))).value_counts()
+            shown = ", ".join(f"{pd.Timedelta(k)} ({n}x)" for k, n in steps.head(3).items())
+            raise ReaderError(path, f"mixed time steps ({shown}): the {len(tv)} rows fill only "
+                                    f"{100 * len(tv) / len(grid):.0f} % of a regular {grid[1] - grid[0]} axis; "
+                                    f"{RESAMPLE_ADVICE} (or pass freq= if the rows really are that step with gaps)",
+                              field=tcol)
+        return grid
     except ValueError as e:
+        if isinstance(e, ReaderError):
+            raise
         off = None
         if len(tv) > 1:
             step = pd.Series(np.diff(np.sort(tv))).mode().iloc[0]
