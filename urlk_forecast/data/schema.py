@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .formats._common import RESAMPLE_ADVICE
 from .units import UnitError, convert, lookup
 from .variables import REGISTRY, SCHEMA_VARIABLES
 
@@ -198,7 +199,7 @@ def infer_frequency(ds: xr.Dataset) -> pd.Timedelta:
         bad = int(np.argmax(d != d[0]))
         raise SchemaError(
             f"irregular time frequency: step {pd.Timedelta(int(d[0]))} at the start but "
-            f"{pd.Timedelta(int(d[bad]))} between {t[bad]} and {t[bad + 1]}"
+            f"{pd.Timedelta(int(d[bad]))} between {t[bad]} and {t[bad + 1]}; {RESAMPLE_ADVICE}"
         )
     return pd.Timedelta(int(d[0]))
 

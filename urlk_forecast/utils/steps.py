@@ -93,10 +93,12 @@ def length_steps(value: int | str | pd.Timedelta, freq: pd.Timedelta | str | Non
         return v
     f = as_freq(freq)
     if f is None:
-        raise ValueError(f"{name}={value!r} is a duration, but the data's time step is not known; give steps")
+        shown = repr(freq_label(value) if isinstance(value, pd.Timedelta) else value)
+        raise ValueError(f"{name}={shown} is a duration, but the data's time step is not known; give steps")
     n, rest = divmod(v, f)
     if rest != pd.Timedelta(0) or n < 1:
-        raise ValueError(f"{name}={value!r} is not a whole number of the data's {freq_label(f)} steps "
+        shown = repr(freq_label(value) if isinstance(value, pd.Timedelta) else value)
+        raise ValueError(f"{name}={shown} is not a whole number of the data's {freq_label(f)} steps "
                          f"({v / f:g} steps); give a multiple of {freq_label(f)} or a number of steps")
     return int(n)
 

@@ -32,9 +32,15 @@ __all__ = [
     "check_unique",
     "csv_table",
     "check_complete",
+    "RESAMPLE_ADVICE",
 ]
 
 PathLike = str | os.PathLike
+
+#: how to make irregular or mixed-step data regular (every irregular-time error ends with it)
+RESAMPLE_ADVICE = ("resample it to one regular step first, e.g. with pandas: "
+                   "df.set_index('date').resample('1h').mean() (or '10min', '3h', '1D'), or with xarray: "
+                   "ds.resample(time='1h').mean()")
 
 
 class ReaderError(ValueError):
@@ -186,7 +192,8 @@ def regular_grid(
     off = (t - t0) % step_ns
     if np.any(off):
         bad = pd.Timestamp(int(t[np.argmax(off != 0)]))
-        raise ValueError(f"time {bad} is not on the regular {pd.Timedelta(step_ns)} grid starting {pd.Timestamp(t0)}")
+        raise ValueError(f"time {bad} is not on the regular {pd.Timedelta(step_ns)} grid starting {pd.Timestamp(t0)}; "
+                         f"{RESAMPLE_ADVICE}")
     t1 = int(t.max()) if len(t) else t0
     if end is not None:
         e = pd.Timestamp(end).value

@@ -28,16 +28,13 @@ from ..plausibility import apply_bounds, at_lines
 from ..schema import SchemaError, make_dataset, validate
 from ..units import UnitError, lookup
 from ..variables import REGISTRY
-from ._common import PathLike, ReaderError, check_unique, decode_text, read_bytes, regular_grid
+from ._common import RESAMPLE_ADVICE, PathLike, ReaderError, check_unique, decode_text, read_bytes, regular_grid
 from .csv_long import _load, _numbers, _times
 
 __all__ = ["read_wide_csv", "DEFAULT_VARIABLE", "RESAMPLE_ADVICE"]
 
 #: the variable name of a wide CSV's series when none is given
 DEFAULT_VARIABLE = "value"
-#: how to make an irregular or mixed-frequency table regular (appended to those errors)
-RESAMPLE_ADVICE = ("resample it to one regular step first, e.g. with pandas: "
-                   "df.set_index('date').resample('1h').mean() (or '10min', '3h', '1D')")
 
 
 def _header(path: PathLike, text: str) -> list[str]:
@@ -126,7 +123,7 @@ def _grid(tv: np.ndarray, freq: str | pd.Timedelta | None, lines: np.ndarray, pa
             step = pd.Series(np.diff(np.sort(tv))).mode().iloc[0]
             bad = np.flatnonzero((tv - tv.min()) % step != np.timedelta64(0))
             off = int(lines[bad[0]]) if len(bad) else None
-        raise ReaderError(path, f"irregular time axis: {e}; {RESAMPLE_ADVICE}", off, tcol) from None
+        raise ReaderError(path, f"irregular time axis: {e}", off, tcol) from None
 
 
 def read_wide_csv(
