@@ -357,8 +357,10 @@ def test_model_names():
 
 
 def test_constructor_errors():
-    with pytest.raises(ValueError, match="unknown variable 'pressure'; available: temperature, wind_speed"):
-        Forecaster(variable="pressure")
+    # any variable name is accepted; fitting on data without it names the variables the data has
+    ds = synthetic_global(stations=4, hours=24 * 4, seed=1)
+    with pytest.raises(ValueError, match="train has no variable 'pressure'; its variables are: temperature, wind_spe"):
+        Forecaster(variable="pressure").fit(ds)
     with pytest.raises(ValueError, match="label_len \\(30\\) must not exceed seq_len \\(24\\)"):
         Forecaster(seq_len=24, label_len=30)
     with pytest.raises(ValueError, match="pred_len must be an integer >= 1"):
