@@ -245,7 +245,7 @@ def test_daily_data_is_described_in_days(tmp_path: Path) -> None:
                                    "--pred-len", "7", "--out", str(tmp_path / "out"), "--quiet"])
     assert res.exit_code == 0, res.output
     md = (tmp_path / "out" / "benchmark_temperature.md").read_text()
-    assert "steps of 1 day (forecast 7 days ahead)" in md and "Seasonal naive (1 day)" in md
+    assert "steps of 1 day (forecast 7 days ahead)" in md and "Seasonal naive (7 days)" in md
     assert " h " not in md and " h)" not in md and "hour" not in md, md
 
 
