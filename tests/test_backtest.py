@@ -372,6 +372,27 @@ def test_cli_fails_cleanly_without_a_partial_file(tmp_path, args, message):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.nc"]
 
 
+def test_cli_backtests_a_saved_model_trained_before_the_first_origin(tmp_path):
+    ds = _data(hours=24 * 12)
+    ds.to_netcdf(tmp_path / "d.nc")
+    rows = origin_rows(ds.sizes["time"], n_windows=3, step=6, seq_len=48, pred_len=12)
+    fit = dict(schedule="paper", max_steps=2, batch_size=8, progress=False, val_windows=2, seed=0)
+    early = Forecaster("unireplknet_a", "temperature", **GEO, **TINY).fit(ds.isel(time=slice(0, rows[0] + 1)), **fit)
+    early.save(tmp_path / "early")
+    late = Forecaster("unireplknet_a", "temperature", **GEO, **TINY).fit(ds, **fit)
+    late.save(tmp_path / "late")
+    base = ["backtest", "--data", str(tmp_path / "d.nc"), "--baselines", "persistence", "--n-windows", "3",
+            "--step", "6", "--refit", "2", "--refit-max-time", "5"]
+    res = CliRunner().invoke(cli, [*base, "--run", str(tmp_path / "early"), "--out", str(tmp_path / "t.csv")])
+    assert res.exit_code == 0, res.output
+    got = pd.read_csv(tmp_path / "t.csv")
+    assert list(got.columns[5:]) == ["unireplknet_a", "Persistence"] and len(got) == 3 * 4 * 12
+    assert got["unireplknet_a"].notna().all()
+    res = CliRunner().invoke(cli, [*base, "--run", str(tmp_path / "late"), "--out", str(tmp_path / "u.csv")])
+    assert res.exit_code == 1 and "after the first origin" in res.output
+    assert "smaller --n-windows or --step" in res.output and not (tmp_path / "u.csv").exists()
+
+
 def test_cli_checks_the_output_name_first(tmp_path):
     _data().to_netcdf(tmp_path / "d.nc")
     res = CliRunner().invoke(cli, ["backtest", "--data", str(tmp_path / "d.nc"), "--n-windows", "2", "--step", "6",

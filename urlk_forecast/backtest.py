@@ -152,9 +152,10 @@ def cross_validation(methods: Sequence[Method], data: xr.Dataset, *, n_windows: 
     the first origin, True = refit at every origin, N = at every N-th (:func:`refit_schedule`), each time on the
     data up to that origin. ``seq_len``/``label_len``/``pred_len``/``max_gap``/``order``: the windows, as in
     :class:`~urlk_forecast.data.windows.WindowDataset`. ``fitted``: per method (or one for all), True = already
-    fitted: used as given at the first origin (its ``train_period``, when it has one, must end by then) and refitted
-    only at later refit origins. ``fit_fn(method, data_up_to_origin, k)`` does each fit (default
-    ``method.fit(data_up_to_origin)``; :func:`warm_refits` continues a neural network's training instead).
+    fitted: used as given at the first origin (the data it saw -- its ``train_period`` and a Forecaster's validation
+    data, ``train_info["data_end"]`` -- must end by then) and refitted only at later refit origins.
+    ``fit_fn(method, data_up_to_origin, k)`` does each fit (default ``method.fit(data_up_to_origin)``;
+    :func:`warm_refits` continues a neural network's training instead).
     ``data``'s own splits (``attrs["split_bounds"]``) are ignored: the origins define what is known.
     """
     methods = list(methods)
@@ -226,18 +227,31 @@ def _fit_at(fit: FitFn, method: Method, label: str, train: xr.Dataset, k: int, g
     origin = pd.Timestamp(train["time"].values[-1])
     row = {"method": label, "k": k, "origin": origin, "fitted_until": origin, "fit_s": float("nan"), "kept": given}
     if given:
-        period = getattr(method, "train_period", None)
-        if period is not None and pd.Timestamp(period[1]) > origin:
-            raise ValueError(f"{label} was trained on data up to {period[1]}, after the first origin {origin}: its "
-                             "forecasts would be in-sample; fit it on earlier data, or use fewer n_windows or a "
-                             "larger step")
-        row["fitted_until"] = pd.Timestamp(period[1]) if period is not None else pd.NaT
+        seen = _seen_until(method)
+        if seen is not None and seen > origin:
+            raise ValueError(f"{label} was trained on data up to {seen}, after the first origin {origin}: its "
+                             "forecasts would be in-sample; fit it on earlier data, or move the first origin later "
+                             "with a smaller n_windows= or step=")
+        row["fitted_until"] = seen if seen is not None else pd.NaT
         return row
     say(f"fitting {label} on the data up to {origin} (origin {k + 1})")
     t0 = time.perf_counter()
     fit(method, train, k)
     row["fit_s"] = time.perf_counter() - t0
     return row
+
+
+def _seen_until(method: Method) -> pd.Timestamp | None:
+    """The last time step a fitted method saw: the end of its ``train_period`` or, later, of the validation data its
+    fit recorded (``train_info["data_end"]``, the Forecaster's); None when it tells neither."""
+    ends = []
+    period = getattr(method, "train_period", None)
+    if period is not None:
+        ends.append(pd.Timestamp(period[1]))
+    info = getattr(method, "train_info", None)
+    if isinstance(info, dict) and info.get("data_end"):
+        ends.append(pd.Timestamp(info["data_end"]))
+    return max(ends) if ends else None
 
 
 def _forecast(method: Method, label: str, ws: WindowSource, idx: np.ndarray,

@@ -305,6 +305,9 @@ class Forecaster(Method):
         self.train_info = {
             "trained_at": pd.Timestamp.now(tz="UTC").isoformat(),
             "train_period": [str(times[0]), str(times[-1])],
+            # the last time step this fit saw, its validation data included (a backtest's origins must come later)
+            "data_end": str(max(times[-1], pd.Timestamp(val_ds["time"].values[-1])) if val_ds is not None
+                            and val_ds.sizes.get("time", 0) else times[-1]),
             "train_windows": len(train_ws),
             "val_windows": len(val_ws) if val_ws is not None else 0,
             "wall_s": self.fit_seconds,
