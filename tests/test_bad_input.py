@@ -119,8 +119,8 @@ def test_csv_wind_in_knots_and_kmh(tmp_path):
     ("units", "match"),
     [
         ({"humidity": "percent"}, r"units=\{'humidity': 'percent'\}: 'humidity' is not a variable name \(known "
-         r"variables: temperature, wind_speed, dew_point, .*relative_humidity\); the variables read here are "
-         r"temperature, wind_speed"),
+         r"variables: temperature, wind_speed, dew_point, .*relative_humidity, .*precipitation_24h\); the variables "
+         r"read here are temperature, wind_speed"),
         ({"temp": "degF"}, r"units=\{'temp': 'degF'\}: 'temp' is not a variable name"),
         ({"relative_humidity": "%"}, r"units=\{'relative_humidity': '%'\}: this file has no relative_humidity "
          r"column that is read"),

@@ -1,6 +1,6 @@
 """Units: the one conversion table for every station variable.
 
-Each unit belongs to a quantity (temperature, speed, pressure, length, angle, fraction) and converts
+Each unit belongs to a quantity (temperature, speed, pressure, length, angle, fraction, cloud cover) and converts
 to that quantity's canonical unit by ``canonical = value * scale + offset``. Spellings are matched
 case-insensitively (``degF`` = ``°F`` = ``fahrenheit``; ``knots`` = ``kt``; ``hPa`` = ``mbar``).
 :func:`convert` is the only conversion routine; readers, ``schema.convert_units`` and the
@@ -39,6 +39,7 @@ QUANTITIES: dict[str, str] = {
     "length": "mm",
     "angle": "degree",
     "fraction": "%",
+    "cloud_cover": "oktas",
 }
 
 _F = 5.0 / 9.0
@@ -61,6 +62,7 @@ UNITS: tuple[Unit, ...] = (
     Unit("degree", "angle", 1.0, 0.0, ("deg", "degrees", "°", "degree_true", "degrees_true")),
     Unit("%", "fraction", 1.0, 0.0, ("percent", "pct")),
     Unit("1", "fraction", 100.0, 0.0, ("fraction",)),
+    Unit("oktas", "cloud_cover", 1.0, 0.0, ("okta", "eighths")),
 )
 
 

@@ -1,7 +1,10 @@
 """The variable registry: every station variable we know, its CF metadata and its plausible range.
 
-The schema (``data/schema.py``) carries :data:`SCHEMA_VARIABLES` (temperature, wind speed); the
-others are known so that units, plausibility and messages about dropped columns speak one language.
+The schema (``data/schema.py``) has open data variables; :data:`SCHEMA_VARIABLES` (temperature, wind
+speed) are the ones every station format carries. Every variable here keeps its name, CF metadata and
+canonical units wherever it is read (dew point, sea-level pressure, wind direction, sky cover in oktas,
+precipitation per 1 h / 6 h / 24 h, daily maximum and minimum temperature, ...), so units, plausibility
+and messages speak one language.
 A value outside ``[valid_min, valid_max]`` (in the canonical ``units``) is physically impossible at a
 surface station and never becomes data (see ``data/plausibility.py``).
 """
@@ -56,6 +59,21 @@ _VARIABLES = (
     ),
     Variable("wind_direction", "wind_from_direction", "degree", "wind direction", "angle", 0.0, 360.0),
     Variable("relative_humidity", "relative_humidity", "%", "relative humidity", "fraction", 0.0, 100.0),
+    Variable("temperature_max", "air_temperature", "degC", "daily maximum air temperature", "temperature", -90.0, 60.0),
+    Variable("temperature_min", "air_temperature", "degC", "daily minimum air temperature", "temperature", -90.0, 60.0),
+    Variable("sky_cover", "cloud_area_fraction", "oktas", "total sky cover", "cloud_cover", 0.0, 8.0),
+    Variable(
+        "precipitation_1h", "lwe_thickness_of_precipitation_amount", "mm", "precipitation amount over 1 hour",
+        "length", 0.0, 400.0,
+    ),
+    Variable(
+        "precipitation_6h", "lwe_thickness_of_precipitation_amount", "mm", "precipitation amount over 6 hours",
+        "length", 0.0, 1000.0,
+    ),
+    Variable(
+        "precipitation_24h", "lwe_thickness_of_precipitation_amount", "mm", "precipitation amount over 24 hours",
+        "length", 0.0, 2000.0,
+    ),
 )
 
 #: name -> :class:`Variable`

@@ -7,6 +7,8 @@ mandatory-data columns ``"STATION","DATE","SOURCE","LATITUDE","LONGITUDE","ELEVA
 * ``TMP`` ``"+0056,1"``: degC x 10 and a quality code; ``+9999`` is missing.
 * ``WND`` ``"160,1,N,0046,1"``: direction, its quality code, type code, speed m/s x 10, speed quality
   code; speed ``9999`` is missing; type ``C`` (calm) with speed ``0000`` is a real zero.
+* ``DEW`` ``"-0033,1"`` (dew point, as TMP) and ``SLP`` ``"10132,1"`` (sea-level pressure, hPa x 10;
+  ``99999`` is missing) are read when the file has those columns (``dew_point``, ``sea_level_pressure``).
 * Quality codes 3 and 7 (erroneous) drop the value. Daily/monthly summary records (``SOD``/``SOM``
   report types) are not observations and are skipped.
 
@@ -48,9 +50,13 @@ __all__ = ["read_global_hourly", "parse_global_hourly", "snap_to_hour", "GLOBAL_
 
 GLOBAL_HOURLY_REQUIRED = ("STATION", "DATE")  # TMP and WND too; checked apart for a clearer message
 #: the format's units after the x10 scale (``units=`` may override them)
-NATIVE_UNITS = {"temperature": "degC", "wind_speed": "m s-1"}
-_VARS = ("temperature", "wind_speed")
+NATIVE_UNITS = {"temperature": "degC", "wind_speed": "m s-1", "dew_point": "degC", "sea_level_pressure": "hPa"}
+_VARS = ("temperature", "wind_speed", "dew_point", "sea_level_pressure")
+#: optional columns -> the variable read from them
+_OPTIONAL = {"DEW": "dew_point", "SLP": "sea_level_pressure"}
+_FIELDS = {"temperature": "TMP", "wind_speed": "WND", "dew_point": "DEW", "sea_level_pressure": "SLP"}
 _TMP = re.compile(r"^([+-]\d{4}),([0-9A-Z])$")
+_SLP = re.compile(r"^(\d{5}),([0-9A-Z])$")
 _WND = re.compile(r"^(\d{3}),([0-9A-Z]),([0-9A-Z]),(\d{4}),([0-9A-Z])$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?$")
 _ERRONEOUS = frozenset("37")
@@ -76,13 +82,13 @@ def _station_and_meta(key: tuple, path: PathLike, line: int, meta: dict) -> str:
     return sid
 
 
-def _temperature(tmp: str, path: PathLike, line: int) -> float:
-    """degC of a ``TMP`` field like ``+0056,1``; NaN when blank, ``+9999`` (missing) or QC-erroneous."""
+def _temperature(tmp: str, path: PathLike, line: int, field: str = "TMP") -> float:
+    """degC of a ``TMP`` (or ``DEW``) field like ``+0056,1``; NaN when blank, ``+9999`` (missing) or QC-erroneous."""
     if not tmp:
         return float("nan")
     m = _TMP.match(tmp)
     if not m:
-        raise ReaderError(path, f"{tmp[:40]!r} is not like '+0056,1' (degC x 10, quality code)", line, "TMP")
+        raise ReaderError(path, f"{tmp[:40]!r} is not like '+0056,1' (degC x 10, quality code)", line, field)
     v = int(m.group(1))
     if v in (9999, -9999) or m.group(2) in _ERRONEOUS:
         return float("nan")
@@ -104,6 +110,19 @@ def _wind(wnd: str, path: PathLike, line: int) -> float:
     return v / 10.0
 
 
+def _pressure(slp: str, path: PathLike, line: int) -> float:
+    """hPa of an ``SLP`` field like ``10132,1``; NaN when blank, ``99999`` (missing) or QC-erroneous."""
+    if not slp:
+        return float("nan")
+    m = _SLP.match(slp)
+    if not m:
+        raise ReaderError(path, f"{slp[:40]!r} is not like '10132,1' (hPa x 10, quality code)", line, "SLP")
+    v = int(m.group(1))
+    if v == 99999 or m.group(2) in _ERRONEOUS:
+        return float("nan")
+    return v / 10.0
+
+
 def _required_columns(cols: dict[str, int], path: PathLike) -> None:
     """TMP and WND are mandatory in NCEI's files: one absent (renamed?) is an error, never a silent gap."""
     missing = [c for c in ("TMP", "WND") if c not in cols]
@@ -121,10 +140,11 @@ def parse_global_hourly(
 ) -> dict[str, dict]:
     """Parse one Global Hourly CSV (uncompressed bytes) into raw, un-snapped reports per station.
 
-    Returns ``{station_id: {"time", "temperature", "wind_speed", "line", "lat", "lon", "elevation",
-    "name"}}``; times are datetime64[ns] of the reports, values float32 (NaN = missing/erroneous or
-    impossible, with one warning for the file). Coordinates are those of the station's last report
-    (stations move; the latest site wins). A missing TMP or WND column or final newline raises.
+    Returns ``{station_id: {"time", "temperature", "wind_speed"[, "dew_point", "sea_level_pressure"], "line",
+    "lat", "lon", "elevation", "name", "variables"}}`` (dew point and pressure when the file has DEW / SLP);
+    times are datetime64[ns] of the reports, values float32 (NaN = missing/erroneous or impossible, with one
+    warning for the file). Coordinates are those of the station's last report (stations move; the latest site
+    wins). A missing TMP or WND column or final newline raises.
     """
     text = decode_text(data, path, "utf-8")
     check_complete(text, path)
@@ -133,6 +153,8 @@ def parse_global_hourly(
     acc: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     meta: dict[str, tuple[float, float, float, str]] = {}
     i_type, i_tmp, i_wnd = cols.get("REPORT_TYPE"), cols["TMP"], cols["WND"]
+    i_dew, i_slp = cols.get("DEW"), cols.get("SLP")
+    variables = ("temperature", "wind_speed", *(v for c, v in _OPTIONAL.items() if c in cols))
     i_station, i_date = cols["STATION"], cols["DATE"]
     i_meta = [cols.get(c) for c in ("LATITUDE", "LONGITUDE", "ELEVATION", "NAME")]
     prev_key: tuple | None = None
@@ -144,28 +166,34 @@ def parse_global_hourly(
         key = (row[i_station], *(row[i] if i is not None else "" for i in i_meta))
         if key != prev_key:
             a = acc[_station_and_meta(key, path, line, meta)]
-            add = tuple(a[k].append for k in ("date", "temperature", "wind_speed", "line"))
+            add = tuple(a[k].append for k in ("date", "line", *variables))
             prev_key = key
         date = row[i_date].strip()
         if not _DATE.match(date):
             raise ReaderError(path, f"{date[:40]!r} is not a time like 2019-01-01T00:51:00", line, "DATE")
         assert add is not None
         add[0](date)
-        add[1](_temperature(row[i_tmp].strip(), path, line))
-        add[2](_wind(row[i_wnd].strip(), path, line))
-        add[3](line)
-    return _finish(acc, meta, path, units)
+        add[1](line)
+        add[2](_temperature(row[i_tmp].strip(), path, line))
+        add[3](_wind(row[i_wnd].strip(), path, line))
+        if i_dew is not None:
+            add[4](_temperature(row[i_dew].strip(), path, line, "DEW"))
+        if i_slp is not None:
+            add[-1](_pressure(row[i_slp].strip(), path, line))
+    return _finish(acc, meta, path, units, variables)
 
 
-def _finish(acc: dict[str, dict[str, list]], meta: dict, path: PathLike, units: Mapping[str, str] | None) -> dict:
+def _finish(acc: dict[str, dict[str, list]], meta: dict, path: PathLike, units: Mapping[str, str] | None,
+            variables: tuple[str, ...]) -> dict:
     """Per-station records of :func:`parse_global_hourly`; the plausibility check runs once over the file."""
     sids = list(acc)
     lines = np.concatenate([np.asarray(acc[s]["line"], np.int64) for s in sids]) if sids else np.zeros(0, np.int64)
     vals = apply_bounds(
-        {v: np.concatenate([np.asarray(acc[s][v], np.float64) for s in sids]) if sids else np.zeros(0) for v in _VARS},
+        {v: np.concatenate([np.asarray(acc[s][v], np.float64) for s in sids]) if sids else np.zeros(0)
+         for v in variables},
         path,
-        units=resolve_units(units, NATIVE_UNITS, path),
-        fields={"temperature": "TMP", "wind_speed": "WND"},
+        units=resolve_units(units, {v: NATIVE_UNITS[v] for v in variables}, path),
+        fields={v: _FIELDS[v] for v in variables},
         locate=at_lines(lines),
         stacklevel=4,
     )
@@ -185,13 +213,13 @@ def _finish(acc: dict[str, dict[str, list]], meta: dict, path: PathLike, units: 
         lat, lon, elev, name = meta[sid]
         out[sid] = {
             "time": t,
-            **{v: vals[v][start : start + n] for v in _VARS},
+            **{v: vals[v][start : start + n] for v in variables},
             "line": lines[start : start + n],
             "lat": lat,
             "lon": lon,
             "elevation": elev,
             "name": name,
-            "variables": _VARS,
+            "variables": variables,
         }
         start += n
     return out
@@ -249,12 +277,14 @@ def read_global_hourly(
         raise ReaderError(files[0], "no observations (only a header, or only daily/monthly summary records)")
     ids = sorted(reports)
     present = {v for rs in reports.values() for r in rs for v in r["variables"]}
-    variables = [v for v in ("temperature", "wind_speed") if v in present]
+    variables = [v for v in _VARS if v in present]
     snapped = {}
     for sid in ids:
         recs = reports[sid]
         t = np.concatenate([r["time"] for r in recs])
-        snapped[sid] = {var: snap_to_hour(t, np.concatenate([r[var] for r in recs])) for var in variables}
+        snapped[sid] = {var: snap_to_hour(np.concatenate([r["time"] for r in recs if var in r]),
+                                          np.concatenate([r[var] for r in recs if var in r]))
+                        for var in variables if any(var in r for r in recs)}
     # the axis spans every report's hour, also those whose values are all missing
     raw = np.concatenate([r["time"] for rs in reports.values() for r in rs]).astype(np.int64)
     hours = ((raw + _HOUR // 2) // _HOUR * _HOUR).astype("datetime64[ns]")

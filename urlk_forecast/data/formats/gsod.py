@@ -4,7 +4,12 @@ One quoted CSV per station-year (``/data/global-summary-of-the-day/access/{YYYY}
 ``"STATION","DATE","LATITUDE","LONGITUDE","ELEVATION","NAME","TEMP","TEMP_ATTRIBUTES","DEWP",...,
 "WDSP","WDSP_ATTRIBUTES",...``. ``TEMP`` is the daily mean temperature in degF (``9999.9`` missing),
 ``WDSP`` the daily mean wind speed in knots (``999.9`` missing); both are converted to the schema's
-degC and m/s. ``DATE`` is ``YYYY-MM-DD``; the time axis is daily.
+degC and m/s. When the file has them, also ``DEWP`` (mean dew point, degF, ``9999.9``) -> ``dew_point``,
+``SLP`` (mean sea-level pressure, hPa, ``9999.9``) -> ``sea_level_pressure``, ``MAX``/``MIN`` (degF,
+``9999.9``) -> ``temperature_max``/``temperature_min`` and ``PRCP`` (inches, ``99.99``) ->
+``precipitation_24h`` in mm. A ``PRCP_ATTRIBUTES`` flag ``I`` (nothing reported that day) or ``H`` (0
+reported although precipitation was observed: incomplete) makes that day's amount NaN, never a zero.
+``DATE`` is ``YYYY-MM-DD``; the time axis is daily.
 """
 
 from __future__ import annotations
@@ -38,11 +43,16 @@ from ._common import (
 __all__ = ["read_gsod", "parse_gsod", "GSOD_REQUIRED", "NATIVE_UNITS"]
 
 GSOD_REQUIRED = ("STATION", "DATE", "TEMP", "WDSP")
-# column -> (schema variable, the format's missing-value code)
-_VALUES = {"TEMP": ("temperature", 9999.9), "WDSP": ("wind_speed", 999.9)}
+# column -> (schema variable, the format's missing-value code); TEMP and WDSP are mandatory, the others optional
+_VALUES = {"TEMP": ("temperature", 9999.9), "WDSP": ("wind_speed", 999.9), "DEWP": ("dew_point", 9999.9),
+           "SLP": ("sea_level_pressure", 9999.9), "MAX": ("temperature_max", 9999.9),
+           "MIN": ("temperature_min", 9999.9), "PRCP": ("precipitation_24h", 99.99)}
+#: PRCP_ATTRIBUTES flags whose amount is not a day's total: I (no report), H (0 reported, precipitation seen)
+_PRCP_UNKNOWN = frozenset("HI")
 _GSOD_OWN = frozenset({"TEMP", "DEWP", "STP", "VISIB", "WDSP", "MXSPD", "GUST", "MAX", "MIN", "PRCP", "SNDP", "FRSHTT"})
 #: the format's units (``units=`` may override them)
-NATIVE_UNITS = {"temperature": "degF", "wind_speed": "knots"}
+NATIVE_UNITS = {"temperature": "degF", "wind_speed": "knots", "dew_point": "degF", "sea_level_pressure": "hPa",
+                "temperature_max": "degF", "temperature_min": "degF", "precipitation_24h": "in"}
 
 
 def _required_columns(cols: dict[str, int], path: PathLike) -> None:
@@ -61,7 +71,8 @@ def _required_columns(cols: dict[str, int], path: PathLike) -> None:
 
 
 def _row(row: list[str], cols: dict[str, int], path: PathLike, line: int) -> tuple[str, np.datetime64, list, tuple]:
-    """(station id, day, [TEMP, WDSP] raw values (NaN = missing), (lat, lon, elevation, name)) of one row."""
+    """(station id, day, raw values of the value columns present, in :data:`_VALUES` order (NaN = missing),
+    (lat, lon, elevation, name)) of one row."""
     raw_id = row[cols["STATION"]].strip()
     if not raw_id:
         raise ReaderError(path, "empty station id", line, "STATION")
@@ -74,11 +85,15 @@ def _row(row: list[str], cols: dict[str, int], path: PathLike, line: int) -> tup
         raise ReaderError(path, f"{date[:40]!r} is not a date like 2019-01-01", line, "DATE")
     values = []
     for col, (_, sentinel) in _VALUES.items():
+        if col not in cols:
+            continue
         s = row[cols[col]]
         try:
             v = parse_float(s)
         except ValueError:
             raise ReaderError(path, f"{s.strip()[:40]!r} is not a number", line, col) from None
+        if col == "PRCP" and "PRCP_ATTRIBUTES" in cols and row[cols["PRCP_ATTRIBUTES"]].strip() in _PRCP_UNKNOWN:
+            v = np.nan
         values.append(np.nan if abs(v - sentinel) < 1e-6 else v)
     coords = []
     for name in ("LATITUDE", "LONGITUDE", "ELEVATION"):
@@ -94,8 +109,9 @@ def _row(row: list[str], cols: dict[str, int], path: PathLike, line: int) -> tup
 
 
 def parse_gsod(data: bytes, path: PathLike = "<bytes>", units: Mapping[str, str] | None = None) -> dict[str, dict]:
-    """Parse one GSOD CSV into ``{station_id: {"time", "temperature", "wind_speed", "line", "lat",
-    "lon", "elevation", "name"}}`` with values already in degC and m/s (NaN = missing).
+    """Parse one GSOD CSV into ``{station_id: {"time", "temperature", "wind_speed", [the optional variables of
+    the columns present,] "line", "lat", "lon", "elevation", "name"}}`` with values already in degC, m/s, hPa and
+    mm (NaN = missing).
 
     Impossible values become NaN with one warning for the file; a missing final newline (a truncated
     file) raises. ``units`` overrides the format's degF / knots.
@@ -114,12 +130,13 @@ def parse_gsod(data: bytes, path: PathLike = "<bytes>", units: Mapping[str, str]
         raw.append(values)
         meta[sid] = site
     line_arr = np.asarray(lines, np.int64)
-    table = np.asarray(raw, np.float64).reshape(-1, len(_VALUES))
+    present = {col: var for col, (var, _) in _VALUES.items() if col in cols}
+    table = np.asarray(raw, np.float64).reshape(-1, len(present))
     vals = apply_bounds(
-        {var: table[:, k] for k, (var, _) in enumerate(_VALUES.values())},
+        {var: table[:, k] for k, var in enumerate(present.values())},
         path,
-        units=resolve_units(units, NATIVE_UNITS, path),
-        fields={var: col for col, (var, _) in _VALUES.items()},
+        units=resolve_units(units, {v: NATIVE_UNITS[v] for v in present.values()}, path),
+        fields={var: col for col, var in present.items()},
         locate=at_lines(line_arr),
     )
     all_t = np.asarray(times, dtype="datetime64[D]").astype("datetime64[ns]")
@@ -190,13 +207,15 @@ def read_gsod(
         )
     except ValueError as e:
         raise ReaderError(files[0], str(e)) from None
-    arrays = {v: np.full((len(grid), len(ids)), np.nan, np.float32) for v in ("temperature", "wind_speed")}
+    variables = [v for v, _ in _VALUES.values() if any(v in r for rs in per.values() for r in rs)]
+    arrays = {v: np.full((len(grid), len(ids)), np.nan, np.float32) for v in variables}
     for j, sid in enumerate(ids):
         recs = per[sid]
         _check_overlap(sid, recs)
         for r in recs:
             for var in arrays:
-                place_on_grid(grid, r["time"], r[var], arrays[var][:, j])
+                if var in r:
+                    place_on_grid(grid, r["time"], r[var], arrays[var][:, j])
     metas = [max(per[sid], key=lambda r: r["time"].max()) for sid in ids]
     ds = make_dataset(
         grid,

@@ -2,8 +2,13 @@
 
 ISD-Lite (one file per station-year, ``{USAF}-{WBAN}-{YYYY}.gz``) is fixed width, 61 columns, twelve
 integer fields: year month day hour air_temp dew_point slp wind_dir wind_speed sky_cover precip_1h
-precip_6h. Air temperature (degC) and wind speed (m/s) are scaled by 10; -9999 is missing. Times are
-UTC, already rounded to the hour by NCEI.
+precip_6h, all read: ``temperature``, ``dew_point`` (degC), ``sea_level_pressure`` (hPa) and ``wind_speed``
+(m/s) are scaled by 10, ``wind_direction`` is in degrees, ``sky_cover`` the total coverage code (0-8 are
+oktas; 9 "obscured", 10 "partial obscuration" and the descriptive codes 11-19 are no amount and become
+NaN), ``precipitation_1h``/``precipitation_6h`` mm scaled by 10 with -1 meaning a trace (read as 0, noted
+in the variable's ``comment``). -9999 is missing. A variable no record of any file reports (often the
+precipitation) is left out, except temperature and wind speed. Times are UTC, already rounded to the hour
+by NCEI.
 
 Parsing has two paths giving identical results: a vectorised one for the exact fixed-width layout
 (the real files; ~1 ms per station-year) and a careful line-by-line one, used whenever the fast path
@@ -51,6 +56,7 @@ __all__ = [
     "read_isd_lite",
     "isd_lite_files",
     "ISD_LITE_NAME",
+    "ISD_LITE_VARIABLES",
 ]
 
 ISD_LITE_FIELDS = (
@@ -72,9 +78,21 @@ _MISSING = -9999
 #: plausible physical ranges (from the variable registry); values outside become NaN with a warning
 TEMP_RANGE = (REGISTRY["temperature"].valid_min, REGISTRY["temperature"].valid_max)
 WIND_RANGE = (REGISTRY["wind_speed"].valid_min, REGISTRY["wind_speed"].valid_max)
-#: the file's own units (values are x10 in the file); ``units=`` may override them
-NATIVE_UNITS = {"temperature": "degC", "wind_speed": "m s-1"}
-_FIELDS = {"temperature": "air_temp", "wind_speed": "wind_speed"}
+#: variable -> (column, scale divisor) of every value field (registry names, canonical units after the scale)
+ISD_LITE_VARIABLES: dict[str, tuple[int, int]] = {
+    "temperature": (4, 10), "dew_point": (5, 10), "sea_level_pressure": (6, 10), "wind_direction": (7, 1),
+    "wind_speed": (8, 10), "sky_cover": (9, 1), "precipitation_1h": (10, 10), "precipitation_6h": (11, 10),
+}
+#: the file's own units (after the x10 scale); ``units=`` may override them
+NATIVE_UNITS = {v: REGISTRY[v].units for v in ISD_LITE_VARIABLES}
+_FIELDS = {v: ISD_LITE_FIELDS[col] for v, (col, _) in ISD_LITE_VARIABLES.items()}
+_ALWAYS = ("temperature", "wind_speed")  # kept even when no record reports them
+_TRACE = -1  # precipitation: a trace amount
+_COMMENTS = {
+    "precipitation_1h": "ISD-Lite trace amounts (-1 in the file) are read as 0",
+    "precipitation_6h": "ISD-Lite trace amounts (-1 in the file) are read as 0",
+    "sky_cover": "ISD-Lite total coverage codes 0-8 (oktas); codes 9-19 (obscured, partial, descriptive) are NaN",
+}
 
 ISD_HISTORY_COLUMNS = ("USAF", "WBAN", "STATION NAME", "CTRY", "STATE", "ICAO", "LAT", "LON", "ELEV(M)", "BEGIN", "END")
 _HISTORY_REQUIRED = ("USAF", "WBAN", "LAT", "LON")
@@ -187,10 +205,15 @@ def _parse(
     t = _times(rec, lines, path)
     _check_year(t, lines, path)
     check_unique(t, lines, path, "hour")
-    raw = {
-        var: np.where(rec[:, col] == _MISSING, np.nan, rec[:, col] / 10.0)
-        for var, col in (("temperature", 4), ("wind_speed", 8))
-    }
+    raw = {}
+    for var, (col, scale) in ISD_LITE_VARIABLES.items():
+        field = rec[:, col]
+        if var.startswith("precipitation"):
+            field = np.where(field == _TRACE, 0, field)
+        vals = np.where(field == _MISSING, np.nan, field / float(scale))
+        if var == "sky_cover":
+            vals = np.where(vals > 8, np.nan, vals)  # not an amount (obscured, partial, descriptive codes)
+        raw[var] = vals
     vals, message = check_bounds(
         raw, path, units=resolve_units(units, NATIVE_UNITS, path), fields=_FIELDS, locate=at_lines(lines)
     )
@@ -202,8 +225,9 @@ def parse_isd_lite(
 ) -> dict[str, np.ndarray]:
     """Parse the (uncompressed) bytes of one ISD-Lite file.
 
-    Returns ``time`` (datetime64[ns]), ``temperature`` (degC) and ``wind_speed`` (m/s) as float32
-    with NaN for missing, and ``line`` (1-based line numbers). Duplicate hours, records outside the
+    Returns ``time`` (datetime64[ns]), every variable of :data:`ISD_LITE_VARIABLES` (``temperature``,
+    ``dew_point`` in degC, ``sea_level_pressure`` in hPa, ``wind_speed`` in m/s, ...; see the module doc) as
+    float32 with NaN for missing, and ``line`` (1-based line numbers). Duplicate hours, records outside the
     year in the file name and a missing final newline (a truncated file) raise; impossible values
     become NaN with one :class:`~urlk_forecast.data.plausibility.ImplausibleValuesWarning`.
     ``units`` overrides the file's units (after the x10 scale), e.g. ``{"temperature": "degF"}``.
@@ -391,8 +415,8 @@ def _coordinates(
 
 def _station_series(
     files: list[tuple[Path, int | None]], units: Mapping[str, str] | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """(hours since 1970, temperature, wind, plausibility warnings) of one station's files.
+) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
+    """(hours since 1970, values per variable, plausibility warnings) of one station's files.
 
     Runs in worker threads, so warnings are returned for the caller to emit. An hour present in two
     files (the year boundary) comes from the file of that hour's year.
@@ -416,12 +440,8 @@ def _station_series(
     first[1:] = ts[1:] != ts[:-1]
     sel = order[first]
     hours = (t[sel].astype("datetime64[h]").astype(np.int64)).astype(np.int32)  # compact: 12 B per record
-    return (
-        hours,
-        np.concatenate([r["temperature"] for r, _ in parts])[sel],
-        np.concatenate([r["wind_speed"] for r, _ in parts])[sel],
-        messages,
-    )
+    values = {v: np.concatenate([r[v] for r, _ in parts])[sel] for v in ISD_LITE_VARIABLES}
+    return hours, values, messages
 
 
 def read_isd_lite(
@@ -465,18 +485,19 @@ def read_isd_lite(
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1, len(kept)))) as pool:
         series = dict(zip(kept, pool.map(lambda sid: _station_series(by_station[sid], units), kept)))
     for sid in kept:  # warnings from the main thread, in station order
-        for message in series[sid][3]:
+        for message in series[sid][2]:
             warnings.warn(message, ImplausibleValuesWarning, stacklevel=2)
     lo = min(int(h[0]) for h, *_ in series.values() if len(h))
     hi = max(int(h[-1]) for h, *_ in series.values() if len(h))
     grid = regular_grid(np.array([lo, hi], "datetime64[h]").astype("datetime64[ns]"), pd.Timedelta("1h"), start, end)
     g0 = int(grid[0].value // 3_600_000_000_000)
-    temp = np.full((len(grid), len(kept)), np.nan, np.float32)
-    wind = np.full((len(grid), len(kept)), np.nan, np.float32)
+    reported = [v for v in ISD_LITE_VARIABLES
+                if v in _ALWAYS or any(np.isfinite(s[1][v]).any() for s in series.values())]
+    data = {v: np.full((len(grid), len(kept)), np.nan, np.float32) for v in reported}
     for j, sid in enumerate(kept):
-        h, tv, wv, _ = series.pop(sid)
-        temp[h - g0, j] = tv
-        wind[h - g0, j] = wv
+        h, values, _ = series.pop(sid)
+        for v in reported:
+            data[v][h - g0, j] = values[v]
     ds = make_dataset(
         grid,
         kept,
@@ -488,7 +509,7 @@ def read_isd_lite(
             "source": "NOAA NCEI Integrated Surface Database Lite (ISD-Lite), https://www.ncei.noaa.gov/pub/data/noaa/isd-lite",
             "source_format": "isd-lite",
         },
-        temperature=temp,
-        wind_speed=wind,
+        var_attrs={v: {"comment": c} for v, c in _COMMENTS.items() if v in data},
+        **data,
     )
     return validate(ds)

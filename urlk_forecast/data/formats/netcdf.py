@@ -40,6 +40,8 @@ _COORD_ALIASES = {
     "station_name": "name",
 }
 _DIM_ALIASES = {"stations": "station", "station_id": "station", "valid_time": "time", "times": "time"}
+#: attributes of a registry variable kept from the file (its CF name and units come from the registry)
+_KEPT_ATTRS = ("comment", "cell_methods")
 _STANDARD_NAMES = {spec.standard_name: var for var, spec in reversed(list(REGISTRY.items()))}
 
 
@@ -48,6 +50,8 @@ def _auto_map(ds: xr.Dataset) -> dict[str, str]:
     names = set(ds.variables) | set(ds.dims)
     out: dict[str, str] = {}
     for var in ds.data_vars:
+        if str(var) in REGISTRY:  # already a registry name (precipitation_1h shares precipitation's standard_name)
+            continue
         target = _STANDARD_NAMES.get(str(ds[var].attrs.get("standard_name", "")))
         if target and target not in names and target not in out.values():
             out[str(var)] = target
@@ -248,6 +252,7 @@ def _to_schema(
     attrs = {k: v for k, v in src.attrs.items() if k not in ("Conventions", "featureType")}
     var_attrs = {v: {k: str(a) for k, a in ds[v].attrs.items() if k in ("units", "long_name", "standard_name")}
                  for v in others}
+    var_attrs.update({v: {k: str(a) for k, a in ds[v].attrs.items() if k in _KEPT_ATTRS} for v in raw})
     out = make_dataset(grid, ids, coords["lat"], coords["lon"], elevation=coords["elevation"], name=names,
                        attrs=attrs, var_attrs=var_attrs, **data)
     return validate(out)
