@@ -16,7 +16,14 @@ from click.testing import CliRunner
 
 from urlk_forecast.cli import cli
 from urlk_forecast.data.plausibility import ImplausibleValuesWarning
-from urlk_forecast.data.readers import read_global_hourly, read_gsod, read_isd_lite, read_netcdf, write_netcdf
+from urlk_forecast.data.readers import (
+    read_csv_long,
+    read_global_hourly,
+    read_gsod,
+    read_isd_lite,
+    read_netcdf,
+    write_netcdf,
+)
 from urlk_forecast.data.schema import SchemaError, make_dataset, validate
 from urlk_forecast.data.synthetic import synthetic_global
 
@@ -184,3 +191,18 @@ def test_any_data_variable_trains_predicts_and_benchmarks_with_its_units(tmp_pat
                                    "--out", str(tmp_path / "b2")])
     assert res.exit_code == 1 and "the data has no variable 'humidity'; its variables are: temperature, load" \
         in res.output
+
+
+def test_csv_long_reads_registry_variable_columns(tmp_path: Path) -> None:
+    (tmp_path / "l.csv").write_text("station,time,lat,lon,temperature,dew_point,sea_level_pressure,humidity\n"
+                                    "A,2020-01-01T00:00,1,2,50.0,41.0,1013.2,80\n"
+                                    "A,2020-01-01T01:00,1,2,59.0,68.0,29.92,81\n")
+    with pytest.warns(UserWarning) as caught:
+        ds = read_csv_long(tmp_path / "l.csv", units={"temperature": "degF", "dew_point": "degF"})
+    text = " ".join(str(w.message) for w in caught)
+    assert "column(s) ['humidity'] are not read" in text
+    assert "1 dew_point value(s) above temperature + 0.5 set to NaN" in text  # 20 degC dew point at 15 degC
+    assert "sea_level_pressure value(s) outside the plausible range [850, 1090] hPa" in text  # 29.92: inHg, not hPa
+    np.testing.assert_allclose(ds["dew_point"].values[:, 0], [5.0, np.nan], atol=1e-5)
+    np.testing.assert_allclose(ds["sea_level_pressure"].values[:, 0], [1013.2, np.nan], atol=1e-4)
+    assert ds["dew_point"].attrs["units"] == "degC"

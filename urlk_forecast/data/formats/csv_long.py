@@ -1,6 +1,8 @@
 """CSV "long" format: one row per station and time, one column per variable.
 
-``station,time,temperature,wind_speed[,lat,lon,elevation,name]`` — column names are case-insensitive
+``station,time,temperature,wind_speed[,lat,lon,elevation,name]`` — any variable of the registry
+(``dew_point``, ``sea_level_pressure``, ``precipitation_1h``, ...: ``data/variables.py``) may be a column too,
+in its canonical units unless ``units=`` says otherwise; column names are case-insensitive
 (``date``/``datetime``/``timestamp`` work for ``time``, ``station_id``/``id`` for ``station``,
 ``latitude``/``longitude``/``altitude`` for the coordinates). Times are ISO 8601; naive times are UTC,
 zone-aware ones are converted to UTC. Station coordinates come from the same rows (they must not
@@ -35,8 +37,7 @@ CSV_ALIASES = {
     "lon": ("lon", "longitude", "long"),
     "elevation": ("elevation", "elev", "altitude", "height"),
     "name": ("name", "station_name"),
-    "temperature": ("temperature",),
-    "wind_speed": ("wind_speed",),
+    **{v: (v,) for v in REGISTRY},
 }
 #: complete ISO 8601: a date, or a date and time to at least the minute, optionally a UTC offset
 _ISO_TIME = r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?"
@@ -238,7 +239,8 @@ def _warn_dropped(header: list[str], cols: dict[str, str], path: PathLike) -> No
     if dropped:
         warnings.warn(
             f"{path}: column(s) {dropped} are not read; a station table holds {', '.join(SCHEMA_VARIABLES)} "
-            "(and station, time, lat, lon, elevation, name)",
+            "or another registry variable (dew_point, sea_level_pressure, ...) and station, time, lat, lon, "
+            "elevation, name",
             UserWarning,
             stacklevel=3,
         )
@@ -262,10 +264,11 @@ def read_csv_long(
     """
     df, lines = _load(path, encoding)
     cols = _columns(list(df.columns), path, ("station", "time"))
-    variables = [v for v in SCHEMA_VARIABLES if v in cols]
+    variables = [v for v in REGISTRY if v in cols]
     if not variables:
         raise ReaderError(
-            path, f"no variable column: expected one of {sorted(SCHEMA_VARIABLES)}; header is {list(df.columns)}", 1
+            path, f"no variable column: expected one of {sorted(SCHEMA_VARIABLES)} (or another registry variable); "
+            f"header is {list(df.columns)}", 1
         )
     src_units = resolve_units(units, {v: REGISTRY[v].units for v in variables}, path)
     _warn_dropped(list(df.columns), cols, path)
