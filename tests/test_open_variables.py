@@ -206,3 +206,29 @@ def test_csv_long_reads_registry_variable_columns(tmp_path: Path) -> None:
     np.testing.assert_allclose(ds["dew_point"].values[:, 0], [5.0, np.nan], atol=1e-5)
     np.testing.assert_allclose(ds["sea_level_pressure"].values[:, 0], [1013.2, np.nan], atol=1e-4)
     assert ds["dew_point"].attrs["units"] == "degC"
+
+
+def test_relative_humidity_from_temperature_and_dew_point() -> None:
+    """Against Buck's (1981) saturation vapour pressure, an independent formula (agreement within 0.3 %)."""
+    from urlk_forecast.data.derived import relative_humidity, with_relative_humidity
+
+    def buck(t: np.ndarray) -> np.ndarray:
+        return 6.1121 * np.exp((18.678 - t / 234.5) * (t / (257.14 + t)))
+
+    t = np.array([20.0, 30.0, -10.0, 15.0, np.nan])
+    td = np.array([10.0, 25.0, -15.0, 15.0, 5.0])
+    got = relative_humidity(t, td)
+    ref = 100 * buck(td) / buck(t)
+    np.testing.assert_allclose(got[:4], ref[:4], atol=0.3)
+    assert got[3] == pytest.approx(100.0) and np.isnan(got[4])
+    ds = read_isd_lite_sample()
+    out = with_relative_humidity(ds)
+    assert out["relative_humidity"].attrs["units"] == "%"
+    ok = np.isfinite(ds["temperature"].values) & np.isfinite(ds["dew_point"].values)
+    np.testing.assert_allclose(out["relative_humidity"].values[ok],
+                               np.minimum(100 * buck(ds["dew_point"].values[ok].astype(np.float64))
+                                          / buck(ds["temperature"].values[ok].astype(np.float64)), 100), atol=0.5)
+
+
+def read_isd_lite_sample() -> xr.Dataset:
+    return read_isd_lite(Path(__file__).resolve().parents[1] / "datasets" / "samples" / "isd-lite")
