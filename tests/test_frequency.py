@@ -108,6 +108,15 @@ def test_irregular_input_errors_say_how_to_resample(tmp_path: Path) -> None:
     with pytest.raises(ReaderError, match=r"line 6, field time: time 2021-01-01 04:20:00 is not on the regular "
                                           r"0 days 01:00:00 grid .*; resample it to one regular step first"):
         read_csv_long(tmp_path / "l.csv")
+    times = list(pd.date_range("2021-01-01", periods=6, freq="h")) + list(
+        pd.date_range("2021-01-01 05:10", periods=12, freq="10min"))
+    rows = ["station,time,temperature"] + [f"A,{t.isoformat()},1.0" for t in times]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ReaderError, match=r"field time: mixed time steps \(0 days 00:10:00 \(12x\), 0 days 01:00:00 "
+                                          r"\(5x\)\): the 18 times fill only 42 % of a regular 0 days 00:10:00 axis; "
+                                          r"resample it to one regular step first"):
+        read_csv_long(tmp_path / "m.csv")
+    assert read_csv_long(tmp_path / "m.csv", freq="10min").sizes["time"] == 43  # freq= takes them as gaps
 
 
 @pytest.mark.parametrize(

@@ -84,7 +84,7 @@ def test_columns_time_column_variable_and_registry_units(tmp_path: Path) -> None
         ("date,A\n" + "".join(f"2020-01-01 {h:02d}:00,1\n" for h in range(6))
          + "".join(f"{t:%Y-%m-%d %H:%M},1\n" for t in pd.date_range("2020-01-01 05:10", periods=9, freq="10min")),
          {"units": "1"},
-         r"mixed time steps \(0 days 00:10:00 \(9x\), 0 days 01:00:00 \(5x\)\): the 15 rows fill only 38 % of a "
+         r"mixed time steps \(0 days 00:10:00 \(9x\), 0 days 01:00:00 \(5x\)\): the 15 times fill only 38 % of a "
          r"regular 0 days 00:10:00 axis; resample it"),
         ("date,A\n2020-01-01 00:00,1\n2020-01-01 00:00,2\n", {"units": "1"}, r"duplicate time 2020-01-01 00:00:00"),
         ("date,A\n2020-01-01 00:00,1\n", {"units": "1", "columns": ["Z"]}, r"columns=\['Z'\] not in the file"),

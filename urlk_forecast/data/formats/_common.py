@@ -33,6 +33,7 @@ __all__ = [
     "csv_table",
     "check_complete",
     "RESAMPLE_ADVICE",
+    "mixed_steps",
 ]
 
 PathLike = str | os.PathLike
@@ -200,6 +201,19 @@ def regular_grid(
         t1 = max(t1, t0 + ((e - t0) // step_ns) * step_ns)
     n = int((t1 - t0) // step_ns) + 1
     return pd.DatetimeIndex((t0 + step_ns * np.arange(n, dtype=np.int64)).astype("datetime64[ns]"))
+
+
+def mixed_steps(times: np.ndarray, grid: pd.DatetimeIndex) -> str | None:
+    """What is wrong when ``times`` (any order, duplicates allowed) fill less than half of their regular ``grid``:
+    rows of two steps (hourly, then 10-minute), not gaps; None when they fill at least half."""
+    t = np.unique(np.asarray(times, dtype="datetime64[ns]"))
+    if len(grid) < 4 or len(t) >= 0.5 * len(grid):
+        return None
+    steps = pd.Series(np.diff(t)).value_counts()
+    shown = ", ".join(f"{pd.Timedelta(k)} ({n}x)" for k, n in steps.head(3).items())
+    return (f"mixed time steps ({shown}): the {len(t)} times fill only {100 * len(t) / len(grid):.0f} % of a "
+            f"regular {grid[1] - grid[0]} axis; {RESAMPLE_ADVICE} (or pass freq= if they really are that step "
+            "with gaps)")
 
 
 def place_on_grid(grid: pd.DatetimeIndex, times: np.ndarray, values: np.ndarray, out: np.ndarray) -> None:

@@ -26,7 +26,7 @@ import xarray as xr
 from ..plausibility import apply_bounds, at_lines, resolve_units
 from ..schema import make_dataset, validate
 from ..variables import REGISTRY, SCHEMA_VARIABLES
-from ._common import PathLike, ReaderError, check_complete, decode_text, read_bytes, regular_grid
+from ._common import PathLike, ReaderError, check_complete, decode_text, mixed_steps, read_bytes, regular_grid
 
 __all__ = ["read_csv_long", "CSV_ALIASES"]
 
@@ -188,8 +188,9 @@ def _check_duplicates(codes: np.ndarray, uniq: pd.Index, tv: np.ndarray, lines: 
 def _time_grid(
     tv: np.ndarray, freq: str | pd.Timedelta | None, lines: np.ndarray, path: PathLike, col: str
 ) -> pd.DatetimeIndex:
+    """The regular time axis of the rows (off-grid times and mixed steps are errors saying how to resample)."""
     try:
-        return regular_grid(tv, None if freq is None else pd.Timedelta(freq))
+        grid = regular_grid(tv, None if freq is None else pd.Timedelta(freq))
     except ValueError as e:
         m = re.search(r"time (\S+ \S+) is not on", str(e))
         line = None
@@ -197,6 +198,10 @@ def _time_grid(
             hit = np.nonzero(tv == np.datetime64(pd.Timestamp(m.group(1))))[0]
             line = int(lines[hit[0]]) if len(hit) else None
         raise ReaderError(path, str(e), line, col) from None
+    problem = mixed_steps(tv, grid) if freq is None else None
+    if problem is not None:
+        raise ReaderError(path, problem, field=col)
+    return grid
 
 
 def _inline_meta(

@@ -28,7 +28,16 @@ from ..plausibility import apply_bounds, at_lines
 from ..schema import SchemaError, make_dataset, validate
 from ..units import UnitError, lookup
 from ..variables import REGISTRY
-from ._common import RESAMPLE_ADVICE, PathLike, ReaderError, check_unique, decode_text, read_bytes, regular_grid
+from ._common import (
+    RESAMPLE_ADVICE,
+    PathLike,
+    ReaderError,
+    check_unique,
+    decode_text,
+    mixed_steps,
+    read_bytes,
+    regular_grid,
+)
 from .csv_long import _load, _numbers, _times
 
 __all__ = ["read_wide_csv", "DEFAULT_VARIABLE", "RESAMPLE_ADVICE"]
@@ -107,13 +116,9 @@ def _grid(tv: np.ndarray, freq: str | pd.Timedelta | None, lines: np.ndarray, pa
     rows, then 10-minute rows), not gaps, and are an error too."""
     try:
         grid = regular_grid(tv, None if freq is None else pd.Timedelta(freq))
-        if freq is None and len(tv) < 0.5 * len(grid):
-            steps = pd.Series(np.diff(np.sort(tv))).value_counts()
-            shown = ", ".join(f"{pd.Timedelta(k)} ({n}x)" for k, n in steps.head(3).items())
-            raise ReaderError(path, f"mixed time steps ({shown}): the {len(tv)} rows fill only "
-                                    f"{100 * len(tv) / len(grid):.0f} % of a regular {grid[1] - grid[0]} axis; "
-                                    f"{RESAMPLE_ADVICE} (or pass freq= if the rows really are that step with gaps)",
-                              field=tcol)
+        problem = mixed_steps(tv, grid) if freq is None else None
+        if problem is not None:
+            raise ReaderError(path, problem, field=tcol)
         return grid
     except ValueError as e:
         if isinstance(e, ReaderError):
