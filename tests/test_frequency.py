@@ -155,3 +155,14 @@ def test_train_predict_benchmark_at_any_frequency(tmp_path: Path, freq: str, n: 
     assert res.exit_code == 0, res.output
     md = (tmp_path / "b" / "benchmark_temperature.md").read_text()
     assert f"{season.split('(')[1][:-1]}" in md and f"forecast {horizon} ahead" in md
+
+
+def test_benchmark_season_is_overridable(tmp_path: Path) -> None:
+    write_netcdf(_regular("1h", 24 * 30), tmp_path / "h.nc")
+    base = ["benchmark", "--data", str(tmp_path / "h.nc"), "--baselines", "seasonal_naive", "--max-windows", "4",
+            "--quiet"]
+    res = CliRunner().invoke(cli, [*base, "--season", "12h", "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert "Seasonal naive (12 h): the last season" in (tmp_path / "a" / "benchmark_temperature.md").read_text()
+    res = CliRunner().invoke(cli, [*base, "--season", "90min", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 1 and "--season '90 min' is not a whole number of the data's 1 h steps" in res.output

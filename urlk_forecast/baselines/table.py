@@ -259,6 +259,8 @@ class _Setup:
 
 
 def _baseline_kwargs(name: str, st: _Setup, say: Progress) -> dict[str, Any]:
+    if name == "seasonal_naive":
+        return {"period": st.season}
     if name == "holt_winters":
         return {"n_jobs": st.n_jobs, "season_length": st.season, "fit_hours": max(672, 4 * st.season),
                 "history_hours": max(672, 4 * st.season)}
@@ -309,7 +311,8 @@ def run_benchmark(data: DataSource | None = None, variable: str = "temperature",
                   label_len: int | str = 24, pred_len: int | str = 24,
                   n_jobs: int | None = None, threads: int | None = None, prophet_stations: int = 8,
                   batch_size: int = 32, seed: int = 0, progress: Progress | None = None,
-                  units: dict[str, str] | None = None, reader: dict[str, Any] | None = None) -> BenchmarkResult:
+                  units: dict[str, str] | None = None, reader: dict[str, Any] | None = None,
+                  season: int | str | None = None) -> BenchmarkResult:
     """Run the comparison; see the module docstring.
 
     ``data``: Dataset, path (any format :func:`~urlk_forecast.data.readers.open_dataset` reads) or None for the
@@ -322,8 +325,8 @@ def run_benchmark(data: DataSource | None = None, variable: str = "temperature",
     source's units per variable of a ``data`` path (``{"temperature": "degF"}``), converted on reading; ``reader``:
     other reader arguments for it (``format``, a wide CSV's ``time_column``/``columns``/``variable``).
     ``variable``: any data variable of the data. ``seq_len``/``label_len``/``pred_len``: steps or durations
-    (``"48h"``) that are whole numbers of the data's steps. The seasonal baselines' season is one day of sub-daily
-    steps, a week of daily steps.
+    (``"48h"``) that are whole numbers of the data's steps. ``season``: the seasonal naive's and Holt-Winters'
+    season (steps or a duration; default one day of sub-daily steps, a week of daily steps).
     """
     say: Progress = progress or (lambda _msg: None)
     model = None
@@ -360,7 +363,7 @@ def run_benchmark(data: DataSource | None = None, variable: str = "temperature",
     names = _method_names(baselines, gfs, ds)
     failures: dict[str, str] = {}
     setup = _Setup(variable, seq_len, pred_len, n_jobs, threads, prophet_stations, gfs, test, seed,
-                   default_season(freq))
+                   length_steps(season, freq, "season") if season is not None else default_season(freq))
     fitted = _fit_baselines(names, train, setup, failures, say)
     methods = [m for n, m in fitted if n != "prophet"] + ([model] if model is not None else [])
     table = score_methods(methods, ws, idx, batch_size=batch_size, keep_going=True, progress=say)

@@ -30,7 +30,7 @@ __all__ = ["benchmark"]
 _FLAGS = {"data": "--data", "variable": "--var", "baselines": "--baselines", "run": "--run", "gfs": "--gfs",
           "stations": "--stations", "hours": "--hours", "max_windows": "--max-windows", "seq_len": "--seq-len",
           "label_len": "--label-len", "pred_len": "--pred-len", "n_jobs": "--jobs", "threads": "--threads",
-          "prophet_stations": "--prophet-stations", "units": "--units", **WIDE_FLAGS}
+          "prophet_stations": "--prophet-stations", "units": "--units", "season": "--season", **WIDE_FLAGS}
 
 
 def _check_arguments(data: Path | None, run_dir: Path | None, gfs: str | None, hours: int | None,
@@ -107,6 +107,9 @@ def _model_and_data(run_dir: Path | None, data: Path | None, units: dict[str, st
               help="Decoder start-token length." + LENGTH_HELP)
 @click.option("--pred-len", type=Length(min=1), default=24, show_default=True,
               help="Forecast horizon." + LENGTH_HELP)
+@click.option("--season", type=Length(min=1), default=None,
+              help="Season of the seasonal naive and Holt-Winters (default: one day of sub-daily steps, a week of "
+                   "daily steps)." + LENGTH_HELP)
 @click.option("--jobs", type=click.IntRange(min=1), default=None, help="Holt-Winters fit processes (default: cores).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="GBDT OpenMP threads (default: all cores; 1 is faster on a busy machine).")
@@ -120,7 +123,7 @@ def _model_and_data(run_dir: Path | None, data: Path | None, units: dict[str, st
 @click.option("--quiet", is_flag=True, help="Only print the table.")
 def benchmark(data: Path | None, variable: str | None, baselines: str | None, run_dir: Path | None, gfs: str | None,
               stations: int | None, hours: int | None, max_windows: int, seq_len: Any, label_len: Any, pred_len: Any,
-              jobs: int | None, threads: int | None, prophet_stations: int, seed: int, out: Path,
+              season: Any, jobs: int | None, threads: int | None, prophet_stations: int, seed: int, out: Path,
               units: tuple[str, ...], time_column: str | None, columns: str | None, var_name: str | None,
               quiet: bool) -> None:
     """Compare the baselines of the paper's Table 12 (and a trained model) on the same test windows."""
@@ -143,7 +146,7 @@ def benchmark(data: Path | None, variable: str | None, baselines: str | None, ru
             baselines=names, run=model_dir, gfs=gfs, stations=stations, hours=hours,
             max_windows=max_windows, seq_len=seq_len, label_len=label_len, pred_len=pred_len, n_jobs=jobs,
             threads=threads, prophet_stations=prophet_stations, seed=seed, progress=progress, units=source_units,
-            reader=source_reader or None,
+            reader=source_reader or None, season=season,
         )
         paths = result.write(out)
     click.echo(result.to_markdown())
