@@ -5,6 +5,10 @@ test window the error is averaged over the horizon x stations, then averaged ove
 per-window mean runs over observed entries only, and a window without any observed entry is skipped (it carries no
 information, and counting it as zero error would flatter the model). Arrays are ``(N, pred_len, S)``, numpy or torch;
 everything is accumulated in float64 in chunks of windows so a full 3850-station test set fits in memory.
+
+Quantile forecasts (``(..., Q)`` at sorted levels ``tau``) are scored with the pinball loss (:func:`pinball`), the
+share of targets inside each central interval the levels form (:func:`central_intervals`, e.g. 0.1/0.9 -> the 80 %
+interval) and a CRPS estimated from the quantiles (:func:`crps_weights`).
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["mse", "mae", "rmse", "per_horizon", "per_station", "evaluate_arrays"]
+__all__ = ["mse", "mae", "rmse", "per_horizon", "per_station", "evaluate_arrays", "check_levels", "pinball",
+           "crps_weights", "central_intervals", "level_label"]
 
 _CHUNK = 256  # windows per float64 chunk
 
@@ -185,3 +190,68 @@ def per_station(
         st_mae = np.where(nwin > 0, w_ae.sum(axis=0) / np.maximum(nwin, 1), np.nan)
     ids = np.arange(s) if station_ids is None else np.asarray(station_ids)
     return pd.DataFrame({"station": ids, "mse": st_mse, "mae": st_mae, "count": cnt.sum(axis=0)})
+
+
+# ------------------------------------------------------------------------------------------ quantile forecasts
+def check_levels(levels: Sequence[float], what: str = "quantiles") -> tuple[float, ...]:
+    """``levels`` as a tuple of floats, checked: at least one, strictly increasing, each in (0, 1)."""
+    try:
+        lv = tuple(float(v) for v in levels)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a sequence of quantile levels in (0, 1), got {levels!r}") from None
+    if not lv:
+        raise ValueError(f"{what} must hold at least one level in (0, 1)")
+    bad = [v for v in lv if not 0.0 < v < 1.0]
+    if bad:
+        raise ValueError(f"{what}: quantile levels must lie strictly between 0 and 1, got {bad[0]}")
+    if any(b <= a for a, b in zip(lv, lv[1:])):
+        raise ValueError(f"{what} must be strictly increasing, got {list(lv)}")
+    return lv
+
+
+def level_label(level: float) -> str:
+    """A level as a percentage for column names: 0.1 -> ``"10"``, 0.025 -> ``"2.5"``, 0.8 -> ``"80"``."""
+    return f"{round(100.0 * float(level), 6):g}"
+
+
+def pinball(q: np.ndarray, y: np.ndarray, levels: Sequence[float]) -> np.ndarray:
+    """Pinball (quantile) loss ``rho_tau(y - q) = max(tau (y - q), (tau - 1)(y - q))`` per level, float64.
+
+    ``q`` (..., Q) quantile forecasts at ``levels`` (Q,), ``y`` (...) the targets; returns (..., Q). For the median
+    (tau = 0.5) it is half the absolute error.
+    """
+    tau = np.asarray(levels, np.float64)
+    u = np.asarray(y, np.float64)[..., None] - np.asarray(q, np.float64)
+    return np.maximum(tau * u, (tau - 1.0) * u)
+
+
+def crps_weights(levels: Sequence[float]) -> np.ndarray:
+    """Weights ``w`` (Q,) of the CRPS estimate ``CRPS ~ 2 sum_i w_i rho_{tau_i}(y - q_i)`` from quantiles.
+
+    The CRPS is twice the integral of the pinball loss over all levels in (0, 1) (Gneiting & Raftery 2007,
+    Laio & Tamea 2007); each level stands for the levels nearest to it: ``w_i`` is the width of its cell between the
+    midpoints to its neighbours, the first cell starting at 0 and the last ending at 1 (weights sum to 1; for evenly
+    spaced levels the plain mean of the pinball losses except for wider end cells). A positively weighted sum of
+    pinball losses, it is a proper score *for those quantiles*, so methods scored at the same levels are ranked
+    properly; the level set shifts it, so compare CRPS only at equal levels. Bias against the exact CRPS for a
+    calibrated normal forecast (exact: ``sigma / sqrt(pi)``): {0.1, 0.5, 0.9}: -6 %; {0.05, 0.1, 0.5, 0.9, 0.95}:
+    -10 %; the 9 deciles: +4.7 %; 19 levels 0.05..0.95: +1.4 %; 99 percentiles: +0.08 %. A single level 0.5 gives
+    the MAE of the median, which is the exact CRPS of a point forecast.
+    """
+    tau = np.asarray(check_levels(levels), np.float64)
+    edges = np.concatenate([[0.0], (tau[1:] + tau[:-1]) / 2.0, [1.0]])
+    return np.diff(edges)
+
+
+def central_intervals(levels: Sequence[float]) -> list[tuple[int, int, float]]:
+    """The central intervals the levels form: ``(lower index, upper index, nominal coverage)`` for every level
+    ``tau < 0.5`` whose mirror ``1 - tau`` is also a level (0.1 and 0.9 -> the 0.8 interval), widest first."""
+    lv = check_levels(levels)
+    out = []
+    for i, lo in enumerate(lv):
+        if lo >= 0.5:
+            break
+        j = next((k for k, hi in enumerate(lv) if abs(hi - (1.0 - lo)) < 1e-9), None)
+        if j is not None:
+            out.append((i, j, round(1.0 - 2.0 * lo, 9)))
+    return out

@@ -6,6 +6,21 @@ lead times x stations, then the mean over windows; physical units). Several meth
 the observed targets (``y_mask``) that every method forecast; a point one method left NaN (a station with no observed
 input, a grid that does not cover a station) is removed for all, and each method's ``coverage`` says what share of
 the observed targets it forecast. ``Method.evaluate``, the benchmark table and the end-of-training table all call it.
+
+Quantile forecasts: a method whose ``quantiles`` is set is forecast with ``predict_quantiles`` (its point forecast --
+the median -- is the level-0.5 slice when 0.5 is a level, so the network or model runs once; else
+``predict_windows``) and additionally scored, on the same common points, with (:mod:`urlk_forecast.metrics`)
+
+* the pinball loss per level and their mean, averaged like the MAE (per window over lead x stations, then over
+  windows); at level 0.5 it is half the MAE of the median;
+* the CRPS estimated from the quantiles, ``2 sum_i w_i pinball_i`` with the cell weights of
+  :func:`~urlk_forecast.metrics.crps_weights` (its bias for few levels is documented there; for a point forecast
+  the CRPS is the MAE);
+* the interval coverage of each central interval the levels form (0.1/0.9 -> 80 %): the share of the scored
+  targets inside ``[q_lo, q_hi]`` (pooled over all points, so a binomial proportion).
+
+A point a method leaves NaN in any quantile is unforecast, like a NaN point forecast. Methods without quantiles get
+``None``/NaN for these scores and are scored exactly as before.
 """
 
 from __future__ import annotations
@@ -20,7 +35,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from .data.windows import WindowSource
-from .metrics import evaluate_arrays, per_horizon
+from .metrics import central_intervals, check_levels, crps_weights, evaluate_arrays, level_label, per_horizon, pinball
 
 __all__ = ["Scores", "ScoreTable", "score_methods", "window_targets", "resolve_indices", "method_labels",
            "to_numpy"]
@@ -35,6 +50,8 @@ class _Forecasts(Protocol):
 
     def predict_windows(self, ws: WindowSource, indices: np.ndarray | None = None) -> np.ndarray: ...
 
+    def predict_quantiles(self, ws: WindowSource, indices: np.ndarray | None = None) -> np.ndarray: ...
+
 
 @dataclass(frozen=True)
 class Scores:
@@ -42,8 +59,13 @@ class Scores:
 
     ``mse``/``mae`` in (units)^2 / units; ``n_windows`` windows with a scored point; ``n_points`` scored targets;
     ``n_unforecast`` observed targets this method left NaN (excluded); ``coverage`` = forecast share of the observed
-    targets; ``per_lead``: columns ``lead`` (1..pred_len), ``mse``, ``mae``, ``windows``. Indexing by name
-    (``scores["mse"]``) works as for a dict.
+    targets; ``per_lead``: columns ``lead`` (1..pred_len), ``mse``, ``mae``, ``windows`` (with quantiles also
+    ``crps``, ``pinball`` and ``cover<P>`` per central interval). Indexing by name (``scores["mse"]``) works as for
+    a dict.
+
+    Quantile forecasts (see the module docstring; ``None``/NaN for a point forecast): ``quantiles`` the levels,
+    ``pinball`` the loss per level and ``pinball_mean`` their mean (units), ``crps`` (units), ``interval_coverage``
+    nominal coverage -> share of the scored targets inside that central interval (``{0.8: 0.79}``).
     """
 
     method: str
@@ -55,6 +77,11 @@ class Scores:
     coverage: float
     predict_seconds: float
     per_lead: pd.DataFrame = field(repr=False, compare=False)
+    quantiles: tuple[float, ...] | None = None
+    pinball: dict[float, float] | None = None
+    pinball_mean: float = float("nan")
+    crps: float = float("nan")
+    interval_coverage: dict[float, float] | None = None
 
     def __getitem__(self, key: str) -> Any:
         if key not in self.__dataclass_fields__:
@@ -80,10 +107,12 @@ class ScoreTable:
         return self.scores[name]
 
     def per_lead(self) -> pd.DataFrame:
-        """Long table: ``method``, ``lead``, ``mse``, ``mae``."""
-        frames = [s.per_lead.assign(method=n)[["method", "lead", "mse", "mae"]] for n, s in self.scores.items()]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["method", "lead", "mse",
-                                                                                          "mae"])
+        """Long table: ``method``, ``lead``, ``mse``, ``mae`` (and ``crps`` when a method forecasts quantiles)."""
+        cols = ["method", "lead", "mse", "mae"]
+        if any(s.quantiles is not None for s in self.scores.values()):
+            cols.append("crps")
+        frames = [s.per_lead.assign(method=n).reindex(columns=cols) for n, s in self.scores.items()]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
 
 
 def resolve_indices(ws: WindowSource, indices: Sequence[int] | np.ndarray | None) -> np.ndarray:
@@ -151,6 +180,54 @@ class _Accumulator:
         self.lead_sums += np.nan_to_num(ph) * lead_w[:, None]
 
 
+class _QuantileAccumulator:
+    """Running sums of one method's quantile scores over chunks: window-averaged pinball per level (overall and per
+    lead) and pooled counts of targets inside each central interval."""
+
+    #: elements of (windows x lead x stations x levels) per float64 block
+    BLOCK = 1 << 22
+
+    def __init__(self, levels: tuple[float, ...], pred_len: int) -> None:
+        self.levels = levels
+        self.intervals = central_intervals(levels)
+        self.sums = np.zeros(len(levels))
+        self.lead_sums = np.zeros((pred_len, len(levels)))
+        self.inside = np.zeros((pred_len, len(self.intervals)), np.int64)
+        self.points = np.zeros(pred_len, np.int64)
+
+    def add(self, q: np.ndarray, y: np.ndarray, common: np.ndarray) -> None:
+        """Add windows with quantile forecasts ``q`` (N, H, S, Q), targets ``y`` and scored points ``common``."""
+        step = max(1, self.BLOCK // max(1, int(np.prod(q.shape[1:]))))
+        for a in range(0, q.shape[0], step):
+            qc, yc, mc = q[a:a + step], y[a:a + step], common[a:a + step]
+            loss = np.where(mc[..., None], pinball(qc, yc, self.levels), 0.0)  # (n, H, S, Q)
+            cnt_lead = mc.sum(axis=2)  # (n, H)
+            lead_loss = loss.sum(axis=2)  # (n, H, Q)
+            cnt = cnt_lead.sum(axis=1)
+            ok = cnt > 0
+            self.sums += (lead_loss.sum(axis=1)[ok] / cnt[ok, None]).sum(axis=0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                self.lead_sums += np.nan_to_num(lead_loss / cnt_lead[..., None]).sum(axis=0)
+            self.points += cnt_lead.sum(axis=0)
+            for k, (lo, hi, _) in enumerate(self.intervals):
+                self.inside[:, k] += ((qc[..., lo] <= yc) & (yc <= qc[..., hi]) & mc).sum(axis=(0, 2))
+
+    def finish(self, windows: int, lead_w: np.ndarray) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The scalar quantile scores of :class:`Scores` and the per-lead columns."""
+        w2 = 2.0 * crps_weights(self.levels)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pin = self.sums / windows if windows else np.full(len(self.levels), np.nan)
+            lead_pin = self.lead_sums / lead_w[:, None]
+            share = self.inside / self.points[:, None]
+            total = self.inside.sum(axis=0) / self.points.sum()
+        scalars = {"quantiles": self.levels, "pinball": dict(zip(self.levels, map(float, pin))),
+                   "pinball_mean": float(pin.mean()), "crps": float(pin @ w2),
+                   "interval_coverage": {c: float(v) for (_, _, c), v in zip(self.intervals, total)}}
+        lead = {"crps": lead_pin @ w2, "pinball": lead_pin.mean(axis=1),
+                **{f"cover{level_label(c)}": share[:, k] for k, (_, _, c) in enumerate(self.intervals)}}
+        return scalars, lead
+
+
 def score_methods(methods: Sequence[_Forecasts], ws: WindowSource, indices: Sequence[int] | np.ndarray | None = None,
                   *, batch_size: int = 256, keep_going: bool = False, progress: Progress | None = None) -> ScoreTable:
     """Forecast windows ``indices`` of ``ws`` (all when None) with every method and score them on common points.
@@ -164,6 +241,7 @@ def score_methods(methods: Sequence[_Forecasts], ws: WindowSource, indices: Sequ
     labels = method_labels(methods)
     live = dict(zip(labels, methods))
     acc = {n: _Accumulator(ws.pred_len) for n in labels}
+    qacc: dict[str, _QuantileAccumulator] = {}
     failures: dict[str, str] = {}
     observed = points = 0
     lead_w = np.zeros(ws.pred_len)
@@ -172,10 +250,12 @@ def score_methods(methods: Sequence[_Forecasts], ws: WindowSource, indices: Sequ
     for start in range(0, idx.size, bs):
         chunk = idx[start:start + bs]
         y, mask = window_targets(ws, chunk)
-        preds = _forecast_chunk(live, acc, ws, chunk, y.shape, keep_going, failures, progress)
+        preds, qpreds = _forecast_chunk(live, acc, ws, chunk, y.shape, keep_going, failures, progress)
         common = mask.copy()
         for n, p in preds.items():
             fin = np.isfinite(p)
+            if n in qpreds:
+                fin &= np.isfinite(qpreds[n]).all(axis=-1)
             acc[n].covered += int((mask & fin).sum())
             acc[n].unforecast += int((mask & ~fin).sum())
             common &= fin
@@ -186,6 +266,8 @@ def score_methods(methods: Sequence[_Forecasts], ws: WindowSource, indices: Sequ
             lead_w += wh
             for n, p in preds.items():
                 acc[n].add(p, y, common, wh)
+            for n, q in qpreds.items():
+                qacc.setdefault(n, _QuantileAccumulator(_levels(live[n], n), ws.pred_len)).add(q, y, common)
         if progress is not None and (time.perf_counter() - t_report > 30 or start + bs >= idx.size):
             progress(f"scored {min(start + bs, idx.size)}/{idx.size} windows")
             t_report = time.perf_counter()
@@ -194,21 +276,48 @@ def score_methods(methods: Sequence[_Forecasts], ws: WindowSource, indices: Sequ
     if points == 0:
         raise ValueError("none of the selected windows has an observed target that every method forecast; "
                          "nothing to score")
-    scores = {n: _finish(n, acc[n], lead_w, points, observed) for n in live}
+    scores = {n: _finish(n, acc[n], lead_w, points, observed, qacc.get(n)) for n in live}
     windows = next(iter(acc[n].weight for n in live))
     return ScoreTable(scores=scores, observed=observed, points=points, windows=windows, failures=failures)
 
 
+def _levels(method: _Forecasts, label: str) -> tuple[float, ...] | None:
+    """The method's quantile levels (checked), or None for a point forecast."""
+    levels = getattr(method, "quantiles", None)
+    return None if levels is None else check_levels(levels, f"{label}: quantiles")
+
+
+def _predict(m: _Forecasts, n: str, ws: WindowSource, chunk: np.ndarray,
+             shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+    """One method's point forecast (N, H, S) and quantile forecast (N, H, S, Q) or None, both checked."""
+    levels = _levels(m, n)
+    q = None
+    if levels is not None:
+        q = to_numpy(m.predict_quantiles(ws, chunk)).astype(np.float32, copy=False)
+        if q.shape != (*shape, len(levels)):
+            raise ValueError(f"{n}: predict_quantiles returned shape {q.shape}, expected {(*shape, len(levels))} "
+                             f"(N, pred_len, S, Q) for the levels {list(levels)}")
+        if (np.diff(q, axis=-1) < 0).any():
+            raise ValueError(f"{n}: predict_quantiles returned crossing quantiles (not non-decreasing along the "
+                             f"levels {list(levels)})")
+    if levels is not None and 0.5 in levels:
+        p = q[..., levels.index(0.5)]
+    else:
+        p = to_numpy(m.predict_windows(ws, chunk)).astype(np.float32, copy=False)
+    if p.shape != shape:
+        raise ValueError(f"{n}: predict_windows returned shape {p.shape}, expected {shape} (N, pred_len, S)")
+    return p, q
+
+
 def _forecast_chunk(live: dict[str, _Forecasts], acc: dict[str, _Accumulator], ws: WindowSource, chunk: np.ndarray,
                     shape: tuple[int, ...], keep_going: bool, failures: dict[str, str],
-                    progress: Progress | None) -> dict[str, np.ndarray]:
+                    progress: Progress | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     preds: dict[str, np.ndarray] = {}
+    qpreds: dict[str, np.ndarray] = {}
     for n, m in list(live.items()):
         t0 = time.perf_counter()
         try:
-            p = to_numpy(m.predict_windows(ws, chunk)).astype(np.float32, copy=False)
-            if p.shape != shape:
-                raise ValueError(f"{n}: predict_windows returned shape {p.shape}, expected {shape} (N, pred_len, S)")
+            p, q = _predict(m, n, ws, chunk, shape)
         except Exception as e:
             if not keep_going:
                 raise
@@ -219,16 +328,23 @@ def _forecast_chunk(live: dict[str, _Forecasts], acc: dict[str, _Accumulator], w
             continue
         acc[n].seconds += time.perf_counter() - t0
         preds[n] = p
-    return preds
+        if q is not None:
+            qpreds[n] = q
+    return preds, qpreds
 
 
-def _finish(name: str, a: _Accumulator, lead_w: np.ndarray, points: int, observed: int) -> Scores:
+def _finish(name: str, a: _Accumulator, lead_w: np.ndarray, points: int, observed: int,
+            qa: _QuantileAccumulator | None = None) -> Scores:
     with np.errstate(invalid="ignore", divide="ignore"):
         lead = a.lead_sums / lead_w[:, None]
     per_lead = pd.DataFrame({"lead": np.arange(1, lead.shape[0] + 1), "mse": lead[:, 0], "mae": lead[:, 1],
                              "windows": lead_w.astype(np.int64)})
     w = a.weight
+    extra: dict[str, Any] = {}
+    if qa is not None:
+        extra, lead_cols = qa.finish(w, lead_w)
+        per_lead = per_lead.assign(**lead_cols)
     return Scores(method=name, mse=float(a.sums[0] / w) if w else float("nan"),
                   mae=float(a.sums[1] / w) if w else float("nan"), n_windows=int(w), n_points=int(points),
                   n_unforecast=int(a.unforecast), coverage=a.covered / observed if observed else float("nan"),
-                  predict_seconds=float(a.seconds), per_lead=per_lead)
+                  predict_seconds=float(a.seconds), per_lead=per_lead, **extra)
