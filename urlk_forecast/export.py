@@ -13,7 +13,9 @@ computes for one batch of windows, the NaN for a station with no observed input 
 * ``x`` float32 (batch, seq_len, S): the last ``seq_len`` values in physical units, stations in model order;
 * ``x_mark`` float32 (batch, seq_len, 4), ``y_mark`` float32 (batch, label_len + pred_len, 4): time features;
 * ``x_mask`` bool (batch, seq_len, S): True where ``x`` is observed (or a short interpolated gap);
-* ``forecast`` float32 (batch, pred_len, S) in physical units. The batch axis is dynamic.
+* ``forecast`` float32 (batch, pred_len, S) in physical units. The batch axis is dynamic. A quantile forecaster
+  exports its quantile output, ``(batch, pred_len, S, Q)`` non-decreasing along Q, and the sidecar lists the levels
+  (``"quantiles"``, also on the output's entry); the median is the level 0.5.
 
 Our depthwise op (:mod:`urlk_forecast.ops`) runs Python-level kernels that no exporter can record, so tracing
 forces the torch path (:func:`~urlk_forecast.ops.use_backend` ``"torch"``): the graph holds standard depthwise
@@ -68,6 +70,7 @@ class Forecaster(Protocol):
     stations: dict[str, Any] | None
     train_info: dict[str, Any]
     net: nn.Module | None
+    quantiles: tuple[float, ...] | None
 
 __all__ = ["ExportedForecaster", "ExportResult", "ExportNet", "export_forecaster", "read_sidecar", "sidecar_path",
            "EXPORT_FORMAT", "EXPORT_FORMAT_VERSION", "FORMATS", "INPUT_NAMES", "OUTPUT_NAME", "ONNX_OPSET",
@@ -99,7 +102,8 @@ class ExportNet(nn.Module):
                 x_mask: torch.Tensor) -> torch.Tensor:
         out = self.net({"x": x, "x_mark": x_mark, "y_mark": y_mark, "x_mask": x_mask}).float()
         empty = RevIN.no_observation(x, x_mask)  # (B, S)
-        return torch.where(empty[:, None, :], torch.full_like(out, float("nan")), out)
+        empty = empty.reshape(empty.shape[0], 1, empty.shape[1], *([1] * (out.dim() - 3)))  # (+ a quantile axis)
+        return torch.where(empty, torch.full_like(out, float("nan")), out)
 
 
 def inference_copy(fc: Forecaster) -> ExportNet:
@@ -269,6 +273,11 @@ def _io_spec(fc: Forecaster) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     outputs = [{"name": OUTPUT_NAME, "shape": ["batch", Q, S], "dtype": "float32", "units": units,
                 "description": f"{fc.variable} at the pred_len steps after the input, stations in model order; NaN "
                                "for a station with no observed, finite input in the window"}]
+    levels = getattr(fc, "quantiles", None)
+    if levels is not None:
+        outputs[0].update(shape=["batch", Q, S, len(levels)], quantiles=list(levels),
+                          description=outputs[0]["description"] + "; last axis: the quantile levels listed in "
+                          "'quantiles' (non-decreasing along it; the median is level 0.5)")
     return inputs, outputs
 
 
@@ -280,6 +289,7 @@ def build_sidecar(fc: Forecaster, fmt: str, file_name: str, graph: Mapping[str, 
     return to_jsonable({
         "format": EXPORT_FORMAT, "version": EXPORT_FORMAT_VERSION, "file": file_name, "file_format": fmt,
         "model": fc.model, "name": fc.name, "variable": fc.variable, "variables": [fc.variable],
+        "quantiles": list(fc.quantiles) if getattr(fc, "quantiles", None) is not None else None,
         "units": _units(fc),
         "seq_len": fc.seq_len, "label_len": fc.label_len, "pred_len": fc.pred_len, "max_gap": fc.max_gap,
         "frequency": str(fc.frequency) if fc.frequency is not None else None,
@@ -323,7 +333,8 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- run a file
 class ExportedForecaster:
-    """An exported file ready to run on window batches: ``ExportedForecaster(path)(batch) -> (B, pred_len, S)``.
+    """An exported file ready to run on window batches: ``ExportedForecaster(path)(batch) -> (B, pred_len, S)``
+    (``(B, pred_len, S, Q)`` for a quantile forecaster).
 
     ``fmt``: ``"onnx"`` (onnxruntime, CPU) or ``"torchscript"`` (``torch.jit.load``); default: the sidecar's, else
     from the suffix (``.onnx`` is ONNX). ``batch``: a mapping with ``x``, ``x_mark``, ``y_mark``, ``x_mask`` (e.g.

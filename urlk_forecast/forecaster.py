@@ -13,6 +13,11 @@ space-filling-curve order the windows were built in) and their metadata. Typical
 It is a :class:`~urlk_forecast.method.Method` like every baseline (``name``, ``kind = "neural"``, ``n_params``,
 ``fit_seconds``, ``predict_windows``, ``evaluate``), so tables score it with the same scorer on the same points.
 
+Quantiles: ``Forecaster(quantiles=[0.1, 0.5, 0.9])`` forecasts those levels (the network's monotone quantile head,
+:mod:`urlk_forecast.models.quantiles`: the median plus/minus cumulative softplus spreads, so levels never cross),
+trained with the pinball loss; ``predict_quantiles`` gives ``(N, pred_len, S, Q)``, ``predict_windows`` the median,
+``predict`` a ``quantile`` dimension on the forecast variable.
+
 Model names: ``"unireplknet_<v>"`` (or just ``"<v>"``) for v in a f p n t s b l xl h; ``"convnext"``,
 ``"resnet"``, ``"corrformer"`` optionally with a variant suffix (``"convnext_s"``: same widths/depths as S).
 """
@@ -53,7 +58,7 @@ from .models.registry import parse_model_name  # kept importable here: forecaste
 from .regime import Regime, auto_regime
 from .scoring import Scores, resolve_indices
 from .trainer import Callback, Trainer, TrainResult
-from .utils import atomic_torch_save, atomic_write_text, normalize_name, to_jsonable
+from .utils import atomic_torch_save, atomic_write_text, normalize_name, quantile_levels, to_jsonable
 from .utils.steps import default_season, lead_time_unit, length_steps, parse_length
 
 __all__ = ["Forecaster", "parse_model_name", "FORMAT", "FORMAT_VERSION"]
@@ -116,19 +121,23 @@ class Forecaster(Method):
 
     ``model_kw`` go to the network (``d_model``, ``node_size``, ``kernel_size``, ``dims``, ``spatial``, ...);
     ``max_gap`` (keyword) is the longest gap (steps) interpolated in the inputs, as in
-    :class:`~urlk_forecast.data.windows.WindowDataset`.
+    :class:`~urlk_forecast.data.windows.WindowDataset`. ``quantiles`` (keyword): forecast these levels (sorted,
+    unique, in (0, 1), 0.5 among them: the median is the point forecast), trained with the pinball loss; the
+    network's levels are non-decreasing by construction (median plus/minus cumulative softplus spreads).
     """
 
     kind: ClassVar[str] = "neural"
 
     def __init__(self, model: str = "unireplknet_a", variable: str = "temperature", seq_len: int | str = 48,
-                 label_len: int | str = 24, pred_len: int | str = 24, *, max_gap: int = 3, **model_kw: Any) -> None:
+                 label_len: int | str = 24, pred_len: int | str = 24, *, max_gap: int = 3,
+                 quantiles: Sequence[float] | None = None, **model_kw: Any) -> None:
         if not isinstance(variable, str) or not variable.strip():
             raise ValueError(f"variable must be the name of a data variable, got {variable!r}")
         lengths = {"seq_len": parse_length(seq_len, "seq_len"), "label_len": parse_length(label_len, "label_len"),
                    "pred_len": parse_length(pred_len, "pred_len")}
         self._check_lengths(lengths, max_gap)
         encoder, variant = parse_model_name(model)
+        self.quantiles = quantile_levels(quantiles)  # checked here, before any data is read
         self.model = str(model)
         #: the table label: the variant for UniRepLKNet ("unireplknet_a" also for model="a"), else the given name
         self.name = variant if encoder == "unireplknet" else normalize_name(model)
@@ -176,7 +185,8 @@ class Forecaster(Method):
         n = len(self.stations["station"]) if self.stations else 0
         state = "untrained" if self.net is None else f"{n} stations"
         return (f"Forecaster(model={self.model!r}, variable={self.variable!r}, seq_len={self.seq_len}, "
-                f"label_len={self.label_len}, pred_len={self.pred_len}, {state})")
+                f"label_len={self.label_len}, pred_len={self.pred_len}, "
+                f"{f'quantiles={list(self.quantiles)}, ' if self.quantiles is not None else ''}{state})")
 
     @property
     def station_ids(self) -> np.ndarray:
@@ -247,7 +257,7 @@ class Forecaster(Method):
         if kw.get("skip", "none") != "none" and "season" not in kw:
             kw["season"] = season_steps(self.frequency)
         self.net = ForecastNet(n_stations, coords=coords, seq_len=self.seq_len, label_len=self.label_len,
-                               pred_len=self.pred_len, **kw)
+                               pred_len=self.pred_len, quantiles=self.quantiles, **kw)
         self.reparameterized = False
         return self.net
 
@@ -377,15 +387,33 @@ class Forecaster(Method):
         b = {k: v.to(dev) for k, v in batch.items() if k not in ("y", "y_mask", "index") and torch.is_tensor(v)}
         out = net(b).float()
         empty = RevIN.no_observation(b["x"], b.get("x_mask"))  # (B, S): nothing observed → no forecast
-        return torch.where(empty[:, None, :], torch.full_like(out, float("nan")), out).cpu()
+        empty = empty.reshape(empty.shape[0], 1, empty.shape[1], *([1] * (out.dim() - 3)))  # (+ the quantile axis)
+        return torch.where(empty, torch.full_like(out, float("nan")), out).cpu()
 
     def predict_windows(self, ws: WindowSource, indices: Sequence[int] | np.ndarray | None = None,
                         batch_size: int = 32) -> np.ndarray:
         """Forecasts ``(N, pred_len, S)`` in physical units for windows ``indices`` of ``ws`` (all when None), in
-        ``ws``'s station order, ``batch_size`` windows per forward pass.
+        ``ws``'s station order, ``batch_size`` windows per forward pass; the median for a quantile forecaster.
 
         NaN for a station with no observed input in a window (nothing to forecast from).
         """
+        out = self._forecast_windows(ws, indices, batch_size)
+        if self.quantiles is None:
+            return out
+        return np.ascontiguousarray(out[..., self.quantiles.index(0.5)])
+
+    def predict_quantiles(self, ws: WindowSource, indices: Sequence[int] | np.ndarray | None = None,
+                          batch_size: int = 32) -> np.ndarray:
+        """Quantile forecasts ``(N, pred_len, S, Q)`` float32 at the levels ``self.quantiles``, non-decreasing along
+        ``Q``, for windows ``indices`` of ``ws`` (all when None); NaN as :meth:`predict_windows`."""
+        if self.quantiles is None:
+            return super().predict_quantiles(ws, indices)
+        return self._forecast_windows(ws, indices, batch_size)
+
+    def _forecast_windows(self, ws: WindowSource, indices: Sequence[int] | np.ndarray | None,
+                          batch_size: int) -> np.ndarray:
+        """The network's forecasts for windows ``indices`` of ``ws`` in ``ws``'s station order: ``(N, pred_len, S)``,
+        or ``(N, pred_len, S, Q)`` for a quantile forecaster."""
         ws_var = getattr(ws, "variable", None)
         if ws_var is not None and ws_var != self.variable:
             raise ValueError(f"{self.name} forecasts {self.variable!r} but the windows are {ws_var!r}")
@@ -405,7 +433,8 @@ class Forecaster(Method):
                                  f"missing {_preview(missing)}")
             perm = torch.as_tensor([pos[s] for s in trained])  # ws column of each trained slot
         idx = resolve_indices(ws, indices)
-        out = np.empty((idx.size, self.pred_len, len(ids)), np.float32)
+        levels = () if self.quantiles is None else (len(self.quantiles),)
+        out = np.empty((idx.size, self.pred_len, len(ids), *levels), np.float32)
         for i in range(0, idx.size, batch_size):
             batch = ws.batch(idx[i:i + batch_size])
             if perm is not None:
@@ -413,7 +442,7 @@ class Forecaster(Method):
             pred = self._run(batch)
             if perm is not None:
                 back = torch.empty_like(pred)
-                back[..., perm] = pred
+                back[:, :, perm] = pred  # the station axis (a quantile axis may follow)
                 pred = back
             out[i:i + batch_size] = pred.numpy()
         return out
@@ -424,7 +453,8 @@ class Forecaster(Method):
         Uses the last ``seq_len`` steps (gaps handled as in training). Returns a Dataset with dims
         ``(lead_time, station)``: the variable in physical units with CF attributes, coords ``lead_time``
         (timedelta), ``time`` (valid time per lead), the station metadata, and ``attrs["forecast_reference_time"]``
-        (= issue time, the last history step).
+        (= issue time, the last history step). A quantile forecaster's variable has dims ``(lead_time, station,
+        quantile)`` with the coordinate ``quantile`` (the levels; the median is ``.sel(quantile=0.5)``).
         """
         self._require()
         ds = _open(history, "history")
@@ -455,14 +485,29 @@ class Forecaster(Method):
             ws = self._windows(ext, order="identity")
         except SchemaError as e:
             raise ValueError(f"history: {e}") from None
-        pred = self.predict_windows(ws, [len(ws) - 1])[0]  # (pred_len, S) in trained order
+        pred = self._forecast_windows(ws, [len(ws) - 1], 1)[0]  # (pred_len, S[, Q]) in trained order
         out = np.empty_like(pred)
         out[:, order] = pred  # back to the history's station order
+        return self._forecast_dataset(ds, out, times, future, freq)
+
+    def _forecast_dataset(self, ds: xr.Dataset, out: np.ndarray, times: pd.DatetimeIndex, future: pd.DatetimeIndex,
+                          freq: pd.Timedelta) -> xr.Dataset:
+        """The Dataset :meth:`predict` returns for forecasts ``out`` ``(pred_len, S[, Q])`` in ``ds``'s station order
+        issued at ``times[-1]`` for the valid times ``future``."""
         lead = pd.to_timedelta(np.arange(1, self.pred_len + 1) * freq.value, unit="ns")
         meta = {k: str(v) for k, v in ds[self.variable].attrs.items() if k in ("units", "standard_name", "long_name")}
         meta.setdefault("long_name", self.variable)
+        dims: tuple[str, ...] = ("lead_time", "station")
+        attrs = {**meta, "long_name": f"forecast {meta['long_name']}"}
+        extra: dict[str, Any] = {}
+        if self.quantiles is not None:  # CF-style: a coordinate of the levels; the median is quantile=0.5
+            dims += ("quantile",)
+            attrs["comment"] = ("quantiles of the forecast distribution, non-decreasing along quantile; the point "
+                                "forecast is the median (quantile = 0.5)")
+            extra["quantile"] = ("quantile", np.asarray(self.quantiles, np.float64), {
+                "long_name": "quantile level (probability of not exceeding the forecast value)", "units": "1"})
         result = xr.Dataset(
-            {self.variable: (("lead_time", "station"), out, {**meta, "long_name": f"forecast {meta['long_name']}"})},
+            {self.variable: (dims, out, attrs)},
             coords={
                 "lead_time": ("lead_time", lead.values, {"long_name": "forecast lead time",
                                                          "standard_name": "forecast_period"}),
@@ -471,6 +516,7 @@ class Forecaster(Method):
                 "station": ("station", np.asarray([str(s) for s in ds["station"].values], dtype=object),
                             COORD_ATTRS["station"]),
                 **{c: ("station", ds[c].values, COORD_ATTRS[c]) for c in ("lat", "lon", "elevation", "name")},
+                **extra,
             },
             attrs={
                 "Conventions": "CF-1.8",
@@ -549,6 +595,7 @@ class Forecaster(Method):
         return ForecasterConfig(
             model=self.model, variable=self.variable, seq_len=self.seq_len, label_len=self.label_len,
             pred_len=self.pred_len, max_gap=self.max_gap, model_kw=dict(self.model_kw),
+            quantiles=list(self.quantiles) if self.quantiles is not None else None,
             units=self.units, net=dict(self._net().config),
             reparameterized=self.reparameterized,
             frequency=str(self.frequency) if self.frequency is not None else None,

@@ -2,12 +2,15 @@
 
 Loads a run (default: the latest complete one under ``runs/``), takes the last ``seq_len`` steps of the data (default:
 the run's own data, the synthetic set regenerated from its seed) and writes the forecast to netCDF or CSV, optionally
-with a PNG of a few stations. Every destination is checked first and the files are written together (all or none).
+with a PNG of a few stations. A quantile run writes every level: a ``quantile`` dimension in netCDF, one column
+per level in CSV (``temperature_q0.1``; the plain column is the median) and the central interval bands in the PNG.
+Every destination is checked first and the files are written together (all or none).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -18,6 +21,7 @@ from ..data.readers import open_dataset
 from ..data.schema import require_variable, validate
 from ..forecaster import Forecaster
 from ..rundir import RunDir, runs_root
+from ..utils.quantiles import central_intervals, quantile_label
 from ..utils.steps import lead_time_unit
 from .errors import user_errors
 from .outputs import check_file_destination, step_label, write_together
@@ -73,7 +77,8 @@ def predict(variable: str | None, run_dir: Path | None, data: Path | None, end: 
                 _plot(history, fcst, tmp_png, fc.variable, list(stations) or None, fc.seq_len)
             _write_forecast(fcst, tmp_out, fc.variable, out.suffix.lower())
     click.echo(f"wrote {out}: {fcst.sizes['station']} stations x {step_label(fcst.sizes['lead_time'], fc.frequency)} "
-               f"of {fc.variable} from {fcst.attrs['forecast_start']} (issued {fcst.attrs['issue_time']})")
+               f"of {fc.variable} from {fcst.attrs['forecast_start']} (issued {fcst.attrs['issue_time']})"
+               + (f", quantiles {', '.join(f'{q:g}' for q in fc.quantiles)}" if fc.quantiles is not None else ""))
     if plot is not None:
         click.echo(f"wrote {plot}")
 
@@ -147,11 +152,11 @@ def _write_forecast(fcst: xr.Dataset, path: Path, variable: str, kind: str) -> N
         fcst.to_netcdf(path, engine="netcdf4", format="NETCDF4",
                        encoding={variable: {"dtype": "float32", "_FillValue": np.float32(np.nan)}})
         return
-    vals = np.asarray(fcst[variable].values)  # (lead, station)
+    cols = _value_columns(fcst, variable)  # the forecast (the median of a quantile run) and one column per level
     leads = pd.to_timedelta(fcst["lead_time"].values)
     suffix, _, unit = lead_time_unit(leads[0] if len(leads) else None)
     lead = leads / unit
-    n_lead, n_st = vals.shape
+    n_lead, n_st = fcst.sizes["lead_time"], fcst.sizes["station"]
     df = pd.DataFrame({
         "station": np.tile(np.asarray(fcst["station"].values, dtype=str), n_lead),
         "lat": np.tile(np.asarray(fcst["lat"].values), n_lead),
@@ -159,10 +164,39 @@ def _write_forecast(fcst: xr.Dataset, path: Path, variable: str, kind: str) -> N
         "issue_time": fcst.attrs["issue_time"],
         "valid_time": np.repeat(pd.DatetimeIndex(fcst["time"].values).strftime("%Y-%m-%dT%H:%M"), n_st),
         f"lead_time_{suffix}": np.repeat(np.asarray(lead, dtype=float), n_st),
-        variable: vals.reshape(-1),
+        **cols,
         "units": fcst[variable].attrs.get("units", ""),
     })
     df.to_csv(path, index=False, float_format="%.4f")
+
+
+def _value_columns(fcst: xr.Dataset, variable: str) -> dict[str, np.ndarray]:
+    """The CSV's value columns, each (lead x station) flattened lead-major: ``variable`` (the point forecast: the
+    median of a quantile forecast) and, for a quantile forecast, ``<variable>_q<level>`` per level."""
+    da = fcst[variable]
+    if "quantile" not in da.dims:
+        return {variable: np.asarray(da.transpose("lead_time", "station").values).reshape(-1)}
+    cols = {variable: np.asarray(da.sel(quantile=0.5).transpose("lead_time", "station").values).reshape(-1)}
+    for q in np.asarray(da["quantile"].values, dtype=float):
+        cols[quantile_label(variable, q)] = np.asarray(
+            da.sel(quantile=q).transpose("lead_time", "station").values).reshape(-1)
+    return cols
+
+
+def _draw_forecast(ax: Any, fcst: xr.Dataset, variable: str, sid: str) -> None:
+    """The forecast of station ``sid`` on ``ax``: the line (the median of a quantile forecast) and, for a quantile
+    forecast, a shaded band per central interval its levels bound (80 % for 0.1/0.9), the widest lightest."""
+    f = fcst[variable].sel(station=sid)
+    times = pd.DatetimeIndex(fcst["time"].values)
+    if "quantile" in f.dims:
+        pairs = central_intervals(np.asarray(f["quantile"].values, dtype=float))
+        for k, (lo, hi) in enumerate(pairs):
+            ax.fill_between(times, np.asarray(f.sel(quantile=lo).values), np.asarray(f.sel(quantile=hi).values),
+                            color="tab:red", alpha=0.15 + 0.15 * k / max(len(pairs) - 1, 1), lw=0,
+                            label=f"{round(100 * (hi - lo)):d} % interval")
+        f = f.sel(quantile=0.5)
+    ax.plot(times, np.asarray(f.values), color="tab:red", lw=1.6,
+            label="forecast (median)" if "quantile" in fcst[variable].dims else "forecast")
 
 
 def _require_matplotlib() -> None:
@@ -187,11 +221,9 @@ def _plot(history: xr.Dataset, fcst: xr.Dataset, path: Path, variable: str, stat
         hist = history.isel(time=slice(-3 * seq_len, None))
         for ax, sid in zip(axes[:, 0], ids):
             h = hist[variable].sel(station=sid)
-            f = fcst[variable].sel(station=sid)
             ax.plot(pd.DatetimeIndex(hist["time"].values), np.asarray(h.values), color="0.3", lw=1.2,
                     label="history")
-            ax.plot(pd.DatetimeIndex(fcst["time"].values), np.asarray(f.values), color="tab:red", lw=1.6,
-                    label="forecast")
+            _draw_forecast(ax, fcst, variable, sid)
             ax.axvline(pd.Timestamp(fcst.attrs["issue_time"]), color="0.6", ls="--", lw=0.8)
             name = str(fcst["name"].sel(station=sid).values) if "name" in fcst.coords else sid
             ax.set_title(f"{sid} {name if name != sid else ''}".strip(), fontsize=9, loc="left")

@@ -52,17 +52,17 @@ _TRAIN_OPTION_KEYS = (
     "data", "variable", "model", "model_kw", "seq_len", "label_len", "pred_len", "epochs", "batch_size", "lr",
     "lr_decay", "patience", "steps_per_epoch", "device", "max_time", "max_steps", "amp", "checkpointing",
     "grad_clip", "seed", "stations", "hours", "val_windows", "eval_windows", "checkpoint_every", "schedule",
-    "threads", "units", "time_column", "columns", "var_name",
+    "threads", "units", "time_column", "columns", "var_name", "quantiles",
 )
 # never forwarded to the torchrun children (they are launcher options, or re-derived)
 _LAUNCH_ONLY = ("devices", "nnodes", "node_rank", "master_addr", "master_port", "rdzv_endpoint")
 # ForecastNet arguments the Forecaster sets itself (not --model-kw keys)
 _SET_BY_FORECASTER = {"self", "n_stations", "coords", "seq_len", "label_len", "pred_len", "encoder", "variant",
-                      "encoder_kw"}
+                      "encoder_kw", "quantiles"}
 # Python argument names in library messages -> this command's flags
 _FLAGS = {"variable": "--var", "model": "--model", "seq_len": "--seq-len", "label_len": "--label-len",
           "pred_len": "--pred-len", "stations": "--stations", "hours": "--hours", "data": "--data", "units": "--units",
-          **WIDE_FLAGS}
+          "quantiles": "--quantiles", **WIDE_FLAGS}
 
 log = logging.getLogger("urlk_forecast.cli")
 
@@ -94,6 +94,9 @@ class _Plan:
 @click.option("--label-len", type=Length(min=0), default=24, show_default=True,
               help="Decoder start-token length." + LENGTH_HELP)
 @click.option("--pred-len", type=Length(min=1), default=24, show_default=True, help="Forecast length." + LENGTH_HELP)
+@click.option("--quantiles", default=None, metavar="Q1,Q2,...",
+              help="Forecast these quantile levels, e.g. 0.1,0.5,0.9 (sorted, in (0, 1), 0.5 among them: the median "
+                   "is the point forecast), trained with the pinball loss; predict then writes every level.")
 @click.option("--schedule", type=click.Choice(["auto", "paper", "quick"]), default="auto", show_default=True,
               help="auto: sized to the data (batch from the stations per window, epochs that are full passes, warm-up "
                    "+ cosine LR over the steps that fit in --max-time, validation ~10 times, early stopping; 600 s on "
@@ -226,6 +229,17 @@ def _parse_model_kw(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _parse_quantiles(text: str | None) -> list[float] | None:
+    """``--quantiles 0.1,0.5,0.9`` as numbers (the Forecaster checks the levels; its errors name the flag)."""
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in str(text).replace(" ", "").split(",") if v]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers such as 0.1,0.5,0.9",
+                                 param_hint="--quantiles") from None
+
+
 def accepted_model_kw(encoder: str) -> list[str]:
     """The ``--model-kw`` keys a model of ``encoder`` accepts: the network's own arguments, the encoder's options
     and the Forecaster's ``max_gap``."""
@@ -271,7 +285,8 @@ def _plan(opts: dict[str, Any]) -> _Plan:
         raise click.UsageError("--time-column/--columns/--var-name describe a wide CSV --data file")
     opts["variable"] = default_variable(opts["variable"], opts["data"], reader)
     fc = Forecaster(opts["model"], variable=opts["variable"], seq_len=opts["seq_len"],
-                    label_len=opts["label_len"], pred_len=opts["pred_len"], **model_kw)
+                    label_len=opts["label_len"], pred_len=opts["pred_len"],
+                    quantiles=_parse_quantiles(opts.get("quantiles")), **model_kw)
     units = parse_units(opts.get("units") or ())
     if units and opts["data"] is None:
         raise click.UsageError("--units describes the --data file; the synthetic set is in the schema units")
