@@ -144,6 +144,8 @@ class Baseline(Method):
 
     name: str = "baseline"
     kind: ClassVar[str] = "statistical"
+    #: whether the constructor takes ``quantiles=`` (the benchmark passes its levels to those that do)
+    forecasts_quantiles: ClassVar[bool] = False
 
     def __init__(self, *, variable: str = "temperature") -> None:
         if not isinstance(variable, str) or not variable:

@@ -18,6 +18,13 @@ the forecast adds it back. Training rows are subsampled (``max_rows``, default 2
 uses a 10 % validation split. Defaults (100 trees of 31 leaves, learning rate 0.2) trade ~6 % of MSE against 300
 trees of 63 leaves for a 4x faster fit; prediction -- 3850 stations x 24 leads per window -- runs through the
 compiled :class:`Forest` (equal to scikit-learn's ``predict``, ~4x faster).
+
+Quantiles (``quantiles=(0.1, 0.5, 0.9)``): one model per level, fitted with scikit-learn's quantile (pinball) loss
+(``loss="quantile"``) on the same rows and features, plus a median model when 0.5 is not a level; the median model
+replaces the squared-error one as the point forecast (the contract; taken after sorting, so it is the quantile
+forecast's median). The fit costs one model per level. Separately
+fitted quantile models can cross; the forecast quantiles are sorted per point, which keeps each level's pinball loss
+no worse on average than the crossing values (sorting is a rearrangement, Chernozhukov et al. 2010).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import xarray as xr
 
 from ..data.windows import WindowDataset, WindowSource
 from .base import Baseline, resolve_indices, window_arrays, window_geometry
+from .quantiles import with_median
 
 if TYPE_CHECKING:  # scikit-learn is imported only when fitting (it is slow to import)
     from sklearn.ensemble import HistGradientBoostingRegressor
@@ -136,18 +144,21 @@ class GBDT(Baseline):
     ``seq_len >=`` the largest lag and ``pred_len <= max_horizon``); ``max_rows`` caps the training rows;
     ``max_iter``, ``learning_rate``, ``max_leaf_nodes``, ``l2_regularization`` go to scikit-learn. ``n_threads``
     caps scikit-learn's OpenMP threads (None = its default, all cores); on a machine shared with other jobs, 1 is
-    often much faster than oversubscribed OpenMP.
+    often much faster than oversubscribed OpenMP. ``quantiles``: levels forecast with one quantile-loss model each
+    (see the module docstring; None = the one squared-error model).
     """
 
     name = "GBDT"
     kind = "ML"
+    forecasts_quantiles = True
 
     def __init__(self, lags: Sequence[int] = (*range(1, 25), 48), seq_len: int = 48, max_horizon: int = 24,
                  max_rows: int = 200_000, max_iter: int = 100, learning_rate: float = 0.2, max_leaf_nodes: int = 31,
                  l2_regularization: float = 0.0, max_gap: int = 3, random_state: int = 0,
-                 predict_rows: int = 500_000, n_threads: int | None = None, *,
-                 variable: str = "temperature") -> None:
+                 predict_rows: int = 500_000, n_threads: int | None = None,
+                 quantiles: Sequence[float] | None = None, *, variable: str = "temperature") -> None:
         super().__init__(variable=variable)
+        self.quantiles, self._levels, self._median = with_median(quantiles)
         self.lags = np.asarray(sorted({int(v) for v in lags}), np.int64)
         if self.lags.size == 0 or self.lags.min() < 1:
             raise ValueError(f"lags must be positive integers, got {list(lags)}")
@@ -170,6 +181,8 @@ class GBDT(Baseline):
         self.n_train_rows: int = 0
         self.used_features: np.ndarray | None = None
         self.forest: Forest | None = None
+        #: with quantiles: one (model, forest) per estimated level (the levels + 0.5), else empty
+        self.level_models: list[tuple[HistGradientBoostingRegressor, Forest]] = []
 
     @property
     def feature_names(self) -> list[str]:
@@ -296,16 +309,42 @@ class GBDT(Baseline):
             raise ValueError(f"GBDT: only {X.shape[0]} observed training rows; need at least 100")
         # a feature without any value (e.g. elevation unknown everywhere) carries nothing and trips sklearn's binning
         self.used_features = np.isfinite(X).any(axis=0)
-        with self._threads():
-            self.model = HistGradientBoostingRegressor(**self.hgb_kwargs).fit(X[:, self.used_features], y)
-        self.forest = Forest(self.model)
+        self.level_models = []
+        X = X[:, self.used_features]
+        if self.quantiles is None:
+            with self._threads():
+                self.model = HistGradientBoostingRegressor(**self.hgb_kwargs).fit(X, y)
+            self.forest = Forest(self.model)
+        else:
+            for tau in self._levels:
+                with self._threads():
+                    model = HistGradientBoostingRegressor(loss="quantile", quantile=tau, **self.hgb_kwargs).fit(X, y)
+                self.level_models.append((model, Forest(model)))
+            self.model, self.forest = self.level_models[self._median]
         self.station_geo = geo  # identity order = training order
         self.n_train_rows = int(X.shape[0])
         self._step_ns = step_ns
 
     # -- forecasting ----------------------------------------------------------------------------------------------
     def predict_windows(self, ws: WindowSource, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
-        """(N, pred_len, S): ``x[-1]`` + the predicted change, for every lead and station."""
+        """(N, pred_len, S): ``x[-1]`` + the predicted change (the median with quantiles), every lead and station."""
+        if self.quantiles is not None:  # the median of the sorted levels, as in predict_quantiles
+            return self._sorted_levels(ws, indices)[..., self._median]
+        return self._predict(ws, indices, [(self.model, self.forest)])[..., 0]
+
+    def predict_quantiles(self, ws: WindowSource, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """(N, pred_len, S, Q): ``x[-1]`` + each quantile model's predicted change, sorted along the levels."""
+        if self.quantiles is None:
+            return super().predict_quantiles(ws, indices)
+        return self._sorted_levels(ws, indices)[..., [self._levels.index(v) for v in self.quantiles]]
+
+    def _sorted_levels(self, ws: WindowSource, indices: Sequence[int] | np.ndarray | None) -> np.ndarray:
+        """Every estimated level's forecast (the levels + 0.5), sorted per point: (N, pred_len, S, levels)."""
+        return np.sort(self._predict(ws, indices, self.level_models), axis=-1)
+
+    def _predict(self, ws: WindowSource, indices: Sequence[int] | np.ndarray | None,
+                 members: list[tuple[Any, Forest | None]]) -> np.ndarray:
+        """(N, pred_len, S, len(members)): the forecast of each (model, forest), features built once per chunk."""
         pos = self._check_ready(ws)
         assert self.model is not None and self.station_geo is not None
         g = window_geometry(ws)
@@ -319,7 +358,7 @@ class GBDT(Baseline):
         idx = resolve_indices(ws, indices)
         geo = self.station_geo[pos]
         S, H = pos.size, g.pred_len
-        out = np.empty((idx.size, H, S), np.float32)
+        out = np.empty((idx.size, H, S, len(members)), np.float32)
         per_window = S * H
         wchunk = max(1, self.predict_rows // per_window)
         for a in range(0, idx.size, wchunk):
@@ -328,25 +367,28 @@ class GBDT(Baseline):
             nb = wi.size
             F = self._grid_features(arrs["x"], arrs["x_mask"], self._starts_ns(ws, wi), self._step_ns, H, geo)
             F = F if self.used_features.all() else F[:, self.used_features]
-            delta = self._predict_rows(F).astype(np.float32).reshape(nb, H, S)
-            out[a : a + nb] = arrs["x"][:, -1:, :] + delta
+            for k, (model, forest) in enumerate(members):
+                delta = self._predict_rows(F, model, forest).astype(np.float32).reshape(nb, H, S)
+                out[a : a + nb, ..., k] = arrs["x"][:, -1:, :] + delta
         return out
 
-    def _predict_rows(self, F: np.ndarray) -> np.ndarray:
-        if self.forest is None:
+    def _predict_rows(self, F: np.ndarray, model: Any, forest: Forest | None) -> np.ndarray:
+        if forest is None:
             with self._threads():
-                return self.model.predict(F)
+                return model.predict(F)
         n = numba.get_num_threads()
         if self.n_threads:
             numba.set_num_threads(min(self.n_threads, numba.config.NUMBA_NUM_THREADS))
         try:
-            return self.forest.predict(F)
+            return forest.predict(F)
         finally:
             numba.set_num_threads(n)
 
     @property
     def n_params(self) -> int:
-        """Total number of tree nodes (the model's size; split thresholds + leaf values)."""
+        """Total number of tree nodes (the model's size; split thresholds + leaf values), of every level's model."""
+        if self.level_models:
+            return int(sum(len(f) for _, f in self.level_models))
         if self.model is None:
             return 0
         if self.forest is not None:
