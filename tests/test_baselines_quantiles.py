@@ -186,3 +186,53 @@ def test_gbdt_quantile_models_sorted_and_roughly_calibrated() -> None:
     width = dict(zip(ws.station_ids, (q[..., 2] - q[..., 0]).mean(axis=(0, 1))))
     assert width["st07"] > 1.5 * width["st00"], width
     assert g.n_params == sum(len(f) for _, f in g.level_models)
+
+
+def test_benchmark_cli_quantiles_columns_and_an_independent_row(tmp_path: object) -> None:
+    from click.testing import CliRunner
+
+    from urlk_forecast.cli import cli
+    from urlk_forecast.data.synthetic import synthetic_global
+    from urlk_forecast.data.windows import split_dataset
+
+    out = tmp_path / "res"
+    r = CliRunner().invoke(cli, ["benchmark", "--stations", "6", "--hours", "2400", "--max-windows", "5",
+                                 "--baselines", "persistence,climatology", "--quantiles", "0.1,0.5,0.9",
+                                 "--out", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert ("| method | type | parameters | MSE | MAE | CRPS | pinball | pinball_q10 | pinball_q50 | pinball_q90 | "
+            "cover80 | fit_s | predict_s | coverage |") in r.output
+    csv = pd.read_csv(out / "benchmark_temperature.csv").set_index("method")
+    assert csv.loc["Climatology", ["CRPS", "pinball", "cover80"]].isna().all()
+    assert "CRPS" in pd.read_csv(out / "benchmark_temperature_per_lead.csv").columns
+    # the persistence row recomputed from its quantiles on the same windows, in float64
+    parts = split_dataset(synthetic_global(stations=6, hours=2400, seed=0), context=48)
+    ws = WindowDataset(parts["test"], "temperature", 48, 24, 24)
+    idx = np.unique(np.linspace(0, len(ws) - 1, 5).round().astype(np.int64))
+    q = Persistence(quantiles=LEVELS).fit(parts["train"]).predict_quantiles(ws, idx).astype(np.float64)
+    a = window_arrays(ws, idx)
+    y, ok = a["y"].astype(np.float64), a["y_mask"]
+    u = y[..., None] - q
+    loss = np.maximum(np.array(LEVELS) * u, (np.array(LEVELS) - 1) * u)
+    per_window = np.array([loss[i][ok[i]].mean(axis=0) for i in range(idx.size)]).mean(axis=0)
+    row = csv.loc["Persistence"]
+    np.testing.assert_allclose(row[["pinball_q10", "pinball_q50", "pinball_q90"]].to_numpy(float), per_window,
+                               rtol=1e-5)
+    assert row["CRPS"] == pytest.approx(2 * (0.3 * per_window[0] + 0.4 * per_window[1] + 0.3 * per_window[2]),
+                                        rel=1e-5)
+    inside = ((q[..., 0] <= y) & (y <= q[..., 2]))[ok].mean()
+    assert row["cover80"] == pytest.approx(inside, rel=1e-9)
+    bad = CliRunner().invoke(cli, ["benchmark", "--quantiles", "0.9,0.1", "--out", str(tmp_path / "b")])
+    assert bad.exit_code != 0 and "--quantiles" in bad.output and "Traceback" not in bad.output
+
+
+def test_benchmark_default_levels_follow_a_quantile_run() -> None:
+    from urlk_forecast.baselines.table import _quantile_levels
+
+    class Run:
+        quantiles = (0.05, 0.5, 0.95)
+
+    said: list[str] = []
+    assert _quantile_levels(None, Run(), said.append) == (0.05, 0.5, 0.95) and "same levels" in said[0]
+    assert _quantile_levels((0.25, 0.75), Run(), said.append) == (0.25, 0.75)
+    assert _quantile_levels(None, None, said.append) is None

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["mse", "mae", "rmse", "per_horizon", "per_station", "evaluate_arrays", "check_levels", "pinball",
+__all__ = ["mse", "mae", "rmse", "per_horizon", "per_station", "evaluate_arrays", "pinball",
            "crps_weights", "central_intervals", "level_label"]
 
 _CHUNK = 256  # windows per float64 chunk
@@ -193,22 +193,6 @@ def per_station(
 
 
 # ------------------------------------------------------------------------------------------ quantile forecasts
-def check_levels(levels: Sequence[float], what: str = "quantiles") -> tuple[float, ...]:
-    """``levels`` as a tuple of floats, checked: at least one, strictly increasing, each in (0, 1)."""
-    try:
-        lv = tuple(float(v) for v in levels)
-    except (TypeError, ValueError):
-        raise TypeError(f"{what} must be a sequence of quantile levels in (0, 1), got {levels!r}") from None
-    if not lv:
-        raise ValueError(f"{what} must hold at least one level in (0, 1)")
-    bad = [v for v in lv if not 0.0 < v < 1.0]
-    if bad:
-        raise ValueError(f"{what}: quantile levels must lie strictly between 0 and 1, got {bad[0]}")
-    if any(b <= a for a, b in zip(lv, lv[1:])):
-        raise ValueError(f"{what} must be strictly increasing, got {list(lv)}")
-    return lv
-
-
 def level_label(level: float) -> str:
     """A level as a percentage for column names: 0.1 -> ``"10"``, 0.025 -> ``"2.5"``, 0.8 -> ``"80"``."""
     return f"{round(100.0 * float(level), 6):g}"
@@ -226,7 +210,8 @@ def pinball(q: np.ndarray, y: np.ndarray, levels: Sequence[float]) -> np.ndarray
 
 
 def crps_weights(levels: Sequence[float]) -> np.ndarray:
-    """Weights ``w`` (Q,) of the CRPS estimate ``CRPS ~ 2 sum_i w_i rho_{tau_i}(y - q_i)`` from quantiles.
+    """Weights ``w`` (Q,) of the CRPS estimate ``CRPS ~ 2 sum_i w_i rho_{tau_i}(y - q_i)`` from quantiles at sorted
+    levels in (0, 1).
 
     The CRPS is twice the integral of the pinball loss over all levels in (0, 1) (Gneiting & Raftery 2007,
     Laio & Tamea 2007); each level stands for the levels nearest to it: ``w_i`` is the width of its cell between the
@@ -238,15 +223,16 @@ def crps_weights(levels: Sequence[float]) -> np.ndarray:
     -10 %; the 9 deciles: +4.7 %; 19 levels 0.05..0.95: +1.4 %; 99 percentiles: +0.08 %. A single level 0.5 gives
     the MAE of the median, which is the exact CRPS of a point forecast.
     """
-    tau = np.asarray(check_levels(levels), np.float64)
+    tau = np.asarray(levels, np.float64)
     edges = np.concatenate([[0.0], (tau[1:] + tau[:-1]) / 2.0, [1.0]])
     return np.diff(edges)
 
 
 def central_intervals(levels: Sequence[float]) -> list[tuple[int, int, float]]:
     """The central intervals the levels form: ``(lower index, upper index, nominal coverage)`` for every level
-    ``tau < 0.5`` whose mirror ``1 - tau`` is also a level (0.1 and 0.9 -> the 0.8 interval), widest first."""
-    lv = check_levels(levels)
+    ``tau < 0.5`` whose mirror ``1 - tau`` is also a level (0.1 and 0.9 -> the 0.8 interval), widest first; levels
+    sorted (checked by :func:`urlk_forecast.utils.quantiles.quantile_levels`)."""
+    lv = [float(v) for v in levels]
     out = []
     for i, lo in enumerate(lv):
         if lo >= 0.5:

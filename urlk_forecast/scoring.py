@@ -35,7 +35,8 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from .data.windows import WindowSource
-from .metrics import central_intervals, check_levels, crps_weights, evaluate_arrays, level_label, per_horizon, pinball
+from .metrics import central_intervals, crps_weights, evaluate_arrays, level_label, per_horizon, pinball
+from .utils.quantiles import quantile_levels
 
 __all__ = ["Scores", "ScoreTable", "score_methods", "window_targets", "resolve_indices", "method_labels",
            "to_numpy"]
@@ -284,7 +285,7 @@ def score_methods(methods: Sequence[_Forecasts], ws: WindowSource, indices: Sequ
 def _levels(method: _Forecasts, label: str) -> tuple[float, ...] | None:
     """The method's quantile levels (checked), or None for a point forecast."""
     levels = getattr(method, "quantiles", None)
-    return None if levels is None else check_levels(levels, f"{label}: quantiles")
+    return quantile_levels(levels, f"{label}: quantiles", require_median=False)
 
 
 def _predict(m: _Forecasts, n: str, ws: WindowSource, chunk: np.ndarray,

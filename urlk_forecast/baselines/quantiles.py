@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..metrics import check_levels
+from ..utils.quantiles import quantile_levels
 
 __all__ = ["with_median", "column_quantiles", "lagged_error_quantiles", "MIN_ERRORS"]
 
@@ -25,7 +25,8 @@ def with_median(levels: Sequence[float] | None) -> tuple[tuple[float, ...] | Non
     ``levels=None`` -> ``(None, (0.5,), 0)``."""
     if levels is None:
         return None, (0.5,), 0
-    lv = check_levels(levels)
+    lv = quantile_levels(levels, require_median=False)
+    assert lv is not None
     est = tuple(sorted(set(lv) | {0.5}))
     return lv, est, est.index(0.5)
 

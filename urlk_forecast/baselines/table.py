@@ -15,6 +15,7 @@ over windows, in physical units.
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -32,10 +33,12 @@ from ..data.synthetic import synthetic_global
 from ..data.windows import WindowDataset, WindowSource, split_dataset
 from ..forecaster import Forecaster
 from ..method import Method
-from ..scoring import ScoreTable, method_labels, score_methods
+from ..metrics import level_label
+from ..scoring import Scores, ScoreTable, method_labels, score_methods
 from ..utils import atomic_write_text, describe_steps, evenly_spaced, freq_label, normalize_name
+from ..utils.quantiles import quantile_levels
 from ..utils.steps import default_season, length_steps
-from . import get_baseline
+from . import BASELINES, get_baseline
 from .gfs import synthetic_nwp_grid
 from .naive import SeasonalNaive
 from .prophet_like import prophet_available
@@ -88,7 +91,8 @@ class BenchmarkResult:
             f"- train {i['train_period']}; test {i['test_period']} (plus {i['seq_len']} steps of input history)",
             *([f"- {i['season']}: the last season of the input, repeated"] if i.get("season") else []),
             "",
-            _markdown_table(self.rows, COLUMNS),
+            *_quantile_note(self.rows),
+            _markdown_table(self.rows, list(self.rows.columns)),
         ]
         if self.reference is not None:
             lines += ["", "Published numbers (paper Table 12, Corrformer release test set; reported, not re-run here):",
@@ -145,7 +149,11 @@ def _markdown_table(df: pd.DataFrame, cols: Sequence[str]) -> str:
 def table_rows(methods: Sequence[Method], table: ScoreTable) -> pd.DataFrame:
     """The comparison table (columns :data:`COLUMNS`) of ``methods`` scored together in ``table`` (the result of
     :func:`~urlk_forecast.scoring.score_methods` on the same list): ``describe()`` of each method plus its scores;
-    methods that failed are left out (they are in ``table.failures``)."""
+    methods that failed are left out (they are in ``table.failures``).
+
+    When a method forecasts quantiles, the probabilistic columns follow MAE (NaN for point forecasts and for levels
+    a method lacks): ``CRPS`` (estimated from the quantiles), ``pinball`` (mean over the method's levels),
+    ``pinball_q<L>`` per level and ``cover<P>`` (share of the scored targets inside the central P % interval)."""
     rows = []
     for label, m in zip(method_labels(methods), methods):
         s = table.scores.get(label)
@@ -153,8 +161,41 @@ def table_rows(methods: Sequence[Method], table: ScoreTable) -> pd.DataFrame:
             continue
         d = m.describe()
         rows.append({"method": label, "type": d["type"], "parameters": int(d["parameters"]), "MSE": s.mse,
-                     "MAE": s.mae, "fit_s": d["fit_s"], "predict_s": s.predict_seconds, "coverage": s.coverage})
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+                     "MAE": s.mae, "fit_s": d["fit_s"], "predict_s": s.predict_seconds, "coverage": s.coverage,
+                     **_quantile_scores(s)})
+    return pd.DataFrame(rows, columns=_columns(table))
+
+
+def _quantile_scores(s: Scores) -> dict[str, float]:
+    """The probabilistic columns of one method's scores (empty for a point forecast)."""
+    if s.quantiles is None:
+        return {}
+    out = {"CRPS": s.crps, "pinball": s.pinball_mean}
+    out.update({f"pinball_q{level_label(k)}": v for k, v in (s.pinball or {}).items()})
+    out.update({f"cover{level_label(k)}": v for k, v in (s.interval_coverage or {}).items()})
+    return out
+
+
+def _columns(table: ScoreTable) -> list[str]:
+    """:data:`COLUMNS`, with the probabilistic columns of every level and interval scored after MAE."""
+    levels = sorted({v for s in table.scores.values() for v in (s.quantiles or ())})
+    if not any(s.quantiles is not None for s in table.scores.values()):
+        return list(COLUMNS)
+    widths = sorted({w for s in table.scores.values() for w in (s.interval_coverage or {})}, reverse=True)
+    extra = ["CRPS", "pinball", *(f"pinball_q{level_label(v)}" for v in levels),
+             *(f"cover{level_label(w)}" for w in widths)]
+    i = COLUMNS.index("MAE") + 1
+    return [*COLUMNS[:i], *extra, *COLUMNS[i:]]
+
+
+def _quantile_note(rows: pd.DataFrame) -> list[str]:
+    """The header line explaining the probabilistic columns, when the table has them."""
+    if "CRPS" not in rows.columns:
+        return []
+    return ["Probabilistic columns (methods forecasting quantiles; '-' for point forecasts, whose CRPS is their MAE): "
+            "CRPS estimated from the quantiles (cell-weighted pinball loss x 2; compare at equal levels), pinball "
+            "loss (mean and per level q<L>), cover<P> = share of the scored targets inside the central P % interval.",
+            ""]
 
 
 def compare(methods: Sequence[Method], ws: WindowSource, indices: Sequence[int] | np.ndarray | None = None, *,
@@ -170,7 +211,7 @@ def compare(methods: Sequence[Method], ws: WindowSource, indices: Sequence[int] 
 
 
 def _per_lead(table: ScoreTable) -> pd.DataFrame:
-    return table.per_lead().rename(columns={"mse": "MSE", "mae": "MAE"})
+    return table.per_lead().rename(columns={"mse": "MSE", "mae": "MAE", "crps": "CRPS"})
 
 
 # ---------------------------------------------------------------------------------------------------- running
@@ -256,6 +297,7 @@ class _Setup:
     test: xr.Dataset
     seed: int
     season: int = 24  # steps: a day of sub-daily steps, a week of daily steps
+    quantiles: tuple[float, ...] | None = None  # levels for the baselines that forecast quantiles
 
 
 def _baseline_kwargs(name: str, st: _Setup, say: Progress) -> dict[str, Any]:
@@ -278,13 +320,38 @@ def _baseline_kwargs(name: str, st: _Setup, say: Progress) -> dict[str, Any]:
     return {}
 
 
+def _quantile_kwargs(name: str, st: _Setup) -> dict[str, Any]:
+    """``quantiles`` (and the leads to estimate them for) for a baseline that forecasts quantiles."""
+    if st.quantiles is None or name not in BASELINES:
+        return {}
+    cls = getattr(importlib.import_module(__package__), BASELINES[name][0])
+    if not getattr(cls, "forecasts_quantiles", False):
+        return {}
+    return {"quantiles": st.quantiles, **({"max_horizon": st.pred_len} if name in ("persistence", "seasonal_naive")
+                                          else {})}
+
+
+def _quantile_levels(quantiles: Sequence[float] | None, model: Forecaster | None, say: Progress
+                     ) -> tuple[float, ...] | None:
+    """The baselines' levels: ``quantiles``, else those of a model trained with quantiles (compared at equal
+    levels), else None."""
+    if quantiles is not None:
+        return quantile_levels(quantiles, require_median=False)
+    own = getattr(model, "quantiles", None)
+    if own is None:
+        return None
+    say(f"the model forecasts the quantiles {list(own)}; the baselines forecast the same levels")
+    return quantile_levels(own, require_median=False)
+
+
 def _fit_baselines(names: Sequence[str], train: xr.Dataset, st: _Setup, failures: dict[str, str],
                    say: Progress) -> list[tuple[str, Method]]:
     """Build and fit every named baseline on ``train``; ``(registry name, method)`` of those that fitted."""
     fitted: list[tuple[str, Method]] = []
     for name in names:
         try:
-            method = get_baseline(name, variable=st.variable, **_baseline_kwargs(name, st, say))
+            kwargs = {**_baseline_kwargs(name, st, say), **_quantile_kwargs(name, st)}
+            method = get_baseline(name, variable=st.variable, **kwargs)
         except Exception as e:  # noqa: BLE001 - report and go on with the others
             failures[name] = f"{type(e).__name__}: {e}"
             continue
@@ -312,7 +379,7 @@ def run_benchmark(data: DataSource | None = None, variable: str = "temperature",
                   n_jobs: int | None = None, threads: int | None = None, prophet_stations: int = 8,
                   batch_size: int = 32, seed: int = 0, progress: Progress | None = None,
                   units: dict[str, str] | None = None, reader: dict[str, Any] | None = None,
-                  season: int | str | None = None) -> BenchmarkResult:
+                  season: int | str | None = None, quantiles: Sequence[float] | None = None) -> BenchmarkResult:
     """Run the comparison; see the module docstring.
 
     ``data``: Dataset, path (any format :func:`~urlk_forecast.data.readers.open_dataset` reads) or None for the
@@ -326,7 +393,10 @@ def run_benchmark(data: DataSource | None = None, variable: str = "temperature",
     other reader arguments for it (``format``, a wide CSV's ``time_column``/``columns``/``variable``).
     ``variable``: any data variable of the data. ``seq_len``/``label_len``/``pred_len``: steps or durations
     (``"48h"``) that are whole numbers of the data's steps. ``season``: the seasonal naive's and Holt-Winters'
-    season (steps or a duration; default one day of sub-daily steps, a week of daily steps).
+    season (steps or a duration; default one day of sub-daily steps, a week of daily steps). ``quantiles``: levels
+    the baselines that can (persistence, seasonal naive, Holt-Winters, GBDT) forecast, scored with pinball loss,
+    interval coverage and CRPS (default: the levels of a ``run`` trained with quantiles, else none); a ``run`` is
+    always scored at its own levels.
     """
     say: Progress = progress or (lambda _msg: None)
     model = None
@@ -363,7 +433,8 @@ def run_benchmark(data: DataSource | None = None, variable: str = "temperature",
     names = _method_names(baselines, gfs, ds)
     failures: dict[str, str] = {}
     setup = _Setup(variable, seq_len, pred_len, n_jobs, threads, prophet_stations, gfs, test, seed,
-                   length_steps(season, freq, "season") if season is not None else default_season(freq))
+                   length_steps(season, freq, "season") if season is not None else default_season(freq),
+                   _quantile_levels(quantiles, model, say))
     fitted = _fit_baselines(names, train, setup, failures, say)
     methods = [m for n, m in fitted if n != "prophet"] + ([model] if model is not None else [])
     table = score_methods(methods, ws, idx, batch_size=batch_size, keep_going=True, progress=say)

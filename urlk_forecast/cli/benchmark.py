@@ -1,8 +1,11 @@
 """``urlk-forecast benchmark``: the paper's Table 12 comparison from the command line.
 
 Runs every baseline (and a trained model with ``--run``) on the same test windows, writes the table (method, type,
-parameters, MSE, MAE, fit and predict seconds, coverage) as Markdown and CSV to ``--out`` and prints it. ``--out`` is
-checked before anything is computed; errors a user can fix print one line and exit non-zero without a traceback.
+parameters, MSE, MAE, fit and predict seconds, coverage) as Markdown and CSV to ``--out`` and prints it. With
+``--quantiles 0.1,0.5,0.9`` the baselines that can forecast those levels and the table adds CRPS, pinball loss and
+interval coverage columns (a ``--run`` trained with quantiles is scored at its own levels, and sets the default).
+``--out`` is checked before anything is computed; errors a user can fix print one line and exit non-zero without a
+traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from ..baselines import BASELINES
 from ..baselines.table import run_benchmark
 from ..rundir import data_reader, data_units, find_model
 from ..utils import normalize_name
+from ..utils.quantiles import quantile_levels
 from .errors import user_errors
 from .lengths import LENGTH_HELP, Length
 from .outputs import check_dir_destination
@@ -30,7 +34,8 @@ __all__ = ["benchmark"]
 _FLAGS = {"data": "--data", "variable": "--var", "baselines": "--baselines", "run": "--run", "gfs": "--gfs",
           "stations": "--stations", "hours": "--hours", "max_windows": "--max-windows", "seq_len": "--seq-len",
           "label_len": "--label-len", "pred_len": "--pred-len", "n_jobs": "--jobs", "threads": "--threads",
-          "prophet_stations": "--prophet-stations", "units": "--units", "season": "--season", **WIDE_FLAGS}
+          "prophet_stations": "--prophet-stations", "units": "--units", "season": "--season",
+          "quantiles": "--quantiles", **WIDE_FLAGS}
 
 
 def _check_arguments(data: Path | None, run_dir: Path | None, gfs: str | None, hours: int | None,
@@ -80,6 +85,18 @@ def _model_and_data(run_dir: Path | None, data: Path | None, units: dict[str, st
     return model_dir, run.open_data(), None, {}
 
 
+def _parse_levels(text: str | None) -> list[float] | None:
+    """``--quantiles 0.1,0.5,0.9`` as checked levels, before any data is read (the check's errors name the flag)."""
+    if text is None:
+        return None
+    try:
+        levels = [float(v) for v in str(text).replace(" ", "").split(",") if v]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers such as 0.1,0.5,0.9",
+                                 param_hint="--quantiles") from None
+    return list(quantile_levels(levels, require_median=False) or ())
+
+
 @click.command("benchmark")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Station data (any supported file/directory). Default: the SYNTHETIC 3850-station set "
@@ -110,6 +127,10 @@ def _model_and_data(run_dir: Path | None, data: Path | None, units: dict[str, st
 @click.option("--season", type=Length(min=1), default=None,
               help="Season of the seasonal naive and Holt-Winters (default: one day of sub-daily steps, a week of "
                    "daily steps)." + LENGTH_HELP)
+@click.option("--quantiles", default=None, metavar="Q1,Q2,...",
+              help="Quantile levels, e.g. 0.1,0.5,0.9: persistence, seasonal naive, Holt-Winters and GBDT forecast "
+                   "them, and the table adds CRPS, pinball loss and interval coverage (default: the levels of a "
+                   "--run trained with quantiles).")
 @click.option("--jobs", type=click.IntRange(min=1), default=None, help="Holt-Winters fit processes (default: cores).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="GBDT OpenMP threads (default: all cores; 1 is faster on a busy machine).")
@@ -123,7 +144,8 @@ def _model_and_data(run_dir: Path | None, data: Path | None, units: dict[str, st
 @click.option("--quiet", is_flag=True, help="Only print the table.")
 def benchmark(data: Path | None, variable: str | None, baselines: str | None, run_dir: Path | None, gfs: str | None,
               stations: int | None, hours: int | None, max_windows: int, seq_len: Any, label_len: Any, pred_len: Any,
-              season: Any, jobs: int | None, threads: int | None, prophet_stations: int, seed: int, out: Path,
+              season: Any, quantiles: str | None, jobs: int | None, threads: int | None, prophet_stations: int,
+              seed: int, out: Path,
               units: tuple[str, ...], time_column: str | None, columns: str | None, var_name: str | None,
               quiet: bool) -> None:
     """Compare the baselines of the paper's Table 12 (and a trained model) on the same test windows."""
@@ -139,6 +161,7 @@ def benchmark(data: Path | None, variable: str | None, baselines: str | None, ru
         if reader and data is None:
             raise click.UsageError("--time-column/--columns/--var-name describe a wide CSV --data file")
         names = _check_arguments(data, run_dir, gfs, hours, baselines, unit_map)
+        levels = _parse_levels(quantiles)
         check_dir_destination(Path(out), "--out")
         model_dir, source, source_units, source_reader = _model_and_data(run_dir, data, unit_map, reader, progress)
         result = run_benchmark(
@@ -146,7 +169,7 @@ def benchmark(data: Path | None, variable: str | None, baselines: str | None, ru
             baselines=names, run=model_dir, gfs=gfs, stations=stations, hours=hours,
             max_windows=max_windows, seq_len=seq_len, label_len=label_len, pred_len=pred_len, n_jobs=jobs,
             threads=threads, prophet_stations=prophet_stations, seed=seed, progress=progress, units=source_units,
-            reader=source_reader or None, season=season,
+            reader=source_reader or None, season=season, quantiles=levels,
         )
         paths = result.write(out)
     click.echo(result.to_markdown())
