@@ -134,7 +134,6 @@ def test_ets_forecast_sd_matches_a_simulation_of_the_model() -> None:
     assert sd[m] - sd[m - 1] > sd[m - 1] - sd[m - 2]  # the season's own error enters one season ahead
 
 
-@pytest.mark.slow
 def test_holt_winters_gaussian_quantiles_on_noisy_season() -> None:
     """A local level (random walk) + daily season + noise: the kind of series the ETS model describes."""
     rng = np.random.default_rng(6)
