@@ -235,3 +235,33 @@ def test_benchmark_default_levels_follow_a_quantile_run() -> None:
     assert _quantile_levels(None, Run(), said.append) == (0.05, 0.5, 0.95) and "same levels" in said[0]
     assert _quantile_levels((0.25, 0.75), Run(), said.append) == (0.25, 0.75)
     assert _quantile_levels(None, None, said.append) is None
+
+
+def test_benchmark_scores_a_quantile_run_at_its_own_levels(tmp_path: object) -> None:
+    """A saved Forecaster trained with quantiles: its row gets CRPS/coverage at its levels, and the baselines forecast
+    the same levels by default (compared at equal levels)."""
+    import torch
+
+    from urlk_forecast.baselines import run_benchmark
+    from urlk_forecast.forecaster import Forecaster
+
+    rng = np.random.default_rng(8)
+    T, S = 24 * 40, 4
+    t = np.arange(T)[:, None]
+    ds = _dataset(10 + 4 * np.sin(2 * np.pi * t / 24 + np.arange(S)) + rng.standard_normal((T, S)))
+    levels = (0.05, 0.5, 0.95)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fc = Forecaster("unireplknet_a", "temperature", seq_len=24, label_len=12, pred_len=12, quantiles=list(levels),
+                        d_model=32, n_heads=4, node_size=4, dims=(8, 16, 32, 64), kernel_size=7)
+        fc.fit(ds.isel(time=slice(0, 24 * 28)), schedule="paper", max_steps=3, batch_size=16, progress=False, seed=0)
+        run = fc.save(tmp_path / "model")
+        res = run_benchmark(data=ds, baselines=["persistence", "climatology"], run=run, max_windows=16)
+    finally:
+        torch.set_num_threads(n)
+    rows = res.rows.set_index("method")
+    assert {"CRPS", "pinball_q5", "pinball_q50", "pinball_q95", "cover90"} <= set(rows.columns)
+    assert np.isfinite(rows.loc[["Persistence", fc.name], ["CRPS", "cover90", "pinball_q5"]].to_numpy(float)).all()
+    assert rows.loc["Climatology", ["CRPS", "cover90"]].isna().all()
+    assert rows.loc[fc.name, "pinball_q50"] == pytest.approx(rows.loc[fc.name, "MAE"] / 2, rel=1e-5)
