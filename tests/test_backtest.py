@@ -99,7 +99,17 @@ class _Band(Persistence):
     """Persistence with quantiles: the last value -1, +0, +2 (a non-decreasing set of levels)."""
 
     name = "Band"
-    quantiles = (0.1, 0.5, 0.9)
+
+    def __init__(self) -> None:  # Persistence keeps its own ``quantiles`` (None) per instance
+        super().__init__()
+        self.quantiles = (0.1, 0.5, 0.9)
+
+    def predict_windows(self, ws: WindowSource, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        levels, self.quantiles = self.quantiles, None  # the plain last value (not Persistence's error quantiles)
+        try:
+            return super().predict_windows(ws, indices)
+        finally:
+            self.quantiles = levels
 
     def predict_quantiles(self, ws: WindowSource, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         p = self.predict_windows(ws, indices)
