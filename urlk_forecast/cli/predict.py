@@ -20,8 +20,9 @@ import xarray as xr
 from ..data.readers import open_dataset
 from ..data.schema import require_variable, validate
 from ..forecaster import Forecaster
+from ..metrics import central_intervals
 from ..rundir import RunDir, runs_root
-from ..utils.quantiles import central_intervals, quantile_label
+from ..utils.quantiles import quantile_label
 from ..utils.steps import lead_time_unit
 from .errors import user_errors
 from .outputs import check_file_destination, step_label, write_together
@@ -190,10 +191,10 @@ def _draw_forecast(ax: Any, fcst: xr.Dataset, variable: str, sid: str) -> None:
     times = pd.DatetimeIndex(fcst["time"].values)
     if "quantile" in f.dims:
         pairs = central_intervals(np.asarray(f["quantile"].values, dtype=float))
-        for k, (lo, hi) in enumerate(pairs):
-            ax.fill_between(times, np.asarray(f.sel(quantile=lo).values), np.asarray(f.sel(quantile=hi).values),
+        for k, (lo, hi, cover) in enumerate(pairs):
+            ax.fill_between(times, np.asarray(f.isel(quantile=lo).values), np.asarray(f.isel(quantile=hi).values),
                             color="tab:red", alpha=0.15 + 0.15 * k / max(len(pairs) - 1, 1), lw=0,
-                            label=f"{round(100 * (hi - lo)):d} % interval")
+                            label=f"{100 * cover:g} % interval")
         f = f.sel(quantile=0.5)
     ax.plot(times, np.asarray(f.values), color="tab:red", lw=1.6,
             label="forecast (median)" if "quantile" in fcst[variable].dims else "forecast")

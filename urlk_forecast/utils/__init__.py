@@ -5,7 +5,7 @@
 * :mod:`.names` -- the one registry-name normaliser (``"Holt-Winters "`` → ``"holt_winters"``);
 * :mod:`.indices` -- evenly spaced window indices;
 * :mod:`.steps` -- step counts worded in the data's time step ("24 h", "24 days", "6 x 10 min");
-* :mod:`.quantiles` -- the one check of quantile levels, their column names and central intervals.
+* :mod:`.quantiles` -- the one check of quantile levels and their column names.
 
 This package imports nothing else from urlk_forecast, so any module may import it.
 """
@@ -16,7 +16,7 @@ from .atomic import atomic_path, atomic_torch_save, atomic_write, atomic_write_b
 from .indices import evenly_spaced
 from .jsonable import to_jsonable
 from .names import normalize_name
-from .quantiles import central_intervals, quantile_label, quantile_levels
+from .quantiles import quantile_label, quantile_levels
 from .steps import describe_steps, freq_label
 
 __all__ = [
@@ -25,7 +25,6 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
-    "central_intervals",
     "describe_steps",
     "evenly_spaced",
     "freq_label",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-__all__ = ["quantile_levels", "quantile_label", "central_intervals"]
+__all__ = ["quantile_levels", "quantile_label"]
 
 
 def quantile_levels(levels: Iterable[float] | None, name: str = "quantiles", *,
@@ -47,14 +47,3 @@ def quantile_label(variable: str, level: float) -> str:
     """Column name of ``variable``'s quantile forecast at ``level``: ``temperature_q0.1``."""
     return f"{variable}_q{level:g}"
 
-
-def central_intervals(levels: Iterable[float]) -> list[tuple[float, float]]:
-    """The central intervals ``levels`` bound, widest first: pairs ``(q, 1 - q)`` with ``q < 0.5`` whose partner
-    level is present too (``(0.1, 0.5, 0.9)`` → ``[(0.1, 0.9)]``, the 80 % interval)."""
-    have = [float(v) for v in levels]
-    out = []
-    for q in have:
-        partner = next((p for p in have if math.isclose(p, 1.0 - q, abs_tol=1e-9)), None)
-        if q < 0.5 and partner is not None:
-            out.append((q, partner))
-    return sorted(out)
