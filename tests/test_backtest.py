@@ -211,6 +211,62 @@ def test_quantile_columns_hold_predict_quantiles():
     np.testing.assert_array_equal(t["Band_q0.5"].to_numpy(), t["Band"].to_numpy())
 
 
+
+class _WideBand(_Band):
+    """The last value -4, +0, +6: wide enough that the share inside varies with the lead."""
+
+    name = "Wide band"
+
+    def predict_quantiles(self, ws: WindowSource, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        p = self.predict_windows(ws, indices)
+        return np.stack([p - 4, p, p + 6], axis=-1)
+
+
+def _pinball_by_hand(y: np.ndarray, q: np.ndarray, tau: float) -> np.ndarray:
+    u = y - q
+    return np.where(u >= 0, tau * u, (tau - 1.0) * u)
+
+
+def test_quantile_summaries_equal_a_hand_computation_from_the_tidy_table():
+    """Pinball loss, CRPS estimate and 80 % coverage per origin, per lead and overall, recomputed in float64 from the
+    tidy table: the same points as MSE/MAE (observed, forecast by every method: the gap and Gappy's S0 at lead 1
+    drop out), per origin the mean over its points, per lead the mean over origins of the station mean, coverage
+    pooled over the row's points; CRPS = 2 (0.3 pb_0.1 + 0.4 pb_0.5 + 0.3 pb_0.9) (cells 0..0.3..0.7..1)."""
+    bt = cross_validation([_WideBand(), Persistence(), _Gappy()], _data(), n_windows=6, step=7, refit=2, **GEO)
+    t = bt.table
+    y = t["target"].to_numpy(np.float64)
+    common = np.isfinite(y)
+    for m in bt.methods:
+        common &= np.isfinite(t[m].to_numpy(np.float64))
+    assert 0 < common.sum() < len(t)
+    q = {tau: t[f"Wide band_q{tau:g}"].to_numpy(np.float64) for tau in (0.1, 0.5, 0.9)}
+    pb = {tau: _pinball_by_hand(y, q[tau], tau) for tau in q}
+    d = pd.DataFrame({"origin": t["origin"], "lead": t["lead"], "pinball": (pb[0.1] + pb[0.5] + pb[0.9]) / 3,
+                      "crps": 2 * (0.3 * pb[0.1] + 0.4 * pb[0.5] + 0.3 * pb[0.9]),
+                      "inside": (q[0.1] <= y) & (y <= q[0.9])})[common]
+    by_o = d.groupby("origin").agg(pinball=("pinball", "mean"), crps=("crps", "mean"), cover80=("inside", "mean"))
+    by_l = d.groupby(["origin", "lead"])[["pinball", "crps"]].mean().groupby("lead").mean()
+    by_l["cover80"] = d.groupby("lead")["inside"].mean()
+    assert 0.2 < d["inside"].mean() < 0.95 and by_l["cover80"].max() > by_l["cover80"].min()  # not trivial
+
+    cols = ["pinball", "crps", "cover80"]
+    got_o = bt.per_origin.query("method == 'Wide band'").set_index("origin")[cols]
+    np.testing.assert_allclose(got_o.to_numpy(), by_o.loc[got_o.index, cols].to_numpy(), rtol=1e-9)
+    got_l = bt.per_lead.query("method == 'Wide band'").set_index("lead")[cols]
+    np.testing.assert_allclose(got_l.to_numpy(), by_l.loc[got_l.index, cols].to_numpy(), rtol=1e-9)
+    row = bt.overall.set_index("method").loc["Wide band"]
+    np.testing.assert_allclose([row["pinball"], row["crps"]], by_o[["pinball", "crps"]].mean().to_numpy(), rtol=1e-9)
+    assert row["cover80"] == pytest.approx(d["inside"].mean(), rel=1e-12)
+    # the point columns are those of the median: the same MSE as the plain last value (Persistence)
+    o = bt.overall.set_index("method")
+    assert o.loc["Wide band", "mse"] == o.loc["Persistence", "mse"]
+    # point forecasts get NaN quantile scores, everywhere
+    for frame in (bt.per_origin, bt.per_lead, bt.overall):
+        assert frame.loc[frame["method"] != "Wide band", cols].isna().all().all()
+    text = bt.summary_text()
+    assert "quantile forecasts" in text and "cover80 Wide band" in text and "CRPS Wide band" in text
+    assert "cover80 Persistence" not in text
+
 # ---------------------------------------------------------------------------------------------------- refits
 @pytest.mark.parametrize("refit, expected", [(False, [0]), (0, [0]), (True, [0, 1, 2, 3, 4, 5, 6]),
                                              (3, [0, 3, 6]), (2, [0, 2, 4, 6]), (7, [0])])

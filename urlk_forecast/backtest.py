@@ -10,9 +10,10 @@ information from after their last step). Each method is fitted on the data up to
 origin``), or -- with ``refit=N`` -- refitted on the data up to every N-th origin and used until the next refit.
 
 Every method goes through the same :class:`~urlk_forecast.method.Method` calls (``fit``, ``predict_windows``,
-``predict_quantiles`` when it has ``quantiles``); scores come from the one scorer
-(:func:`urlk_forecast.scoring.score_methods`) on the forecasts made: observed targets only (NaN targets excluded),
-and only the points that every method forecast.
+``predict_quantiles`` when it has ``quantiles``; a method with the level 0.5 forecasts its point as that level, as in
+the scorer); scores come from the one scorer (:func:`urlk_forecast.scoring.score_methods`) on the forecasts made:
+observed targets only (NaN targets excluded), and only the points that every method forecast. Methods with
+quantiles are also scored with the pinball loss, the CRPS estimate and the coverage of each central interval.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import xarray as xr
 
 from .data.windows import WindowDataset, WindowSource
 from .method import Method
-from .scoring import method_labels, resolve_indices, score_methods, window_targets
+from .metrics import level_label
+from .scoring import Scores, method_labels, resolve_indices, score_methods, window_targets
 from .utils import quantile_label
 
 __all__ = ["Backtest", "cross_validation", "origin_rows", "refit_schedule", "warm_refits", "FitFn", "TABLE_COLUMNS"]
@@ -49,8 +51,12 @@ class Backtest:
     (its label, :func:`~urlk_forecast.scoring.method_labels`) and ``<label>_q<level>`` per quantile level of methods
     that forecast quantiles; ``target`` is NaN where nothing was observed. ``per_lead`` (method, lead, mse, mae,
     windows), ``per_origin`` (method, origin, mse, mae, points) and ``overall`` (method, mse, mae, points,
-    coverage) score the point forecasts on the points every method forecast. ``fits`` lists every fit (method,
-    origin k, origin time, last time step fitted on, seconds; ``kept`` for a method used as given).
+    coverage = the share of the observed targets the method forecast) score the point forecasts on the points every
+    method forecast. When a method forecasts quantiles, all three also have ``pinball`` (the mean over its levels),
+    ``crps`` (estimated from the quantiles) and ``cover<P>`` per central interval (``cover80``: the share of the
+    scored targets inside the 0.1..0.9 interval, pooled over the points of that row), NaN for point forecasts.
+    ``fits`` lists every fit (method, origin k, origin time, last time step fitted on, seconds; ``kept`` for a
+    method used as given).
     """
 
     table: pd.DataFrame
@@ -62,16 +68,22 @@ class Backtest:
     info: dict[str, Any] = field(default_factory=dict)
 
     def summary_text(self) -> str:
-        """MSE/MAE per lead and per origin, one column per method (for the terminal)."""
+        """MSE/MAE per lead and per origin, one column per method, and the quantile scores of the methods that
+        forecast quantiles (for the terminal)."""
         units = self.info.get("units", "")
-        lead = _wide(self.per_lead, "lead", self.methods)
-        origin = _wide(self.per_origin, "origin", self.methods)
-        lines = [f"Backtest: {self.info.get('variable', '')} [{units}], {len(origin)} origins, "
-                 f"{self.info.get('stations', '?')} stations; scored points (observed, forecast by every method): "
-                 f"{int(self.overall['points'].iloc[0]) if len(self.overall) else 0}",
-                 "", "overall:", self.overall.to_string(index=False, float_format=_fmt),
-                 "", "per lead (steps after the origin):", lead.to_string(float_format=_fmt),
-                 "", "per origin:", origin.to_string(float_format=_fmt)]
+        prob = _prob_columns(self.overall)
+        q_methods = list(self.overall.dropna(subset=prob[:1])["method"]) if prob else []
+        lines = [f"Backtest: {self.info.get('variable', '')} [{units}], {self.per_origin['origin'].nunique()} "
+                 f"origins, {self.info.get('stations', '?')} stations; scored points (observed, forecast by every "
+                 f"method): {int(self.overall['points'].iloc[0]) if len(self.overall) else 0}",
+                 "", "overall:", self.overall.to_string(index=False, float_format=_fmt)]
+        for key, long, title in (("lead", self.per_lead, "per lead (steps after the origin)"),
+                                 ("origin", self.per_origin, "per origin")):
+            lines += ["", f"{title}:", _wide(long, key, self.methods, ("mse", "mae")).to_string(float_format=_fmt)]
+            if q_methods:
+                lines += ["", f"{title}, quantile forecasts (pinball: mean over the levels; cover<P>: share of the "
+                          "targets inside the central P % interval):",
+                          _wide(long, key, q_methods, tuple(prob)).to_string(float_format=_fmt)]
         return "\n".join(lines) + "\n"
 
 
@@ -79,11 +91,19 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
-def _wide(long: pd.DataFrame, key: str, methods: Sequence[str]) -> pd.DataFrame:
-    """``key`` rows, columns ``MSE <method>`` then ``MAE <method>``."""
-    mse = long.pivot(index=key, columns="method", values="mse").reindex(columns=list(methods))
-    mae = long.pivot(index=key, columns="method", values="mae").reindex(columns=list(methods))
-    out = pd.concat([mse.add_prefix("MSE "), mae.add_prefix("MAE ")], axis=1)
+_LABELS = {"mse": "MSE", "mae": "MAE", "crps": "CRPS"}
+
+
+def _prob_columns(frame: pd.DataFrame) -> list[str]:
+    """The quantile-score columns of a summary: ``pinball``, ``crps``, ``cover<P>`` (those present)."""
+    return [c for c in frame.columns if c in ("pinball", "crps") or c.startswith("cover") and c != "coverage"]
+
+
+def _wide(long: pd.DataFrame, key: str, methods: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
+    """``key`` rows, one column per metric and method (``MSE <method>``, ..., ``cover80 <method>``)."""
+    parts = [long.pivot(index=key, columns="method", values=m).reindex(columns=list(methods))
+             .add_prefix(f"{_LABELS.get(m, m)} ") for m in metrics]
+    out = pd.concat(parts, axis=1)
     out.columns.name = None
     return out
 
@@ -188,7 +208,9 @@ def cross_validation(methods: Sequence[Method], data: xr.Dataset, *, n_windows: 
                 quant.setdefault(label, np.full((*shape, q.shape[-1]), np.nan, np.float32))[a:b] = q
     y, mask = window_targets(ws, idx)
     table = _tidy(ws, rows, np.where(mask, y, np.float32(np.nan)), point, quant, methods, labels)
-    per_lead, per_origin, overall = _summaries(ws, idx, rows, mask, point, labels, int(batch_size))
+    made = [_Made(label, point[label], idx, m.quantiles if label in quant else None, quant.get(label))
+            for label, m in zip(labels, methods)]
+    per_lead, per_origin, overall = _summaries(ws, idx, rows, mask, made, int(batch_size))
     info = {"variable": variable, "units": ws.units, "stations": ws.num_stations, "n_windows": int(n),
             "step": int(step), "refit": refit, "seq_len": int(seq_len), "label_len": int(label_len),
             "pred_len": int(pred_len), "time_step": str(pd.Timedelta(ws.times[1] - ws.times[0])),
@@ -256,24 +278,28 @@ def _seen_until(method: Method) -> pd.Timestamp | None:
 
 def _forecast(method: Method, label: str, ws: WindowSource, idx: np.ndarray,
               batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Point forecasts (N, pred_len, S) and, when the method has ``quantiles``, (N, pred_len, S, Q)."""
+    """Point forecasts (N, pred_len, S) and, when the method has ``quantiles``, (N, pred_len, S, Q). With the level
+    0.5 the point forecast is that level (the ``Method`` contract; the scorer does the same), computed once."""
     shape = (idx.size, ws.pred_len, ws.num_stations)
-    levels = getattr(method, "quantiles", None)
+    levels = [float(v) for v in getattr(method, "quantiles", None) or ()]
     point = np.empty(shape, np.float32)
     quant = np.empty((*shape, len(levels)), np.float32) if levels else None
     for i in range(0, idx.size, max(1, batch_size)):
         chunk = idx[i:i + max(1, batch_size)]
-        p = np.asarray(method.predict_windows(ws, chunk), np.float32)
-        if p.shape != (chunk.size, *shape[1:]):
-            raise ValueError(f"{label}: predict_windows returned shape {p.shape}, expected "
-                             f"{(chunk.size, *shape[1:])} (N, pred_len, S)")
-        point[i:i + chunk.size] = p
         if quant is not None:
             q = np.asarray(method.predict_quantiles(ws, chunk), np.float32)
             if q.shape != (chunk.size, *shape[1:], quant.shape[-1]):
                 raise ValueError(f"{label}: predict_quantiles returned shape {q.shape}, expected "
                                  f"{(chunk.size, *shape[1:], quant.shape[-1])} (N, pred_len, S, Q)")
             quant[i:i + chunk.size] = q
+            if 0.5 in levels:
+                point[i:i + chunk.size] = q[..., levels.index(0.5)]
+                continue
+        p = np.asarray(method.predict_windows(ws, chunk), np.float32)
+        if p.shape != (chunk.size, *shape[1:]):
+            raise ValueError(f"{label}: predict_windows returned shape {p.shape}, expected "
+                             f"{(chunk.size, *shape[1:])} (N, pred_len, S)")
+        point[i:i + chunk.size] = p
     return point, quant
 
 
@@ -307,33 +333,61 @@ def _tidy(ws: WindowSource, rows: np.ndarray, target: np.ndarray, point: dict[st
 
 
 class _Made:
-    """The forecasts a method made at the backtest's origins, replayed to the one scorer."""
+    """The forecasts a method made at the backtest's origins (and its quantile forecasts, when it made them),
+    replayed to the one scorer."""
 
-    def __init__(self, name: str, pred: np.ndarray, idx: np.ndarray) -> None:
+    def __init__(self, name: str, pred: np.ndarray, idx: np.ndarray, quantiles: Sequence[float] | None = None,
+                 qpred: np.ndarray | None = None) -> None:
         self.name = name
         self.pred = pred
         self.pos = pd.Index(idx)
+        self.quantiles = tuple(quantiles) if quantiles is not None and qpred is not None else None
+        self.qpred = qpred
 
     def predict_windows(self, ws: WindowSource, indices: np.ndarray | None = None) -> np.ndarray:
         return self.pred[self.pos.get_indexer(resolve_indices(ws, indices))]
 
+    def predict_quantiles(self, ws: WindowSource, indices: np.ndarray | None = None) -> np.ndarray:
+        if self.qpred is None:
+            raise NotImplementedError(f"{self.name} made no quantile forecasts")
+        return self.qpred[self.pos.get_indexer(resolve_indices(ws, indices))]
 
-def _summaries(ws: WindowSource, idx: np.ndarray, rows: np.ndarray, mask: np.ndarray, point: dict[str, np.ndarray],
-               labels: Sequence[str], batch_size: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Per lead, per origin and overall MSE/MAE of every method from :func:`score_methods` on its forecasts."""
-    made = [_Made(label, point[label], idx) for label in labels]
+
+def _quantile_scores(s: Scores | None, covers: Sequence[float]) -> dict[str, float]:
+    """The quantile columns of a summary row: pinball (mean over the levels), crps, cover<P> (NaN: point
+    forecast, or no scored point)."""
+    nan = float("nan")
+    inside = (s.interval_coverage or {}) if s is not None else {}
+    return {"pinball": s.pinball_mean if s is not None else nan, "crps": s.crps if s is not None else nan,
+            **{f"cover{level_label(c)}": inside.get(c, nan) for c in covers}}
+
+
+def _summaries(ws: WindowSource, idx: np.ndarray, rows: np.ndarray, mask: np.ndarray, made: Sequence[_Made],
+               batch_size: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Per lead, per origin and overall scores of every method from :func:`score_methods` on its forecasts: MSE/MAE,
+    and with quantiles the pinball loss, CRPS and interval coverage (the scorer's per-lead columns)."""
     table = score_methods(made, ws, idx, batch_size=batch_size)
+    covers = sorted({c for s in table.scores.values() for c in (s.interval_coverage or {})}, reverse=True)
+    has_q = any(m.quantiles is not None for m in made)
+    prob = ["pinball", "crps", *(f"cover{level_label(c)}" for c in covers)] if has_q else []
     per_lead = pd.concat([s.per_lead.assign(method=label) for label, s in table.scores.items()], ignore_index=True)
+    per_lead = per_lead.reindex(columns=["method", "lead", "mse", "mae", "windows", *prob])
     overall = pd.DataFrame([{"method": label, "mse": s.mse, "mae": s.mae, "points": s.n_points,
-                             "coverage": s.coverage} for label, s in table.scores.items()])
+                             "coverage": s.coverage, **(_quantile_scores(s, covers) if has_q else {})}
+                            for label, s in table.scores.items()])
     common = mask.copy()
-    for p in point.values():
-        common &= np.isfinite(p)
+    for m in made:
+        common &= np.isfinite(m.pred)
+        if m.qpred is not None:
+            common &= np.isfinite(m.qpred).all(axis=-1)
     origins = ws.times[rows]
     per_origin = []
     for k in range(idx.size):
         n_points = int(common[k].sum())
         one = score_methods(made, ws, idx[k:k + 1]).scores if n_points else {}
-        per_origin += [{"method": label, "origin": origins[k], "mse": one[label].mse if one else np.nan,
-                        "mae": one[label].mae if one else np.nan, "points": n_points} for label in labels]
-    return (per_lead[["method", "lead", "mse", "mae", "windows"]], pd.DataFrame(per_origin), overall)
+        for m in made:
+            s = one.get(m.name)
+            row = {"method": m.name, "origin": origins[k], "mse": s.mse if s else np.nan,
+                   "mae": s.mae if s else np.nan, "points": n_points}
+            per_origin.append({**row, **(_quantile_scores(s if m.quantiles else None, covers) if has_q else {})})
+    return per_lead, pd.DataFrame(per_origin), overall

@@ -3,7 +3,10 @@
 Every method forecasts from the last ``--n-windows`` origins, ``--step`` steps apart, knowing only the data up to
 each origin (:func:`urlk_forecast.backtest.cross_validation`). Writes the tidy table (origin, station, lead,
 target_time, target, one column per method) to ``--out`` as CSV, all or nothing, and prints MSE/MAE per lead and per
-origin. ``--out`` and the arguments are checked before anything is fitted.
+origin. With quantiles (``--quantiles``, or a ``--run`` trained with quantiles, whose levels the baselines then
+follow) the baselines that forecast quantiles give them too, the table gets ``<method>_q<level>`` columns and the
+summaries the pinball loss, CRPS and interval coverage. ``--out`` and the arguments are checked before anything is
+fitted.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 import click
 import xarray as xr
 
+from .. import baselines as baselines_pkg
 from ..backtest import cross_validation, warm_refits
 from ..baselines import BASELINES, get_baseline
 from ..data.readers import open_dataset
@@ -22,6 +26,7 @@ from ..forecaster import Forecaster
 from ..method import Method
 from ..rundir import find_model
 from ..utils import normalize_name
+from .benchmark import parse_levels
 from .errors import user_errors
 from .outputs import check_file_destination, write_together
 from .units import parse_units, units_option
@@ -31,7 +36,8 @@ __all__ = ["backtest"]
 # Python argument names in library messages -> this command's flags
 _FLAGS = {"n_windows": "--n-windows", "step": "--step", "refit": "--refit", "refit_max_time": "--refit-max-time",
           "seq_len": "--seq-len", "label_len": "--label-len", "pred_len": "--pred-len", "variable": "--var",
-          "data": "--data", "methods": "--baselines", "units": "--units", "n_jobs": "--jobs", "threads": "--threads"}
+          "data": "--data", "methods": "--baselines", "units": "--units", "n_jobs": "--jobs", "threads": "--threads",
+          "quantiles": "--quantiles"}
 DEFAULT_BASELINES = "persistence,seasonal_naive,gbdt"
 
 
@@ -47,14 +53,19 @@ def _baseline_names(text: str, has_model: bool) -> list[str]:
 
 
 def _baseline(name: str, variable: str, seq_len: int, pred_len: int, threads: int | None,
-              jobs: int | None) -> Method:
-    """A baseline sized to the backtest's windows (GBDT's lags and horizon; Holt-Winters' processes)."""
+              jobs: int | None, levels: list[float] | None = None) -> Method:
+    """A baseline sized to the backtest's windows (GBDT's lags and horizon; Holt-Winters' processes; the naive
+    methods' error leads), forecasting ``levels`` when it forecasts quantiles."""
     kw: dict[str, Any] = {}
     if name == "gbdt":
         kw = {"seq_len": seq_len, "max_horizon": pred_len, "n_threads": threads,
               "lags": tuple(v for v in (*range(1, 25), 48) if v <= seq_len)}
     elif name == "holt_winters":
         kw = {"n_jobs": jobs}
+    elif name in ("persistence", "seasonal_naive") and levels:
+        kw = {"max_horizon": pred_len}
+    if levels and getattr(getattr(baselines_pkg, BASELINES[name][0]), "forecasts_quantiles", False):
+        kw["quantiles"] = levels
     return get_baseline(name, variable=variable, **kw)
 
 
@@ -100,14 +111,18 @@ def _model_stations(ds: xr.Dataset, model: Forecaster) -> xr.Dataset:
               help="Decoder start-token length (steps; a --run model fixes it).")
 @click.option("--pred-len", type=click.IntRange(min=1), default=24, show_default=True,
               help="Forecast horizon (steps; a --run model fixes it).")
+@click.option("--quantiles", default=None, metavar="Q1,Q2,...",
+              help="Quantile levels for the baselines that forecast them (persistence, seasonal naive, Holt-Winters, "
+                   "GBDT), e.g. 0.1,0.5,0.9; the summaries add pinball loss, CRPS and interval coverage (default: "
+                   "the levels of a --run trained with quantiles).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="GBDT OpenMP threads (default: all).")
 @click.option("--jobs", type=click.IntRange(min=1), default=None, help="Holt-Winters fit processes (default: cores).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The tidy table (CSV).")
 @units_option
 @click.option("--quiet", is_flag=True, help="Only print the summary.")
 def backtest(data: Path, variable: str | None, run_dir: Path | None, baselines: str, n_windows: int, step: int,
-             refit: int, refit_max_time: float, seq_len: int, label_len: int, pred_len: int, threads: int | None,
-             jobs: int | None, out: Path, units: tuple[str, ...], quiet: bool) -> None:
+             refit: int, refit_max_time: float, seq_len: int, label_len: int, pred_len: int, quantiles: str | None,
+             threads: int | None, jobs: int | None, out: Path, units: tuple[str, ...], quiet: bool) -> None:
     """Rolling-origin backtest: baselines (and a run) forecast from many origins, each from its past."""
     t0 = time.perf_counter()
 
@@ -118,6 +133,7 @@ def backtest(data: Path, variable: str | None, run_dir: Path | None, baselines: 
     with user_errors(_FLAGS):
         unit_map = parse_units(units)
         names = _baseline_names(baselines, run_dir is not None)
+        levels = parse_levels(quantiles)
         check_file_destination(Path(out), "--out", (".csv",), "CSV (.csv)")
         if not Path(data).exists():
             raise click.ClickException(f"--data {data}: no such file or directory")
@@ -130,7 +146,9 @@ def backtest(data: Path, variable: str | None, run_dir: Path | None, baselines: 
         ds = open_dataset(data, **({"units": unit_map} if unit_map else {}))
         if model is not None:
             ds = _model_stations(ds, model)
-        methods = [_baseline(n, variable, seq_len, pred_len, threads, jobs) for n in names]
+        if levels is None and model is not None and model.quantiles is not None:
+            levels = list(model.quantiles)  # the baselines forecast the model's levels: compared at equal levels
+        methods = [_baseline(n, variable, seq_len, pred_len, threads, jobs, levels) for n in names]
         methods = ([model] if model is not None else []) + methods
         result = cross_validation(
             methods, ds, n_windows=n_windows, step=step, refit=refit, seq_len=seq_len, label_len=label_len,

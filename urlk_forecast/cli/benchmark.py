@@ -85,7 +85,7 @@ def _model_and_data(run_dir: Path | None, data: Path | None, units: dict[str, st
     return model_dir, run.open_data(), None, {}
 
 
-def _parse_levels(text: str | None) -> list[float] | None:
+def parse_levels(text: str | None) -> list[float] | None:
     """``--quantiles 0.1,0.5,0.9`` as checked levels, before any data is read (the check's errors name the flag)."""
     if text is None:
         return None
@@ -161,7 +161,7 @@ def benchmark(data: Path | None, variable: str | None, baselines: str | None, ru
         if reader and data is None:
             raise click.UsageError("--time-column/--columns/--var-name describe a wide CSV --data file")
         names = _check_arguments(data, run_dir, gfs, hours, baselines, unit_map)
-        levels = _parse_levels(quantiles)
+        levels = parse_levels(quantiles)
         check_dir_destination(Path(out), "--out")
         model_dir, source, source_units, source_reader = _model_and_data(run_dir, data, unit_map, reader, progress)
         result = run_benchmark(
