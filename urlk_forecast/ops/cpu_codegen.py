@@ -13,12 +13,19 @@ Two families:
 * channel-blocked (small maps): vectors hold 16 channels of one pixel, ``cbfwd_{P}`` / ``cbbwd_{P}`` drivers
   transpose 16 planes in and out, taps are skipped exactly per output row.
 
+Storage and compute dtypes: the drivers copy each plane into a zero-padded scratch buffer and each result out of
+one (:mod:`urlk_forecast.ops.cpu_bf16`); the scratch and the hot loops use the dtype of the weight array (float32
+or float64), the tensors keep theirs (float32, float64, or bfloat16 as ``uint16`` bits, converted in those copies).
+
 Conventions in the generated code: unsigned (``np.uint64``) indices where numba could not prove them non-negative
 (it would emit a wrap-around test per access), vectors loaded through array views (``v = a[i:]; v[0] ... v[15]``:
 cheap to type and compile), and ``fastmath`` without ``reassoc``.
 """
 
 from __future__ import annotations
+
+import hashlib
+import os
 
 __all__ = ["generate_source", "FWD_VARIANTS", "CB_LANES", "CB_PIXELS", "GENERATOR_VERSION"]
 
@@ -28,7 +35,7 @@ FWD_VARIANTS = ((32, 4), (16, 8), (16, 4), (8, 4), (4, 4))
 _GW_TAPS = 8
 #: gradient rows loaded at once by the unit-dilation grad-weight kernel
 _GW_ROWS = 4
-GENERATOR_VERSION = "13"
+GENERATOR_VERSION = "14"
 CB_LANES = 16  # channels per vector of the channel-blocked kernels
 CB_PIXELS = (8, 4)  # output pixels of a row they hold at once
 _CB_TAPS = 4  # kernel columns per channel-blocked grad-weight pass
@@ -299,8 +306,8 @@ def _drivers_source(V: int, R: int, T: int, GV: int, dilated: bool) -> list[str]
     dh = "dh, " if dilated else ""
     if dilated:  # grad-weight per plane from aligned shifted copies (S2)
         gw_buffers = f"""
-    S2, soff2 = _aligned_buffer((Kw + {T - 1}) * Hx * {GV} if need_gw else 0, x)
-    acc = np.empty({T * GV}, x.dtype)
+    S2, soff2 = _aligned_buffer((Kw + {T - 1}) * Hx * {GV} if need_gw else 0, wtflip)
+    acc = np.empty({T * GV}, wtflip.dtype)
     glane = np.zeros(1, np.float64)"""
         gw_plane = f"""
                 gw_plane_{GV}x{T}(xp, Wx, Hx, gp, Wg, ptb, plb, Ho, Wo, Kh, Kw, dh, dw, pt, pl, H, W, gwa, goff, acc,
@@ -308,7 +315,7 @@ def _drivers_source(V: int, R: int, T: int, GV: int, dilated: bool) -> list[str]
         gw_ring = ""
     else:  # grad-weight over the rows of each channel, lane partial sums in glane
         gw_buffers = f"""
-    acc = np.empty({T * GV}, x.dtype)
+    acc = np.empty({T * GV}, wtflip.dtype)
     glane = np.zeros(KK * {GV} if need_gw else 1, np.float64)"""
         gw_plane = ""
         gw_ring = f"""
@@ -332,8 +339,8 @@ def fwd{d}_{s}(x, wt, bias, has_bias, out, C, Kh, Kw, pt, pl, dh, dw, poison, lo
     Wc = (Wo + {V - 1}) // {V} * {V}
     Hp = pt + H + {R - 1}
     Wp = pl + W + {V - 1}
-    xp = np.zeros(Hp * Wp, x.dtype)
-    o = np.empty(Hc * Wc, x.dtype)
+    xp = np.zeros(Hp * Wp, wt.dtype)
+    o = np.empty(Hc * Wc, wt.dtype)
     for n in range(lo, hi):
         c = n % C
         xn = x[n]
@@ -362,7 +369,7 @@ def bwd{d}_{s}(x, gy, wtflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, 
     Wc = (W + {V - 1}) // {V} * {V}
     Hg = ptb + Ho + {R - 1}
     Wg = plb + Wo + {V - 1}
-    o = np.empty(Hc * Wc, x.dtype)
+    o = np.empty(Hc * Wc, wtflip.dtype)
     # grad-weight: only image rows of x are read; shifted copies for Kw + T - 1 taps
     Wx = max(pl + W, (Wo + {GV - 1}) // {GV} * {GV} + (Kw - 1) * dw)
     Hx = pt + H + {T}  # zero rows below the image: the unit-dilation kernel reads up to T - 1 rows past it
@@ -372,8 +379,8 @@ def bwd{d}_{s}(x, gy, wtflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, 
     # float32 rounding would depend on whether a thread owns whole channels, i.e. on the thread count; one plane
     # at a time keeps results identical for any thread count (the batching gained < 10 %).
     NB = 1
-    gpB = np.zeros(NB * Sg, x.dtype)
-    xpB = np.zeros(NB * Sx if need_gw else 1, x.dtype){gw_buffers}
+    gpB = np.zeros(NB * Sg, wtflip.dtype)
+    xpB = np.zeros(NB * Sx if need_gw else 1, wtflip.dtype){gw_buffers}
     nblk = (B + NB - 1) // NB
     items = (hi - lo) * nblk if by_channel else hi - lo
     for k in range(items):
@@ -499,8 +506,8 @@ def cbfwd_{P}(x, wl, bias, has_bias, out, C, Kh, Kw, pt, pl, dh, dw, poison, lo,
     NCB = (C + {L_ - 1}) // {L_}
     Hs = pt + H + (Kh - 1) * dh + 1
     Ws = pl + W + (Kw - 1) * dw + {P}
-    xs = np.zeros(Hs * Ws * {L_}, x.dtype)
-    os = np.empty(Ho * Wo * {L_}, x.dtype)
+    xs = np.zeros(Hs * Ws * {L_}, wl.dtype)
+    os = np.empty(Ho * Wo * {L_}, wl.dtype)
     for u in range(lo, hi):
         b = u // NCB
         c0 = (u - b * NCB) * {L_}
@@ -528,13 +535,13 @@ def cbbwd_{P}(x, gy, wlflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, d
     plb = (Kw - 1) * dw - pl
     Hg = ptb + Ho + (Kh - 1) * dh + 1
     Wg = plb + Wo + (Kw - 1) * dw + {P}
-    gs = np.zeros(Hg * Wg * {L_}, x.dtype)
-    os = np.empty(H * W * {L_}, x.dtype)
+    gs = np.zeros(Hg * Wg * {L_}, wlflip.dtype)
+    os = np.empty(H * W * {L_}, wlflip.dtype)
     Hx = pt + H + (Kh - 1) * dh + 1
     Wx = pl + W + 2 * {T - 1} * dw + 1  # image at column pl + (T-1)*dw: the T-tap passes read up to T-1 taps out
-    xs = np.zeros(Hx * Wx * {L_} if need_gw else 1, x.dtype)
+    xs = np.zeros(Hx * Wx * {L_} if need_gw else 1, wlflip.dtype)
     gl = np.zeros(KK * {L_} if need_gw else 1, np.float64)
-    acc = np.empty({T * L_}, x.dtype)
+    acc = np.empty({T * L_}, wlflip.dtype)
     items = (hi - lo) * B if by_channel else hi - lo
     for k in range(items):
         if by_channel:
@@ -572,6 +579,15 @@ def cbbwd_{P}(x, gy, wlflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, d
 '''.splitlines()
 
 
+def _helpers_digest() -> str:
+    """Hash of :mod:`urlk_forecast.ops.cpu_bf16` (the row copies the generated kernels call): it is part of the
+    generated source, so editing the helpers renames the kernel module and numba's disk cache cannot serve stale
+    machine code (numba only checks the generated file itself)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_bf16.py")
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()[:16]
+
+
 def generate_source() -> str:  # noqa: C901 - generated kernel template
     """Python source of the kernel module (deterministic; its hash names the cached file)."""
     lines = [
@@ -579,53 +595,10 @@ def generate_source() -> str:  # noqa: C901 - generated kernel template
         "import numpy as np",
         "from numba import njit",
         "",
+        "from urlk_forecast.ops.cpu_bf16 import get as _get, get_s as _get_s, put as _put, put_s as _put_s",
         "from urlk_forecast.ops.cpu_kernels import NoSSACompiler",
         "",
-        "",
-        "@njit(cache=True, nogil=True)",
-        "def _put(dst, off, stride, src):",
-        '    """dst[off + i*stride + j] = src[i, j] (unsigned indices: no wrap-around tests, vectorizable)."""',
-        "    H, W = src.shape",
-        "    for i in range(H):",
-        "        row = src[i]",
-        "        b = np.uint64(off + i * stride)",
-        "        for j in range(np.uint64(W)):",
-        "            dst[b + j] = row[j]",
-        "",
-        "",
-        "@njit(cache=True, nogil=True)",
-        "def _get(dst, src, off, stride, add):",
-        '    """dst[i, j] = src[off + i*stride + j] + add."""',
-        "    H, W = dst.shape",
-        "    for i in range(H):",
-        "        row = dst[i]",
-        "        b = np.uint64(off + i * stride)",
-        "        for j in range(np.uint64(W)):",
-        "            row[j] = src[b + j] + add",
-        "",
-        "",
-        "@njit(cache=True, nogil=True)",
-        "def _put_s(dst, off, stride, step, src):",
-        '    """dst[off + i*stride + j*step] = src[i, j]."""',
-        "    H, W = src.shape",
-        "    su = np.uint64(step)",
-        "    for i in range(H):",
-        "        row = src[i]",
-        "        b = np.uint64(off + i * stride)",
-        "        for j in range(np.uint64(W)):",
-        "            dst[b + j * su] = row[j]",
-        "",
-        "",
-        "@njit(cache=True, nogil=True)",
-        "def _get_s(dst, src, off, stride, step, add):",
-        '    """dst[i, j] = src[off + i*stride + j*step] + add."""',
-        "    H, W = dst.shape",
-        "    su = np.uint64(step)",
-        "    for i in range(H):",
-        "        row = dst[i]",
-        "        b = np.uint64(off + i * stride)",
-        "        for j in range(np.uint64(W)):",
-        "            row[j] = src[b + j * su] + add",
+        f"# row copies and bfloat16 conversion: urlk_forecast/ops/cpu_bf16.py, source sha256 {_helpers_digest()}",
         "",
         "",
         "@njit(cache=True, nogil=True)",

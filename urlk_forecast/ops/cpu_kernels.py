@@ -30,7 +30,10 @@ and wraps it for torch tensors.
   two processes from compiling a driver twice, marker files say which drivers the disk cache holds.
   ``URLK_DWCONV_PRECOMPILE=0`` turns the helper off.
 
-The public functions take and return torch CPU tensors (zero-copy ``.numpy()`` views); float32 and float64.
+The public functions take and return torch CPU tensors (zero-copy ``.numpy()`` views); float32, float64 and
+bfloat16. bfloat16 tensors are passed as ``uint16`` views and converted in the kernels' plane copies
+(:mod:`urlk_forecast.ops.cpu_bf16`): bfloat16 storage, float32 arithmetic, float64 grad-weight sums; the weight of
+a bfloat16 call may be bfloat16 or float32 and its gradient comes back in the weight's dtype.
 """
 
 from __future__ import annotations
@@ -71,7 +74,10 @@ __all__ = [
     "prefetch_backward",
 ]
 
-SUPPORTED_DTYPES = (torch.float32, torch.float64)
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+#: weight dtypes accepted with each input dtype (a bfloat16 input may come with its float32 master weight)
+_WEIGHT_DTYPES = {torch.float32: (torch.float32,), torch.float64: (torch.float64,),
+                  torch.bfloat16: (torch.bfloat16, torch.float32)}
 
 log = logging.getLogger("urlk_forecast.ops")
 
@@ -450,7 +456,7 @@ def _run(name: str, head: tuple[Any, ...], units: int, threads: int, dtype: torc
     The units are cut into ~4 chunks per thread that the threads (the caller included) pull from a shared counter:
     on a busy machine a worker that is scheduled late just takes fewer chunks instead of stalling the call.
     """
-    zero = np.float32(0) if dtype == torch.float32 else np.float64(0)
+    zero = np.float64(0) if dtype == torch.float64 else np.float32(0)
     fn = _compiled_fn(name, head + (0, units, zero), dtype, k)
     if threads <= 1:
         fn(*head, 0, units, zero)
@@ -489,7 +495,7 @@ def _cb_weights(w: torch.Tensor, flip: bool) -> np.ndarray:
     """(C, 1, KH, KW) -> flat (ceil(C/16), KH, KW, 16), zero-padded channels, optionally rotated by 180 degrees."""
     C, _, KH, KW = w.shape
     nb = -(-C // CB_LANES)
-    wp = torch.zeros(nb * CB_LANES, KH, KW, dtype=w.dtype)
+    wp = torch.zeros(nb * CB_LANES, KH, KW, dtype=_compute(w.dtype))
     wp[:C] = w.detach()[:, 0].flip(-2, -1) if flip else w.detach()[:, 0]
     return wp.view(nb, CB_LANES, KH, KW).permute(0, 2, 3, 1).contiguous().view(-1).numpy()
 
@@ -527,10 +533,11 @@ def _pads(pad: Pad) -> tuple[int, int, int, int]:
 
 
 def supports(x: torch.Tensor, w: torch.Tensor, pad: Pad = 0, dil: int | Sequence[int] = 1) -> bool:
-    """Whether these kernels handle the call (CPU, float32/float64, depthwise weight, 0 <= pad <= (K-1)*d)."""
+    """Whether these kernels handle the call (CPU, float32/float64/bfloat16 with a weight of the same dtype, or a
+    bfloat16 input with a float32 weight; depthwise weight, 0 <= pad <= (K-1)*d)."""
     if x.device.type != "cpu" or w.device.type != "cpu" or x.dim() != 4 or w.dim() != 4:
         return False
-    if x.dtype not in SUPPORTED_DTYPES or w.dtype != x.dtype:
+    if x.dtype not in SUPPORTED_DTYPES or w.dtype not in _WEIGHT_DTYPES[x.dtype]:
         return False
     if w.shape[1] != 1 or w.shape[0] != x.shape[1]:
         return False
@@ -551,9 +558,25 @@ def _check(x: torch.Tensor, w: torch.Tensor, pad: Pad, dil: int | Sequence[int],
     if not supports(x, w, pad, dil):
         raise ValueError(
             f"cpu_kernels.{what}: unsupported call (input {x.dtype} {tuple(x.shape)} on {x.device}, weight {w.dtype} "
-            f"{tuple(w.shape)}, pad {pad!r}, dil {dil!r}); need CPU float32/float64, weight (C, 1, KH, KW), "
+            f"{tuple(w.shape)}, pad {pad!r}, dil {dil!r}); need CPU float32/float64/bfloat16 (weight: same "
+            "dtype, or float32 for bfloat16), weight (C, 1, KH, KW), "
             "0 <= pad <= (K-1)*dilation and a non-empty output"
         )
+
+
+_NP = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _compute(dtype: torch.dtype) -> torch.dtype:
+    """Arithmetic (scratch) dtype of a storage dtype: float32 for bfloat16, else the dtype itself."""
+    return torch.float32 if dtype == torch.bfloat16 else dtype
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    """Zero-copy numpy view of a contiguous tensor: bfloat16 as its ``uint16`` bits (numba has no bfloat16)."""
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
 
 
 def _poison() -> bool:
@@ -592,17 +615,18 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pad: Pa
     if y.numel() == 0:
         return y
     has_bias = bias is not None
-    bv = bias.detach().to(x.dtype).contiguous().numpy() if bias is not None else np.zeros(C, x.numpy().dtype)
+    cdt = _compute(x.dtype)
+    bv = bias.detach().to(cdt).contiguous().numpy() if bias is not None else np.zeros(C, _NP[cdt])
     work = float(B * C * Ho * Wo * KH * KW)
     cbp = _cb_pixels(W, Wo, backward=False)
     if cbp:
         units = B * -(-C // CB_LANES)
-        head = (x.view(B * C, H, W).numpy(), _cb_weights(w, False), bv, has_bias, y.view(B * C, Ho, Wo).numpy(), C,
+        head = (_np(x.view(B * C, H, W)), _cb_weights(w, False), bv, has_bias, _np(y.view(B * C, Ho, Wo)), C,
                 KH, KW, t, l, dh, dw, _poison())
         _run(f"cbfwd_{cbp}", head, units, _threads_for(units, work), x.dtype, (KH, KW))
         return y
-    wt = w.detach().transpose(-1, -2).contiguous().view(-1).numpy()  # [c][kw][kh]: the kernel's loop order
-    head = (x.view(B * C, H, W).numpy(), wt, bv, has_bias, y.view(B * C, Ho, Wo).numpy(), C, KH, KW, t, l, dh, dw,
+    wt = w.detach().to(cdt).transpose(-1, -2).contiguous().view(-1).numpy()  # [c][kw][kh]: the kernels' loop order
+    head = (_np(x.view(B * C, H, W)), wt, bv, has_bias, _np(y.view(B * C, Ho, Wo)), C, KH, KW, t, l, dh, dw,
             _poison())
     _run(f"fwd{_dil_tag(dh)}_{_variant(Ho, Wo)}", head, B * C, _threads_for(B * C, work), x.dtype, (KH, KW))
     return y
@@ -635,10 +659,10 @@ def backward(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, pad: Pad, dil: 
     by_channel = threads == 1 or C >= 2 * threads
     gwa = _empty((C if by_channel else B * C, KH * KW), x, torch.float64) if need_weight else None
     if B * C and (need_input or need_weight):
-        wtflip = w.detach().flip(-2, -1).transpose(-1, -2).contiguous().view(-1).numpy()
-        dummy = np.zeros((1, 1, 1), x.numpy().dtype)
-        head = (x.view(B * C, H, W).numpy(), gy.view(B * C, Ho, Wo).numpy(), wtflip, need_input, need_weight,
-                gx.view(B * C, H, W).numpy() if gx is not None else dummy,
+        wtflip = w.detach().to(_compute(x.dtype)).flip(-2, -1).transpose(-1, -2).contiguous().view(-1).numpy()
+        dummy = np.zeros((1, 1, 1), _np(x).dtype)
+        head = (_np(x.view(B * C, H, W)), _np(gy.view(B * C, Ho, Wo)), wtflip, need_input, need_weight,
+                _np(gx.view(B * C, H, W)) if gx is not None else dummy,
                 gwa.view(-1).numpy() if gwa is not None else np.zeros(1), C, KH, KW, t, l, dh, dw, by_channel,
                 _poison())
         _run(f"bwd{_dil_tag(dh)}_{_variant(H, W)}", head, C if by_channel else B * C, threads, x.dtype, (KH, KW))
@@ -646,7 +670,7 @@ def backward(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, pad: Pad, dil: 
     if gwa is not None:
         if not by_channel:
             gwa = gwa.view(B, C, KH * KW).sum(0)
-        gw = gwa.to(x.dtype).view(C, 1, KH, KW)
+        gw = gwa.to(w.dtype).view(C, 1, KH, KW)
     return gx, gw
 
 
@@ -663,9 +687,9 @@ def _backward_cb(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, gx: torch.T
     rows = nb * CB_LANES
     gwa = _empty((rows, KH * KW) if by_channel else (B, rows, KH * KW), x, torch.float64) if need_weight else None
     if B * C and (need_input or need_weight):
-        dummy = np.zeros((1, 1, 1), x.numpy().dtype)
-        head = (x.view(B * C, H, W).numpy(), gy.view(B * C, Ho, Wo).numpy(), _cb_weights(w, True), need_input,
-                need_weight, gx.view(B * C, H, W).numpy() if gx is not None else dummy,
+        dummy = np.zeros((1, 1, 1), _np(x).dtype)
+        head = (_np(x.view(B * C, H, W)), _np(gy.view(B * C, Ho, Wo)), _cb_weights(w, True), need_input,
+                need_weight, _np(gx.view(B * C, H, W)) if gx is not None else dummy,
                 gwa.view(-1).numpy() if gwa is not None else np.zeros(1), C, KH, KW, tl[0], tl[1], dil[0], dil[1],
                 by_channel, _poison())
         units = nb if by_channel else B * nb
@@ -673,7 +697,7 @@ def _backward_cb(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, gx: torch.T
     gw = None
     if gwa is not None:
         gwa = gwa[:C] if by_channel else gwa[:, :C].sum(0)
-        gw = gwa.to(x.dtype).reshape(C, 1, KH, KW)
+        gw = gwa.to(w.dtype).reshape(C, 1, KH, KW)
     return gx, gw
 
 
