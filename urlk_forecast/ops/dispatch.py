@@ -4,9 +4,8 @@ Per call, :func:`choose` picks
 
 * ``"cpu"``  - :mod:`urlk_forecast.ops.cpu_kernels` for CPU tensors (float32/float64/bfloat16, the latter stored
   as bfloat16 and computed in float32 inside the kernels; float16 is cast to float32 and back). Under ``auto``
-  each direction of the call (forward, grad-input, grad-weight) runs the own kernels or torch (oneDNN), whichever
-  :func:`urlk_forecast.ops.autotune.choose` measured faster for that call's shape on this machine (a small table
-  cached per machine; ``URLK_DWCONV_TUNE=0``: a fixed rule, oneDNN's forward on maps up to 12x12, own elsewhere);
+  the *forward* of maps up to 12x12 with K <= 13 and padding within the map runs ``F.conv2d`` (oneDNN is 2-5x
+  faster there); its backward still runs the own kernels (torch's CPU depthwise backward is 20-40x slower);
 * ``"cuda"`` - :mod:`urlk_forecast.ops.cuda_kernels` for CUDA tensors when its ``available()`` says so;
 * ``"torch"`` - ``F.conv2d(..., groups=C)`` for everything else (other devices, padding beyond ``(K-1)*dilation``,
   float64 on CUDA, a failed kernel import). Each distinct reason is logged once at DEBUG level on the
@@ -34,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from urlk_forecast.ops import autotune, cpu_kernels, cpu_paths
+from urlk_forecast.ops import cpu_kernels
 
 __all__ = ["BACKENDS", "choose", "run", "use_backend", "get_backend", "Pads"]
 
@@ -141,38 +140,40 @@ def _choose(x: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, int], 
 
 
 # ------------------------------------------------------------------------------------------------ autograd
+#: CPU forward of small maps: oneDNN's JIT depthwise kernel (``F.conv2d``) beats ours there, as long as the padding
+#: does not exceed the map (a kernel reaching past the whole map sends oneDNN to a slow path: 5.8 ms vs our 0.32 ms
+#: for K=13 on 32x160x3x4). Measured on the 2-core AVX-512 machine (quiet, 2 threads): torch/own 0.2-0.4 for every
+#: K <= 13 on 8x8 and 10x10 maps (B=8, C=384), 0.45-1.17 on 12x12, 0.2-0.3 on the 6x8 maps of UniRepLKNet-A's
+#: second stage with dilated branches included (B=32, C=80); mixed on 16x16, ours on larger maps and K >= 17.
+ONEDNN_FWD_MAX_SIDE = 12
+ONEDNN_FWD_MAX_K = 13
+
+
+def _onednn_forward(x: torch.Tensor, w: torch.Tensor, pads: Pads) -> bool:
+    """True when a CPU forward suits oneDNN better than the own kernels (``auto`` then runs it with ``F.conv2d``;
+    the backward stays on the own kernels)."""
+    h, wd = x.shape[-2:]
+    t, b, l, r = pads
+    return (max(h, wd) <= ONEDNN_FWD_MAX_SIDE and max(w.shape[-2:]) <= ONEDNN_FWD_MAX_K
+            and max(t, b) <= h and max(l, r) <= wd)
+
+
 class _CPUKernels:
-    """The CPU side of :class:`_OwnConv`: each direction (forward, grad-input, grad-weight) runs the own kernels
-    or torch (oneDNN), as :func:`urlk_forecast.ops.autotune.choose` decides per call shape under ``auto`` (measured,
-    cached per machine); ``own`` runs the own kernels for all three."""
+    """The own CPU kernels behind :class:`_OwnConv` (the forward of small maps optionally on oneDNN)."""
 
-    def __init__(self, backend: str) -> None:
-        self.backend = backend
-        self.impls: dict[str, str] = {}  # direction -> implementation that ran (tests, benchmarks)
-
-    def _impl(self, direction: str, x: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, int],
-              gy: torch.Tensor | None = None) -> str:
-        impl = "own" if self.backend == "own" else autotune.choose(direction, x, w, pads, dil, gy)
-        self.impls[direction] = impl
-        return impl
+    def __init__(self, onednn_forward: bool) -> None:
+        self.onednn_forward = onednn_forward
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
                 dil: tuple[int, int]) -> torch.Tensor:
-        impl = self._impl("forward", x, w, pads, dil)
-        return cpu_paths.compute("forward", impl, x, w, None, pads, dil, bias)
+        if self.onednn_forward:
+            return _torch(x, w, bias, pads, dil)
+        return cpu_kernels.forward(x, w, bias, pads, dil)
 
-    def backward(self, x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, int],
+    @staticmethod
+    def backward(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, int],
                  need_x: bool, need_w: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        own_x = need_x and self._impl("grad_input", x, w, pads, dil, gy) == "own"
-        own_w = need_w and self._impl("grad_weight", x, w, pads, dil, gy) == "own"
-        gx = gw = None
-        if own_x or own_w:  # one sweep over the planes when both gradients are on the own kernels
-            gx, gw = cpu_kernels.backward(x, gy, w, pads, dil, need_input=own_x, need_weight=own_w)
-        if need_x and not own_x:
-            gx = cpu_paths.torch_grad_input(x, gy, w, pads, dil)
-        if need_w and not own_w:
-            gw = cpu_paths.torch_grad_weight(x, gy, w, pads, dil)
-        return gx, gw
+        return cpu_kernels.backward(x, gy, w, pads, dil, need_input=need_x, need_weight=need_w)
 
     @staticmethod
     def grad_bias(gy: torch.Tensor) -> torch.Tensor:
@@ -227,6 +228,14 @@ class _OwnConv(torch.autograd.Function):
         return gx, gw, gb, None, None, None
 
 
+def _torch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
+           dil: tuple[int, int]) -> torch.Tensor:
+    t, b, l, r = pads
+    if t == b and l == r:
+        return F.conv2d(x, w, bias, 1, (t, l), dil, x.shape[1])
+    return F.conv2d(F.pad(x, (l, r, t, b)), w, bias, 1, 0, dil, x.shape[1])  # asymmetric ("same", even K)
+
+
 def _autocast(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Apply torch.autocast's conv2d policy (cast to the autocast dtype), as F.conv2d would under autocast."""
@@ -253,7 +262,7 @@ def run(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
     if path != "torch":
         x, w, bias = _autocast(x, w, bias)
     if path == "torch":
-        return cpu_paths.torch_forward(x, w, bias, pads, dil)
+        return _torch(x, w, bias, pads, dil)
     if path == "cpu":
         out_dtype = x.dtype
         if x.dtype in _HALF and x.dtype not in cpu_kernels.SUPPORTED_DTYPES:  # float16: computed in float32, the
@@ -263,8 +272,7 @@ def run(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
         channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):  # a backward will follow: compile its
             cpu_kernels.prefetch_backward(x, w, pads, dil)  # kernels ahead, in parallel (first run on a machine)
-        autotune.note_call(x, w, pads, dil)
-        kernels = _CPUKernels(backend)
+        kernels = _CPUKernels(onednn_forward=backend == "auto" and _onednn_forward(x, w, pads))
         y = _OwnConv.apply(x, w, bias, pads, dil, kernels)
         if channels_last:
             y = y.contiguous(memory_format=torch.channels_last)
