@@ -155,7 +155,7 @@ _BASE = {"utils"}
 _DATA = _BASE | {"data", "metrics"}
 _NETS = _DATA | {"ops", "models"}
 _CONTRACT = _NETS | {"method", "scoring"}
-_TRAINING = _CONTRACT | {"config", "distributed", "trainer", "training", "regime"}
+_TRAINING = _CONTRACT | {"config", "distributed", "trainer", "training", "regime", "ema"}
 _APP = _TRAINING | {"backtest", "forecaster"}
 LAYERS: dict[str, set[str]] = {
     "utils": set(),
@@ -167,8 +167,9 @@ LAYERS: dict[str, set[str]] = {
     "method": _DATA | {"scoring"},
     "config": _BASE,
     "distributed": _BASE,
+    "ema": set(),  # the weight average the trainer validates and returns (torch only)
     "regime": _BASE | {"config", "data"},
-    "trainer": _CONTRACT | {"config", "distributed", "regime"},
+    "trainer": _CONTRACT | {"config", "distributed", "regime", "ema"},
     "training": _CONTRACT | {"config", "distributed", "regime", "trainer"},
     "export": _TRAINING,  # exports a Forecaster through a Protocol; the Forecaster imports it (Forecaster.export)
     "backtest": _CONTRACT,  # rolling-origin backtests of any Method; the Forecaster imports it (cross_validation)

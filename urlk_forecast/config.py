@@ -149,6 +149,7 @@ _TRAIN_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("log_every_s", lambda v: v >= 0, "must be >= 0 seconds"),
     ("weight_decay", lambda v: v >= 0, "must be >= 0"),
     ("grad_clip", lambda v: v is None or v > 0, "must be > 0 or None"),
+    ("ema_decay", lambda v: v is None or 0 < v < 1, "must be in (0, 1) or None"),
     ("amp", lambda v: v in _AMP_CHOICES, f"choose one of {list(_AMP_CHOICES)}"),
     ("loss_norm", lambda v: v in _LOSS_NORMS, f"choose one of {list(_LOSS_NORMS)}"),
     ("optimizer", lambda v: v in _OPTIMIZERS, f"choose one of {list(_OPTIMIZERS)}"),
@@ -192,6 +193,9 @@ class TrainConfig(_JsonConfig):
     optimizer: str = "adam"
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float | None = None  # max global grad norm; None = no clipping
+    #: average the weights (exponential moving average with this decay, :mod:`urlk_forecast.ema`): validation,
+    #: early stopping and the returned weights use the average; None = the raw weights
+    ema_decay: float | None = None
     #: loss normalisation: "station" divides errors by each station's train std (the MSE Corrformer reports,
     #: which standardises the data first); "none" is the MSE in physical units.
     loss_norm: str = "station"

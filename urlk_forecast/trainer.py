@@ -38,6 +38,7 @@ what one :meth:`Trainer.fit` call builds around it (device, wrapped network, opt
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -59,6 +60,7 @@ from torch import nn
 from . import distributed as D
 from .config import ConfigError, TrainConfig
 from .data.windows import WindowSource
+from .ema import WeightEMA
 from .utils import atomic_torch_save, atomic_write_text, evenly_spaced
 
 __all__ = [
@@ -590,6 +592,7 @@ class _Run:
     scale: torch.Tensor | None = field(init=False)  # per-station loss scale
     converted: bool = False  # BatchNorm converted to a synchronised one (reverted at the end)
     best_state: dict[str, torch.Tensor] | None = None  # weights of the best complete epoch (CPU)
+    ema: WeightEMA | None = None  # the weight average validated and returned instead of the raw weights
     partial_best: float | None = None  # val loss of a limit-stopped partial epoch that beat every complete one
     resumed_from: dict[str, int] | None = None
     t_last: float = 0.0  # clock reading last added to ``TrainState.elapsed``
@@ -706,6 +709,7 @@ class Trainer:
         else:  # stepped per epoch
             run.scheduler = torch.optim.lr_scheduler.ExponentialLR(run.optimizer, gamma=cfg.lr_decay)
         run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.amp_dtype == torch.float16)
+        run.ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay is not None else None
 
     def _resume(self, run: _Run) -> None:
         """With ``cfg.resume``: restore weights, optimiser, scheduler, scaler, state and RNG from the checkpoint."""
@@ -726,6 +730,10 @@ class Trainer:
         st = self.state = TrainState(**ckpt["state"])
         st.stopped = None  # a limit that stopped the earlier run is re-checked against this run's config
         run.best_state = ckpt.get("best_state")
+        if run.ema is not None:
+            if ckpt.get("ema") is None:
+                raise ConfigError(f"{path} was written without a weight average (ema_decay=None); resume without it")
+            run.ema.load_state_dict(ckpt["ema"])
         rngs = ckpt["rng"]
         _set_rng_state(rngs[run.ctx.rank] if run.ctx.rank < len(rngs) else rngs[0], run.device)
         if len(rngs) != run.ctx.world_size:
@@ -916,6 +924,8 @@ class Trainer:
         run.last_lr = run.optimizer.param_groups[0]["lr"]
         loss = _train_step(run.net, run.optimizer, run.scaler, _to_device(raw, run.device), run.scale,
                            run.amp_dtype, cfg, run.ctx)
+        if run.ema is not None:
+            run.ema.update(run.model)
         st.global_step += 1
         st.step_in_epoch += 1
         st.windows_seen += n_windows
@@ -994,10 +1004,11 @@ class Trainer:
         ``at``: ``"epoch_end"``, ``"val_every"`` (a scheduled mid-epoch validation) or ``"stop"`` (a limit stopped
         the run mid-epoch; this one never enters the early-stopping state).
         """
-        val = (evaluate_loss(run.model, run.val_ws, run.val_idx, run.eval_bs, run.device, run.scale, run.amp_dtype,
-                             run.ctx) if run.val_idx is not None else float("nan"))
+        with run.ema.applied(run.model) if run.ema is not None else contextlib.nullcontext():
+            val = (evaluate_loss(run.model, run.val_ws, run.val_idx, run.eval_bs, run.device, run.scale,
+                                 run.amp_dtype, run.ctx) if run.val_idx is not None else float("nan"))
+            self._update_best(run, val, counted=at != "stop")  # the best weights are the evaluated ones
         entry = self._history_entry(run, val, at)
-        self._update_best(run, val, counted=at != "stop")
         self.state.history.append(entry)
         if run.ctx.is_main:
             where = {"epoch_end": "", "stop": " (partial)"}.get(at, f" step {entry['steps']}")
@@ -1067,6 +1078,7 @@ class Trainer:
                 "rng": rngs,
                 "state": asdict(self.state),
                 "best_state": run.best_state,
+                "ema": run.ema.state_dict() if run.ema is not None else None,
                 "config": self.cfg.to_dict(),
                 "fingerprint": run.fingerprint,
                 "world_size": run.ctx.world_size,
@@ -1089,6 +1101,8 @@ class Trainer:
         best_val, best_epoch, best_step = _finite(st.best_val), st.best_epoch, st.best_step
         if run.partial_best is not None:  # the limit-stopped partial epoch is the best: keep the current weights
             best_val, best_epoch, best_step = run.partial_best, st.epoch + 1, st.global_step
+            if run.ema is not None:  # ... which are the average that was evaluated
+                run.ema.copy_to(run.model)
         elif run.best_state is not None:
             run.model.load_state_dict(run.best_state)
         self._write_history(run)
