@@ -8,8 +8,10 @@ a cache directory.
 Series (:data:`SERIES`):
 
 * ``tmy3`` -- the two NREL TMY3 files inside the ``pvlib`` wheel (``pvlib/data/703165TY.csv``, Sand Point AK, and
-  ``723170TYA.CSV``, Greensboro NC): hourly dry-bulb temperature (degC) and wind speed (m/s) measured at the
-  station. A *typical* meteorological year is stitched from twelve calendar months of different years, so the
+  ``723170TYA.CSV``, Greensboro NC): hourly dry-bulb temperature (degC), wind speed (m/s), dew point (degC) and
+  station pressure (``pressure``, hPa = the file's mbar; not reduced to sea level, so it is not the registry's
+  ``sea_level_pressure``) measured at the station.
+  A *typical* meteorological year is stitched from twelve calendar months of different years, so the
   series jumps where consecutive months come from different years. TMY3 smooths those joins over 6 hours on each
   side with curve fitting (the values there are not observations), so the ``2 * join_hours`` hours around every
   join are set missing (NaN). A 12-hour gap is longer than the window dataset's ``max_gap``, so no smoothed value is
@@ -74,6 +76,11 @@ VEGA_FILES: dict[str, tuple[str, str, float, float]] = {
     "vega-sf": ("sf-temps.csv", "SAN FRANCISCO CA (vega_datasets, city centre)", 37.77, -122.42),
 }
 _VEGA_UTC_OFFSET_H = -8  # US Pacific standard time
+#: variable -> TMY3 column (the units are the schema's: degC, m/s, and mbar = hPa for the station pressure)
+_TMY3_COLUMNS = {"temperature": "Dry-bulb (C)", "wind_speed": "Wspd (m/s)", "dew_point": "Dew-point (C)",
+                 "pressure": "Pressure (mbar)"}
+#: CF attributes of the TMY3 station pressure (not a registry variable: the registry's is sea-level pressure)
+_PRESSURE_ATTRS = {"units": "hPa", "standard_name": "surface_air_pressure", "long_name": "station pressure"}
 
 
 def package_data_path(package: str, *parts: str, extra: str = "bench") -> Path:
@@ -110,14 +117,15 @@ def tmy3_joins(source_years: np.ndarray) -> np.ndarray:
 
 def read_tmy3(path: str | os.PathLike[str], *, year: int = TMY3_YEAR, join_hours: int = TMY3_JOIN_HOURS
               ) -> pd.DataFrame:
-    """One TMY3 file as a UTC-indexed frame with ``temperature`` (degC) and ``wind_speed`` (m/s).
+    """One TMY3 file as a UTC-indexed frame with ``temperature`` (degC), ``wind_speed`` (m/s), ``dew_point`` (degC)
+    and ``pressure`` (station pressure, hPa).
 
     The ``join_hours`` hours on each side of every month join (where the source year changes) are NaN; ``attrs``
     hold the station header and ``joins`` (UTC times of the first hour after each join).
     """
     path = Path(path)
     head = _tmy3_header(path)
-    raw = pd.read_csv(path, skiprows=1, usecols=["Date (MM/DD/YYYY)", "Time (HH:MM)", "Dry-bulb (C)", "Wspd (m/s)"],
+    raw = pd.read_csv(path, skiprows=1, usecols=["Date (MM/DD/YYYY)", "Time (HH:MM)", *_TMY3_COLUMNS.values()],
                       dtype={"Date (MM/DD/YYYY)": str, "Time (HH:MM)": str})
     if len(raw) != 8760:
         raise ValueError(f"{path}: a TMY3 file has 8760 hourly rows, found {len(raw)}")
@@ -128,8 +136,7 @@ def read_tmy3(path: str | os.PathLike[str], *, year: int = TMY3_YEAR, join_hours
     utc = pd.DatetimeIndex(local - pd.Timedelta(hours=head["tz"]))
     if not ((utc[1:] - utc[:-1]) == pd.Timedelta(hours=1)).all():
         raise ValueError(f"{path}: the rows are not consecutive hours")
-    values = {"temperature": raw["Dry-bulb (C)"].to_numpy(np.float64, copy=True),
-              "wind_speed": raw["Wspd (m/s)"].to_numpy(np.float64, copy=True)}
+    values = {v: raw[col].to_numpy(np.float64, copy=True) for v, col in _TMY3_COLUMNS.items()}
     for v in values.values():
         v[v <= -9000] = np.nan  # TMY3's missing code (-9900); the shipped files have none
     joins = tmy3_joins(date[2].to_numpy())
@@ -147,8 +154,7 @@ def load_tmy3(*, year: int = TMY3_YEAR, join_hours: int = TMY3_JOIN_HOURS) -> xr
     start = min(f.index[0] for f in frames)
     end = max(f.index[-1] for f in frames)
     time = pd.date_range(start, end, freq="h")
-    arrays = {v: np.stack([f[v].reindex(time).to_numpy() for f in frames], axis=1) for v in ("temperature",
-                                                                                            "wind_speed")}
+    arrays = {v: np.stack([f[v].reindex(time).to_numpy() for f in frames], axis=1) for v in _TMY3_COLUMNS}
     ds = make_dataset(time, [f.attrs["usaf"] for f in frames], [f.attrs["lat"] for f in frames],
                       [f.attrs["lon"] for f in frames], [f.attrs["elevation"] for f in frames],
                       [f.attrs["name"] for f in frames],
@@ -156,7 +162,7 @@ def load_tmy3(*, year: int = TMY3_YEAR, join_hours: int = TMY3_JOIN_HOURS) -> xr
                              "source": ", ".join(f"pvlib/data/{f}" for f in TMY3_FILES),
                              "comment": f"typical years stitched from months of different years, placed in {year} "
                                         f"(UTC); {join_hours} h on each side of every month join set missing"},
-                      **arrays)
+                      var_attrs={"pressure": _PRESSURE_ATTRS}, **arrays)
     return validate(ds)
 
 
@@ -209,7 +215,8 @@ class RealSeries:
 
 SERIES: dict[str, RealSeries] = {
     "tmy3": RealSeries("tmy3", "NREL TMY3 typical years, Sand Point AK + Greensboro NC (pvlib wheel); month joins "
-                               "+-6 h missing", ("temperature", "wind_speed"), "bench", load_tmy3),
+                               "+-6 h missing", ("temperature", "wind_speed", "dew_point", "pressure"), "bench",
+                       load_tmy3),
     "vega": RealSeries("vega", "Seattle + San Francisco hourly temperature 2010 (vega_datasets wheel); smooth, "
                                "normals-like", ("temperature",), "bench", load_vega),
 }
