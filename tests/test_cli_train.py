@@ -216,10 +216,11 @@ def test_model_kw_error_is_one_line_naming_the_accepted_keys(tmp_path: Path) -> 
     accepted = res.output.split("accepted: ")[1].strip().split(", ")
     net_args = set(inspect.signature(ForecastNet.__init__).parameters) - {
         "self", "n_stations", "coords", "seq_len", "label_len", "pred_len", "encoder", "variant", "encoder_kw",
-        "quantiles"}
+        "quantiles", "n_inputs", "input_scale"}
     assert net_args <= set(accepted) and {"dims", "depths", "kernel_sizes", "max_gap"} <= set(accepted)
     assert "bogus" not in accepted and "seq_len" not in accepted  # seq_len is --seq-len, not a network key
     assert "quantiles" not in accepted  # --quantiles, not a network key
+    assert "n_inputs" not in accepted  # set by --inputs
     res = CliRunner().invoke(cli, ["train", *TINY, "--model", "corrformer", "--model-kw", "dims=[1,2,3,4]",
                                    "--out", str(tmp_path / "r")])
     assert res.exit_code == 1 and "unknown key dims for a corrformer model" in res.output

@@ -251,7 +251,8 @@ class ForecasterConfig(_JsonConfig):
     (the file format), ``units`` of the variable, ``net`` (the network's constructor config), ``reparameterized``,
     ``frequency`` (the data time step, e.g. ``"0 days 01:00:00"``), ``n_stations`` and ``train`` (training
     metadata: period, windows, wall time, the TrainConfig, the result). ``quantiles``: the forecast quantile levels
-    (None: point forecasts). Files written before ``max_gap`` or ``quantiles`` were saved load with their defaults.
+    (None: point forecasts). ``inputs``: the covariates (None: the target only). Files written before ``max_gap``,
+    ``quantiles`` or ``inputs`` were saved load with their defaults.
     """
 
     model: str = FORECASTER_DEFAULTS["model"]
@@ -261,6 +262,7 @@ class ForecasterConfig(_JsonConfig):
     pred_len: int = FORECASTER_DEFAULTS["pred_len"]
     max_gap: int = FORECASTER_DEFAULTS["max_gap"]
     quantiles: list[float] | None = None
+    inputs: list[str] | None = None
     model_kw: dict[str, Any] = field(default_factory=dict)
     format: str = FORECASTER_FORMAT
     version: int = FORECASTER_FORMAT_VERSION
@@ -297,6 +299,6 @@ class ForecasterConfig(_JsonConfig):
         """Keyword arguments for ``Forecaster(**kw)`` (the network options of ``model_kw`` included; the
         ``encoder``/``variant`` a saved model records there follow from ``model``)."""
         kw = {k: getattr(self, k) for k in ("model", "variable", "seq_len", "label_len", "pred_len", "max_gap",
-                                             "quantiles")}
+                                             "quantiles", "inputs")}
         net_kw = {k: v for k, v in self.model_kw.items() if k not in ("encoder", "variant")}
         return {**kw, **net_kw}

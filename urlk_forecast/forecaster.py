@@ -49,7 +49,7 @@ from .data.schema import (
     validate,
     variable_units,
 )
-from .data.windows import WindowDataset, WindowSource, split_dataset
+from .data.windows import WindowDataset, WindowSource, check_inputs, split_dataset
 from .export import ExportResult, export_forecaster
 from .method import Method
 from .models.embedding import RevIN
@@ -104,6 +104,18 @@ def _preview(ids: Sequence[str], n: int = 10) -> str:
     return ", ".join(ids[:n]) + (f", ... ({len(ids)} in all)" if len(ids) > n else "")
 
 
+def _input_scales(ds: xr.Dataset, inputs: Sequence[str]) -> np.ndarray | None:
+    """Each covariate's std over ``ds`` (0 where it has fewer than two values): the network's ``input_scale``."""
+    if not inputs:
+        return None
+    out = []
+    for v in inputs:
+        a = np.asarray(ds[v].values, np.float64)
+        a = a[np.isfinite(a)]
+        out.append(float(a.std()) if a.size > 1 else 0.0)
+    return np.asarray(out, np.float32)
+
+
 def season_steps(freq: pd.Timedelta | None) -> int:
     """The seasonal period in steps for data of step ``freq``: one day of sub-daily steps (24 for hourly data),
     a week of daily or longer steps; 24 when the step is unknown (:func:`urlk_forecast.utils.steps.default_season`,
@@ -124,20 +136,28 @@ class Forecaster(Method):
     :class:`~urlk_forecast.data.windows.WindowDataset`. ``quantiles`` (keyword): forecast these levels (sorted,
     unique, in (0, 1), 0.5 among them: the median is the point forecast), trained with the pinball loss; the
     network's levels are non-decreasing by construction (median plus/minus cumulative softplus spreads).
+    ``inputs`` (keyword): other data variables whose past values enter the network with the target as covariates
+    (extra channels of the encoder's embedding; ``docs/forecasting.md``); the data (training, history) must hold
+    them. The calendar features remain the known-future inputs.
     """
 
     kind: ClassVar[str] = "neural"
 
     def __init__(self, model: str = "unireplknet_a", variable: str = "temperature", seq_len: int | str = 48,
                  label_len: int | str = 24, pred_len: int | str = 24, *, max_gap: int = 3,
-                 quantiles: Sequence[float] | None = None, **model_kw: Any) -> None:
+                 quantiles: Sequence[float] | None = None, inputs: Sequence[str] | None = None,
+                 **model_kw: Any) -> None:
         if not isinstance(variable, str) or not variable.strip():
             raise ValueError(f"variable must be the name of a data variable, got {variable!r}")
         lengths = {"seq_len": parse_length(seq_len, "seq_len"), "label_len": parse_length(label_len, "label_len"),
                    "pred_len": parse_length(pred_len, "pred_len")}
         self._check_lengths(lengths, max_gap)
         encoder, variant = parse_model_name(model)
+        if {"n_inputs", "input_scale"} & set(model_kw):
+            raise ValueError("n_inputs/input_scale are set from inputs= and the training data, not given")
         self.quantiles = quantile_levels(quantiles)  # checked here, before any data is read
+        #: covariates: variables whose past values are inputs besides the target's (checked before any data is read)
+        self.inputs: tuple[str, ...] = check_inputs(inputs, variable)
         self.model = str(model)
         #: the table label: the variant for UniRepLKNet ("unireplknet_a" also for model="a"), else the given name
         self.name = variant if encoder == "unireplknet" else normalize_name(model)
@@ -186,7 +206,8 @@ class Forecaster(Method):
         state = "untrained" if self.net is None else f"{n} stations"
         return (f"Forecaster(model={self.model!r}, variable={self.variable!r}, seq_len={self.seq_len}, "
                 f"label_len={self.label_len}, pred_len={self.pred_len}, "
-                f"{f'quantiles={list(self.quantiles)}, ' if self.quantiles is not None else ''}{state})")
+                f"{f'quantiles={list(self.quantiles)}, ' if self.quantiles is not None else ''}"
+                f"{f'inputs={list(self.inputs)}, ' if self.inputs else ''}{state})")
 
     @property
     def station_ids(self) -> np.ndarray:
@@ -226,7 +247,7 @@ class Forecaster(Method):
 
     def _windows(self, ds: xr.Dataset, order: Any = None, stride: int = 1) -> WindowDataset:
         return WindowDataset(ds, self.variable, self.seq_len, self.label_len, self.pred_len, stride=stride,
-                             max_gap=self.max_gap, order=order)
+                             max_gap=self.max_gap, order=order, inputs=self.inputs)
 
     def _order_for(self, ds: xr.Dataset, what: str) -> np.ndarray:
         """Permutation of ``ds``'s stations putting them in trained model order (errors name the differences)."""
@@ -251,11 +272,15 @@ class Forecaster(Method):
             raise ValueError(f"{what} has a time step of {freq}, but the model was trained on {self.frequency} steps")
 
     # --------------------------------------------------------------------------------------------- fit
-    def build_net(self, n_stations: int, coords: np.ndarray | None = None) -> torch.nn.Module:
-        """Build (and keep) a fresh network for ``n_stations`` stations with ``coords`` (S, 3) standardised."""
+    def build_net(self, n_stations: int, coords: np.ndarray | None = None,
+                  input_scale: np.ndarray | None = None) -> torch.nn.Module:
+        """Build (and keep) a fresh network for ``n_stations`` stations with ``coords`` (S, 3) standardised;
+        ``input_scale``: each covariate's typical scale (its training std; floors the per-window std)."""
         kw = dict(self.model_kw)
         if kw.get("skip", "none") != "none" and "season" not in kw:
             kw["season"] = season_steps(self.frequency)
+        if self.inputs:
+            kw.update(n_inputs=len(self.inputs), input_scale=input_scale)
         self.net = ForecastNet(n_stations, coords=coords, seq_len=self.seq_len, label_len=self.label_len,
                                pred_len=self.pred_len, quantiles=self.quantiles, **kw)
         self.reparameterized = False
@@ -297,7 +322,8 @@ class Forecaster(Method):
             raise ValueError("warm_start=True continues the current network: the training data must have exactly its "
                              "stations, and the network must not be re-parameterized")
         self._keep_stations(train_ws, train_ds)
-        net = self.net if warm else self.build_net(len(train_ws.station_ids), coords=train_ws.coords)
+        net = self.net if warm else self.build_net(len(train_ws.station_ids), coords=train_ws.coords,
+                                                   input_scale=_input_scales(train_ds, self.inputs))
         val_ws = self._val_windows(val_ds)
         regime: dict[str, Any] = {"schedule": "config" if config is not None else schedule, "given": sorted(overrides)}
         if isinstance(config, Regime):
@@ -346,14 +372,16 @@ class Forecaster(Method):
     def _split(self, train: Any, val: Any) -> tuple[xr.Dataset, xr.Dataset, xr.Dataset | None]:
         """``(the data given, training split, validation split)``; the chronological split when ``val`` is None."""
         ds = _open(train, "train")
-        require_variable(ds, self.variable, "train")
-        validate(ds, variables=[self.variable])
+        for v in (self.variable, *self.inputs):
+            require_variable(ds, v, "train")
+        validate(ds, variables=[self.variable, *self.inputs])
         self.resolve_lengths(ds)
         self.units = variable_units(ds, self.variable)
         if val is not None:
             val_ds = _open(val, "val")
-            require_variable(val_ds, self.variable, "val")
-            validate(val_ds, variables=[self.variable])
+            for v in (self.variable, *self.inputs):
+                require_variable(val_ds, v, "val")
+            validate(val_ds, variables=[self.variable, *self.inputs])
             return ds, ds, val_ds
         ratios = (0.7, 0.1, 0.2) if ds.attrs.get("split_bounds") else (0.9, 0.1, 0.0)
         parts = split_dataset(ds, ratios=ratios, context=self.seq_len)
@@ -417,6 +445,7 @@ class Forecaster(Method):
         ws_var = getattr(ws, "variable", None)
         if ws_var is not None and ws_var != self.variable:
             raise ValueError(f"{self.name} forecasts {self.variable!r} but the windows are {ws_var!r}")
+        cov = self._covariate_positions(ws)
         ids = [str(s) for s in ws.station_ids]
         trained = [str(s) for s in self.station_ids]
         if ws.seq_len != self.seq_len or ws.label_len != self.label_len or ws.pred_len != self.pred_len:
@@ -437,8 +466,11 @@ class Forecaster(Method):
         out = np.empty((idx.size, self.pred_len, len(ids), *levels), np.float32)
         for i in range(0, idx.size, batch_size):
             batch = ws.batch(idx[i:i + batch_size])
+            if cov is not None:  # the model's covariates, in its order
+                batch = {**batch, "x_cov": batch["x_cov"][..., cov], "x_cov_mask": batch["x_cov_mask"][..., cov]}
             if perm is not None:
-                batch = {k: (v[..., perm] if k in ("x", "x_mask") else v) for k, v in batch.items()}
+                batch = {k: (v[..., perm] if k in ("x", "x_mask") else v[..., perm, :] if k in ("x_cov", "x_cov_mask")
+                             else v) for k, v in batch.items()}
             pred = self._run(batch)
             if perm is not None:
                 back = torch.empty_like(pred)
@@ -446,6 +478,18 @@ class Forecaster(Method):
                 pred = back
             out[i:i + batch_size] = pred.numpy()
         return out
+
+    def _covariate_positions(self, ws: WindowSource) -> torch.Tensor | None:
+        """Positions of the model's covariates among the windows' ``inputs`` (None without covariates); an error
+        naming what is missing when the windows lack one."""
+        if not self.inputs:
+            return None
+        have = list(getattr(ws, "inputs", ()) or ())
+        missing = [v for v in self.inputs if v not in have]
+        if missing:
+            raise ValueError(f"{self.name} uses the inputs {', '.join(self.inputs)}, but the windows carry "
+                             f"{', '.join(have) if have else 'no inputs'}: missing {', '.join(missing)}")
+        return torch.as_tensor([have.index(v) for v in self.inputs])
 
     def predict(self, history: xr.Dataset | str | os.PathLike[str]) -> xr.Dataset:
         """Forecast the ``pred_len`` steps after the end of ``history`` (Dataset or path) for every station.
@@ -458,10 +502,11 @@ class Forecaster(Method):
         """
         self._require()
         ds = _open(history, "history")
-        if self.variable not in ds.data_vars:
-            raise ValueError(f"history has no variable {self.variable!r} (the model forecasts {self.variable}); "
-                             f"it has: {', '.join(map(str, ds.data_vars)) or 'no data variables'}")
-        validate(ds, variables=[self.variable], regular=False)
+        for v, role in ((self.variable, "forecasts"), *((c, "uses as an input") for c in self.inputs)):
+            if v not in ds.data_vars:
+                raise ValueError(f"history has no variable {v!r} (the model {role} {v}); "
+                                 f"it has: {', '.join(map(str, ds.data_vars)) or 'no data variables'}")
+        validate(ds, variables=[self.variable, *self.inputs], regular=False)
         T = ds.sizes["time"]
         if T < self.seq_len:
             raise ValueError(f"history has {T} time step(s) of {self.variable}, the model needs the last "
@@ -469,18 +514,20 @@ class Forecaster(Method):
         order = self._order_for(ds, "history")
         keep = min(T, self.seq_len + 8 * max(self.max_gap, 1))  # extra context only for gap interpolation
         recent = ds.isel(time=slice(T - keep, T))
-        validate(recent, variables=[self.variable], regular=True)
+        validate(recent, variables=[self.variable, *self.inputs], regular=True)
         self._check_frequency(recent, "history")
         times = pd.DatetimeIndex(recent["time"].values)
         freq = self.frequency if self.frequency is not None else (
             infer_frequency(recent) if len(times) >= 2 else pd.Timedelta(hours=1))
         future = pd.date_range(times[-1] + freq, periods=self.pred_len, freq=freq)
-        vals = np.asarray(recent[self.variable].transpose("time", "station").values, np.float32)[:, order]
-        full = np.concatenate([vals, np.full((self.pred_len, vals.shape[1]), np.nan, np.float32)], axis=0)
+        full = {}
+        for v in (self.variable, *self.inputs):  # the history, then pred_len unknown (NaN) steps
+            vals = np.asarray(recent[v].transpose("time", "station").values, np.float32)[:, order]
+            full[v] = np.concatenate([vals, np.full((self.pred_len, vals.shape[1]), np.nan, np.float32)], axis=0)
         st = recent.isel(station=order)
         ext = make_dataset(times.append(future), st["station"].values, st["lat"].values, st["lon"].values,
                            st["elevation"].values, st["name"].values,
-                           var_attrs={self.variable: dict(ds[self.variable].attrs)}, **{self.variable: full})
+                           var_attrs={v: dict(ds[v].attrs) for v in full}, **full)
         try:
             ws = self._windows(ext, order="identity")
         except SchemaError as e:
@@ -562,7 +609,7 @@ class Forecaster(Method):
 
     def _eval_windows(self, data: Any, split: str | None, stride: int) -> WindowDataset:
         ds = _open(data, "data")
-        validate(ds, variables=[self.variable])
+        validate(ds, variables=[self.variable, *self.inputs])
         if split is not None:
             if split not in ("train", "val", "test"):
                 raise ValueError(f"split must be 'train', 'val', 'test' or None, got {split!r}")
@@ -596,7 +643,7 @@ class Forecaster(Method):
             model=self.model, variable=self.variable, seq_len=self.seq_len, label_len=self.label_len,
             pred_len=self.pred_len, max_gap=self.max_gap, model_kw=dict(self.model_kw),
             quantiles=list(self.quantiles) if self.quantiles is not None else None,
-            units=self.units, net=dict(self._net().config),
+            inputs=list(self.inputs) or None, units=self.units, net=dict(self._net().config),
             reparameterized=self.reparameterized,
             frequency=str(self.frequency) if self.frequency is not None else None,
             n_stations=len(stations["station"]), train=dict(self.train_info))
@@ -662,4 +709,7 @@ class Forecaster(Method):
         (``"onnx"`` or ``"torchscript"``) with a JSON sidecar ``<path>.json`` (variable, units, lengths, station
         order, inputs, time features); see :func:`urlk_forecast.export.export_forecaster` and ``docs/export.md``."""
         self._require()
+        if self.inputs:
+            raise NotImplementedError(f"export of a forecaster with inputs ({', '.join(self.inputs)}) is not "
+                                      "supported yet: the exported graph reads the target only")
         return export_forecaster(self, path, format, check=check)

@@ -67,14 +67,18 @@ def window_geometry(ws: WindowSource) -> WindowGeometry:
 
 def window_arrays(ws: WindowSource, indices: np.ndarray) -> dict[str, np.ndarray]:
     """The numpy arrays of windows ``indices``: ``x``, ``x_mask`` (N, seq_len, S) and the *forecast* part of the
-    target, ``y`` and ``y_mask`` (N, pred_len, S) -- the label_len overlap with ``x`` is dropped."""
+    target, ``y`` and ``y_mask`` (N, pred_len, S) -- the label_len overlap with ``x`` is dropped; for windows with
+    covariates also ``u`` (N, seq_len, S, K), NaN where a covariate is not observed."""
     geo = window_geometry(ws)
     b = ws.batch(indices)
     x = to_numpy(b["x"]).astype(np.float32, copy=False)
     y = to_numpy(b["y"])[:, geo.label_len :].astype(np.float32, copy=False)
     y_mask = to_numpy(b["y_mask"])[:, geo.label_len :].astype(bool, copy=False)
     x_mask = to_numpy(b["x_mask"]).astype(bool, copy=False)
-    return {"x": x, "x_mask": x_mask, "y": y, "y_mask": y_mask}
+    out = {"x": x, "x_mask": x_mask, "y": y, "y_mask": y_mask}
+    if "x_cov" in b:
+        out["u"] = np.where(to_numpy(b["x_cov_mask"]).astype(bool), to_numpy(b["x_cov"]), np.nan).astype(np.float32)
+    return out
 
 
 def _window_starts(ws: WindowSource, indices: np.ndarray) -> np.ndarray:

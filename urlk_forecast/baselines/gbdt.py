@@ -11,7 +11,10 @@ evaluation windows. Features:
   window), the mean of the last 24 inputs;
 * calendar of the target time: hour of day and day of year as sin/cos, and the local solar hour (UTC hour + lon/15)
   as sin/cos so one model can share the diurnal cycle across longitudes;
-* station latitude, longitude, elevation, and the lead ``h``.
+* station latitude, longitude, elevation, and the lead ``h``;
+* with covariates (``inputs=["dew_point", "pressure"]``, the same variables a Forecaster trained with ``inputs``
+  sees): lags ``u[-l]`` of each covariate's input window for ``input_lags`` (default 1, 2, 3, 6, 12, 24), NaN where
+  that covariate is not observed, so the comparison with such a model stays fair.
 
 The target is the change from the last input value (``y[h] - x[-1]``), which trees fit far better than the level;
 the forecast adds it back. Training rows are subsampled (``max_rows``, default 200 000) for speed; early stopping
@@ -39,7 +42,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..data.windows import WindowDataset, WindowSource
+from ..data.windows import WindowDataset, WindowSource, check_inputs
 from .base import Baseline, resolve_indices, window_arrays, window_geometry
 from .quantiles import with_median
 
@@ -145,7 +148,8 @@ class GBDT(Baseline):
     ``max_iter``, ``learning_rate``, ``max_leaf_nodes``, ``l2_regularization`` go to scikit-learn. ``n_threads``
     caps scikit-learn's OpenMP threads (None = its default, all cores); on a machine shared with other jobs, 1 is
     often much faster than oversubscribed OpenMP. ``quantiles``: levels forecast with one quantile-loss model each
-    (see the module docstring; None = the one squared-error model).
+    (see the module docstring; None = the one squared-error model). ``inputs``: covariates (other data variables;
+    the training data and the windows must carry them) whose ``input_lags`` are features too.
     """
 
     name = "GBDT"
@@ -156,8 +160,14 @@ class GBDT(Baseline):
                  max_rows: int = 200_000, max_iter: int = 100, learning_rate: float = 0.2, max_leaf_nodes: int = 31,
                  l2_regularization: float = 0.0, max_gap: int = 3, random_state: int = 0,
                  predict_rows: int = 500_000, n_threads: int | None = None,
-                 quantiles: Sequence[float] | None = None, *, variable: str = "temperature") -> None:
+                 quantiles: Sequence[float] | None = None, *, variable: str = "temperature",
+                 inputs: Sequence[str] | None = None, input_lags: Sequence[int] = (1, 2, 3, 6, 12, 24)) -> None:
         super().__init__(variable=variable)
+        self.inputs = check_inputs(inputs, variable)
+        self.input_lags = np.asarray(sorted({int(v) for v in input_lags}), np.int64)
+        if self.inputs and (self.input_lags.size == 0 or self.input_lags.min() < 1
+                            or self.input_lags.max() > int(seq_len)):
+            raise ValueError(f"input_lags must be positive integers up to seq_len ({seq_len}), got {list(input_lags)}")
         self.quantiles, self._levels, self._median = with_median(quantiles)
         self.lags = np.asarray(sorted({int(v) for v in lags}), np.int64)
         if self.lags.size == 0 or self.lags.min() < 1:
@@ -189,12 +199,14 @@ class GBDT(Baseline):
         """Column names of the feature matrix."""
         return ([f"lag{int(v)}" for v in self.lags] + ["target_minus_24h", "target_minus_48h", "mean24",
                                                         "hour_sin", "hour_cos", "doy_sin", "doy_cos", "solar_sin",
-                                                        "solar_cos", "lat", "lon", "elevation", "lead"])
+                                                        "solar_cos", "lat", "lon", "elevation", "lead"]
+                + [f"{v}_lag{int(k)}" for v in self.inputs for k in self.input_lags])
 
     # -- features -------------------------------------------------------------------------------------------------
     def _features(self, x: np.ndarray, xmask: np.ndarray, starts_ns: np.ndarray, step_ns: int, n: np.ndarray,
-                  s: np.ndarray, h: np.ndarray, geo: np.ndarray) -> np.ndarray:
-        """Feature rows for (window n, station s, lead h (0-based)) triples; ``x``/``xmask`` (N, L, S)."""
+                  s: np.ndarray, h: np.ndarray, geo: np.ndarray, u: np.ndarray | None = None) -> np.ndarray:
+        """Feature rows for (window n, station s, lead h (0-based)) triples; ``x``/``xmask`` (N, L, S), ``u`` the
+        covariates (N, L, S, K), NaN where not observed."""
         L = x.shape[1]
         xv = np.where(xmask, x, np.nan)
         F = np.empty((n.size, len(self.feature_names)), np.float32)
@@ -221,10 +233,15 @@ class GBDT(Baseline):
         F[:, j + 5] = np.cos(2 * np.pi * solar / 24)
         F[:, j + 6], F[:, j + 7], F[:, j + 8] = lat, lon, elev
         F[:, j + 9] = h + 1
+        j += 10
+        for k in range(len(self.inputs)):
+            for lag in self.input_lags:
+                F[:, j] = u[n, L - lag, s, k]  # type: ignore[index]
+                j += 1
         return F
 
     def _grid_features(self, x: np.ndarray, xmask: np.ndarray, starts_ns: np.ndarray, step_ns: int, H: int,
-                       geo: np.ndarray) -> np.ndarray:
+                       geo: np.ndarray, u: np.ndarray | None = None) -> np.ndarray:
         """:meth:`_features` for *every* (window, lead, station) of the windows, rows ordered (n, h, s), built by
         broadcasting instead of gathering (the prediction path; equal to ``_features`` on the same rows, tested)."""
         N, L, S = x.shape
@@ -254,6 +271,11 @@ class GBDT(Baseline):
         F[..., j + 5] = np.cos(2 * np.pi * solar / 24)
         F[..., j + 6], F[..., j + 7], F[..., j + 8] = lat, lon, elev
         F[..., j + 9] = (hs + 1)[None, :, None]
+        j += 10
+        for k in range(len(self.inputs)):
+            for lag in self.input_lags:
+                F[..., j] = u[:, None, L - lag, :, k]  # type: ignore[index]
+                j += 1
         return F.reshape(N * H * S, -1)
 
     @staticmethod
@@ -277,7 +299,7 @@ class GBDT(Baseline):
 
         self._begin_fit(train)
         ws = WindowDataset(train, self.variable, seq_len=self.seq_len, label_len=0, pred_len=self.max_horizon,
-                           max_gap=self.max_gap, order="identity")
+                           max_gap=self.max_gap, order="identity", inputs=self.inputs)
         if len(ws) == 0:
             raise ValueError(f"training split too short for GBDT windows of {self.seq_len}+{self.max_horizon} steps")
         S, H = len(ws.station_ids), self.max_horizon
@@ -300,7 +322,8 @@ class GBDT(Baseline):
             ok = arrs["y_mask"][n, h, s] & np.isfinite(yv)
             n, s, h = n[ok], s[ok], h[ok]
             base = arrs["x"][n, -1, s]
-            F = self._features(arrs["x"], arrs["x_mask"], self._starts_ns(ws, wi), step_ns, n, s, h, geo)
+            F = self._features(arrs["x"], arrs["x_mask"], self._starts_ns(ws, wi), step_ns, n, s, h, geo,
+                               arrs.get("u"))
             feats.append(F)
             targets.append((arrs["y"][n, h, s] - base).astype(np.float32))
         X = np.concatenate(feats)[: self.max_rows]
@@ -355,6 +378,7 @@ class GBDT(Baseline):
             raise ValueError(f"GBDT was trained for leads up to {self.max_horizon}, windows ask for {g.pred_len}")
         if int(g.freq.value) != self._step_ns:
             raise ValueError(f"GBDT was trained on {pd.Timedelta(self._step_ns)} steps, windows have {g.freq}")
+        cov = self._covariate_positions(ws)
         idx = resolve_indices(ws, indices)
         geo = self.station_geo[pos]
         S, H = pos.size, g.pred_len
@@ -365,12 +389,24 @@ class GBDT(Baseline):
             wi = idx[a : a + wchunk]
             arrs = window_arrays(ws, wi)
             nb = wi.size
-            F = self._grid_features(arrs["x"], arrs["x_mask"], self._starts_ns(ws, wi), self._step_ns, H, geo)
+            u = arrs["u"][..., cov] if cov is not None else None
+            F = self._grid_features(arrs["x"], arrs["x_mask"], self._starts_ns(ws, wi), self._step_ns, H, geo, u)
             F = F if self.used_features.all() else F[:, self.used_features]
             for k, (model, forest) in enumerate(members):
                 delta = self._predict_rows(F, model, forest).astype(np.float32).reshape(nb, H, S)
                 out[a : a + nb, ..., k] = arrs["x"][:, -1:, :] + delta
         return out
+
+    def _covariate_positions(self, ws: WindowSource) -> np.ndarray | None:
+        """Positions of this model's covariates among the windows' ``inputs`` (None without covariates)."""
+        if not self.inputs:
+            return None
+        have = list(getattr(ws, "inputs", ()) or ())
+        missing = [v for v in self.inputs if v not in have]
+        if missing:
+            raise ValueError(f"{self.name} uses the inputs {', '.join(self.inputs)}, but the windows carry "
+                             f"{', '.join(have) if have else 'no inputs'}: missing {', '.join(missing)}")
+        return np.asarray([have.index(v) for v in self.inputs], np.int64)
 
     def _predict_rows(self, F: np.ndarray, model: Any, forest: Forest | None) -> np.ndarray:
         if forest is None:

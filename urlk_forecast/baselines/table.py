@@ -298,6 +298,7 @@ class _Setup:
     seed: int
     season: int = 24  # steps: a day of sub-daily steps, a week of daily steps
     quantiles: tuple[float, ...] | None = None  # levels for the baselines that forecast quantiles
+    inputs: tuple[str, ...] = ()  # covariates of the run's model: GBDT gets them as lag features
 
 
 def _baseline_kwargs(name: str, st: _Setup, say: Progress) -> dict[str, Any]:
@@ -308,7 +309,9 @@ def _baseline_kwargs(name: str, st: _Setup, say: Progress) -> dict[str, Any]:
                 "history_hours": max(672, 4 * st.season)}
     if name == "gbdt":
         return {"n_threads": st.threads, "seq_len": st.seq_len, "max_horizon": st.pred_len,
-                "lags": tuple(v for v in (*range(1, 25), 48) if v <= st.seq_len)}
+                "lags": tuple(v for v in (*range(1, 25), 48) if v <= st.seq_len),
+                **({"inputs": st.inputs, "input_lags": tuple(v for v in (1, 2, 3, 6, 12, 24) if v <= st.seq_len)}
+                   if st.inputs else {})}
     if name == "prophet":
         return {"stations": st.prophet_stations}
     if name == "gfs":
@@ -372,6 +375,14 @@ def _fit_baselines(names: Sequence[str], train: xr.Dataset, st: _Setup, failures
     return fitted
 
 
+def _checked_inputs(ds: xr.Dataset, variable: str, model: Forecaster | None) -> tuple[str, ...]:
+    """The covariates of the run's model (none without one), once ``ds`` is known to hold them and ``variable``."""
+    inputs = tuple(getattr(model, "inputs", ()) or ())
+    for v in (variable, *inputs):
+        require_variable(ds, v)
+    return inputs
+
+
 def run_benchmark(data: DataSource | None = None, variable: str = "temperature", baselines: Sequence[str] | None = None,
                   run: str | os.PathLike[str] | None = None, gfs: DataSource | None = None, stations: int | None = None,
                   hours: int | None = None, max_windows: int | None = 512, seq_len: int | str = 48,
@@ -396,7 +407,8 @@ def run_benchmark(data: DataSource | None = None, variable: str = "temperature",
     season (steps or a duration; default one day of sub-daily steps, a week of daily steps). ``quantiles``: levels
     the baselines that can (persistence, seasonal naive, Holt-Winters, GBDT) forecast, scored with pinball loss,
     interval coverage and CRPS (default: the levels of a ``run`` trained with quantiles, else none); a ``run`` is
-    always scored at its own levels.
+    always scored at its own levels. A ``run`` trained with covariates (``inputs``) is scored on windows that carry
+    them, and GBDT gets the same covariates as lag features.
     """
     say: Progress = progress or (lambda _msg: None)
     model = None
@@ -409,8 +421,8 @@ def run_benchmark(data: DataSource | None = None, variable: str = "temperature",
         variable = model.variable
         seq_len, label_len, pred_len, max_gap = model.seq_len, model.label_len, model.pred_len, model.max_gap
     ds, data_label = _load_data(data, stations if model is None else None, hours, seed, say, units, reader)
-    require_variable(ds, variable)
-    validate(ds, variables=[variable])
+    inputs = _checked_inputs(ds, variable, model)
+    validate(ds, variables=[variable, *inputs])
     freq = infer_frequency(ds)
     seq_len, label_len, pred_len = (length_steps(v, freq, k) for k, v in
                                     (("seq_len", seq_len), ("label_len", label_len), ("pred_len", pred_len)))
@@ -424,7 +436,7 @@ def run_benchmark(data: DataSource | None = None, variable: str = "temperature",
         _warn_if_in_sample(model, test)
     if test.sizes["time"] < seq_len + pred_len:
         raise ValueError(f"the test split has {test.sizes['time']} steps, fewer than seq_len + pred_len")
-    ws = WindowDataset(test, variable, seq_len, label_len, pred_len, max_gap=max_gap)
+    ws = WindowDataset(test, variable, seq_len, label_len, pred_len, max_gap=max_gap, inputs=inputs)
     if len(ws) == 0:
         raise ValueError("the test split has no complete window")
     idx = evenly_spaced(len(ws), int(max_windows) if max_windows else None)
@@ -434,7 +446,7 @@ def run_benchmark(data: DataSource | None = None, variable: str = "temperature",
     failures: dict[str, str] = {}
     setup = _Setup(variable, seq_len, pred_len, n_jobs, threads, prophet_stations, gfs, test, seed,
                    length_steps(season, freq, "season") if season is not None else default_season(freq),
-                   _quantile_levels(quantiles, model, say))
+                   _quantile_levels(quantiles, model, say), inputs)
     fitted = _fit_baselines(names, train, setup, failures, say)
     methods = [m for n, m in fitted if n != "prophet"] + ([model] if model is not None else [])
     table = score_methods(methods, ws, idx, batch_size=batch_size, keep_going=True, progress=say)

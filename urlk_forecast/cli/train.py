@@ -31,6 +31,7 @@ import xarray as xr
 
 from .. import distributed as D
 from ..config import QUICK_TRAIN_DEFAULTS, ConfigError, TrainConfig
+from ..data.schema import require_variable, validate
 from ..data.windows import WindowDataset, split_dataset
 from ..forecaster import Forecaster, parse_model_name
 from ..models.encoders import encoder_options
@@ -52,17 +53,17 @@ _TRAIN_OPTION_KEYS = (
     "data", "variable", "model", "model_kw", "seq_len", "label_len", "pred_len", "epochs", "batch_size", "lr",
     "lr_decay", "patience", "steps_per_epoch", "device", "max_time", "max_steps", "amp", "checkpointing",
     "grad_clip", "seed", "stations", "hours", "val_windows", "eval_windows", "checkpoint_every", "schedule",
-    "threads", "units", "time_column", "columns", "var_name", "quantiles",
+    "threads", "units", "time_column", "columns", "var_name", "quantiles", "inputs",
 )
 # never forwarded to the torchrun children (they are launcher options, or re-derived)
 _LAUNCH_ONLY = ("devices", "nnodes", "node_rank", "master_addr", "master_port", "rdzv_endpoint")
 # ForecastNet arguments the Forecaster sets itself (not --model-kw keys)
 _SET_BY_FORECASTER = {"self", "n_stations", "coords", "seq_len", "label_len", "pred_len", "encoder", "variant",
-                      "encoder_kw", "quantiles"}
+                      "encoder_kw", "quantiles", "n_inputs", "input_scale"}
 # Python argument names in library messages -> this command's flags
 _FLAGS = {"variable": "--var", "model": "--model", "seq_len": "--seq-len", "label_len": "--label-len",
           "pred_len": "--pred-len", "stations": "--stations", "hours": "--hours", "data": "--data", "units": "--units",
-          "quantiles": "--quantiles", **WIDE_FLAGS}
+          "quantiles": "--quantiles", "inputs": "--inputs", **WIDE_FLAGS}
 
 log = logging.getLogger("urlk_forecast.cli")
 
@@ -86,6 +87,9 @@ class _Plan:
 @click.option("--var", "variable", default=None,
               help="Variable to forecast: any data variable of --data (default: temperature; for a wide CSV its "
                    "variable, --var-name).")
+@click.option("--inputs", default=None, metavar="VAR1,VAR2,...",
+              help="Covariates: other data variables of --data whose past values the network reads with the target "
+                   "(e.g. dew_point,pressure); GBDT in the final table gets them as lag features.")
 @click.option("--model", default="unireplknet_a", show_default=True,
               help="unireplknet_<a|f|p|n|t|s|b|l|xl|h>, convnext[_v], resnet[_v] or corrformer[_v].")
 @click.option("--model-kw", multiple=True, metavar="KEY=VALUE",
@@ -240,6 +244,16 @@ def _parse_quantiles(text: str | None) -> list[float] | None:
                                  param_hint="--quantiles") from None
 
 
+def _parse_inputs(text: str | None) -> list[str] | None:
+    """``--inputs dew_point,pressure`` as names (the Forecaster checks them; the data check names the file's)."""
+    if text is None:
+        return None
+    names = [v.strip() for v in str(text).split(",") if v.strip()]
+    if not names:
+        raise click.BadParameter(f"{text!r} names no variable; give e.g. dew_point,pressure", param_hint="--inputs")
+    return names
+
+
 def accepted_model_kw(encoder: str) -> list[str]:
     """The ``--model-kw`` keys a model of ``encoder`` accepts: the network's own arguments, the encoder's options
     and the Forecaster's ``max_gap``."""
@@ -286,7 +300,8 @@ def _plan(opts: dict[str, Any]) -> _Plan:
     opts["variable"] = default_variable(opts["variable"], opts["data"], reader)
     fc = Forecaster(opts["model"], variable=opts["variable"], seq_len=opts["seq_len"],
                     label_len=opts["label_len"], pred_len=opts["pred_len"],
-                    quantiles=_parse_quantiles(opts.get("quantiles")), **model_kw)
+                    quantiles=_parse_quantiles(opts.get("quantiles")), inputs=_parse_inputs(opts.get("inputs")),
+                    **model_kw)
     units = parse_units(opts.get("units") or ())
     if units and opts["data"] is None:
         raise click.UsageError("--units describes the --data file; the synthetic set is in the schema units")
@@ -308,6 +323,9 @@ def _split(plan: _Plan) -> tuple[dict[str, xr.Dataset], WindowDataset]:
     fc = plan.forecaster
     t0 = time.perf_counter()
     ds = open_data(plan.data, fc.variable)
+    for v in fc.inputs:  # the covariates: present, with units (nothing is written yet)
+        require_variable(ds, v, "the data")
+    validate(ds, variables=[fc.variable, *fc.inputs])
     fc.resolve_lengths(ds)  # --seq-len 48h: steps of this data
     parts = split_dataset(ds, context=fc.seq_len)
     need = fc.seq_len + fc.pred_len
@@ -317,7 +335,8 @@ def _split(plan: _Plan) -> tuple[dict[str, xr.Dataset], WindowDataset]:
             raise click.ClickException(
                 f"--seq-len {fc.seq_len} + --pred-len {fc.pred_len} = {need} steps do not fit in the {name} split "
                 f"({steps} of the data's {ds.sizes['time']} steps); use shorter windows or more data")
-    test_ws = WindowDataset(parts["test"], fc.variable, fc.seq_len, fc.label_len, fc.pred_len, max_gap=fc.max_gap)
+    test_ws = WindowDataset(parts["test"], fc.variable, fc.seq_len, fc.label_len, fc.pred_len, max_gap=fc.max_gap,
+                            inputs=fc.inputs)
     if len(test_ws) == 0:
         raise click.ClickException(f"the test split ({parts['test'].sizes['time']} steps) has no complete window of "
                                    f"--seq-len {fc.seq_len} + --pred-len {fc.pred_len}; use shorter windows")

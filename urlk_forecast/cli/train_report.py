@@ -38,7 +38,8 @@ Progress = Callable[..., None]
 
 
 def _baselines(train: xr.Dataset, fc: Forecaster, threads: int | None, say: Progress) -> list[Method]:
-    """Persistence, seasonal naive (a day of sub-daily steps, a week of daily steps) and GBDT fitted on ``train``;
+    """Persistence, seasonal naive (a day of sub-daily steps, a week of daily steps) and GBDT (with the model's
+    covariates as lag features) fitted on ``train``;
     one that cannot be built or fitted for this data (e.g. a season longer than the input) is left out with a
     warning."""
     v = fc.variable
@@ -47,7 +48,8 @@ def _baselines(train: xr.Dataset, fc: Forecaster, threads: int | None, say: Prog
         lambda: Persistence(variable=v),
         lambda: SeasonalNaive(variable=v),
         lambda: GBDT(variable=v, seq_len=fc.seq_len, max_horizon=fc.pred_len, lags=lags, max_rows=GBDT_MAX_ROWS,
-                     n_threads=threads, max_gap=fc.max_gap),
+                     n_threads=threads, max_gap=fc.max_gap, inputs=fc.inputs,
+                     input_lags=tuple(k for k in (1, 2, 3, 6, 12, 24) if k <= fc.seq_len)),
     ]
     out: list[Method] = []
     for make in makers:

@@ -36,7 +36,7 @@ import xarray as xr
 from .schema import SchemaError, make_dataset, parse_split_bounds, validate
 
 __all__ = ["split_dataset", "time_features", "station_order", "hilbert_index", "WindowDataset", "WindowSource",
-           "fill_gaps"]
+           "fill_gaps", "check_inputs"]
 
 SPLITS = ("train", "val", "test")
 
@@ -282,6 +282,31 @@ def _gather_windows(values, mask, observed, starts, L, P, Q, G, x, xm, y, ym):  
                 y[b, P + r, s] = values[t, s] if m else np.nan
 
 
+# ------------------------------------------------------------------------------------------------ covariates
+
+
+def check_inputs(inputs: Sequence[str] | str | None, variable: str | Sequence[str]) -> tuple[str, ...]:
+    """The covariate names ``inputs`` as a tuple: non-empty, distinct, none of them the forecast ``variable``
+    (errors say ``inputs=...``, which the CLI words as its flag)."""
+    if inputs is None:
+        return ()
+    if isinstance(inputs, str):
+        raise TypeError(f"inputs={inputs!r}: must be a list of variable names, not a string")
+    names = tuple(inputs)
+    bad = [v for v in names if not isinstance(v, str) or not v.strip()]
+    if bad:
+        raise ValueError(f"inputs={list(names)!r}: {bad[0]!r} is not the name of a data variable")
+    dup = sorted({v for v in names if names.count(v) > 1})
+    if dup:
+        raise ValueError(f"inputs={list(names)!r}: names {', '.join(map(repr, dup))} more than once")
+    targets = {variable} if isinstance(variable, str) else set(variable)
+    clash = [v for v in names if v in targets]
+    if clash:
+        raise ValueError(f"inputs={list(names)!r}: must not contain the forecast variable {clash[0]!r} (its past "
+                         "values are always an input)")
+    return names
+
+
 # ------------------------------------------------------------------------------------------------- windows
 
 
@@ -322,6 +347,10 @@ class WindowDataset(torch.utils.data.Dataset):
     last ``pred_len`` rows are the targets, NaN where a gap is longer than ``max_gap``.
     :meth:`batch` builds a stacked batch directly (the fast path for training).
 
+    ``inputs``: other data variables whose past values the windows carry as covariates: ``x_cov`` (seq_len, S, K)
+    and ``x_cov_mask`` (bool), built exactly like ``x``/``x_mask`` (short gaps interpolated and observed, longer gaps
+    held and unobserved, a gap open at the end of ``x`` held and unobserved); absent without inputs.
+
     ``order``: None = Hilbert order over lat/lon (:func:`station_order`; dataset order when no station has a
     location, as for a wide CSV's series), ``"identity"`` = dataset order, or an
     explicit permutation of station indices. Before a station's first observation its inputs are the causal values
@@ -339,6 +368,7 @@ class WindowDataset(torch.utils.data.Dataset):
         stride: int = 1,
         max_gap: int = 3,
         order: np.ndarray | Sequence[int] | str | None = None,
+        inputs: Sequence[str] = (),
     ) -> None:
         for name, val, lo in (("seq_len", seq_len, 1), ("label_len", label_len, 0), ("pred_len", pred_len, 1),
                               ("stride", stride, 1), ("max_gap", max_gap, 0)):
@@ -346,7 +376,8 @@ class WindowDataset(torch.utils.data.Dataset):
                 raise ValueError(f"{name} must be an integer >= {lo}, got {val!r}")
         if label_len > seq_len:
             raise ValueError(f"label_len ({label_len}) must not exceed seq_len ({seq_len}): y's first rows repeat x's")
-        validate(ds, variables=[variable])
+        self.inputs = check_inputs(inputs, variable)
+        validate(ds, variables=[variable, *self.inputs])
         self.variable = variable
         self.units = str(ds[variable].attrs.get("units", ""))
         self.seq_len, self.label_len, self.pred_len = int(seq_len), int(label_len), int(pred_len)
@@ -367,6 +398,9 @@ class WindowDataset(torch.utils.data.Dataset):
         raw = ds[variable].transpose("time", "station").values
         self.values, self.mask, self.observed = fill_gaps(raw, self.max_gap, self.order)
         self._fill_leading_gaps()
+        # covariates: the same gap rules; before a record starts the held values are unobserved (masked), never used
+        self.cov = [fill_gaps(ds[v].transpose("time", "station").values, self.max_gap, self.order)
+                    for v in self.inputs]
         self.marks = time_features(self.times)
         span = self.seq_len + self.pred_len
         self._len = max(0, (len(self.times) - self._start0 - span) // self.stride + 1)
@@ -518,10 +552,28 @@ class WindowDataset(torch.utils.data.Dataset):
                 self.values, self.mask, self.observed, starts, L, P, Q, self.max_gap,
                 out["x"].numpy(), out["x_mask"].numpy(), out["y"].numpy(), out["y_mask"].numpy(),
             )  # fmt: skip
+        if self.inputs:
+            out["x_cov"], out["x_cov_mask"] = self._covariate_batch(starts)
         out["x_mark"] = torch.from_numpy(self.marks[starts[:, None] + np.arange(L)])
         out["y_mark"] = torch.from_numpy(self.marks[starts[:, None] + np.arange(L - P, L + Q)])
         out["index"] = torch.from_numpy(idx)
-        return {k: out[k] for k in ("x", "x_mark", "y", "y_mark", "x_mask", "y_mask", "index")}
+        keys = ("x", "x_mark", "y", "y_mark", "x_mask", "y_mask", "index") + (("x_cov", "x_cov_mask") if self.inputs
+                                                                               else ())
+        return {k: out[k] for k in keys}
+
+    def _covariate_batch(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x_cov``/``x_cov_mask`` (B, seq_len, S, K) for windows starting at ``starts``: each covariate's inputs
+        gathered by the same compiled pass (and rules) as ``x``/``x_mask``."""
+        B, L, S = starts.size, self.seq_len, self.num_stations
+        xs, ms = [], []
+        none_f, none_b = np.empty((B, 0, S), np.float32), np.empty((B, 0, S), np.bool_)
+        for values, mask, observed in self.cov:
+            x, m = np.empty((B, L, S), np.float32), np.empty((B, L, S), np.bool_)
+            if B:
+                _gather_windows(values, mask, observed, starts, L, 0, 0, self.max_gap, x, m, none_f, none_b)
+            xs.append(x)
+            ms.append(m)
+        return torch.from_numpy(np.stack(xs, axis=-1)), torch.from_numpy(np.stack(ms, axis=-1))
 
     def _batch_reference(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
         """Plain-numpy version of :meth:`batch` (the specification the fast path is tested against)."""
@@ -597,6 +649,7 @@ class WindowDataset(torch.utils.data.Dataset):
         return (
             f"WindowDataset({self.variable!r}, windows={self._len}, stations={self.num_stations}, "
             f"seq_len={self.seq_len}, label_len={self.label_len}, pred_len={self.pred_len}, stride={self.stride}, "
-            f"max_gap={self.max_gap}, times={self.times[0] if len(self.times) else None}.."
+            f"max_gap={self.max_gap}, " + (f"inputs={list(self.inputs)}, " if self.inputs else "") +
+            f"times={self.times[0] if len(self.times) else None}.."
             f"{self.times[-1] if len(self.times) else None})"
         )

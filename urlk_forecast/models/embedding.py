@@ -9,7 +9,9 @@
   are cropped from the output (they never reach the loss), their coordinates repeat the last station too.
 * :class:`DataEmbedding` — Corrformer's embedding: token Conv1d(D' → d_model, k=3, circular, no bias) +
   time-feature Linear(4 → d_model) + geographic Linear(3·D' → d_model) of the node's standardised
-  lat/lon/elevation + dropout.
+  lat/lon/elevation + dropout. With ``n_channels = 1 + 2K`` (K covariates) the token conv reads D'·(1 + 2K)
+  channels: the target's D', then per covariate its D' masked normalised values and its D' masks
+  (:func:`covariate_channels`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["RevIN", "NodeGrouping", "TokenEmbedding", "DataEmbedding"]
+__all__ = ["RevIN", "NodeGrouping", "TokenEmbedding", "DataEmbedding", "covariate_channels"]
 
 
 class RevIN(nn.Module):
@@ -110,6 +112,27 @@ class RevIN(nn.Module):
         return d * std[..., None]
 
 
+def covariate_channels(u: torch.Tensor, mask: torch.Tensor, floor: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Covariates ``u`` (B, L, S, K) with ``mask`` → ``(B, L, S, K, 2)``: the value normalised per window, station
+    and covariate by the mean/std of its *observed* entries (mask True and finite; std at least ``floor`` (K,)),
+    multiplied by the mask, and the mask (1.0 / 0.0) itself.
+
+    An unobserved entry contributes exactly zero on both channels, so a covariate with nothing observed leaves
+    the network's output what it is without that covariate; the mask channel tells a real zero (a value at the
+    window mean) from a missing one. Held gap values never enter, so nothing of a later time leaks in.
+    """
+    m = mask.bool() & torch.isfinite(u)
+    w = m.to(u.dtype)
+    zero = torch.zeros((), dtype=u.dtype, device=u.device)
+    uz = torch.where(m, u, zero)
+    cnt = w.sum(dim=1, keepdim=True).clamp(min=1)
+    mean = (uz * w).sum(dim=1, keepdim=True) / cnt
+    var = (((uz - mean) * w) ** 2).sum(dim=1, keepdim=True) / cnt
+    std = torch.sqrt(torch.maximum(var, floor.to(u.dtype) ** 2) + eps)
+    z = torch.where(m, (uz - mean) / std, zero)
+    return torch.stack([z, w], dim=-1).detach()
+
+
 class NodeGrouping(nn.Module):
     """Group ``S`` stations into ``n = ceil(S / D')`` nodes of ``D'`` consecutive stations and back."""
 
@@ -166,11 +189,13 @@ class TokenEmbedding(nn.Module):
 
 
 class DataEmbedding(nn.Module):
-    """Value + time-feature + geographic embedding of node series, ``(B·n, L, D') → (B·n, L, d_model)``."""
+    """Value + time-feature + geographic embedding of node series, ``(B·n, L, D'·n_channels) → (B·n, L, d_model)``
+    (``n_channels`` > 1: covariate channels after the target's, see :func:`covariate_channels`)."""
 
-    def __init__(self, node_size: int, d_model: int, n_time_features: int = 4, dropout: float = 0.05) -> None:
+    def __init__(self, node_size: int, d_model: int, n_time_features: int = 4, dropout: float = 0.05,
+                 n_channels: int = 1) -> None:
         super().__init__()
-        self.value_embedding = TokenEmbedding(node_size, d_model)
+        self.value_embedding = TokenEmbedding(node_size * int(n_channels), d_model)
         self.temporal_embedding = nn.Linear(n_time_features, d_model, bias=False)
         self.geo_embedding = nn.Linear(3 * node_size, d_model)
         self.dropout = nn.Dropout(dropout)

@@ -17,6 +17,12 @@
    Corrformer tokens), FFN, progressive decomposition and trend projection; output seasonal + trend.
 7. Ungroup, crop the padded stations, undo RevIN.
 
+Covariates (``n_inputs=K``): ``batch["x_cov"]``/``batch["x_cov_mask"]`` (B, L, S, K), past values of other variables.
+Each is normalised per window and station over its observed entries, masked (unobserved entries are exactly 0)
+and grouped like the target; with its mask channel it adds 2·D' channels to the encoder's token embedding,
+``(B·n, L, D'·(1 + 2K)) → (B·n, L, d_model)``, so the Eq. 2 image keeps its shape. The decoder, the trend and
+the skip see the target only (covariates are not known in the future; the calendar features are).
+
 Quantiles (``quantiles=(0.1, 0.5, 0.9)``, sorted levels in (0, 1) with the median): the decoder's projection gives
 one channel per level and node station; the median channel plus the trend (and skip) is the median forecast, every
 other channel becomes a non-negative spread (softplus), and the levels are the median minus/plus cumulative spreads
@@ -48,7 +54,7 @@ from torch import nn
 from ..utils import normalize_name, quantile_levels, to_jsonable
 from .corrformer import auto_node_list, build_multi_correlation
 from .decoder import CrossAttention, Decoder, DecoderLayer, SeriesDecomp
-from .embedding import DataEmbedding, NodeGrouping, RevIN
+from .embedding import DataEmbedding, NodeGrouping, RevIN, covariate_channels
 from .encoders import build_encoder
 from .fusion import build_forecast_fusion
 from .layers import SeasonalSkip, reparameterize_children
@@ -103,6 +109,16 @@ def _coords_tensor(coords: ArrayLike | None, n_stations: int) -> torch.Tensor:
     return coords_t.clone()
 
 
+def _input_scale(scale: ArrayLike | None, n_inputs: int) -> torch.Tensor:
+    """``(n_inputs,)`` positive float32 covariate scales (ones when not given)."""
+    if scale is None:
+        return torch.ones(n_inputs)
+    t = torch.as_tensor(np.asarray(scale, dtype=np.float32)).reshape(-1)
+    if t.shape != (n_inputs,) or not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+        raise ValueError(f"input_scale must be {n_inputs} finite non-negative numbers, got {t.tolist()}")
+    return t.clone()
+
+
 def _cross_kind(cross: str | None, encoder: nn.Module) -> str:
     """The decoder's cross block: ``cross`` checked, or by default attention over an encoder's spatial (image)
     tokens and multi-correlation over temporal ones."""
@@ -145,6 +161,7 @@ class ForecastNet(nn.Module):
         skip: str = "none",
         season: int = 24,
         quantiles: Sequence[float] | None = None,
+        n_inputs: int = 0, input_scale: ArrayLike | None = None,
         **encoder_kw: Any,
     ) -> None:
         super().__init__()
@@ -162,10 +179,9 @@ class ForecastNet(nn.Module):
         self.seq_len, self.label_len, self.pred_len = seq_len, label_len, pred_len
         self.d_model = d_model
         self.register_buffer("coords", _coords_tensor(coords, n_stations))
-
         self.revin = RevIN(node_size) if revin else None
         self.decomp = SeriesDecomp(moving_avg)
-        self.enc_embedding = DataEmbedding(node_size, d_model, 4, dropout)
+        self.enc_embedding = DataEmbedding(node_size, d_model, 4, dropout, n_channels=1 + 2 * int(n_inputs))
         self.dec_embedding = DataEmbedding(node_size, d_model, 4, dropout)
 
         corr_kw = dict(factor_temporal=factor_temporal, factor_spatial=factor_spatial, tcn_layers=tcn_layers,
@@ -184,7 +200,6 @@ class ForecastNet(nn.Module):
         self.fusion = None if fusion is None else build_forecast_fusion(
             **dict(fusion), d_model=d_model, seq_len=seq_len, n_nodes=n_nodes, node_size=node_size,
             n_stations=n_stations)
-
         self.config: dict[str, Any] = to_jsonable(dict(
             n_stations=n_stations, coords=None, node_size=node_size, seq_len=seq_len, label_len=label_len,
             pred_len=pred_len, d_model=d_model, encoder=encoder, variant=variant, kernel_size=kernel_size,
@@ -193,8 +208,19 @@ class ForecastNet(nn.Module):
             spatial=spatial, factor_temporal=factor_temporal, factor_spatial=factor_spatial, tcn_layers=tcn_layers,
             activation=activation, cross=cross, skip=skip, season=int(season), quantiles=self.quantiles, **encoder_kw,
         ))
+        self._init_inputs(int(n_inputs), input_scale)
         self.skip = None if skip == "none" else SeasonalSkip(seq_len, pred_len, skip, season)
         self.reparameterized = False
+
+    def _init_inputs(self, n_inputs: int, input_scale: ArrayLike | None) -> None:
+        """Covariates: ``n_inputs`` (recorded in ``config`` when > 0) and the ``input_scale`` buffer, each
+        covariate's typical scale (its training std), which floors its per-window std at 0.1x."""
+        if n_inputs < 0:
+            raise ValueError(f"n_inputs must be >= 0, got {n_inputs}")
+        self.n_inputs = n_inputs
+        if n_inputs:
+            self.register_buffer("input_scale", _input_scale(input_scale, n_inputs))
+            self.config["n_inputs"] = n_inputs
 
     def _decoder_layer(self, cross: str, n_heads: int, node_list: list[int], corr_kw: dict[str, Any],
                        d_ff: int | None, moving_avg: int, dropout: float, activation: str) -> DecoderLayer:
@@ -224,6 +250,13 @@ class ForecastNet(nn.Module):
         mask = batch.get("x_mask")
         if mask is not None and tuple(mask.shape) != tuple(x.shape):
             raise ValueError(f"batch['x_mask'] must match x {tuple(x.shape)}, got {tuple(mask.shape)}")
+        if self.n_inputs:
+            want = (*x.shape, self.n_inputs)
+            for k in ("x_cov", "x_cov_mask"):
+                if k not in batch or tuple(batch[k].shape) != want:
+                    got = tuple(batch[k].shape) if k in batch else "nothing"
+                    raise ValueError(f"batch[{k!r}] must be (batch, seq_len, stations, inputs) = {want} for a network "
+                                     f"with {self.n_inputs} covariate(s), got {got}")
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Forecast ``(B, pred_len, S)`` in the units of ``batch["x"]`` (never reads ``batch["y"]``); with
@@ -252,7 +285,7 @@ class ForecastNet(nn.Module):
         seasonal_init = torch.cat([seasonal[:, xn.shape[1] - self.label_len:], zeros], dim=1)
 
         node_coords = g.node_coords(self.coords)
-        enc_in = self.enc_embedding(g.to_nodes(xn), x_mark, node_coords)
+        enc_in = self.enc_embedding(self._encoder_values(xn, batch), x_mark, node_coords)
         tokens = self.encoder(enc_in)
         if self.fusion is not None:
             tokens = self.fusion(tokens, batch)
@@ -266,6 +299,17 @@ class ForecastNet(nn.Module):
         if self.revin is not None:
             out = self.revin.denormalize(out, stats)
         return g.crop(out)
+
+    def _encoder_values(self, xn: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The encoder's node series ``(B·n, L, D'·(1 + 2K))``: the normalised target's D' channels, then per
+        covariate its D' masked normalised values and its D' masks (see :func:`covariate_channels`)."""
+        g = self.grouping
+        nodes = g.to_nodes(xn)
+        if not self.n_inputs:
+            return nodes
+        ch = covariate_channels(batch["x_cov"].to(xn.dtype), batch["x_cov_mask"], 0.1 * self.input_scale)
+        ch = ch.flatten(3)  # (B, L, S, 2K): covariate 0 value, covariate 0 mask, covariate 1 value, ...
+        return torch.cat([nodes, *(g.to_nodes(g.pad(ch[..., j])) for j in range(ch.shape[-1]))], dim=-1)
 
     def _quantile_output(self, seasonal: torch.Tensor, trend: torch.Tensor, xn: torch.Tensor,
                          stats: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
@@ -306,4 +350,5 @@ class ForecastNet(nn.Module):
         c = self.config
         return (f"stations={self.n_stations}, nodes={self.n_nodes}x{self.node_size}, encoder={c['encoder']}"
                 f"({c['variant']}), d_model={self.d_model}, seq/label/pred={self.seq_len}/{self.label_len}/"
-                f"{self.pred_len}" + (f", quantiles={list(self.quantiles)}" if self.quantiles is not None else ""))
+                f"{self.pred_len}" + (f", quantiles={list(self.quantiles)}" if self.quantiles is not None else "")
+                + (f", inputs={self.n_inputs}" if self.n_inputs else ""))
