@@ -394,7 +394,7 @@ def _auto_regime(plan: _Plan, parts: dict[str, xr.Dataset]) -> Regime:
     on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     budget = QUICK_TRAIN_DEFAULTS["max_time"] if plan.data["kind"] == "synthetic" and not on_gpu else "auto"
     try:
-        return plan.forecaster.regime(parts["train"], parts["val"], max_time=budget, **plan.given)
+        return plan.forecaster.regime(parts["train"], parts["val"], **{"max_time": budget, **plan.given})
     except (ValueError, ConfigError) as e:
         raise click.ClickException(str(e)) from None
 
