@@ -421,11 +421,35 @@ def test_cli_writes_the_table_and_prints_the_summaries(tmp_path):
     np.testing.assert_allclose(got["Seasonal naive"], want["Seasonal naive"], rtol=1e-6)
 
 
+
+def test_cli_quantiles_make_the_baselines_forecast_those_levels(tmp_path):
+    """``--quantiles``: the table's quantile columns are what the same baselines built with those levels forecast,
+    and the printed summary has their coverage."""
+    ds = _data()
+    ds.to_netcdf(tmp_path / "d.nc")
+    res = CliRunner().invoke(cli, ["backtest", "--data", str(tmp_path / "d.nc"), "--baselines",
+                                   "persistence,seasonal_naive", "--n-windows", "4", "--step", "6", "--seq-len", "48",
+                                   "--label-len", "24", "--pred-len", "12", "--quantiles", "0.1,0.5,0.9",
+                                   "--quiet", "--out", str(tmp_path / "t.csv")])
+    assert res.exit_code == 0, res.output
+    assert "cover80 Persistence" in res.stdout and "cover80 Seasonal naive" in res.stdout
+    got = pd.read_csv(tmp_path / "t.csv")
+    levels = (0.1, 0.5, 0.9)
+    want = cross_validation([Persistence(quantiles=levels, max_horizon=12),
+                             get_baseline("seasonal_naive", quantiles=levels, max_horizon=12)], ds, n_windows=4,
+                            step=6, **GEO).table
+    for m in ("Persistence", "Seasonal naive"):
+        cols = [m] + [f"{m}_q{v:g}" for v in levels]
+        np.testing.assert_allclose(got[cols].to_numpy(), want[cols].to_numpy(), rtol=1e-6)
+        assert (np.diff(got[cols[1:]].to_numpy(), axis=1) >= 0).all()
+        assert (got[f"{m}_q0.9"] > got[f"{m}_q0.1"]).any()
+
 @pytest.mark.parametrize("args, message", [
     (["--n-windows", "40", "--step", "24"], "(--n-windows 40, --step 24) with --seq-len 48 and --pred-len 24 need"),
     (["--n-windows", "2", "--step", "6", "--baselines", "persistence,nope"], "--baselines: unknown baseline(s) nope"),
     (["--n-windows", "2", "--step", "6", "--run", "NOPE"], "--run NOPE"),
     (["--n-windows", "2", "--step", "6", "--data", "NOPE.nc"], "--data NOPE.nc: no such file"),
+    (["--n-windows", "2", "--step", "6", "--quantiles", "0.9,0.1"], "--quantiles [0.9, 0.1]: levels must be sorted"),
 ])
 def test_cli_fails_cleanly_without_a_partial_file(tmp_path, args, message):
     _data().to_netcdf(tmp_path / "d.nc")
