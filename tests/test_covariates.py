@@ -21,7 +21,9 @@ import xarray as xr
 from click.testing import CliRunner
 
 from urlk_forecast import Forecaster
+from urlk_forecast.backtest import cross_validation, origin_rows
 from urlk_forecast.baselines.gbdt import GBDT
+from urlk_forecast.baselines.naive import Persistence
 from urlk_forecast.baselines.table import run_benchmark
 from urlk_forecast.cli import cli
 from urlk_forecast.data.readers import write_netcdf
@@ -360,3 +362,22 @@ def test_train_and_predict_cli_with_inputs(tmp_path) -> None:
     res = CliRunner().invoke(cli, ["predict", "--run", str(run), "--data", bare, "--out", str(tmp_path / "g.nc")])
     assert res.exit_code != 0 and "'driver'" in res.output and "it has: temperature" in res.output, res.output
     assert not (tmp_path / "g.nc").exists()
+
+
+def test_backtest_windows_carry_the_methods_covariates() -> None:
+    """A rolling-origin backtest of GBDT with the covariate beside persistence: the windows carry the covariate
+    (before, GBDT failed with 'missing driver'), and the backtest's GBDT forecasts at the first origin are those of
+    the same GBDT fitted on the data up to that origin and predicting that window directly."""
+    ds = delayed_copy(hours=24 * 20)
+    kw = dict(seq_len=24, max_horizon=6, lags=tuple(range(1, 25)), max_rows=5_000, max_iter=20, n_threads=1,
+              inputs=["driver"])
+    bt = cross_validation([GBDT(**kw), Persistence()], ds, n_windows=4, step=6, seq_len=24, label_len=0,
+                          pred_len=6, order="identity")
+    assert set(bt.overall["method"]) == {"GBDT", "Persistence"}
+    rows = origin_rows(ds.sizes["time"], n_windows=4, step=6, seq_len=24, pred_len=6)
+    direct = GBDT(**kw).fit(ds.isel(time=slice(0, int(rows[0]) + 1)))
+    ws = WindowDataset(ds, "temperature", 24, 0, 6, inputs=["driver"], order="identity")
+    want = direct.predict_windows(ws, [int(rows[0]) - 23])
+    first = bt.table[bt.table["origin"] == bt.table["origin"].min()]
+    assert len(first) == want.size and np.isfinite(want).all()
+    np.testing.assert_allclose(np.sort(first["GBDT"].to_numpy()), np.sort(want.ravel()), rtol=1e-6)

@@ -176,14 +176,16 @@ def cross_validation(methods: Sequence[Method], data: xr.Dataset, *, n_windows: 
     data, ``train_info["data_end"]`` -- must end by then) and refitted only at later refit origins.
     ``fit_fn(method, data_up_to_origin, k)`` does each fit (default ``method.fit(data_up_to_origin)``;
     :func:`warm_refits` continues a neural network's training instead).
-    ``data``'s own splits (``attrs["split_bounds"]``) are ignored: the origins define what is known.
+    ``data``'s own splits (``attrs["split_bounds"]``) are ignored: the origins define what is known. The windows
+    carry every covariate a method reads (its ``inputs``, e.g. a Forecaster or GBDT trained with covariates).
     """
     methods = list(methods)
     if not methods:
         raise ValueError("methods: give at least one forecasting method")
     variable = _common_variable(methods)
     ds = _without_splits(data)
-    ws = WindowDataset(ds, variable, seq_len, label_len, pred_len, max_gap=max_gap, order=order)
+    inputs = tuple(dict.fromkeys(v for m in methods for v in getattr(m, "inputs", None) or ()))  # covariates
+    ws = WindowDataset(ds, variable, seq_len, label_len, pred_len, max_gap=max_gap, order=order, inputs=inputs)
     rows = origin_rows(len(ws.times), n_windows=n_windows, step=step, seq_len=seq_len, pred_len=pred_len)
     idx = rows - (int(seq_len) - 1)  # window i's inputs are rows i .. i + seq_len - 1
     due = refit_schedule(n_windows, refit)
