@@ -25,6 +25,8 @@ from urlk_forecast.ops import (
 @pytest.fixture(autouse=True)
 def _fresh_log_state(monkeypatch):
     monkeypatch.delenv("URLK_DWCONV", raising=False)
+    # auto's measured choice is tested in test_ops_autotune.py; here auto follows the fixed rule (deterministic)
+    monkeypatch.setenv("URLK_DWCONV_TUNE", "0")
     monkeypatch.setattr(dispatch, "_logged", set())
 
 

@@ -7,7 +7,9 @@ implementation. Nothing here needs a compiler at install time; kernels compile o
 * :class:`DWConv2d` - drop-in for ``nn.Conv2d(C, C, K, padding=..., dilation=..., groups=C)`` with the same
   parameter names and shapes (checkpoints load either way);
 * :func:`use_backend` / ``URLK_DWCONV=auto|own|torch`` - force a path (benchmarks, bisecting);
-* :func:`convert_depthwise` - swap the depthwise ``nn.Conv2d`` layers of any model for :class:`DWConv2d`.
+* :func:`convert_depthwise` - swap the depthwise ``nn.Conv2d`` layers of any model for :class:`DWConv2d`;
+* :func:`calibrate` / :func:`record_calls` - measure ahead which CPU path ``auto`` runs per call shape and direction
+  (otherwise measured on first use, cached per machine; :mod:`urlk_forecast.ops.autotune`).
 
 See ``docs/ops.md`` for the design, supported cases and measured speed.
 """
@@ -20,9 +22,11 @@ import torch
 from torch import nn
 
 from urlk_forecast.ops._args import out_hw, pair
+from urlk_forecast.ops.autotune import calibrate, record_calls
 from urlk_forecast.ops.dispatch import BACKENDS, get_backend, run, use_backend
 
-__all__ = ["dwconv2d", "DWConv2d", "use_backend", "get_backend", "BACKENDS", "same_padding", "convert_depthwise"]
+__all__ = ["dwconv2d", "DWConv2d", "use_backend", "get_backend", "BACKENDS", "same_padding", "convert_depthwise",
+           "calibrate", "record_calls"]
 
 PaddingArg = int | Sequence[int] | str | None
 

@@ -4,8 +4,9 @@ Per call, :func:`choose` picks
 
 * ``"cpu"``  - :mod:`urlk_forecast.ops.cpu_kernels` for CPU tensors (float32/float64/bfloat16, the latter stored
   as bfloat16 and computed in float32 inside the kernels; float16 is cast to float32 and back). Under ``auto``
-  the *forward* of maps up to 12x12 with K <= 13 and padding within the map runs ``F.conv2d`` (oneDNN is 2-5x
-  faster there); its backward still runs the own kernels (torch's CPU depthwise backward is 20-40x slower);
+  each direction of the call (forward, grad-input, grad-weight) runs the own kernels or torch (oneDNN), whichever
+  :func:`urlk_forecast.ops.autotune.choose` measured faster for that call's shape on this machine (a small table
+  cached per machine; ``URLK_DWCONV_TUNE=0``: a fixed rule, oneDNN's forward on maps up to 12x12, own elsewhere);
 * ``"cuda"`` - :mod:`urlk_forecast.ops.cuda_kernels` for CUDA tensors when its ``available()`` says so;
 * ``"torch"`` - ``F.conv2d(..., groups=C)`` for everything else (other devices, padding beyond ``(K-1)*dilation``,
   float64 on CUDA, a failed kernel import). Each distinct reason is logged once at DEBUG level on the
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from urlk_forecast.ops import cpu_kernels
+from urlk_forecast.ops import autotune, cpu_kernels, cpu_paths
 
 __all__ = ["BACKENDS", "choose", "run", "use_backend", "get_backend", "Pads"]
 
@@ -140,40 +141,37 @@ def _choose(x: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, int], 
 
 
 # ------------------------------------------------------------------------------------------------ autograd
-#: CPU forward of small maps: oneDNN's JIT depthwise kernel (``F.conv2d``) beats ours there, as long as the padding
-#: does not exceed the map (a kernel reaching past the whole map sends oneDNN to a slow path: 5.8 ms vs our 0.32 ms
-#: for K=13 on 32x160x3x4). Measured on the 2-core AVX-512 machine (quiet, 2 threads): torch/own 0.2-0.4 for every
-#: K <= 13 on 8x8 and 10x10 maps (B=8, C=384), 0.45-1.17 on 12x12, 0.2-0.3 on the 6x8 maps of UniRepLKNet-A's
-#: second stage with dilated branches included (B=32, C=80); mixed on 16x16, ours on larger maps and K >= 17.
-ONEDNN_FWD_MAX_SIDE = 12
-ONEDNN_FWD_MAX_K = 13
-
-
-def _onednn_forward(x: torch.Tensor, w: torch.Tensor, pads: Pads) -> bool:
-    """True when a CPU forward suits oneDNN better than the own kernels (``auto`` then runs it with ``F.conv2d``;
-    the backward stays on the own kernels)."""
-    h, wd = x.shape[-2:]
-    t, b, l, r = pads
-    return (max(h, wd) <= ONEDNN_FWD_MAX_SIDE and max(w.shape[-2:]) <= ONEDNN_FWD_MAX_K
-            and max(t, b) <= h and max(l, r) <= wd)
-
-
 class _CPUKernels:
-    """The own CPU kernels behind :class:`_OwnConv` (the forward of small maps optionally on oneDNN)."""
+    """The CPU side of :class:`_OwnConv`: each direction (forward, grad-input, grad-weight) runs the own kernels
+    or torch (oneDNN), as ``impls`` says (decided per call shape in :func:`run`; a direction missing there is
+    asked of :func:`urlk_forecast.ops.autotune.choose`, or runs own under ``backend="own"``)."""
 
-    def __init__(self, onednn_forward: bool) -> None:
-        self.onednn_forward = onednn_forward
+    def __init__(self, backend: str, impls: dict[str, str]) -> None:
+        self.backend, self.impls = backend, impls
+
+    def _impl(self, direction: str, x: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, int]) -> str:
+        impl = self.impls.get(direction)
+        if impl is None:
+            impl = self.impls[direction] = "own" if self.backend == "own" else autotune.choose(
+                direction, x, w, pads, dil)
+        return impl
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
                 dil: tuple[int, int]) -> torch.Tensor:
-        if self.onednn_forward:
-            return _torch(x, w, bias, pads, dil)
-        return cpu_kernels.forward(x, w, bias, pads, dil)
+        return cpu_paths.compute("forward", self._impl("forward", x, w, pads, dil), x, w, None, pads, dil, bias)
 
-    @staticmethod
-    def backward(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, int],
+    def backward(self, x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, int],
                  need_x: bool, need_w: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        return cpu_kernels.backward(x, gy, w, pads, dil, need_input=need_x, need_weight=need_w)
+        own_x = need_x and self._impl("grad_input", x, w, pads, dil) == "own"
+        own_w = need_w and self._impl("grad_weight", x, w, pads, dil) == "own"
+        gx = gw = None
+        if own_x or own_w:  # one sweep over the planes when both gradients are on the own kernels
+            gx, gw = cpu_kernels.backward(x, gy, w, pads, dil, need_input=own_x, need_weight=own_w)
+        if need_x and not own_x:
+            gx = cpu_paths.compute("grad_input", "torch", x, w, gy, pads, dil)
+        if need_w and not own_w:
+            gw = cpu_paths.compute("grad_weight", "torch", x, w, gy, pads, dil)
+        return gx, gw
 
     @staticmethod
     def grad_bias(gy: torch.Tensor) -> torch.Tensor:
@@ -228,12 +226,11 @@ class _OwnConv(torch.autograd.Function):
         return gx, gw, gb, None, None, None
 
 
-def _torch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
-           dil: tuple[int, int]) -> torch.Tensor:
-    t, b, l, r = pads
-    if t == b and l == r:
-        return F.conv2d(x, w, bias, 1, (t, l), dil, x.shape[1])
-    return F.conv2d(F.pad(x, (l, r, t, b)), w, bias, 1, 0, dil, x.shape[1])  # asymmetric ("same", even K)
+def _autocast_on(dev: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(dev)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if dev == "cpu" else torch.is_autocast_enabled()
 
 
 def _autocast(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None
@@ -255,6 +252,46 @@ def _autocast(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None
     return x.to(dt), w.to(dt), (bias.to(dt) if bias is not None else None)
 
 
+_DIRS = {(gx, gw): ("forward",) + ("grad_input",) * gx + ("grad_weight",) * gw
+         for gx in (False, True) for gw in (False, True)}
+
+
+def _cpu_impls(backend: str, x: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, int]) -> dict[str, str]:
+    """Implementation of the forward and of each gradient this call will need (``own`` everywhere under "own")."""
+    grad = torch.is_grad_enabled()
+    dirs = _DIRS[(grad and x.requires_grad, grad and w.requires_grad)]
+    if backend == "own":
+        return dict.fromkeys(dirs, "own")
+    return dict(zip(dirs, autotune.choose_many(dirs, x, w, pads, dil)))
+
+
+def _run_cpu(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads, dil: tuple[int, int],
+             backend: str) -> torch.Tensor:
+    """The CPU call (inputs already cast by the autocast policy): each direction on its measured implementation;
+    when torch runs all that the call needs, plain ``F.conv2d`` (its own autograd, no wrapper overhead)."""
+    out_dtype = x.dtype
+    if x.dtype in _HALF and x.dtype not in cpu_kernels.SUPPORTED_DTYPES:  # float16: computed in float32, the
+        # casts are part of the autograd graph (bfloat16 runs natively: bf16 storage, float32 arithmetic)
+        x, w = x.float(), w.float()
+        bias = bias.float() if bias is not None else None
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):  # a backward may follow: compile its
+        cpu_kernels.prefetch_backward(x, w, pads, dil)  # kernels ahead, in parallel (first run on a machine)
+    autotune.note_call(x, w, pads, dil)
+    impls = _cpu_impls(backend, x, w, pads, dil)
+    if all(v == "torch" for v in impls.values()):
+        if _autocast_on("cpu"):  # the inputs already follow the policy: compute in their dtype
+            with torch.autocast("cpu", enabled=False):
+                y = cpu_paths.torch_forward(x, w, bias, pads, dil)
+        else:
+            y = cpu_paths.torch_forward(x, w, bias, pads, dil)
+        return y.to(out_dtype) if y.dtype != out_dtype else y
+    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    y = _OwnConv.apply(x, w, bias, pads, dil, _CPUKernels(backend, impls))
+    if channels_last:
+        y = y.contiguous(memory_format=torch.channels_last)
+    return y.to(out_dtype) if y.dtype != out_dtype else y
+
+
 def run(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads, dil: tuple[int, int]) -> torch.Tensor:
     """Depthwise conv with validated arguments on the chosen path (autograd-aware on every path)."""
     backend = get_backend()
@@ -262,21 +299,9 @@ def run(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
     if path != "torch":
         x, w, bias = _autocast(x, w, bias)
     if path == "torch":
-        return _torch(x, w, bias, pads, dil)
+        return cpu_paths.torch_forward(x, w, bias, pads, dil)
     if path == "cpu":
-        out_dtype = x.dtype
-        if x.dtype in _HALF and x.dtype not in cpu_kernels.SUPPORTED_DTYPES:  # float16: computed in float32, the
-            # casts are part of the autograd graph (bfloat16 runs natively: bf16 storage, float32 arithmetic)
-            x, w = x.float(), w.float()
-            bias = bias.float() if bias is not None else None
-        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):  # a backward will follow: compile its
-            cpu_kernels.prefetch_backward(x, w, pads, dil)  # kernels ahead, in parallel (first run on a machine)
-        kernels = _CPUKernels(onednn_forward=backend == "auto" and _onednn_forward(x, w, pads))
-        y = _OwnConv.apply(x, w, bias, pads, dil, kernels)
-        if channels_last:
-            y = y.contiguous(memory_format=torch.channels_last)
-        return y.to(out_dtype) if y.dtype != out_dtype else y
+        return _run_cpu(x, w, bias, pads, dil, backend)
     # cuda: the kernels take symmetric padding; an asymmetric one ("same" with an even K) is applied first
     t, b, l, r = pads
     if t != b or l != r:

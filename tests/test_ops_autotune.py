@@ -1,0 +1,352 @@
+"""``auto`` on CPU: the measured per-machine table decides each direction; file handling; overrides; numerics.
+
+No timing is asserted: the measurement is replaced by injected timings or tables wherever a decision is checked.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from urlk_forecast.ops import (
+    DWConv2d,
+    autotune,
+    calibrate,
+    cpu_kernels,
+    cpu_paths,
+    dwconv2d,
+    record_calls,
+    same_padding,
+    use_backend,
+)
+
+
+@pytest.fixture(autouse=True)
+def table_dir(tmp_path, monkeypatch):
+    """A private table directory (the compiled kernels stay where they are) and a fresh in-memory state."""
+    monkeypatch.delenv("URLK_DWCONV", raising=False)
+    monkeypatch.delenv(autotune.TUNE_ENV, raising=False)
+    cpu_kernels._load()  # the kernel module is loaded from the real cache before cache_dir is redirected
+    monkeypatch.setattr(cpu_kernels, "cache_dir", lambda: str(tmp_path))
+    autotune.reset()
+    yield tmp_path
+    autotune.reset()
+
+
+class Ran:
+    """Records which implementation ran each direction (the real code still runs)."""
+
+    def __init__(self, monkeypatch):
+        self.log: list[tuple[str, str]] = []
+        for name, what in (("forward", ("forward", "own")), ("backward", None)):
+            real = getattr(cpu_kernels, name)
+
+            def wrapped(*a, _real=real, _what=what, **k):
+                if _what:
+                    self.log.append(_what)
+                else:
+                    if k.get("need_input"):
+                        self.log.append(("grad_input", "own"))
+                    if k.get("need_weight"):
+                        self.log.append(("grad_weight", "own"))
+                return _real(*a, **k)
+
+            monkeypatch.setattr(cpu_kernels, name, wrapped)
+        for name, d in (("torch_forward", "forward"), ("torch_grad_input", "grad_input"),
+                        ("torch_grad_weight", "grad_weight")):
+            real = getattr(cpu_paths, name)
+
+            def wrapped_t(*a, _real=real, _d=d, **k):
+                self.log.append((_d, "torch"))
+                return _real(*a, **k)
+
+            monkeypatch.setattr(cpu_paths, name, wrapped_t)
+
+
+def fake_measure(monkeypatch, times: dict[str, dict[str, float]]) -> list[tuple[str, tuple[int, ...]]]:
+    """Replace the timing by fixed seconds per direction; returns the list of (direction, x shape) measured."""
+    asked: list[tuple[str, tuple[int, ...]]] = []
+
+    def measure(direction, x, w, pads, dil, gy=None):
+        asked.append((direction, tuple(x.shape)))
+        return dict(times[direction])
+
+    monkeypatch.setattr(autotune, "measure", measure)
+    return asked
+
+
+def write_table(entries: dict[str, dict[str, str]]) -> str:
+    """Write a table of this machine with the given decisions (key -> direction -> impl)."""
+    path = autotune.table_path()
+    data = {"format": autotune.FORMAT, "machine": autotune.machine_id(),
+            "entries": {k: {d: {"impl": i, "own_ms": 1.0, "torch_ms": 1.0} for d, i in v.items()}
+                        for k, v in entries.items()}}
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh)
+    autotune.reset()
+    return path
+
+
+def key_of(x: torch.Tensor, k: int, dil: int = 1) -> str:
+    call = (tuple(x.shape), (k, k), same_padding(k, dil), (dil, dil))
+    return autotune.bucket(call, x.dtype, torch.get_num_threads())
+
+
+def grads(x, w, b, dil, path="auto"):
+    with use_backend(path):
+        y = dwconv2d(x, w, b, dilation=dil)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+    return (y, *torch.autograd.grad(y, (x, w, b), g))
+
+
+# ------------------------------------------------------------------------------------------------ decisions
+@pytest.mark.parametrize("impls", list(itertools.product(("own", "torch"), repeat=3)))
+def test_injected_table_decides_each_direction(monkeypatch, impls):
+    """Every combination of (forward, grad-input, grad-weight) implementations runs as the table says, nothing is
+    measured, and the results equal F.conv2d in float64."""
+    asked = fake_measure(monkeypatch, {})
+    x = torch.randn(3, 5, 7, 9, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    write_table({key_of(x, 5): dict(zip(cpu_paths.DIRECTIONS, impls))})
+    ran = Ran(monkeypatch)
+    got = grads(x, w, b, 1)
+    assert asked == []
+    if impls == ("torch",) * 3:  # torch runs everything: plain F.conv2d, its backward is torch's autograd
+        assert ran.log == [("forward", "torch")]
+    else:
+        assert sorted(ran.log) == sorted(zip(cpu_paths.DIRECTIONS, impls))
+    ref = F.conv2d(x, w, b, 1, 2, 1, 5)
+    want = (ref, *torch.autograd.grad(ref, (x, w, b), torch.randn(ref.shape, dtype=ref.dtype,
+                                                                   generator=torch.Generator().manual_seed(1))))
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+
+
+def test_missing_bucket_is_measured_once_faster_wins_and_cached(monkeypatch, table_dir):
+    asked = fake_measure(monkeypatch, {"forward": {"own": 2e-3, "torch": 1e-3},
+                                       "grad_input": {"own": 1e-3, "torch": 3e-3},
+                                       "grad_weight": {"own": 5e-3, "torch": 4e-3}})
+    x = torch.randn(6, 4, 8, 8, requires_grad=True)
+    w = torch.randn(4, 1, 3, 3, requires_grad=True)
+    ran = Ran(monkeypatch)
+    for _ in range(2):
+        dwconv2d(x, w).sum().backward()
+    assert sorted(asked) == sorted((d, (6, 4, 8, 8)) for d in cpu_paths.DIRECTIONS)  # once each
+    assert ran.log[:3] == [("forward", "torch"), ("grad_input", "own"), ("grad_weight", "torch")] == ran.log[3:]
+    data = json.loads(open(autotune.table_path(), encoding="utf-8").read())
+    entry = data["entries"][key_of(x, 3)]
+    assert {d: e["impl"] for d, e in entry.items()} == {"forward": "torch", "grad_input": "own",
+                                                       "grad_weight": "torch"}
+    assert entry["forward"]["own_ms"] == 2.0 and data["machine"] == autotune.machine_id()
+    # the batch is bucketed by powers of two: 5..8 share the entry; a new process reads it without measuring
+    autotune.reset()
+    dwconv2d(torch.randn(5, 4, 8, 8, requires_grad=True), w).sum().backward()
+    assert len(asked) == 3
+    dwconv2d(torch.randn(9, 4, 8, 8), w.detach())
+    assert asked[-1] == ("forward", (9, 4, 8, 8)) and len(asked) == 4
+
+
+def test_refresh_remeasures_once_per_process(monkeypatch):
+    asked = fake_measure(monkeypatch, {"forward": {"own": 1e-3, "torch": 2e-3}})
+    x, w = torch.randn(2, 3, 6, 6), torch.randn(3, 1, 3, 3)
+    dwconv2d(x, w)
+    monkeypatch.setenv(autotune.TUNE_ENV, "refresh")
+    autotune.reset()
+    dwconv2d(x, w)
+    dwconv2d(x, w)
+    assert len(asked) == 2
+
+
+def test_tuning_off_uses_the_fixed_rule_and_writes_nothing(monkeypatch, table_dir):
+    asked = fake_measure(monkeypatch, {})
+    monkeypatch.setenv(autotune.TUNE_ENV, "0")
+    ran = Ran(monkeypatch)
+    x = torch.randn(2, 3, 8, 10, requires_grad=True)
+    w = torch.randn(3, 1, 5, 5, requires_grad=True)
+    dwconv2d(x, w).sum().backward()  # small map: oneDNN forward, own backward
+    big = torch.randn(1, 3, 20, 20)
+    dwconv2d(big, w)
+    assert asked == [] and os.listdir(table_dir) == []
+    assert ran.log == [("forward", "torch"), ("grad_input", "own"), ("grad_weight", "own"), ("forward", "own")]
+    assert autotune.static_choice("forward", (1, 1, 3, 4), (13, 13), same_padding(13)) == "own"  # pad > map
+    monkeypatch.setenv(autotune.TUNE_ENV, "sometimes")
+    with pytest.raises(ValueError, match=autotune.TUNE_ENV):
+        dwconv2d(big, w)
+
+
+def test_explicit_backend_wins_over_the_table(monkeypatch):
+    asked = fake_measure(monkeypatch, {})
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    w = torch.randn(3, 1, 3, 3, requires_grad=True)
+    write_table({key_of(x, 3): dict.fromkeys(cpu_paths.DIRECTIONS, "torch")})
+    ran = Ran(monkeypatch)
+    with use_backend("own"):
+        dwconv2d(x, w).sum().backward()
+    assert ran.log == [("forward", "own"), ("grad_input", "own"), ("grad_weight", "own")]
+    write_table({key_of(x, 3): dict.fromkeys(cpu_paths.DIRECTIONS, "own")})
+    ran.log.clear()
+    monkeypatch.setenv("URLK_DWCONV", "torch")
+    dwconv2d(x, w).sum().backward()
+    assert ran.log == [("forward", "torch")] and asked == []  # torch's own autograd: no wrapper, no table
+
+
+def test_all_torch_runs_plain_conv2d_autograd(monkeypatch):
+    """When torch runs every direction the call needs, the op is F.conv2d with torch's autograd (no wrapper)."""
+    fake_measure(monkeypatch, {})
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    w = torch.randn(3, 1, 3, 3, requires_grad=True)
+    write_table({key_of(x, 3): {"forward": "torch", "grad_input": "torch", "grad_weight": "own"}})
+    assert "Convolution" not in type(dwconv2d(x, w).grad_fn).__name__  # grad-weight on own: the wrapper
+    assert "Convolution" not in type(dwconv2d(x.detach(), w).grad_fn).__name__
+    y = dwconv2d(x, w.detach())  # no weight gradient needed: forward and grad-input are torch's
+    assert "Convolution" in type(y.grad_fn).__name__
+    torch.testing.assert_close(torch.autograd.grad(y.sum(), x)[0],
+                               torch.autograd.grad(F.conv2d(x, w, None, 1, 1, 1, 3).sum(), x)[0])
+
+
+# ------------------------------------------------------------------------------------------------ numerics
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("shape", "k", "dil", "padding"), [
+    ((3, 16, 8, 12), 13, 1, None),
+    ((2, 20, 2, 3), 3, 5, None),  # dilated kernel reaching past the whole map
+    ((2, 5, 9, 10), 4, 1, "same"),  # even kernel: asymmetric padding
+    ((2, 4, 7, 9), 5, 2, (1, 3, 2, 0)),
+])
+def test_auto_matches_conv2d_on_every_mix_of_paths(monkeypatch, dtype, shape, k, dil, padding):
+    """Forward and both gradients of auto, for the measured choice and for every forced mix, equal F.conv2d."""
+    gen = torch.Generator().manual_seed(0)
+    x64 = torch.randn(*shape, dtype=torch.float64, generator=gen)
+    w64 = torch.randn(shape[1], 1, k, k, dtype=torch.float64, generator=gen)
+    pads = same_padding(k, dil) if padding in (None, "same") else padding
+    xr, wr = x64.clone().requires_grad_(), w64.clone().requires_grad_()
+    ref = F.conv2d(F.pad(xr, (pads[2], pads[3], pads[0], pads[1])), wr, None, 1, 0, dil, shape[1])
+    g = torch.randn(ref.shape, dtype=torch.float64, generator=gen)
+    want = (ref, *torch.autograd.grad(ref, (xr, wr), g))
+    x, w = x64.to(dtype).requires_grad_(), w64.to(dtype).requires_grad_()
+    call = (tuple(shape), (k, k), tuple(pads), (dil, dil))
+    key = autotune.bucket(call, dtype, torch.get_num_threads())
+    tables = [None] + [dict(zip(cpu_paths.DIRECTIONS, m)) for m in itertools.product(("own", "torch"), repeat=3)]
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    for table in tables:
+        if table is not None:
+            write_table({key: table})
+        y = dwconv2d(x, w, None, padding, dil)
+        got = (y, *torch.autograd.grad(y, (x, w), g.to(dtype)))
+        for a, b in zip(got, want):
+            err = (a.double() - b).norm() / b.norm()
+            assert err < tol, (table, err)
+
+
+def test_measure_is_bounded_and_leaves_no_trace(monkeypatch):
+    """A real measurement: both paths timed on at most WORK_CAP multiply-adds of the batch, the global RNG and
+    the inputs untouched, gradients not accumulated."""
+    monkeypatch.setattr(autotune, "WORK_CAP", 3 * 4 * 6 * 6 * 9)  # three samples' worth
+    sizes = []
+    real = cpu_paths.compute
+    monkeypatch.setattr(cpu_paths, "compute", lambda d, i, x, *a, **k: (sizes.append(x.shape[0]), real(d, i, x, *a,
+                                                                                                         **k))[1])
+    x = torch.randn(10, 4, 6, 6, requires_grad=True)
+    w = torch.randn(4, 1, 3, 3, requires_grad=True)
+    x0, state = x.detach().clone(), torch.get_rng_state()
+    for d in cpu_paths.DIRECTIONS:
+        t = autotune.measure(d, x, w, same_padding(3), (1, 1))
+        assert set(t) == {"own", "torch"} and all(v > 0 for v in t.values())
+    assert set(sizes) == {3} and len(sizes) >= 12  # warm-up + timed call, both paths, three directions
+    assert torch.equal(torch.get_rng_state(), state) and torch.equal(x.detach(), x0)
+    assert x.grad is None and w.grad is None
+
+
+# ------------------------------------------------------------------------------------------------ the file
+def test_table_is_keyed_per_machine_and_foreign_tables_are_ignored(monkeypatch, caplog):
+    fake_measure(monkeypatch, {"forward": {"own": 1e-3, "torch": 2e-3}})
+    here = autotune.table_path()
+    assert os.path.basename(here).startswith("dispatch-") and here.endswith(".json")
+    real = autotune._cpu_description
+    monkeypatch.setattr(autotune, "_cpu_description", lambda: ("Other CPU", real()[1]))
+    other = autotune.table_path()
+    monkeypatch.setattr(autotune, "_cpu_description", lambda: (real()[0], "0" * 16))  # other instruction set
+    assert len({here, other, autotune.table_path()}) == 3
+    monkeypatch.setattr(autotune, "_cpu_description", real)
+    data = {"format": autotune.FORMAT, "machine": {**autotune.machine_id(), "cpu": "Other CPU"},
+            "entries": {"float32|b2|c3|6x6|k3x3|p1,1,1,1|d1,1|t1": {"forward": {"impl": "torch"}}}}
+    with open(here, "w", encoding="utf-8") as fh:  # a file copied from another machine under this name
+        json.dump(data, fh)
+    autotune.reset()
+    with caplog.at_level(logging.WARNING, logger="urlk_forecast.ops"):
+        dwconv2d(torch.randn(2, 3, 6, 6), torch.randn(3, 1, 3, 3))
+    assert any("another machine" in r.getMessage() for r in caplog.records)
+    assert json.loads(open(here, encoding="utf-8").read())["machine"] == autotune.machine_id()
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"format": 1, "machine": {}, "entries": []}', "[1, 2]",
+                                     '{"format": 1, "entries": {"k": {"forward": {"impl": "cudnn"}}}}'])
+def test_corrupt_table_is_ignored_with_a_warning_and_rebuilt(monkeypatch, caplog, content):
+    asked = fake_measure(monkeypatch, {"forward": {"own": 3e-3, "torch": 2e-3}})
+    path = autotune.table_path()
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(content)
+    autotune.reset()
+    x, w = torch.randn(2, 3, 6, 6), torch.randn(3, 1, 3, 3)
+    with caplog.at_level(logging.WARNING, logger="urlk_forecast.ops"):
+        y = dwconv2d(x, w)
+    assert any(path in r.getMessage() and "ignoring" in r.getMessage() for r in caplog.records)
+    assert asked == [("forward", (2, 3, 6, 6))]
+    torch.testing.assert_close(y, F.conv2d(x, w, None, 1, 1, 1, 3))
+    data = json.loads(open(path, encoding="utf-8").read())  # rebuilt: a valid table with the new entry
+    assert data["entries"][key_of(x, 3)]["forward"]["impl"] == "torch"
+
+
+def test_table_writes_are_atomic_and_merge_other_processes(monkeypatch, caplog, table_dir):
+    fake_measure(monkeypatch, {"forward": {"own": 1e-3, "torch": 2e-3}})
+    x, w = torch.randn(2, 3, 6, 6), torch.randn(3, 1, 3, 3)
+    dwconv2d(x, w)
+    path = autotune.table_path()
+    before = open(path, encoding="utf-8").read()
+    # another process adds an entry meanwhile: our next write keeps it
+    data = json.loads(before)
+    data["entries"]["float32|b1|c9|9x9|k3x3|p1,1,1,1|d1,1|t1"] = {"grad_weight": {"impl": "torch"}}
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh)
+    dwconv2d(torch.randn(2, 3, 7, 7), w)
+    merged = json.loads(open(path, encoding="utf-8").read())["entries"]
+    assert "float32|b1|c9|9x9|k3x3|p1,1,1,1|d1,1|t1" in merged and key_of(x, 3) in merged and len(merged) == 3
+    # a write that fails at the final rename leaves the old file whole and no temporary file behind
+    before = open(path, encoding="utf-8").read()
+
+    def fail(src, dst):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m, caplog.at_level(logging.WARNING, logger="urlk_forecast.ops"):
+        m.setattr("urlk_forecast.utils.atomic.os.replace", fail)
+        y = dwconv2d(torch.randn(2, 3, 8, 8), w)
+    assert y.shape == (2, 3, 8, 8) and any("cannot write" in r.getMessage() for r in caplog.records)
+    assert open(path, encoding="utf-8").read() == before
+    assert sorted(os.listdir(table_dir)) == [os.path.basename(path)]
+
+
+# ------------------------------------------------------------------------------------------------ calibration
+def test_record_calls_and_calibrate(monkeypatch):
+    asked = fake_measure(monkeypatch, {"forward": {"own": 1e-3, "torch": 2e-3},
+                                       "grad_input": {"own": 2e-3, "torch": 1e-3},
+                                       "grad_weight": {"own": 1e-3, "torch": 2e-3}})
+    net = nn.Sequential(DWConv2d(4, 5), DWConv2d(4, 3, dilation=2), DWConv2d(4, 5))
+    with torch.no_grad(), use_backend("own"), record_calls() as calls:
+        net(torch.randn(2, 4, 9, 11))
+    assert calls == [((2, 4, 9, 11), (5, 5), (2, 2, 2, 2), (1, 1)), ((2, 4, 9, 11), (3, 3), (2, 2, 2, 2), (2, 2))]
+    assert asked == []
+    rows = calibrate(calls)
+    assert [(r["direction"], r["impl"]) for r in rows[:3]] == [("forward", "own"), ("grad_input", "torch"),
+                                                              ("grad_weight", "own")]
+    assert len(rows) == 6 and len(asked) == 6
+    calibrate(calls)  # cached: nothing re-measured
+    assert len(asked) == 6
+    calibrate(calls[:1], refresh=True)
+    assert len(asked) == 9
