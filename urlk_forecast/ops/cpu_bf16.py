@@ -14,6 +14,12 @@ Both conversions are LLVM intrinsics on 32-bit integers (numba would widen integ
 copy loops vectorise like the plain float copies. :func:`put` / :func:`get` (contiguous rows) and :func:`put_s` /
 :func:`get_s` (strided destination or source, for the channel-blocked layout) pick the conversion by the storage
 dtype at compile time (numba ``overload``); float storage is copied as before.
+
+The channel-blocked kernels transpose 16 channel planes into (pixel, 16 channels) rows and back: :func:`put_cb` /
+:func:`get_cb`. A strided copy cannot vectorise the bfloat16 rounding (it would be ~7 scalar integer operations per
+element, which made bf16 small-map forwards ~1.5x slower than float32), so for bfloat16 the strided part moves raw
+16-bit values through a staging buffer laid out like the scratch, and the conversion runs as one contiguous,
+vectorised pass over it.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-__all__ = ["put", "get", "put_s", "get_s", "bf16_to_f32", "f32_to_bf16"]
+__all__ = ["put", "get", "put_s", "get_s", "put_cb", "get_cb", "bf16_to_f32", "f32_to_bf16"]
 
 _JIT = {"nogil": True}
 
@@ -157,3 +163,85 @@ def _get_s(dst, src, off, stride, step, add):  # type: ignore[no-untyped-def]  #
                 row[j] = cvt(src[b + j * su] + add)
 
     return impl
+
+
+def put_cb(dst, off, stride, src, n0, nl, stage):  # type: ignore[no-untyped-def]
+    """Channel-blocked load: ``dst[off + i*stride + j*16 + l] = src[n0 + l, i, j]`` for ``l < nl`` (lanes >= nl are
+    left alone; their values are never read back). ``stage``: (H*W*16,) buffer of ``src``'s dtype."""
+    raise NotImplementedError("call from numba-compiled code")
+
+
+def get_cb(dst, n0, nl, src, bias, has_bias, c0, zero, stage):  # type: ignore[no-untyped-def]
+    """Channel-blocked store: ``dst[n0 + l, i, j] = src[(i*Wo + j)*16 + l] + (bias[c0 + l] if has_bias)`` for
+    ``l < nl``. ``stage``: (Ho*Wo*16,) buffer of ``dst``'s dtype."""
+    raise NotImplementedError("call from numba-compiled code")
+
+
+_CB = 16  # channels per vector of the channel-blocked kernels (cpu_codegen.CB_LANES)
+
+
+@njit(nogil=True)
+def _raw_in(dst, off, stride, src):  # type: ignore[no-untyped-def]
+    """``dst[off + i*stride + j*16] = src[i, j]``, no conversion."""
+    H, W = src.shape
+    for i in range(H):
+        row = src[i]
+        b = np.uint64(off + i * stride)
+        for j in range(np.uint64(W)):
+            dst[b + j * np.uint64(_CB)] = row[j]
+
+
+@njit(nogil=True)
+def _raw_out(dst, src, off, stride):  # type: ignore[no-untyped-def]
+    """``dst[i, j] = src[off + i*stride + j*16]``, no conversion."""
+    H, W = dst.shape
+    for i in range(H):
+        row = dst[i]
+        b = np.uint64(off + i * stride)
+        for j in range(np.uint64(W)):
+            row[j] = src[b + j * np.uint64(_CB)]
+
+
+@overload(put_cb, jit_options=_JIT)
+def _put_cb(dst, off, stride, src, n0, nl, stage):  # type: ignore[no-untyped-def]
+    if not _is_bf16(src):
+        def impl(dst, off, stride, src, n0, nl, stage):  # type: ignore[no-untyped-def]
+            for l in range(nl):
+                put_s(dst, off + l, stride, _CB, src[n0 + l])
+        return impl
+
+    def impl_bf16(dst, off, stride, src, n0, nl, stage):  # type: ignore[no-untyped-def]
+        H, W = src.shape[1], src.shape[2]
+        for l in range(nl):  # raw 16-bit copies, strided
+            _raw_in(stage, l, W * _CB, src[n0 + l])
+        n = np.uint64(W * _CB)
+        for i in range(H):  # conversion: contiguous rows of W*16
+            b = np.uint64(off + i * stride)
+            s0 = np.uint64(i) * n
+            for q in range(n):
+                dst[b + q] = bf16_to_f32(stage[s0 + q])
+    return impl_bf16
+
+
+@overload(get_cb, jit_options=_JIT)
+def _get_cb(dst, n0, nl, src, bias, has_bias, c0, zero, stage):  # type: ignore[no-untyped-def]
+    if not _is_bf16(dst):
+        def impl(dst, n0, nl, src, bias, has_bias, c0, zero, stage):  # type: ignore[no-untyped-def]
+            Wo = dst.shape[2]
+            for l in range(nl):
+                get_s(dst[n0 + l], src, l, Wo * _CB, _CB, bias[c0 + l] if has_bias else zero)
+        return impl
+
+    def impl_bf16(dst, n0, nl, src, bias, has_bias, c0, zero, stage):  # type: ignore[no-untyped-def]
+        Ho, Wo = dst.shape[1], dst.shape[2]
+        add = np.zeros(_CB, src.dtype)
+        if has_bias:
+            for l in range(nl):
+                add[l] = bias[c0 + l]
+        for p in range(np.uint64(Ho * Wo)):  # conversion: contiguous, 16 lanes per pixel
+            b = p * np.uint64(_CB)
+            for l in range(np.uint64(_CB)):
+                stage[b + l] = f32_to_bf16(src[b + l] + add[l])
+        for l in range(nl):  # raw 16-bit copies, strided
+            _raw_out(dst[n0 + l], stage, l, Wo * _CB)
+    return impl_bf16

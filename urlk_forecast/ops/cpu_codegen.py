@@ -508,17 +508,17 @@ def cbfwd_{P}(x, wl, bias, has_bias, out, C, Kh, Kw, pt, pl, dh, dw, poison, lo,
     Ws = pl + W + (Kw - 1) * dw + {P}
     xs = np.zeros(Hs * Ws * {L_}, wl.dtype)
     os = np.empty(Ho * Wo * {L_}, wl.dtype)
+    stin = np.zeros(H * W * {L_}, x.dtype)  # staging of the storage dtype (bf16 conversions, see cpu_bf16)
+    stout = np.zeros(Ho * Wo * {L_}, x.dtype)
     for u in range(lo, hi):
         b = u // NCB
         c0 = (u - b * NCB) * {L_}
         nl = min({L_}, C - c0)
-        for l in range(nl):
-            _put_s(xs, (pt * Ws + pl) * {L_} + l, Ws * {L_}, {L_}, x[b * C + c0 + l])
+        _put_cb(xs, (pt * Ws + pl) * {L_}, Ws * {L_}, x, b * C + c0, nl, stin)
         if poison:
             os[:] = np.nan
         cb_conv_{P}(xs, Ws, wl, (c0 // {L_}) * Kh * Kw * {L_}, Kh, Kw, dh, dw, os, Ho, Wo, pt, pl, H, W, zero)
-        for l in range(nl):
-            _get_s(out[b * C + c0 + l], os, l, Wo * {L_}, {L_}, bias[c0 + l] if has_bias else zero)
+        _get_cb(out, b * C + c0, nl, os, bias, has_bias, c0, zero, stout)
 
 
 {_JIT}
@@ -537,6 +537,9 @@ def cbbwd_{P}(x, gy, wlflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, d
     Wg = plb + Wo + (Kw - 1) * dw + {P}
     gs = np.zeros(Hg * Wg * {L_}, wlflip.dtype)
     os = np.empty(H * W * {L_}, wlflip.dtype)
+    stin = np.zeros(H * W * {L_} if need_gw else 1, x.dtype)  # staging of the storage dtype (see cpu_bf16)
+    stg = np.zeros(Ho * Wo * {L_}, x.dtype)
+    stout = np.zeros(H * W * {L_} if need_gx else 1, x.dtype)
     Hx = pt + H + (Kh - 1) * dh + 1
     Wx = pl + W + 2 * {T - 1} * dw + 1  # image at column pl + (T-1)*dw: the T-tap passes read up to T-1 taps out
     xs = np.zeros(Hx * Wx * {L_} if need_gw else 1, wlflip.dtype)
@@ -557,17 +560,14 @@ def cbbwd_{P}(x, gy, wlflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, d
             last = True
         c0 = cb * {L_}
         nl = min({L_}, C - c0)
-        for l in range(nl):
-            _put_s(gs, (ptb * Wg + plb) * {L_} + l, Wg * {L_}, {L_}, gy[b * C + c0 + l])
+        _put_cb(gs, (ptb * Wg + plb) * {L_}, Wg * {L_}, gy, b * C + c0, nl, stg)
         if need_gx:
             if poison:
                 os[:] = np.nan
             cb_conv_{P}(gs, Wg, wlflip, cb * KK * {L_}, Kh, Kw, dh, dw, os, H, W, ptb, plb, Ho, Wo, zero)
-            for l in range(nl):
-                _get_s(gx[b * C + c0 + l], os, l, W * {L_}, {L_}, zero)
+            _get_cb(gx, b * C + c0, nl, os, os, False, c0, zero, stout)
         if need_gw:
-            for l in range(nl):
-                _put_s(xs, ((pt * Wx + pl + {T - 1} * dw) * {L_}) + l, Wx * {L_}, {L_}, x[b * C + c0 + l])
+            _put_cb(xs, (pt * Wx + pl + {T - 1} * dw) * {L_}, Wx * {L_}, x, b * C + c0, nl, stin)
             if first:
                 gl[:] = 0.0
             cb_gw_{T}(xs, Wx, gs, Wg, ptb, plb, Ho, Wo, Kh, Kw, dh, dw, pt, pl, H, W, gl, acc, zero)
@@ -595,7 +595,7 @@ def generate_source() -> str:  # noqa: C901 - generated kernel template
         "import numpy as np",
         "from numba import njit",
         "",
-        "from urlk_forecast.ops.cpu_bf16 import get as _get, get_s as _get_s, put as _put, put_s as _put_s",
+        "from urlk_forecast.ops.cpu_bf16 import get as _get, get_cb as _get_cb, put as _put, put_cb as _put_cb",
         "from urlk_forecast.ops.cpu_kernels import NoSSACompiler",
         "",
         f"# row copies and bfloat16 conversion: urlk_forecast/ops/cpu_bf16.py, source sha256 {_helpers_digest()}",
