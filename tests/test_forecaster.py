@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -331,6 +332,34 @@ def test_reparameterize_identical_predictions(trained, data, tmp_path):
     again = Forecaster.load(d2)
     assert again.reparameterized
     np.testing.assert_array_equal(again.predict(data)["temperature"].values, after)
+
+
+def test_forecasts_come_from_a_deploy_copy_that_follows_the_weights(trained, data):
+    """Forecasting runs a re-parameterized copy of the training-form network; its output equals the training-form
+    network's own forward, and an in-place change of the weights is seen by the next forecast."""
+    fc, _ = trained
+    fc2 = copy.deepcopy(fc)
+    ws = fc2._windows(data)
+    batch = {k: v for k, v in ws.batch([0, 5]).items() if k not in ("y", "y_mask", "index") and torch.is_tensor(v)}
+
+    def train_form() -> np.ndarray:
+        fc2.net.eval()
+        with torch.no_grad():
+            return fc2.net(batch).float().numpy()
+
+    got = fc2.predict_windows(ws, [0, 5])
+    assert "dil_conv" not in str(fc2._inference_net()) and "dil_conv" in str(fc2.net)
+    ref = train_form()
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+    assert fc2._inference_net() is fc2._inference_net()  # built once per set of weights
+    with torch.no_grad():  # in place, as an optimiser or a user would
+        for n, p in fc2.net.named_parameters():
+            if "dil_conv" in n or "skip" in n:
+                p.mul_(1.5)
+    changed = fc2.predict_windows(ws, [0, 5])
+    ref2 = train_form()
+    assert np.abs(changed - got).max() > 1e-2 * np.abs(got).max()
+    assert np.abs(changed - ref2).max() <= 1e-5 * np.abs(ref2).max()
 
 
 @pytest.mark.gpu
