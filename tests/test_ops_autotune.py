@@ -210,6 +210,12 @@ def test_all_torch_runs_plain_conv2d_autograd(monkeypatch):
     assert "Convolution" in type(y.grad_fn).__name__
     torch.testing.assert_close(torch.autograd.grad(y.sum(), x)[0],
                                torch.autograd.grad(F.conv2d(x, w, None, 1, 1, 1, 3).sum(), x)[0])
+    assert len(autotune.torch_plans) == 1  # remembered: the next such call goes straight to F.conv2d
+    assert "Convolution" in type(dwconv2d(x, w.detach()).grad_fn).__name__
+    write_table({key_of(x, 3): {"forward": "own", "grad_input": "torch", "grad_weight": "own"}})  # resets the memo
+    ran = Ran(monkeypatch)
+    dwconv2d(x, w.detach())
+    assert ran.log == [("forward", "own")] and autotune.torch_plans == set()
 
 
 # ------------------------------------------------------------------------------------------------ numerics

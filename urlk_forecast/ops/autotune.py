@@ -210,6 +210,9 @@ class _Table:
 _state_lock = threading.Lock()
 _state: dict[str, Any] = {}
 _memo: dict[tuple[Any, ...], tuple[str, ...]] = {}  # (directions, mode, shape, kernel, pads, dil, dtype, threads)
+#: calls (keyed by the dispatcher: dtype, shapes, padding, dilation, gradients needed, threads, mode) for which torch
+#: runs every direction: the dispatcher sends them straight to ``F.conv2d``
+torch_plans: set[tuple[Any, ...]] = set()
 
 
 def _table() -> _Table:
@@ -228,6 +231,7 @@ def _table() -> _Table:
                 path = None
             _state.update(table=_Table(path, machine), sig=sig)
             _memo.clear()
+            torch_plans.clear()
         return _state["table"]
 
 
@@ -320,6 +324,7 @@ def reset() -> None:
     with _state_lock:
         _state.clear()
         _memo.clear()
+        torch_plans.clear()
 
 
 # ------------------------------------------------------------------------------------------- calibration
@@ -367,4 +372,5 @@ def calibrate(calls: Iterable[Call], dtype: torch.dtype = torch.float32, refresh
                 impl = table.put(key, d, measure(d, x, w, pads, dil))
             rows.append({"key": key, "direction": d, **table.entries[key][d]})
     _memo.clear()  # re-measured entries replace what this process remembered
+    torch_plans.clear()
     return rows

@@ -256,6 +256,15 @@ _DIRS = {(gx, gw): ("forward",) + ("grad_input",) * gx + ("grad_weight",) * gw
          for gx in (False, True) for gw in (False, True)}
 
 
+def _plan_key(x: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, int]) -> tuple | None:
+    """Key of :data:`autotune.torch_plans` for a CPU call under ``auto`` (None under autocast: not memoised)."""
+    if _autocast_on("cpu"):
+        return None
+    grad = torch.is_grad_enabled()
+    return (x.dtype, x.shape, w.shape, pads, dil, grad and x.requires_grad, grad and w.requires_grad,
+            torch.get_num_threads(), os.environ.get(autotune.TUNE_ENV))
+
+
 def _cpu_impls(backend: str, x: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, int]) -> dict[str, str]:
     """Implementation of the forward and of each gradient this call will need (``own`` everywhere under "own")."""
     grad = torch.is_grad_enabled()
@@ -279,6 +288,9 @@ def _run_cpu(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: 
     autotune.note_call(x, w, pads, dil)
     impls = _cpu_impls(backend, x, w, pads, dil)
     if all(v == "torch" for v in impls.values()):
+        key = _plan_key(x, w, pads, dil) if backend == "auto" and x.dtype == out_dtype else None
+        if key is not None:  # the next such call skips the checks above (cleared by autotune.reset)
+            autotune.torch_plans.add(key)
         if _autocast_on("cpu"):  # the inputs already follow the policy: compute in their dtype
             with torch.autocast("cpu", enabled=False):
                 y = cpu_paths.torch_forward(x, w, bias, pads, dil)
@@ -295,6 +307,11 @@ def _run_cpu(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: 
 def run(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads, dil: tuple[int, int]) -> torch.Tensor:
     """Depthwise conv with validated arguments on the chosen path (autograd-aware on every path)."""
     backend = get_backend()
+    if backend == "auto" and x.device.type == "cpu":  # fast path: a call whose every direction is torch's
+        key = _plan_key(x, w, pads, dil)
+        if key is not None and key in autotune.torch_plans:
+            autotune.note_call(x, w, pads, dil)
+            return cpu_paths.torch_forward(x, w, bias, pads, dil)
     path = _choose(x, w, pads, dil, backend)
     if path != "torch":
         x, w, bias = _autocast(x, w, bias)
