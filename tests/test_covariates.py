@@ -29,6 +29,7 @@ from urlk_forecast.cli import cli
 from urlk_forecast.data.readers import write_netcdf
 from urlk_forecast.data.real_samples import TMY3_FILES, TMY3_YEAR, load_tmy3, package_data_path
 from urlk_forecast.data.schema import SchemaError, make_dataset
+from urlk_forecast.data.synthetic import synthetic_global
 from urlk_forecast.data.windows import WindowDataset
 from urlk_forecast.models.forecast_net import ForecastNet
 
@@ -381,3 +382,24 @@ def test_backtest_windows_carry_the_methods_covariates() -> None:
     first = bt.table[bt.table["origin"] == bt.table["origin"].min()]
     assert len(first) == want.size and np.isfinite(want).all()
     np.testing.assert_allclose(np.sort(first["GBDT"].to_numpy()), np.sort(want.ravel()), rtol=1e-6)
+
+
+def test_train_and_predict_cli_with_inputs_on_the_synthetic_default(tmp_path) -> None:
+    """The synthetic set (no ``--data``) is generated with the covariates the run needs, in training and again in
+    ``predict``; the forecast equals the saved model's on the same regenerated data."""
+    run = tmp_path / "run"
+    res = CliRunner().invoke(cli, [
+        "train", "--var", "temperature", "--inputs", "wind_speed", "--stations", "8", "--hours", "400",
+        "--seq-len", "24", "--label-len", "12", "--pred-len", "6", "--model-kw", "d_model=32", "--model-kw",
+        "dims=[8,16,32,64]", "--model-kw", "node_size=4", "--threads", "1", "--schedule", "paper", "--max-steps",
+        "2", "--batch-size", "2", "--val-windows", "4", "--eval-windows", "4", "--out", str(run)],
+        env={"URLK_DWCONV": "torch"}, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "model" / "config.json").read_text())["inputs"] == ["wind_speed"]
+    res = CliRunner().invoke(cli, ["predict", "--run", str(run), "--out", str(tmp_path / "f.nc")],
+                             env={"URLK_DWCONV": "torch"})
+    assert res.exit_code == 0, res.output
+    ds = synthetic_global(stations=8, hours=400, seed=0, variables=("temperature", "wind_speed"))
+    fc = Forecaster.load(run / "model")
+    with xr.open_dataset(tmp_path / "f.nc") as written:
+        np.testing.assert_allclose(written["temperature"].values, fc.predict(ds)["temperature"].values, rtol=1e-6)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +88,10 @@ def synthetic_data(stations: int, hours: int, seed: int, start: str = SYNTHETIC_
             "start": str(start)}
 
 
-def open_data(spec: dict[str, Any], variable: str | None = None) -> xr.Dataset:
-    """The dataset a data spec describes; with ``variable``, checked to hold it (and only it for synthetic data)."""
+def open_data(spec: dict[str, Any], variable: str | Sequence[str] | None = None) -> xr.Dataset:
+    """The dataset a data spec describes; with ``variable`` (a name or several: a target and its covariates),
+    checked to hold them (and, for synthetic data, generated with only them)."""
+    names = [variable] if isinstance(variable, str) else list(variable or [])
     kind = spec.get("kind")
     if kind == "file":
         path = Path(spec["path"])
@@ -97,16 +100,17 @@ def open_data(spec: dict[str, Any], variable: str | None = None) -> xr.Dataset:
         units = data_units(spec)
         ds = open_dataset(path, **data_reader(spec), **({"units": units} if units else {}))
     elif kind == "synthetic":
-        kw = {"variables": (variable,)} if variable is not None else {}
+        kw = {"variables": tuple(names)} if names else {}
         ds = synthetic_global(stations=int(spec["stations"]), start=spec.get("start", SYNTHETIC_START),
                               hours=int(spec["hours"]), seed=int(spec["seed"]), **kw)
     else:
         raise ValueError(f"unknown data spec {spec!r} (kind must be 'file' or 'synthetic')")
-    if variable is not None:
-        if variable not in ds.data_vars:
+    for name in names:
+        if name not in ds.data_vars:
             have = data_variables(ds)
-            raise ValueError(f"the data has no {variable!r}; available: {', '.join(have) or 'none'}")
-        validate(ds, variables=[variable])
+            raise ValueError(f"the data has no {name!r}; available: {', '.join(have) or 'none'}")
+    if names:
+        validate(ds, variables=names)
     return ds
 
 
@@ -306,7 +310,7 @@ class RunDir:
             raise FileNotFoundError(f"{self.path} is not a finished run (no {MODEL_DIR}/{CONFIG_NAME})")
         return Forecaster.load(self.model_dir, map_location=map_location)
 
-    def open_data(self, variable: str | None = None) -> xr.Dataset:
+    def open_data(self, variable: str | Sequence[str] | None = None) -> xr.Dataset:
         """The data the run was trained on: its file re-opened (with the source units recorded at training), or the
         synthetic set regenerated from its seed."""
         return open_data(self.data_spec, variable)

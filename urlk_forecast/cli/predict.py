@@ -9,6 +9,7 @@ Every destination is checked first and the files are written together (all or no
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def predict(variable: str | None, run_dir: Path | None, data: Path | None, end: 
             _require_matplotlib()
         fc = run.load_model(map_location=device)
         _check_variable(run, fc, variable)
-        history = _history(run, data, fc.variable, end, unit_map, reader)
+        history = _history(run, data, fc.variable, end, unit_map, reader, inputs=fc.inputs)
         _check_stations(history, stations)
         fcst = fc.predict(history)
         if stations:
@@ -107,7 +108,8 @@ def _check_variable(run: RunDir, fc: Forecaster, variable: str | None) -> None:
 
 
 def _history(run: RunDir, data: Path | None, variable: str, end: str | None,
-             units: dict[str, str] | None = None, reader: dict[str, object] | None = None) -> xr.Dataset:
+             units: dict[str, str] | None = None, reader: dict[str, object] | None = None,
+             inputs: Sequence[str] = ()) -> xr.Dataset:
     """The history to forecast from: ``--data`` (read with ``--units`` and the wide-CSV options) or the run's data,
     cut at ``--end``."""
     if data is not None:
@@ -118,7 +120,7 @@ def _history(run: RunDir, data: Path | None, variable: str, end: str | None,
         validate(ds, variables=[variable])
     else:
         try:
-            ds = run.open_data(variable)
+            ds = run.open_data([variable, *inputs])  # the covariates too (the forecaster checks them)
         except FileNotFoundError as e:
             raise click.ClickException(f"{e}; pass --data") from None
     if end is None:

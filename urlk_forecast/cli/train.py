@@ -322,7 +322,7 @@ def _split(plan: _Plan) -> tuple[dict[str, xr.Dataset], WindowDataset]:
     the test windows."""
     fc = plan.forecaster
     t0 = time.perf_counter()
-    ds = open_data(plan.data, fc.variable)
+    ds = open_data(plan.data, [fc.variable, *fc.inputs])  # the covariates too (synthetic data: generated)
     for v in fc.inputs:  # the covariates: present, with units (nothing is written yet)
         require_variable(ds, v, "the data")
     validate(ds, variables=[fc.variable, *fc.inputs])
