@@ -427,3 +427,19 @@ def test_cli_devices_2_matches_one_process(tmp_path: Path) -> None:
     assert len(a) == len(b) == 4
     np.testing.assert_allclose(b, a, rtol=1e-5)
     assert load_checkpoint(runs / "two" / "train")["world_size"] == 2
+
+
+def test_ema_decay_flag_sets_and_turns_off_the_weight_average(tmp_path: Path) -> None:
+    """The automatic schedule averages the weights (0.995); ``--ema-decay D`` replaces it and 0 turns it off,
+    recorded in run.json's regime and in the checkpoint the run writes."""
+    for flag, want in (("0.9", 0.9), ("0", None)):
+        out = tmp_path / f"r{flag}"
+        res = CliRunner().invoke(cli, ["train", *TINY, "--ema-decay", flag, "--max-steps", "2", "--batch-size", "2",
+                                       "--val-windows", "4", "--eval-windows", "2", "--no-progress", "--out",
+                                       str(out)], env={"URLK_DWCONV": "torch"})
+        assert res.exit_code == 0, res.output
+        regime = json.loads((out / "run.json").read_text())["regime"]
+        assert regime["settings"]["ema_decay"] == want
+        assert any(r.startswith("ema_decay") and "given (auto: 0.995)" in r for r in regime["reasons"])
+        ckpt = load_checkpoint(out / "train" / "checkpoint.pt")
+        assert (ckpt["ema"] is None) == (want is None)

@@ -142,3 +142,11 @@ def test_cli_train_prints_and_records_the_auto_regime(tmp_path) -> None:
     cfg = json.loads((run / "train" / "train_config.json").read_text())
     assert (cfg["batch_size"], cfg["lr_schedule"], cfg["max_steps"]) == (5, "cosine", 6)
     assert regime["reasons"] == json.loads((run / "model" / "config.json").read_text())["train"]["regime"]["reasons"]
+
+
+def test_weight_average_is_on_in_the_automatic_regime_and_off_in_the_paper_schedule() -> None:
+    r = auto_regime(6000, 800, 2, 11, device="cpu")
+    assert r.settings["ema_decay"] == 0.995 and r.config().ema_decay == 0.995
+    assert any("weights averaged" in line for line in r.reasons)
+    assert auto_regime(6000, 800, 2, 11, device="cpu", given={"ema_decay": None}).config().ema_decay is None
+    assert TrainConfig.paper().ema_decay is None

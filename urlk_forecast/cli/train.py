@@ -53,7 +53,7 @@ _TRAIN_OPTION_KEYS = (
     "data", "variable", "model", "model_kw", "seq_len", "label_len", "pred_len", "epochs", "batch_size", "lr",
     "lr_decay", "patience", "steps_per_epoch", "device", "max_time", "max_steps", "amp", "checkpointing",
     "grad_clip", "seed", "stations", "hours", "val_windows", "eval_windows", "checkpoint_every", "schedule",
-    "threads", "units", "time_column", "columns", "var_name", "quantiles", "inputs",
+    "threads", "units", "time_column", "columns", "var_name", "quantiles", "inputs", "ema_decay",
 )
 # never forwarded to the torchrun children (they are launcher options, or re-derived)
 _LAUNCH_ONLY = ("devices", "nnodes", "node_rank", "master_addr", "master_port", "rdzv_endpoint")
@@ -126,6 +126,9 @@ class _Plan:
               help="Gradient checkpointing (less memory, ~1.3x compute).")
 @click.option("--grad-clip", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Clip the global gradient norm to this value.")
+@click.option("--ema-decay", type=click.FloatRange(min=0, max=1, max_open=True), default=None,
+              help="Average the weights with this EMA decay (validated and returned); 0 = off. Default: 0.995 with "
+                   "the automatic schedule, off with --schedule paper.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out (default: the latest run with a checkpoint) from its checkpoint.")
 @click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True,
@@ -275,6 +278,8 @@ def _train_settings(opts: dict[str, Any]) -> dict[str, Any]:
                                                   "steps_per_epoch", "max_time", "max_steps", "grad_clip",
                                                   "val_windows", "checkpoint_every") if opts.get(k) is not None}
     given.update(seed=int(opts["seed"]), checkpoint_every=given.get("checkpoint_every", 10))
+    if opts.get("ema_decay") is not None:  # 0 turns the average off
+        given["ema_decay"] = float(opts["ema_decay"]) or None
     for k, unset in (("device", "auto"), ("amp", "none"), ("checkpointing", False), ("progress", None),
                      ("resume", False)):
         if opts.get(k) != unset:
