@@ -153,35 +153,73 @@ class DecoderLayer(nn.Module):
         self.trend_projection = nn.Conv1d(d_model, c_out, 3, padding=1, padding_mode="circular", bias=False)
         self.activation = get_activation(activation)
 
-    def forward(self, x: torch.Tensor, cross: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def decompose(self, x: torch.Tensor, cross: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(seasonal, residual_trend, trend)``: :meth:`forward`'s pair plus the layer's removed trend
+        ``trend1 + trend2 + trend3`` (B, L, d_model), so ``seasonal + trend`` is the un-decomposed residual stream."""
         x, trend1 = self.decomp1(x + self.self_block(x, x))
         x, trend2 = self.decomp2(x + self.cross_block(x, cross))
         y = self.dropout(self.activation(self.conv1(x.transpose(1, 2))))
         y = self.dropout(self.conv2(y).transpose(1, 2))
         x, trend3 = self.decomp3(x + y)
-        residual_trend = self.trend_projection((trend1 + trend2 + trend3).transpose(1, 2)).transpose(1, 2)
+        trend = trend1 + trend2 + trend3
+        return x, self.trend_projection(trend.transpose(1, 2)).transpose(1, 2), trend
+
+    def forward(self, x: torch.Tensor, cross: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, residual_trend, _ = self.decompose(x, cross)
         return x, residual_trend
 
 
 class Decoder(nn.Module):
-    """Stack of :class:`DecoderLayer` + seasonal LayerNorm + Linear projection to ``c_out`` channels."""
+    """Stack of :class:`DecoderLayer` + seasonal LayerNorm + Linear projection to ``c_out`` channels.
 
-    def __init__(self, layers: Sequence[DecoderLayer], d_model: int, c_out: int, with_cp: bool = False) -> None:
+    ``spread_channels > 0`` adds a second head (LayerNorm + Linear to that many channels) on the *un-decomposed*
+    residual stream (the final seasonal part plus every layer's removed trend), read by :meth:`forward_spreads`. It
+    serves the quantile spreads: the seasonal part cannot carry them, because the moving average's replicate padding
+    keeps only 12/25 of the last step's own value in its seasonal part (24/25 elsewhere) and removes any smooth
+    growth over the leads; the median gets the rest back through the trend, a spread had nothing to get it back
+    from (its band collapsed at the last lead).
+    """
+
+    def __init__(self, layers: Sequence[DecoderLayer], d_model: int, c_out: int, with_cp: bool = False,
+                 spread_channels: int = 0) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.norm = SeasonalLayerNorm(d_model)
         self.projection = nn.Linear(d_model, c_out)
         self.with_cp = with_cp
+        self.spread_channels = int(spread_channels)
+        if self.spread_channels:
+            self.spread_norm = nn.LayerNorm(d_model)
+            self.spread_projection = nn.Linear(d_model, self.spread_channels)
+
+    def _run(self, x: torch.Tensor, cross: torch.Tensor, trend: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The layers: ``(final seasonal (B, L, d_model), trend (B, L, c_out), removed trends (B, L, d_model))``
+        (the last summed over the layers; only with a spread head, zeros otherwise)."""
+        removed = torch.zeros_like(x)
+        for layer in self.layers:
+            if self.with_cp and self.training and torch.is_grad_enabled():
+                x, residual_trend, layer_trend = checkpoint(layer.decompose, x, cross, use_reentrant=False)
+            else:
+                x, residual_trend, layer_trend = layer.decompose(x, cross)
+            trend = trend + residual_trend
+            if self.spread_channels:
+                removed = removed + layer_trend
+        return x, trend, removed
 
     def forward(self, x: torch.Tensor, cross: torch.Tensor, trend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (B, L, d_model) embedded seasonal init, ``cross`` (B, T, d_model), ``trend`` (B, L, c_out).
 
         Returns ``(seasonal, trend)``, both (B, L, c_out).
         """
-        for layer in self.layers:
-            if self.with_cp and self.training and torch.is_grad_enabled():
-                x, residual_trend = checkpoint(layer, x, cross, use_reentrant=False)
-            else:
-                x, residual_trend = layer(x, cross)
-            trend = trend + residual_trend
+        x, trend, _ = self._run(x, cross, trend)
         return self.projection(self.norm(x)), trend
+
+    def forward_spreads(self, x: torch.Tensor, cross: torch.Tensor, trend: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward`'s ``(seasonal, trend)`` plus the spread head's raw output (B, L, spread_channels)."""
+        if not self.spread_channels:
+            raise ValueError("this decoder has no spread head (built with spread_channels=0)")
+        x, trend, removed = self._run(x, cross, trend)
+        spreads = self.spread_projection(self.spread_norm(x + removed))
+        return self.projection(self.norm(x)), trend, spreads

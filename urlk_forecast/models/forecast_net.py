@@ -23,10 +23,13 @@ and grouped like the target; with its mask channel it adds 2·D' channels to the
 ``(B·n, L, D'·(1 + 2K)) → (B·n, L, d_model)``, so the Eq. 2 image keeps its shape. The decoder, the trend and
 the skip see the target only (covariates are not known in the future; the calendar features are).
 
-Quantiles (``quantiles=(0.1, 0.5, 0.9)``, sorted levels in (0, 1) with the median): the decoder's projection gives
-one channel per level and node station; the median channel plus the trend (and skip) is the median forecast, every
-other channel becomes a non-negative spread (softplus), and the levels are the median minus/plus cumulative spreads
-(:func:`~urlk_forecast.models.quantiles.monotone_quantiles`): they never cross. RevIN de-normalises the median as
+Quantiles (``quantiles=(0.1, 0.5, 0.9)``, sorted levels in (0, 1) with the median): the decoder's seasonal channel plus
+the trend (and skip) is the median forecast, as for a point network; a spread head on the decoder's un-decomposed
+residual stream (:class:`~urlk_forecast.models.decoder.Decoder` ``spread_channels``) gives one channel per other level
+and node station, each a non-negative spread (softplus), and the levels are the median minus/plus cumulative spreads
+(:func:`~urlk_forecast.models.quantiles.monotone_quantiles`): they never cross. (The spreads do not come from seasonal
+channels: the decomposition's replicate padding halves the last step's own value there and removes smooth growth over
+the leads, which collapsed the band at the last lead.) RevIN de-normalises the median as
 the point forecast and scales the spreads by the window's std. The output is then ``(B, pred_len, S, Q)`` and the
 network's ``quantiles`` attribute (None for a point network) tells the trainer to use the pinball loss.
 
@@ -195,8 +198,8 @@ class ForecastNet(nn.Module):
         cross = _cross_kind(cross, self.encoder)
         layers = [self._decoder_layer(cross, n_heads, node_list, corr_kw, d_ff, moving_avg, dropout, activation)
                   for _ in range(int(d_layers))]
-        n_out = len(self.quantiles) if self.quantiles is not None else 1  # decoder channels per station
-        self.decoder = Decoder(layers, d_model, node_size * n_out, with_cp=with_cp)
+        self.decoder = Decoder(layers, d_model, node_size, with_cp=with_cp,  # + a spread head per non-median level
+                               spread_channels=node_size * (len(self.quantiles) - 1 if self.quantiles else 0))
         self.fusion = None if fusion is None else build_forecast_fusion(
             **dict(fusion), d_model=d_model, seq_len=seq_len, n_nodes=n_nodes, node_size=node_size,
             n_stations=n_stations)
@@ -290,9 +293,10 @@ class ForecastNet(nn.Module):
         if self.fusion is not None:
             tokens = self.fusion(tokens, batch)
         dec_in = self.dec_embedding(g.to_nodes(seasonal_init), y_mark, node_coords)
-        seasonal_part, trend_part = self.decoder(dec_in, tokens, g.to_nodes(trend_init))
         if self.quantiles is not None:
-            return self._quantile_output(seasonal_part, trend_part, xn, stats)
+            return self._quantile_output(*self.decoder.forward_spreads(dec_in, tokens, g.to_nodes(trend_init)),
+                                         xn, stats)
+        seasonal_part, trend_part = self.decoder(dec_in, tokens, g.to_nodes(trend_init))
         out = g.from_nodes((seasonal_part + trend_part)[:, -self.pred_len:])
         if self.skip is not None:
             out = out + self.skip(xn)
@@ -311,19 +315,18 @@ class ForecastNet(nn.Module):
         ch = ch.flatten(3)  # (B, L, S, 2K): covariate 0 value, covariate 0 mask, covariate 1 value, ...
         return torch.cat([nodes, *(g.to_nodes(g.pad(ch[..., j])) for j in range(ch.shape[-1]))], dim=-1)
 
-    def _quantile_output(self, seasonal: torch.Tensor, trend: torch.Tensor, xn: torch.Tensor,
-                         stats: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        """``(B, pred_len, S, Q)`` from the decoder's per-level seasonal channels ``(B·n, L, Q·D')`` (level-major)
-        and its trend ``(B·n, L, D')``: the median channel + trend (+ skip) is the median, the other channels are
-        spreads (see the module docstring); both de-normalised by RevIN."""
+    def _quantile_output(self, seasonal: torch.Tensor, trend: torch.Tensor, raw_spreads: torch.Tensor,
+                         xn: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """``(B, pred_len, S, Q)`` from the decoder's seasonal channels and trend ``(B·n, L, D')`` (their sum, plus
+        the skip, is the median) and its spread head ``(B·n, L, (Q-1)·D')`` (level-major, the levels other than the
+        median): see the module docstring; both de-normalised by RevIN."""
         assert self.quantiles is not None
         g, P = self.grouping, self.pred_len
         m = self.quantiles.index(0.5)
-        parts = seasonal[:, -P:].split(self.node_size, dim=-1)  # one (B·n, P, D') per level
-        median = g.from_nodes(parts[m] + trend[:, -P:])
+        median = g.from_nodes(seasonal[:, -P:] + trend[:, -P:])
         if self.skip is not None:
             median = median + self.skip(xn)
-        others = [g.from_nodes(p) for j, p in enumerate(parts) if j != m]
+        others = [g.from_nodes(p) for p in raw_spreads[:, -P:].split(self.node_size, dim=-1)]
         spreads = (spreads_from_raw(torch.stack(others, dim=-1)) if others
                    else median.new_zeros(median.shape + (0,)))
         if self.revin is not None:
@@ -332,6 +335,15 @@ class ForecastNet(nn.Module):
             spreads = self.revin.denormalize_spread(spreads, stats)
         S = self.n_stations
         return monotone_quantiles(median[..., :S], spreads[..., :S, :], m)
+
+    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any) -> None:
+        """Refuse, with a clear message, the weights of a quantile network whose spreads came from the decoder's
+        seasonal channels (before the spread head; their band collapsed at the last lead): they cannot be mapped."""
+        if self.quantiles is not None and f"{prefix}decoder.projection.weight" in state_dict and \
+                f"{prefix}decoder.spread_projection.weight" not in state_dict:
+            raise ValueError("these quantile weights predate the decoder's spread head (their spreads came from the "
+                             "seasonal channels, whose band collapses at the last lead); retrain the model")
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     # ----------------------------------------------------------------------------------------- helpers
     def reparameterize(self) -> ForecastNet:
