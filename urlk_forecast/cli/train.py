@@ -31,7 +31,6 @@ import xarray as xr
 
 from .. import distributed as D
 from ..config import QUICK_TRAIN_DEFAULTS, ConfigError, TrainConfig
-from ..data.schema import require_variable, validate
 from ..data.windows import WindowDataset, split_dataset
 from ..forecaster import Forecaster, parse_model_name
 from ..models.encoders import encoder_options
@@ -327,10 +326,8 @@ def _split(plan: _Plan) -> tuple[dict[str, xr.Dataset], WindowDataset]:
     the test windows."""
     fc = plan.forecaster
     t0 = time.perf_counter()
-    ds = open_data(plan.data, [fc.variable, *fc.inputs])  # the covariates too (synthetic data: generated)
-    for v in fc.inputs:  # the covariates: present, with units (nothing is written yet)
-        require_variable(ds, v, "the data")
-    validate(ds, variables=[fc.variable, *fc.inputs])
+    # the target and its covariates: present, valid, with units (nothing is written yet); synthetic data generates them
+    ds = open_data(plan.data, [fc.variable, *fc.inputs])
     fc.resolve_lengths(ds)  # --seq-len 48h: steps of this data
     parts = split_dataset(ds, context=fc.seq_len)
     need = fc.seq_len + fc.pred_len
