@@ -33,6 +33,13 @@ the leads, which collapsed the band at the last lead.) RevIN de-normalises the m
 the point forecast and scales the spreads by the window's std. The output is then ``(B, pred_len, S, Q)`` and the
 network's ``quantiles`` attribute (None for a point network) tells the trainer to use the pinball loss.
 
+Several targets (``n_targets=V > 1``; :class:`~urlk_forecast.data.target_windows.TargetWindows`): ``batch["x"]`` and
+``x_mask`` are ``(B, L, V·S)``, the targets' stations side by side (target-major), and the output is ``(B, pred_len,
+V·S)``. Each target is normalised per window and station by RevIN (its own statistics; the per-slot affine and the
+seasonal skip are shared by the targets), enters the encoder like a covariate (its D' masked values and D' masks per
+node: ``(B·n, L, D'·(2V + 2K))``, the image unchanged), and has its own D' channels in the decoder's seasonal init,
+trend and output projection (``c_out = V·D'``); it is de-normalised with its own statistics. Point forecasts only.
+
 The network never reads ``batch["y"]``. ``config`` holds the (JSON-serialisable) constructor arguments with
 defaults resolved; ``ForecastNet(**net.config)`` rebuilds the same architecture (the coordinates are a
 persistent buffer, restored by ``load_state_dict``).
@@ -122,6 +129,22 @@ def _input_scale(scale: ArrayLike | None, n_inputs: int) -> torch.Tensor:
     return t.clone()
 
 
+def _check_targets(n_targets: int, quantiles: tuple[float, ...] | None) -> int:
+    """``n_targets`` checked: >= 1, and 1 for a quantile network (several targets forecast point values only)."""
+    if int(n_targets) != n_targets or int(n_targets) < 1:
+        raise ValueError(f"n_targets must be an integer >= 1, got {n_targets!r}")
+    if int(n_targets) > 1 and quantiles is not None:
+        raise ValueError(f"quantiles are forecast for one target variable; this network has {int(n_targets)} "
+                         "targets (train one quantile model per variable)")
+    return int(n_targets)
+
+
+def _enc_channels(n_targets: int, n_inputs: int) -> int:
+    """Channels per node slot of the encoder's value embedding: the target's values (one target), or each target's
+    masked values and masks (several), then each covariate's masked values and masks."""
+    return (1 if n_targets == 1 else 2 * n_targets) + 2 * int(n_inputs)
+
+
 def _cross_kind(cross: str | None, encoder: nn.Module) -> str:
     """The decoder's cross block: ``cross`` checked, or by default attention over an encoder's spatial (image)
     tokens and multi-correlation over temporal ones."""
@@ -164,7 +187,7 @@ class ForecastNet(nn.Module):
         skip: str = "none",
         season: int = 24,
         quantiles: Sequence[float] | None = None,
-        n_inputs: int = 0, input_scale: ArrayLike | None = None,
+        n_inputs: int = 0, input_scale: ArrayLike | None = None, n_targets: int = 1,
         **encoder_kw: Any,
     ) -> None:
         super().__init__()
@@ -174,18 +197,18 @@ class ForecastNet(nn.Module):
         _check_sizes(n_stations, node_size, seq_len, label_len, pred_len, d_model, n_heads, dropout)
         encoder = normalize_name(encoder)
         self.quantiles = quantile_levels(quantiles)  # levels: the output gains a last axis Q; None: point forecasts
+        V = self.n_targets = _check_targets(n_targets, self.quantiles)  # V targets side by side along the stations
 
         self.grouping = NodeGrouping(n_stations, node_size)
         n_nodes = self.grouping.n_nodes
         node_list = _node_list(node_list, n_nodes, n_stations, node_size)
-        self.n_stations, self.node_size, self.n_nodes = n_stations, node_size, n_nodes
+        self.n_stations, self.node_size, self.n_nodes, self.d_model = n_stations, node_size, n_nodes, d_model
         self.seq_len, self.label_len, self.pred_len = seq_len, label_len, pred_len
-        self.d_model = d_model
         self.register_buffer("coords", _coords_tensor(coords, n_stations))
         self.revin = RevIN(node_size) if revin else None
         self.decomp = SeriesDecomp(moving_avg)
-        self.enc_embedding = DataEmbedding(node_size, d_model, 4, dropout, n_channels=1 + 2 * int(n_inputs))
-        self.dec_embedding = DataEmbedding(node_size, d_model, 4, dropout)
+        self.enc_embedding = DataEmbedding(node_size, d_model, 4, dropout, n_channels=_enc_channels(V, n_inputs))
+        self.dec_embedding = DataEmbedding(node_size, d_model, 4, dropout, n_channels=V)
 
         corr_kw = dict(factor_temporal=factor_temporal, factor_spatial=factor_spatial, tcn_layers=tcn_layers,
                        dropout=dropout, spatial=spatial)
@@ -198,7 +221,7 @@ class ForecastNet(nn.Module):
         cross = _cross_kind(cross, self.encoder)
         layers = [self._decoder_layer(cross, n_heads, node_list, corr_kw, d_ff, moving_avg, dropout, activation)
                   for _ in range(int(d_layers))]
-        self.decoder = Decoder(layers, d_model, node_size, with_cp=with_cp,  # + a spread head per non-median level
+        self.decoder = Decoder(layers, d_model, node_size * V, with_cp=with_cp,  # + a spread head per non-median level
                                spread_channels=node_size * (len(self.quantiles) - 1 if self.quantiles else 0))
         self.fusion = None if fusion is None else build_forecast_fusion(
             **dict(fusion), d_model=d_model, seq_len=seq_len, n_nodes=n_nodes, node_size=node_size,
@@ -221,6 +244,8 @@ class ForecastNet(nn.Module):
         if n_inputs < 0:
             raise ValueError(f"n_inputs must be >= 0, got {n_inputs}")
         self.n_inputs = n_inputs
+        if self.n_targets > 1:  # recorded only for several targets (configs of one target stay as they were)
+            self.config["n_targets"] = self.n_targets
         if n_inputs:
             self.register_buffer("input_scale", _input_scale(input_scale, n_inputs))
             self.config["n_inputs"] = n_inputs
@@ -232,8 +257,8 @@ class ForecastNet(nn.Module):
         self_block = build_multi_correlation(self.d_model, n_heads, dec_len, node_list, **corr_kw)
         cross_block = (CrossAttention(self.d_model, n_heads, dropout) if cross == "attention"
                        else build_multi_correlation(self.d_model, n_heads, dec_len, node_list, **corr_kw))
-        return DecoderLayer(self_block, cross_block, self.d_model, self.node_size, d_ff, moving_avg, dropout,
-                            activation)
+        return DecoderLayer(self_block, cross_block, self.d_model, self.node_size * self.n_targets, d_ff, moving_avg,
+                            dropout, activation)
 
     # ------------------------------------------------------------------------------------------ forward
     def _check_batch(self, batch: Mapping[str, torch.Tensor]) -> None:
@@ -242,9 +267,10 @@ class ForecastNet(nn.Module):
             raise ValueError(f"batch is missing {missing}; ForecastNet reads {list(_BATCH_KEYS)} (+ optional x_mask)")
         x, x_mark, y_mark = batch["x"], batch["x_mark"], batch["y_mark"]
         B = x.shape[0]
-        if x.dim() != 3 or x.shape[1:] != (self.seq_len, self.n_stations):
-            raise ValueError(f"batch['x'] must be (batch, seq_len={self.seq_len}, stations={self.n_stations}), "
-                             f"got {tuple(x.shape)}")
+        width = self.n_stations * self.n_targets
+        if x.dim() != 3 or x.shape[1:] != (self.seq_len, width):
+            what = f"stations={width}" if self.n_targets == 1 else f"targets x stations={width}"
+            raise ValueError(f"batch['x'] must be (batch, seq_len={self.seq_len}, {what}), got {tuple(x.shape)}")
         if x_mark.dim() != 3 or x_mark.shape[:2] != (B, self.seq_len):
             raise ValueError(f"batch['x_mark'] must be ({B}, {self.seq_len}, 4), got {tuple(x_mark.shape)}")
         L = self.label_len + self.pred_len
@@ -254,7 +280,7 @@ class ForecastNet(nn.Module):
         if mask is not None and tuple(mask.shape) != tuple(x.shape):
             raise ValueError(f"batch['x_mask'] must match x {tuple(x.shape)}, got {tuple(mask.shape)}")
         if self.n_inputs:
-            want = (*x.shape, self.n_inputs)
+            want = (B, self.seq_len, self.n_stations, self.n_inputs)
             for k in ("x_cov", "x_cov_mask"):
                 if k not in batch or tuple(batch[k].shape) != want:
                     got = tuple(batch[k].shape) if k in batch else "nothing"
@@ -265,6 +291,8 @@ class ForecastNet(nn.Module):
         """Forecast ``(B, pred_len, S)`` in the units of ``batch["x"]`` (never reads ``batch["y"]``); with
         ``quantiles``, ``(B, pred_len, S, Q)`` non-decreasing along Q."""
         self._check_batch(batch)
+        if self.n_targets > 1:
+            return self._forward_targets(batch)
         g = self.grouping
         dtype = self.coords.dtype
         x = g.pad(batch["x"].to(dtype))
@@ -303,6 +331,62 @@ class ForecastNet(nn.Module):
         if self.revin is not None:
             out = self.revin.denormalize(out, stats)
         return g.crop(out)
+
+    def _forward_targets(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`forward` of a network with ``n_targets = V > 1``: ``batch["x"]``/``x_mask`` ``(B, L, V·S)``
+        (target-major, :class:`~urlk_forecast.data.target_windows.TargetWindows`) → ``(B, pred_len, V·S)``.
+
+        Every target is padded to whole nodes, normalised per window and station by RevIN (its own mean/std, the
+        per-slot affine shared by the targets) and decomposed like the single target; a node's decoder channels are
+        the targets' D' each, its encoder channels per target the D' masked values and D' masks, then the
+        covariates'; each target is de-normalised with its own statistics."""
+        g, S, P = self.grouping, self.n_stations, self.pred_len
+        dtype = self.coords.dtype
+
+        def padded(t: torch.Tensor) -> torch.Tensor:  # (B, L, V·S) -> (B, L, V·S'), each target padded
+            return torch.cat([g.pad(c) for c in t.split(S, dim=-1)], dim=-1)
+
+        def nodes(t: torch.Tensor) -> torch.Tensor:  # (B, L, V·S') -> (B·n, L, V·D'), target-major per node
+            return torch.cat([g.to_nodes(c) for c in t.split(g.n_padded, dim=-1)], dim=-1)
+
+        x = padded(batch["x"].to(dtype))
+        mask = batch.get("x_mask")
+        mask = padded(mask.bool()) & torch.isfinite(x) if mask is not None else torch.isfinite(x)
+        if self.revin is not None:
+            xn, stats = self.revin.normalize(x, mask)
+        else:
+            xn, stats = torch.where(torch.isfinite(x), x, torch.zeros((), dtype=dtype, device=x.device)), None
+        seasonal, trend = self.decomp(xn)
+        mean = xn.mean(dim=1, keepdim=True).expand(-1, P, -1)
+        L0 = xn.shape[1] - self.label_len
+        trend_init = torch.cat([trend[:, L0:], mean], dim=1)
+        seasonal_init = torch.cat([seasonal[:, L0:], xn.new_zeros(xn.shape[0], P, xn.shape[-1])], dim=1)
+
+        node_coords = g.node_coords(self.coords)
+        m = mask.to(dtype)
+        per_target = [nodes(c) for pair in zip((xn * m).split(g.n_padded, -1), m.split(g.n_padded, -1)) for c in pair]
+        enc_values = torch.cat([torch.cat(per_target, dim=-1), *self._covariate_nodes(batch, dtype)], dim=-1)
+        tokens = self.encoder(self.enc_embedding(enc_values, batch["x_mark"].to(dtype), node_coords))
+        if self.fusion is not None:
+            tokens = self.fusion(tokens, batch)
+        dec_in = self.dec_embedding(nodes(seasonal_init), batch["y_mark"].to(dtype), node_coords)
+        seasonal_part, trend_part = self.decoder(dec_in, tokens, nodes(trend_init))
+        out = torch.cat([g.from_nodes(c) for c in (seasonal_part + trend_part)[:, -P:].split(self.node_size, -1)],
+                        dim=-1)
+        if self.skip is not None:
+            out = out + self.skip(xn)
+        if self.revin is not None:
+            out = self.revin.denormalize(out, stats)
+        return torch.cat([g.crop(c) for c in out.split(g.n_padded, dim=-1)], dim=-1)
+
+    def _covariate_nodes(self, batch: Mapping[str, torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+        """Per covariate its masked normalised values and its masks as node series ``(B·n, L, D')`` each (none
+        without covariates); see :func:`covariate_channels`."""
+        if not self.n_inputs:
+            return []
+        g = self.grouping
+        ch = covariate_channels(batch["x_cov"].to(dtype), batch["x_cov_mask"], 0.1 * self.input_scale).flatten(3)
+        return [g.to_nodes(g.pad(ch[..., j])) for j in range(ch.shape[-1])]
 
     def _encoder_values(self, xn: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The encoder's node series ``(B·n, L, D'·(1 + 2K))``: the normalised target's D' channels, then per
@@ -363,4 +447,5 @@ class ForecastNet(nn.Module):
         return (f"stations={self.n_stations}, nodes={self.n_nodes}x{self.node_size}, encoder={c['encoder']}"
                 f"({c['variant']}), d_model={self.d_model}, seq/label/pred={self.seq_len}/{self.label_len}/"
                 f"{self.pred_len}" + (f", quantiles={list(self.quantiles)}" if self.quantiles is not None else "")
-                + (f", inputs={self.n_inputs}" if self.n_inputs else ""))
+                + (f", inputs={self.n_inputs}" if self.n_inputs else "")
+                + (f", targets={self.n_targets}" if self.n_targets > 1 else ""))
