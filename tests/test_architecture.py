@@ -156,7 +156,7 @@ _DATA = _BASE | {"data", "metrics"}
 _NETS = _DATA | {"ops", "models"}
 _CONTRACT = _NETS | {"method", "scoring"}
 _TRAINING = _CONTRACT | {"config", "distributed", "trainer", "training", "regime", "ema"}
-_APP = _TRAINING | {"backtest", "forecaster"}
+_APP = _TRAINING | {"backtest", "forecaster", "targets"}
 LAYERS: dict[str, set[str]] = {
     "utils": set(),
     "metrics": set(),
@@ -172,8 +172,9 @@ LAYERS: dict[str, set[str]] = {
     "trainer": _CONTRACT | {"config", "distributed", "regime", "ema"},
     "training": _CONTRACT | {"config", "distributed", "regime", "trainer"},
     "export": _TRAINING,  # exports a Forecaster through a Protocol; the Forecaster imports it (Forecaster.export)
+    "targets": _CONTRACT,  # one Method per target of a multi-target model, scored by the one scorer
     "backtest": _CONTRACT,  # rolling-origin backtests of any Method; the Forecaster imports it (cross_validation)
-    "forecaster": _TRAINING | {"export", "backtest"},
+    "forecaster": _TRAINING | {"export", "backtest", "targets"},
     "baselines": _APP,  # baselines.table scores a trained Forecaster beside the baselines
     "rundir": _APP | {"baselines"},
     "cli": _APP | {"baselines", "rundir", "export", PKG},

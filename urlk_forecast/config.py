@@ -251,12 +251,13 @@ class ForecasterConfig(_JsonConfig):
     (the file format), ``units`` of the variable, ``net`` (the network's constructor config), ``reparameterized``,
     ``frequency`` (the data time step, e.g. ``"0 days 01:00:00"``), ``n_stations`` and ``train`` (training
     metadata: period, windows, wall time, the TrainConfig, the result). ``quantiles``: the forecast quantile levels
-    (None: point forecasts). ``inputs``: the covariates (None: the target only). Files written before ``max_gap``,
-    ``quantiles`` or ``inputs`` were saved load with their defaults.
+    (None: point forecasts). ``inputs``: the covariates (None: the target only). Several targets: ``variable`` is
+    their list and ``units`` a dict per variable. Files written before ``max_gap``, ``quantiles`` or ``inputs`` were
+    saved load with their defaults (a ``variable`` string: one target).
     """
 
     model: str = FORECASTER_DEFAULTS["model"]
-    variable: str = FORECASTER_DEFAULTS["variable"]
+    variable: str | list[str] = FORECASTER_DEFAULTS["variable"]  # a list: several targets (one model)
     seq_len: int = FORECASTER_DEFAULTS["seq_len"]
     label_len: int = FORECASTER_DEFAULTS["label_len"]
     pred_len: int = FORECASTER_DEFAULTS["pred_len"]
@@ -266,7 +267,7 @@ class ForecasterConfig(_JsonConfig):
     model_kw: dict[str, Any] = field(default_factory=dict)
     format: str = FORECASTER_FORMAT
     version: int = FORECASTER_FORMAT_VERSION
-    units: str | None = None
+    units: str | dict[str, str] | None = None  # per target ({variable: units}) for several targets
     net: dict[str, Any] | None = None
     reparameterized: bool = False
     frequency: str | None = None

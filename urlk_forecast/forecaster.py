@@ -50,6 +50,7 @@ from .data.schema import (
     validate,
     variable_units,
 )
+from .data.target_windows import TargetWindows, check_targets
 from .data.windows import WindowDataset, WindowSource, check_inputs, split_dataset
 from .export import ExportResult, export_forecaster
 from .method import Method
@@ -58,6 +59,7 @@ from .models.forecast_net import ForecastNet
 from .models.registry import parse_model_name  # kept importable here: forecaster.parse_model_name
 from .regime import Regime, auto_regime
 from .scoring import Scores, resolve_indices
+from .targets import score_targets, split_targets, target_views
 from .trainer import Callback, Trainer, TrainResult
 from .utils import atomic_torch_save, atomic_write_text, normalize_name, quantile_levels, to_jsonable
 from .utils.steps import default_season, lead_time_unit, length_steps, parse_length
@@ -140,16 +142,29 @@ class Forecaster(Method):
     ``inputs`` (keyword): other data variables whose past values enter the network with the target as covariates
     (extra channels of the encoder's embedding; ``docs/forecasting.md``); the data (training, history) must hold
     them. The calendar features remain the known-future inputs.
+
+    Several targets: ``variable=["temperature", "wind_speed"]`` forecasts them all with one network (each target
+    normalised per window and de-normalised on its own, the loss pooled over every target's observed entries on the
+    normalised scale; ``docs/forecasting.md``). ``targets`` holds the names (one for a plain string); the windows are a
+    :class:`~urlk_forecast.data.target_windows.TargetWindows`, ``predict_windows`` gives ``(N, pred_len, S, V)``,
+    ``predict`` a Dataset with every target variable and ``evaluate`` a dict of ``Scores`` per variable (the one
+    scorer on each variable's windows). Point forecasts only: ``quantiles`` with several targets is an error.
     """
 
     kind: ClassVar[str] = "neural"
 
-    def __init__(self, model: str = "unireplknet_a", variable: str = "temperature", seq_len: int | str = 48,
+    def __init__(self, model: str = "unireplknet_a", variable: str | Sequence[str] = "temperature",
+                 seq_len: int | str = 48,
                  label_len: int | str = 24, pred_len: int | str = 24, *, max_gap: int = 3,
                  quantiles: Sequence[float] | None = None, inputs: Sequence[str] | None = None,
                  **model_kw: Any) -> None:
-        if not isinstance(variable, str) or not variable.strip():
-            raise ValueError(f"variable must be the name of a data variable, got {variable!r}")
+        if not isinstance(variable, str | list | tuple) or isinstance(variable, str) and not variable.strip():
+            raise ValueError(f"variable must be the name of a data variable (or a list of them), got {variable!r}")
+        #: the forecast variables: one (``variable`` a string), or several forecast by one network (a list)
+        self.targets: tuple[str, ...] = check_targets(variable)
+        if len(self.targets) > 1 and quantiles is not None:
+            raise ValueError(f"quantiles are forecast for one variable, but variable={list(self.targets)} names "
+                             f"{len(self.targets)}: train one quantile model per variable")
         lengths = {"seq_len": parse_length(seq_len, "seq_len"), "label_len": parse_length(label_len, "label_len"),
                    "pred_len": parse_length(pred_len, "pred_len")}
         self._check_lengths(lengths, max_gap)
@@ -158,16 +173,16 @@ class Forecaster(Method):
             raise ValueError("n_inputs/input_scale are set from inputs= and the training data, not given")
         self.quantiles = quantile_levels(quantiles)  # checked here, before any data is read
         #: covariates: variables whose past values are inputs besides the target's (checked before any data is read)
-        self.inputs: tuple[str, ...] = check_inputs(inputs, variable)
+        self.inputs: tuple[str, ...] = check_inputs(inputs, self.targets)
         self.model = str(model)
         #: the table label: the variant for UniRepLKNet ("unireplknet_a" also for model="a"), else the given name
         self.name = variant if encoder == "unireplknet" else normalize_name(model)
-        self.variable = variable
+        self.variable: Any = self.targets[0] if len(self.targets) == 1 else list(self.targets)  # str, or the list
         #: the lengths as given (steps or durations); resolved to steps from the data's step by fit
         self.lengths: dict[str, int | pd.Timedelta] = lengths
         self.seq_len, self.label_len, self.pred_len = (v if isinstance(v, int) else 0 for v in lengths.values())
         self.max_gap = int(max_gap)
-        self.units: str | None = None  # the variable's units, from the training data
+        self.units: Any = None  # the variable's units from the training data ({variable: units} for several)
         # skip="seasonal" (a seasonal-naive-initialised linear head) is the default chosen on the validation windows
         # of the real-data suite (docs/training.md); skip="none" is the paper's network
         self.model_kw: dict[str, Any] = {"encoder": encoder, "variant": variant, "skip": "seasonal", **model_kw}
@@ -211,6 +226,11 @@ class Forecaster(Method):
                 f"{f'inputs={list(self.inputs)}, ' if self.inputs else ''}{state})")
 
     @property
+    def multi(self) -> bool:
+        """True when the model forecasts several target variables (``targets``)."""
+        return len(self.targets) > 1
+
+    @property
     def station_ids(self) -> np.ndarray:
         """Trained station ids in model order."""
         return np.asarray(self._require()["station"], dtype=object)
@@ -246,7 +266,10 @@ class Forecaster(Method):
         assert self.net is not None
         return self.net
 
-    def _windows(self, ds: xr.Dataset, order: Any = None, stride: int = 1) -> WindowDataset:
+    def _windows(self, ds: xr.Dataset, order: Any = None, stride: int = 1) -> Any:
+        if self.multi:  # every target's windows, stacked along the station axis
+            return TargetWindows(ds, self.targets, self.seq_len, self.label_len, self.pred_len, stride=stride,
+                                 max_gap=self.max_gap, order=order, inputs=self.inputs)
         return WindowDataset(ds, self.variable, self.seq_len, self.label_len, self.pred_len, stride=stride,
                              max_gap=self.max_gap, order=order, inputs=self.inputs)
 
@@ -282,6 +305,8 @@ class Forecaster(Method):
             kw["season"] = season_steps(self.frequency)
         if self.inputs:
             kw.update(n_inputs=len(self.inputs), input_scale=input_scale)
+        if self.multi:
+            kw["n_targets"] = len(self.targets)
         self.net = ForecastNet(n_stations, coords=coords, seq_len=self.seq_len, label_len=self.label_len,
                                pred_len=self.pred_len, quantiles=self.quantiles, **kw)
         self.reparameterized = False
@@ -373,16 +398,17 @@ class Forecaster(Method):
     def _split(self, train: Any, val: Any) -> tuple[xr.Dataset, xr.Dataset, xr.Dataset | None]:
         """``(the data given, training split, validation split)``; the chronological split when ``val`` is None."""
         ds = _open(train, "train")
-        for v in (self.variable, *self.inputs):
+        for v in (*self.targets, *self.inputs):
             require_variable(ds, v, "train")
-        validate(ds, variables=[self.variable, *self.inputs])
+        validate(ds, variables=[*self.targets, *self.inputs])
         self.resolve_lengths(ds)
-        self.units = variable_units(ds, self.variable)
+        self.units = (variable_units(ds, self.variable) if not self.multi
+                      else {v: variable_units(ds, v) for v in self.targets})
         if val is not None:
             val_ds = _open(val, "val")
-            for v in (self.variable, *self.inputs):
+            for v in (*self.targets, *self.inputs):
                 require_variable(val_ds, v, "val")
-            validate(val_ds, variables=[self.variable, *self.inputs])
+            validate(val_ds, variables=[*self.targets, *self.inputs])
             return ds, ds, val_ds
         ratios = (0.7, 0.1, 0.2) if ds.attrs.get("split_bounds") else (0.9, 0.1, 0.0)
         parts = split_dataset(ds, ratios=ratios, context=self.seq_len)
@@ -441,10 +467,14 @@ class Forecaster(Method):
                         batch_size: int = 32) -> np.ndarray:
         """Forecasts ``(N, pred_len, S)`` in physical units for windows ``indices`` of ``ws`` (all when None), in
         ``ws``'s station order, ``batch_size`` windows per forward pass; the median for a quantile forecaster.
+        Several targets: ``ws`` is their :class:`~urlk_forecast.data.target_windows.TargetWindows` and the forecasts
+        are ``(N, pred_len, S, V)`` (``targets`` order).
 
         NaN for a station with no observed input in a window (nothing to forecast from).
         """
         out = self._forecast_windows(ws, indices, batch_size)
+        if self.multi:  # (N, pred_len, V·S) -> (N, pred_len, S, V)
+            return split_targets(out, len(self.targets))
         if self.quantiles is None:
             return out
         return np.ascontiguousarray(out[..., self.quantiles.index(0.5)])
@@ -462,7 +492,10 @@ class Forecaster(Method):
         """The network's forecasts for windows ``indices`` of ``ws`` in ``ws``'s station order: ``(N, pred_len, S)``,
         or ``(N, pred_len, S, Q)`` for a quantile forecaster."""
         ws_var = getattr(ws, "variable", None)
-        if ws_var is not None and ws_var != self.variable:
+        if self.multi and tuple(getattr(ws, "variables", ())) != self.targets:
+            raise ValueError(f"{self.name} forecasts {', '.join(self.targets)} together: it needs their windows "
+                             f"(TargetWindows of exactly these variables), got windows of {ws_var!r}")
+        if not self.multi and ws_var is not None and ws_var != self.variable:
             raise ValueError(f"{self.name} forecasts {self.variable!r} but the windows are {ws_var!r}")
         cov = self._covariate_positions(ws)
         ids = [str(s) for s in ws.station_ids]
@@ -480,15 +513,18 @@ class Forecaster(Method):
                 raise ValueError(f"window stations differ from the trained ones: unknown {_preview(unknown)}; "
                                  f"missing {_preview(missing)}")
             perm = torch.as_tensor([pos[s] for s in trained])  # ws column of each trained slot
+            if self.multi:  # the same permutation within every target's block of the stacked station axis
+                perm = torch.cat([perm + j * len(ids) for j in range(len(self.targets))])
         idx = resolve_indices(ws, indices)
         levels = () if self.quantiles is None else (len(self.quantiles),)
-        out = np.empty((idx.size, self.pred_len, len(ids), *levels), np.float32)
+        out = np.empty((idx.size, self.pred_len, len(ids) * len(self.targets), *levels), np.float32)
         for i in range(0, idx.size, batch_size):
             batch = ws.batch(idx[i:i + batch_size])
             if cov is not None:  # the model's covariates, in its order
                 batch = {**batch, "x_cov": batch["x_cov"][..., cov], "x_cov_mask": batch["x_cov_mask"][..., cov]}
             if perm is not None:
-                batch = {k: (v[..., perm] if k in ("x", "x_mask") else v[..., perm, :] if k in ("x_cov", "x_cov_mask")
+                cperm = perm[:len(ids)]  # the covariates' station axis is S wide
+                batch = {k: (v[..., perm] if k in ("x", "x_mask") else v[..., cperm, :] if k in ("x_cov", "x_cov_mask")
                              else v) for k, v in batch.items()}
             pred = self._run(batch)
             if perm is not None:
@@ -521,11 +557,11 @@ class Forecaster(Method):
         """
         self._require()
         ds = _open(history, "history")
-        for v, role in ((self.variable, "forecasts"), *((c, "uses as an input") for c in self.inputs)):
+        for v, role in (*((t, "forecasts") for t in self.targets), *((c, "uses as an input") for c in self.inputs)):
             if v not in ds.data_vars:
                 raise ValueError(f"history has no variable {v!r} (the model {role} {v}); "
                                  f"it has: {', '.join(map(str, ds.data_vars)) or 'no data variables'}")
-        validate(ds, variables=[self.variable, *self.inputs], regular=False)
+        validate(ds, variables=[*self.targets, *self.inputs], regular=False)
         T = ds.sizes["time"]
         if T < self.seq_len:
             raise ValueError(f"history has {T} time step(s) of {self.variable}, the model needs the last "
@@ -533,14 +569,14 @@ class Forecaster(Method):
         order = self._order_for(ds, "history")
         keep = min(T, self.seq_len + 8 * max(self.max_gap, 1))  # extra context only for gap interpolation
         recent = ds.isel(time=slice(T - keep, T))
-        validate(recent, variables=[self.variable, *self.inputs], regular=True)
+        validate(recent, variables=[*self.targets, *self.inputs], regular=True)
         self._check_frequency(recent, "history")
         times = pd.DatetimeIndex(recent["time"].values)
         freq = self.frequency if self.frequency is not None else (
             infer_frequency(recent) if len(times) >= 2 else pd.Timedelta(hours=1))
         future = pd.date_range(times[-1] + freq, periods=self.pred_len, freq=freq)
         full = {}
-        for v in (self.variable, *self.inputs):  # the history, then pred_len unknown (NaN) steps
+        for v in (*self.targets, *self.inputs):  # the history, then pred_len unknown (NaN) steps
             vals = np.asarray(recent[v].transpose("time", "station").values, np.float32)[:, order]
             full[v] = np.concatenate([vals, np.full((self.pred_len, vals.shape[1]), np.nan, np.float32)], axis=0)
         st = recent.isel(station=order)
@@ -551,18 +587,35 @@ class Forecaster(Method):
             ws = self._windows(ext, order="identity")
         except SchemaError as e:
             raise ValueError(f"history: {e}") from None
+        if self.multi:  # (pred_len, S, V) in trained order -> the history's, one variable per target
+            pred = self.predict_windows(ws, [len(ws) - 1], 1)[0]
+            out = np.empty_like(pred)
+            out[:, order] = pred
+            return self._targets_dataset(ds, out, times, future, freq)
         pred = self._forecast_windows(ws, [len(ws) - 1], 1)[0]  # (pred_len, S[, Q]) in trained order
         out = np.empty_like(pred)
         out[:, order] = pred  # back to the history's station order
         return self._forecast_dataset(ds, out, times, future, freq)
 
+    def _targets_dataset(self, ds: xr.Dataset, out: np.ndarray, times: pd.DatetimeIndex, future: pd.DatetimeIndex,
+                         freq: pd.Timedelta) -> xr.Dataset:
+        """:meth:`_forecast_dataset` of several targets: ``out`` ``(pred_len, S, V)``, one variable per target (each
+        with its own units and CF attributes from ``ds``)."""
+        result = self._forecast_dataset(ds, out[..., 0], times, future, freq, self.targets[0])
+        for k, v in enumerate(self.targets[1:], 1):
+            one = self._forecast_dataset(ds, out[..., k], times, future, freq, v)
+            result[v] = one[v]
+        result.attrs["title"] = f"urlk-forecast {self.model} {', '.join(self.targets)} forecast"
+        return result
+
     def _forecast_dataset(self, ds: xr.Dataset, out: np.ndarray, times: pd.DatetimeIndex, future: pd.DatetimeIndex,
-                          freq: pd.Timedelta) -> xr.Dataset:
-        """The Dataset :meth:`predict` returns for forecasts ``out`` ``(pred_len, S[, Q])`` in ``ds``'s station order
-        issued at ``times[-1]`` for the valid times ``future``."""
+                          freq: pd.Timedelta, variable: str | None = None) -> xr.Dataset:
+        """The Dataset :meth:`predict` returns for forecasts ``out`` ``(pred_len, S[, Q])`` of ``variable`` (default:
+        the model's) in ``ds``'s station order issued at ``times[-1]`` for the valid times ``future``."""
+        var = self.variable if variable is None else variable
         lead = pd.to_timedelta(np.arange(1, self.pred_len + 1) * freq.value, unit="ns")
-        meta = {k: str(v) for k, v in ds[self.variable].attrs.items() if k in ("units", "standard_name", "long_name")}
-        meta.setdefault("long_name", self.variable)
+        meta = {k: str(v) for k, v in ds[var].attrs.items() if k in ("units", "standard_name", "long_name")}
+        meta.setdefault("long_name", var)
         dims: tuple[str, ...] = ("lead_time", "station")
         attrs = {**meta, "long_name": f"forecast {meta['long_name']}"}
         extra: dict[str, Any] = {}
@@ -573,7 +626,7 @@ class Forecaster(Method):
             extra["quantile"] = ("quantile", np.asarray(self.quantiles, np.float64), {
                 "long_name": "quantile level (probability of not exceeding the forecast value)", "units": "1"})
         result = xr.Dataset(
-            {self.variable: (dims, out, attrs)},
+            {var: (dims, out, attrs)},
             coords={
                 "lead_time": ("lead_time", lead.values, {"long_name": "forecast lead time",
                                                          "standard_name": "forecast_period"}),
@@ -587,7 +640,7 @@ class Forecaster(Method):
             attrs={
                 "Conventions": "CF-1.8",
                 "featureType": "timeSeries",
-                "title": f"urlk-forecast {self.model} {self.variable} forecast",
+                "title": f"urlk-forecast {self.model} {var} forecast",
                 "forecast_start": str(future[0]),
                 "issue_time": str(times[-1]),
                 "model": self.model,
@@ -612,7 +665,8 @@ class Forecaster(Method):
         ``data``: a window source (its windows ``indices``, all when None) or a Dataset / path: all its windows
         with ``stride``, or those of ``split="test"|"val"|"train"`` of
         :func:`~urlk_forecast.data.windows.split_dataset`. A station with nothing observed in a window's input has
-        no forecast there; ``Scores.n_unforecast`` counts those targets.
+        no forecast there; ``Scores.n_unforecast`` counts those targets. Several targets: a dict
+        ``{variable: Scores}`` (``data`` a Dataset/path, or their ``TargetWindows``).
         """
         self._require()
         if _is_window_source(data):
@@ -624,11 +678,15 @@ class Forecaster(Method):
         if len(ws) == 0:
             raise ValueError(f"no complete window (seq_len + pred_len = {self.seq_len + self.pred_len} steps) to "
                              "evaluate on")
+        if self.multi:  # one Scores per target variable, each from the one scorer on that variable's windows
+            tables = score_targets({v: [view] for v, view in target_views(self, ws).items()}, ws, indices,
+                                   batch_size=batch_size)
+            return {v: next(iter(t.scores.values())) for v, t in tables.items()}  # type: ignore[return-value]
         return super().evaluate(ws, indices, batch_size=batch_size)
 
     def _eval_windows(self, data: Any, split: str | None, stride: int) -> WindowDataset:
         ds = _open(data, "data")
-        validate(ds, variables=[self.variable, *self.inputs])
+        validate(ds, variables=[*self.targets, *self.inputs])
         if split is not None:
             if split not in ("train", "val", "test"):
                 raise ValueError(f"split must be 'train', 'val', 'test' or None, got {split!r}")
@@ -645,6 +703,9 @@ class Forecaster(Method):
         is fitted on the data up to the first origin with ``fit_kw`` (``fit``'s settings); trained, it is used as it
         is (its training data must end by the first origin). ``refit=N``: at every N-th origin it continues training
         from its current weights on the data up to that origin for at most ``refit_max_time`` seconds."""
+        if self.multi:
+            raise NotImplementedError(f"backtests score one variable; {self.name} forecasts {', '.join(self.targets)} "
+                                      "together (evaluate() scores each variable on its windows)")
         ds = _open(data, "data")
         if self.net is None:
             self.resolve_lengths(ds)  # lengths given as durations, in steps of this data
@@ -731,4 +792,7 @@ class Forecaster(Method):
         if self.inputs:
             raise NotImplementedError(f"export of a forecaster with inputs ({', '.join(self.inputs)}) is not "
                                       "supported yet: the exported graph reads the target only")
+        if self.multi:
+            raise NotImplementedError(f"export of a forecaster of several targets ({', '.join(self.targets)}) is not "
+                                      "supported: the exported graph and its sidecar describe one variable")
         return export_forecaster(self, path, format, check=check)
