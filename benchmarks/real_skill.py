@@ -46,24 +46,24 @@ import pandas as pd
 from urlk_forecast.baselines.naive import Persistence
 from urlk_forecast.baselines.peers import NeuralForecastPeer
 from urlk_forecast.baselines.statsforecast_models import AutoETSMethod, MSTLMethod
-from urlk_forecast.config import QUICK_TRAIN_DEFAULTS
+from urlk_forecast.config import FORECASTER_DEFAULTS, QUICK_TRAIN_DEFAULTS
 from urlk_forecast.data.readers import open_dataset
 from urlk_forecast.data.real_samples import SERIES, default_cache_dir, write_series
 from urlk_forecast.data.windows import WindowDataset, split_dataset
 from urlk_forecast.scoring import score_methods
 from urlk_forecast.utils import atomic_write_text, evenly_spaced
 
-SEQ_LEN, LABEL_LEN, PRED_LEN, MAX_GAP = 48, 24, 24, 3
+SEQ_LEN, LABEL_LEN, PRED_LEN, MAX_GAP = int(FORECASTER_DEFAULTS["seq_len"]), 24, 24, 3
 COLUMNS = ["series", "variable", "method", "type", "source", "parameters", "MSE", "MAE", "fit_s", "predict_s",
            "coverage", "note"]
 
-#: Peer name -> factory(variable, max_time, accelerator).
-PEERS: dict[str, Callable[[str, float, str | None], Any]] = {
-    "patchtst": lambda v, t, a: NeuralForecastPeer("patchtst", variable=v, max_time=t, accelerator=a),
-    "nhits": lambda v, t, a: NeuralForecastPeer("nhits", variable=v, max_time=t, accelerator=a),
-    "dlinear": lambda v, t, a: NeuralForecastPeer("dlinear", variable=v, max_time=t, accelerator=a),
-    "autoets": lambda v, _t, _a: AutoETSMethod(variable=v),
-    "mstl": lambda v, _t, _a: MSTLMethod(variable=v),
+#: Peer name -> factory(variable, max_time, accelerator, seq_len).
+PEERS: dict[str, Callable[[str, float, str | None, int], Any]] = {
+    "patchtst": lambda v, t, a, n: NeuralForecastPeer("patchtst", variable=v, max_time=t, accelerator=a, seq_len=n),
+    "nhits": lambda v, t, a, n: NeuralForecastPeer("nhits", variable=v, max_time=t, accelerator=a, seq_len=n),
+    "dlinear": lambda v, t, a, n: NeuralForecastPeer("dlinear", variable=v, max_time=t, accelerator=a, seq_len=n),
+    "autoets": lambda v, _t, _a, _n: AutoETSMethod(variable=v),
+    "mstl": lambda v, _t, _a, _n: MSTLMethod(variable=v),
 }
 
 
@@ -106,15 +106,17 @@ def _train_seconds(run: Path, wall: float | None) -> float:
     return float("nan") if wall is None else wall
 
 
-def model_step(data: Path, var: str, out: Path, reuse: bool) -> tuple[Path, float]:
-    """``urlk-forecast train --data FILE --var V`` (defaults); the run directory and its training seconds."""
+def model_step(data: Path, var: str, out: Path, reuse: bool, seq_len: int = SEQ_LEN) -> tuple[Path, float]:
+    """``urlk-forecast train --data FILE --var V`` (defaults; ``--seq-len`` only when ``seq_len`` is not the
+    default); the run directory and its training seconds."""
     run = out / "run"
     done = out / "train.done"
     wall = None
     if not (reuse and done.is_file()):
         if run.exists():
             shutil.rmtree(run)
-        wall = run_logged([*cli(), "train", "--data", data, "--var", var, "--out", run], out / "train.log")
+        extra = [] if seq_len == SEQ_LEN else ["--seq-len", str(seq_len)]
+        wall = run_logged([*cli(), "train", "--data", data, "--var", var, "--out", run, *extra], out / "train.log")
         atomic_write_text(done, f"{wall}\n")
     else:
         wall = float(done.read_text().strip() or "nan")
@@ -137,11 +139,12 @@ def benchmark_step(data: Path, var: str, out: Path, run: Path | None, reuse: boo
 
 
 # ------------------------------------------------------------------------------------------------ peers
-def split_windows(data: Path, var: str, max_windows: int) -> tuple[Any, Any, WindowDataset, np.ndarray]:
+def split_windows(data: Path, var: str, max_windows: int, seq_len: int = SEQ_LEN
+                  ) -> tuple[Any, Any, WindowDataset, np.ndarray]:
     """The benchmark's split and test windows, rebuilt in-process: train, val, window source, indices."""
     ds = open_dataset(data)
-    parts = split_dataset(ds, context=SEQ_LEN)
-    ws = WindowDataset(parts["test"], var, SEQ_LEN, LABEL_LEN, PRED_LEN, max_gap=MAX_GAP)
+    parts = split_dataset(ds, context=seq_len)
+    ws = WindowDataset(parts["test"], var, seq_len, LABEL_LEN, PRED_LEN, max_gap=MAX_GAP)
     return parts["train"], parts["val"], ws, evenly_spaced(len(ws), max_windows)
 
 
@@ -152,7 +155,7 @@ def peer_step(name: str, var: str, split: tuple[Any, Any, WindowDataset, np.ndar
     if reuse and path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     train, val, ws, idx = split
-    method = PEERS[name](var, max_time, accelerator)
+    method = PEERS[name](var, max_time, accelerator, ws.seq_len)
     say(f"fitting {method.name} on {var} ...")
     method.fit(train, val=val)
     ref = Persistence(variable=var).fit(train)
@@ -232,7 +235,7 @@ def markdown(rows: list[dict[str, Any]], cols: Sequence[str]) -> str:
 # ------------------------------------------------------------------------------------------------ driver
 def run_pair(series: str, var: str, a: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str], bool | None]:
     """Everything for one (series, variable): rows, notes, verdict."""
-    out = Path(a.out) / series / var
+    out = Path(a.out) / series / (var if a.seq_len == SEQ_LEN else f"{var}_in{a.seq_len}")
     out.mkdir(parents=True, exist_ok=True)
     data = write_series(series, a.cache)
     notes: list[str] = [f"data: {data} ({SERIES[series].description})"]
@@ -240,7 +243,7 @@ def run_pair(series: str, var: str, a: argparse.Namespace) -> tuple[list[dict[st
     run, train_s, cli_df = None, None, None
     try:
         if not a.skip_model:
-            run, train_s = model_step(data, var, out, a.reuse)
+            run, train_s = model_step(data, var, out, a.reuse, a.seq_len)
         if not a.skip_baselines:
             cli_df = benchmark_step(data, var, out, run, a.reuse)
             rows += cli_rows(cli_df, train_s)
@@ -249,7 +252,7 @@ def run_pair(series: str, var: str, a: argparse.Namespace) -> tuple[list[dict[st
         say(str(e))
     peer_rows: list[dict[str, Any]] = []
     if not a.skip_peers and a.peers:
-        split = split_windows(data, var, a.max_windows)
+        split = split_windows(data, var, a.max_windows, a.seq_len)
         for name in a.peers:
             try:
                 peer_rows.append(peer_step(name, var, split, out, a.reuse, a.max_time, a.accelerator))
@@ -278,6 +281,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-time", type=float, default=float(QUICK_TRAIN_DEFAULTS["max_time"]),
                    help="training time box of each neural peer in seconds (default: the model's quick schedule)")
     p.add_argument("--max-windows", type=int, default=512, help="test windows, evenly spaced (the CLI's default)")
+    p.add_argument("--seq-len", type=int, default=SEQ_LEN,
+                   help="input steps of the model and the neural peers (default: the package default); a "
+                        "non-default length keeps its results apart (OUT/SERIES/VAR_in<N>)")
     p.add_argument("--accelerator", default=None, help="lightning accelerator of the neural peers (default: auto)")
     p.add_argument("--cache", default=None, help=f"directory of the series' netCDF files ({default_cache_dir()})")
     p.add_argument("--reuse", action="store_true", help="take finished steps from --out instead of re-running them")
@@ -297,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parse(argv)
     all_rows: list[dict[str, Any]] = []
     text = ["# Real-data skill suite", "",
-            f"{time.strftime('%Y-%m-%d %H:%M')}; windows {SEQ_LEN} h in / {PRED_LEN} h out, chronological 7:1:2 "
+            f"{time.strftime('%Y-%m-%d %H:%M')}; windows {a.seq_len} h in / {PRED_LEN} h out, chronological 7:1:2 "
             f"split, {a.max_windows} test windows evenly spaced; peers time-boxed at {a.max_time:.0f} s.", ""]
     verdicts: list[bool | None] = []
     for series in a.series:
