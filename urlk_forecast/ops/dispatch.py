@@ -16,6 +16,12 @@ Overrides, strongest first: :func:`use_backend` (a context manager, thread-local
 ``URLK_DWCONV`` = ``auto`` | ``own`` | ``torch`` (read on every call, so a benchmark can flip it). ``own`` makes an
 unsupported call an error instead of a silent fallback, which is what bisecting needs.
 
+A CPU call the dispatcher has run before (same backend, shapes, dtypes, padding, dilation, gradients needed,
+threads, tuning mode; autocast off) is one dictionary lookup in :data:`urlk_forecast.ops.autotune.plans` and then
+its plan: ``F.conv2d`` itself when torch runs every direction the call needs, the own forward alone when no
+gradient is needed, else :class:`_OwnConv` with each direction fixed. A dispatcher that re-decided every call cost
+~8-12 us of Python per call, 5-10 % of the forecaster's 0.1-0.3 ms calls; the plan lookup costs ~1-2 us.
+
 The autograd functions are first-order (``once_differentiable``): double backward through the own kernels is not
 implemented; use ``URLK_DWCONV=torch`` for that.
 """
@@ -25,9 +31,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from types import ModuleType
 
 import torch
@@ -43,7 +49,17 @@ log = logging.getLogger("urlk_forecast.ops")
 BACKENDS = ("auto", "own", "torch")
 Pads = tuple[int, int, int, int]  # top, bottom, left, right
 
-_local = threading.local()
+#: the calls plans are kept for at most (a process with ever new shapes forgets them all and starts again)
+MAX_PLANS = 4096
+
+
+class _ThreadState(threading.local):
+    """The backend :func:`use_backend` forces in this thread (a class default: reading it unset costs nothing)."""
+
+    backend: str | None = None
+
+
+_local = _ThreadState()
 _logged: set[str] = set()
 _logged_lock = threading.Lock()
 _HALF = (torch.float16, torch.bfloat16)
@@ -59,10 +75,13 @@ def _log_once(key: str, msg: str) -> None:
 
 def get_backend() -> str:
     """The backend in force for this thread: the innermost :func:`use_backend`, else ``URLK_DWCONV``, else auto."""
-    forced = getattr(_local, "backend", None)
+    forced = _local.backend
     if forced is not None:
         return forced
-    env = os.environ.get("URLK_DWCONV", "auto").strip().lower() or "auto"
+    env = autotune.env_get("URLK_DWCONV")
+    if env is None:
+        return "auto"
+    env = env.strip().lower() or "auto"
     if env not in BACKENDS:
         raise ValueError(f"URLK_DWCONV must be one of {', '.join(BACKENDS)}, got {env!r}")
     return env
@@ -73,7 +92,7 @@ def use_backend(name: str) -> Iterator[None]:
     """Force ``"own"``, ``"torch"`` or ``"auto"`` for depthwise convs run by this thread inside the block."""
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
-    old = getattr(_local, "backend", None)
+    old = _local.backend
     _local.backend = name
     try:
         yield
@@ -226,11 +245,16 @@ class _OwnConv(torch.autograd.Function):
         return gx, gw, gb, None, None, None
 
 
-def _autocast_on(dev: str) -> bool:
+def _cpu_autocast_reader() -> Callable[[], bool]:
+    """``torch.is_autocast_enabled("cpu")`` (torch >= 2.4) or its older spelling, chosen once."""
     try:
-        return torch.is_autocast_enabled(dev)
+        torch.is_autocast_enabled("cpu")
     except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled() if dev == "cpu" else torch.is_autocast_enabled()
+        return torch.is_autocast_cpu_enabled
+    return partial(torch.is_autocast_enabled, "cpu")
+
+
+_cpu_autocast = _cpu_autocast_reader()
 
 
 def _autocast(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None
@@ -254,64 +278,118 @@ def _autocast(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None
 
 _DIRS = {(gx, gw): ("forward",) + ("grad_input",) * gx + ("grad_weight",) * gw
          for gx in (False, True) for gw in (False, True)}
+Plan = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", Pads, tuple[int, int]], torch.Tensor]
 
 
-def _plan_key(x: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, int]) -> tuple | None:
-    """Key of :data:`autotune.torch_plans` for a CPU call under ``auto`` (None under autocast: not memoised)."""
-    if _autocast_on("cpu"):
-        return None
+def _plan_key(backend: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
+              dil: tuple[int, int]) -> tuple:
+    """Everything a CPU call's plan depends on (the caller has checked that autocast is off)."""
     grad = torch.is_grad_enabled()
-    return (x.dtype, x.shape, w.shape, pads, dil, grad and x.requires_grad, grad and w.requires_grad,
-            torch.get_num_threads(), os.environ.get(autotune.TUNE_ENV))
+    return (backend, x.shape, w.shape, x.dtype, w.dtype, pads, dil, grad and x.requires_grad,
+            grad and w.requires_grad, grad and bias is not None and bias.requires_grad, torch.get_num_threads(),
+            autotune.env_get(autotune.TUNE_ENV))
 
 
-def _cpu_impls(backend: str, x: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, int]) -> dict[str, str]:
-    """Implementation of the forward and of each gradient this call will need (``own`` everywhere under "own")."""
+def _torch_plan(pads: Pads) -> Plan:
+    """``F.conv2d`` with torch's own autograd (symmetric padding passed straight through)."""
+    t, b, l, r = pads
+    if t != b or l != r:
+        return cpu_paths.torch_forward
+    padding = (t, l)
+
+    def plan(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
+             dil: tuple[int, int]) -> torch.Tensor:
+        return F.conv2d(x, w, bias, 1, padding, dil, x.shape[1])
+
+    return plan
+
+
+def _keep_layout(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``y`` in channels-last memory format when ``x`` came that way (the own kernels write NCHW)."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return y.contiguous(memory_format=torch.channels_last)
+    return y
+
+
+def _own_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
+                 dil: tuple[int, int]) -> torch.Tensor:
+    """The own forward of a call that needs no gradient: no autograd function around it."""
+    return _keep_layout(x, cpu_kernels.forward(x, w, bias, pads, dil))
+
+
+def _own_autograd(kernels: _CPUKernels, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
+                  dil: tuple[int, int]) -> torch.Tensor:
+    """:class:`_OwnConv` with each direction on the implementation ``kernels`` holds."""
+    return _keep_layout(x, _OwnConv.apply(x, w, bias, pads, dil, kernels))
+
+
+def _cpu_plan(backend: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
+              dil: tuple[int, int]) -> Plan:
+    """Decide the implementation of the forward and of each gradient the call needs (``own`` everywhere under
+    "own", the measured table under "auto") and return the plan that runs them."""
     grad = torch.is_grad_enabled()
-    dirs = _DIRS[(grad and x.requires_grad, grad and w.requires_grad)]
+    gx, gw = grad and x.requires_grad, grad and w.requires_grad
+    gb = grad and bias is not None and bias.requires_grad
+    if gx or gw:  # a backward may follow: compile its kernels ahead, in parallel (first run on a machine)
+        cpu_kernels.prefetch_backward(x, w, pads, dil)
+    dirs = _DIRS[(gx, gw)]
     if backend == "own":
-        return dict.fromkeys(dirs, "own")
-    return dict(zip(dirs, autotune.choose_many(dirs, x, w, pads, dil)))
+        impls = dict.fromkeys(dirs, "own")
+    else:
+        impls = dict(zip(dirs, autotune.choose_many(dirs, x, w, pads, dil)))
+    if all(v == "torch" for v in impls.values()):
+        return _torch_plan(pads)
+    if not (gx or gw or gb):
+        return _own_forward
+    return partial(_own_autograd, _CPUKernels(backend, impls))
 
 
 def _run_cpu(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads, dil: tuple[int, int],
              backend: str) -> torch.Tensor:
-    """The CPU call (inputs already cast by the autocast policy): each direction on its measured implementation;
-    when torch runs all that the call needs, plain ``F.conv2d`` (its own autograd, no wrapper overhead)."""
+    """A CPU call whose plan is not kept: under autocast (inputs already cast by its policy) or in float16
+    (computed in float32; the casts are part of the autograd graph; bfloat16 runs natively: bf16 storage, float32
+    arithmetic)."""
     out_dtype = x.dtype
-    if x.dtype in _HALF and x.dtype not in cpu_kernels.SUPPORTED_DTYPES:  # float16: computed in float32, the
-        # casts are part of the autograd graph (bfloat16 runs natively: bf16 storage, float32 arithmetic)
+    if x.dtype not in cpu_kernels.SUPPORTED_DTYPES:
         x, w = x.float(), w.float()
         bias = bias.float() if bias is not None else None
-    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):  # a backward may follow: compile its
-        cpu_kernels.prefetch_backward(x, w, pads, dil)  # kernels ahead, in parallel (first run on a machine)
     autotune.note_call(x, w, pads, dil)
-    impls = _cpu_impls(backend, x, w, pads, dil)
-    if all(v == "torch" for v in impls.values()):
-        key = _plan_key(x, w, pads, dil) if backend == "auto" and x.dtype == out_dtype else None
-        if key is not None:  # the next such call skips the checks above (cleared by autotune.reset)
-            autotune.torch_plans.add(key)
-        if _autocast_on("cpu"):  # the inputs already follow the policy: compute in their dtype
-            with torch.autocast("cpu", enabled=False):
-                y = cpu_paths.torch_forward(x, w, bias, pads, dil)
-        else:
-            y = cpu_paths.torch_forward(x, w, bias, pads, dil)
-        return y.to(out_dtype) if y.dtype != out_dtype else y
-    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    y = _OwnConv.apply(x, w, bias, pads, dil, _CPUKernels(backend, impls))
-    if channels_last:
-        y = y.contiguous(memory_format=torch.channels_last)
+    plan = _cpu_plan(backend, x, w, bias, pads, dil)
+    if _cpu_autocast():  # the inputs already follow the policy: compute in their dtype
+        with torch.autocast("cpu", enabled=False):
+            y = plan(x, w, bias, pads, dil)
+    else:
+        y = plan(x, w, bias, pads, dil)
     return y.to(out_dtype) if y.dtype != out_dtype else y
+
+
+def _planned(backend: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
+             dil: tuple[int, int]) -> torch.Tensor | None:
+    """Run a CPU call (autocast off) on its kept plan, deciding and keeping the plan on first sight; None for
+    float16 (cast to float32 each time by :func:`_run_cpu`)."""
+    key = _plan_key(backend, x, w, bias, pads, dil)
+    plan = autotune.plans.get(key)
+    if plan is None:
+        if x.dtype not in cpu_kernels.SUPPORTED_DTYPES:
+            return None
+        if _choose(x, w, pads, dil, backend) == "cpu":  # raises under "own" when the own kernels cannot run it
+            plan = _cpu_plan(backend, x, w, bias, pads, dil)
+        else:  # auto's fallback (padding beyond (K-1)*dilation, no own kernels): torch, decided once
+            plan = cpu_paths.torch_forward
+        if len(autotune.plans) >= MAX_PLANS:
+            autotune.plans.clear()
+        autotune.plans[key] = plan
+    autotune.note_call(x, w, pads, dil)
+    return plan(x, w, bias, pads, dil)
 
 
 def run(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads, dil: tuple[int, int]) -> torch.Tensor:
     """Depthwise conv with validated arguments on the chosen path (autograd-aware on every path)."""
     backend = get_backend()
-    if backend == "auto" and x.device.type == "cpu":  # fast path: a call whose every direction is torch's
-        key = _plan_key(x, w, pads, dil)
-        if key is not None and key in autotune.torch_plans:
-            autotune.note_call(x, w, pads, dil)
-            return cpu_paths.torch_forward(x, w, bias, pads, dil)
+    if backend != "torch" and x.is_cpu and not _cpu_autocast():  # the hot path: a kept plan
+        y = _planned(backend, x, w, bias, pads, dil)
+        if y is not None:
+            return y
     path = _choose(x, w, pads, dil, backend)
     if path != "torch":
         x, w, bias = _autocast(x, w, bias)
