@@ -154,7 +154,7 @@ def test_the_cli_is_a_leaf() -> None:
 _BASE = {"utils"}
 _DATA = _BASE | {"data", "metrics"}
 _NETS = _DATA | {"ops", "models"}
-_CONTRACT = _NETS | {"method", "scoring"}
+_CONTRACT = _NETS | {"method", "scoring", "calibration"}
 _TRAINING = _CONTRACT | {"config", "distributed", "trainer", "training", "regime", "ema"}
 _APP = _TRAINING | {"backtest", "forecaster", "targets"}
 LAYERS: dict[str, set[str]] = {
@@ -165,6 +165,7 @@ LAYERS: dict[str, set[str]] = {
     "models": _DATA | {"ops"},
     "scoring": _DATA,
     "method": _DATA | {"scoring"},
+    "calibration": _NETS,  # post-hoc quantile calibration (pure functions; the monotone form of models.quantiles)
     "config": _BASE,
     "distributed": _BASE,
     "ema": set(),  # the weight average the trainer validates and returns (torch only)

@@ -245,8 +245,6 @@ def test_save_load_round_trip_keeps_the_inputs(tmp_path) -> None:
         back.predict(ds.drop_vars("driver"))
     with pytest.raises(ValueError, match="missing driver"):
         back.predict_windows(WindowDataset(ds, "temperature", **LENS), [0])
-    with pytest.raises(NotImplementedError, match="inputs"):
-        back.export(tmp_path / "m.onnx")
     # a directory saved before inputs existed (no "inputs" key) loads without covariates
     plain = _built(ds)
     plain.save(tmp_path / "old")

@@ -15,7 +15,12 @@ computes for one batch of windows, the NaN for a station with no observed input 
 * ``x_mask`` bool (batch, seq_len, S): True where ``x`` is observed (or a short interpolated gap);
 * ``forecast`` float32 (batch, pred_len, S) in physical units. The batch axis is dynamic. A quantile forecaster
   exports its quantile output, ``(batch, pred_len, S, Q)`` non-decreasing along Q, and the sidecar lists the levels
-  (``"quantiles"``, also on the output's entry); the median is the level 0.5.
+  (``"quantiles"``, also on the output's entry); the median is the level 0.5. When the forecaster is calibrated
+  (``Forecaster.calibration``, :mod:`urlk_forecast.calibration`) the graph applies the calibration, so the file
+  forecasts what ``Forecaster.predict_quantiles`` does (the sidecar's ``"quantile_calibration"`` has the factors).
+* A forecaster with covariates (``inputs``) reads two more inputs, ``x_cov`` float32 and ``x_cov_mask`` bool
+  (batch, seq_len, S, K): the covariates' past values in physical units, in the order the sidecar's
+  ``"covariates"`` lists them (normalised inside the graph, as the target).
 
 Our depthwise op (:mod:`urlk_forecast.ops`) runs Python-level kernels that no exporter can record, so tracing
 forces the torch path (:func:`~urlk_forecast.ops.use_backend` ``"torch"``): the graph holds standard depthwise
@@ -48,6 +53,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .calibration import apply_factors
 from .data.variables import REGISTRY
 from .data.windows import time_features
 from .models.embedding import RevIN
@@ -71,15 +77,18 @@ class Forecaster(Protocol):
     train_info: dict[str, Any]
     net: nn.Module | None
     quantiles: tuple[float, ...] | None
+    inputs: tuple[str, ...]
+    calibration: Any  # urlk_forecast.calibration.QuantileCalibration | None
 
 __all__ = ["ExportedForecaster", "ExportResult", "ExportNet", "export_forecaster", "read_sidecar", "sidecar_path",
-           "EXPORT_FORMAT", "EXPORT_FORMAT_VERSION", "FORMATS", "INPUT_NAMES", "OUTPUT_NAME", "ONNX_OPSET",
-           "PARITY_RTOL"]
+           "EXPORT_FORMAT", "EXPORT_FORMAT_VERSION", "FORMATS", "INPUT_NAMES", "COVARIATE_NAMES", "OUTPUT_NAME",
+           "ONNX_OPSET", "PARITY_RTOL", "input_names"]
 
 EXPORT_FORMAT = "urlk-forecast-export"
 EXPORT_FORMAT_VERSION = 1
 FORMATS = ("onnx", "torchscript")
 INPUT_NAMES = ("x", "x_mark", "y_mark", "x_mask")
+COVARIATE_NAMES = ("x_cov", "x_cov_mask")  # the two further inputs of a forecaster with covariates
 OUTPUT_NAME = "forecast"
 ONNX_OPSET = 18
 #: the export check: max |exported - Python| <= PARITY_RTOL * max |Python| over the check batch
@@ -90,24 +99,52 @@ _TIME_FEATURES = ["hour / 23 - 0.5", "day_of_week / 6 - 0.5  (Monday = 0)", "(da
 
 
 # ------------------------------------------------------------------------------------------------- the graph
+def input_names(fc: Forecaster) -> tuple[str, ...]:
+    """The exported graph's inputs, in order: :data:`INPUT_NAMES`, then :data:`COVARIATE_NAMES` with covariates."""
+    return INPUT_NAMES + (COVARIATE_NAMES if getattr(fc, "inputs", ()) else ())
+
+
 class ExportNet(nn.Module):
     """``forecast = ExportNet(net)(x, x_mark, y_mark, x_mask)``: the forecasting network with positional inputs and
-    the NaN of ``Forecaster.predict_windows`` for a station with no observed, finite input in the window."""
+    the NaN of ``Forecaster.predict_windows`` for a station with no observed, finite input in the window; with
+    ``calibration`` (factors ``(pred_len, Q)`` and the median's index) the quantile calibration applied after it,
+    as ``Forecaster.predict_quantiles`` does."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, calibration: tuple[torch.Tensor, int] | None = None) -> None:
         super().__init__()
         self.net = net
+        self.median_index = None if calibration is None else int(calibration[1])
+        if calibration is not None:
+            self.register_buffer("calibration_factors", calibration[0].float())
+
+    def _forecast(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.net(batch).float()
+        empty = RevIN.no_observation(batch["x"], batch["x_mask"])  # (B, S)
+        empty = empty.reshape(empty.shape[0], 1, empty.shape[1], *([1] * (out.dim() - 3)))  # (+ a quantile axis)
+        out = torch.where(empty, torch.full_like(out, float("nan")), out)
+        if self.median_index is not None:
+            out = apply_factors(out, self.calibration_factors, self.median_index)
+        return out
 
     def forward(self, x: torch.Tensor, x_mark: torch.Tensor, y_mark: torch.Tensor,
                 x_mask: torch.Tensor) -> torch.Tensor:
-        out = self.net({"x": x, "x_mark": x_mark, "y_mark": y_mark, "x_mask": x_mask}).float()
-        empty = RevIN.no_observation(x, x_mask)  # (B, S)
-        empty = empty.reshape(empty.shape[0], 1, empty.shape[1], *([1] * (out.dim() - 3)))  # (+ a quantile axis)
-        return torch.where(empty, torch.full_like(out, float("nan")), out)
+        return self._forecast({"x": x, "x_mark": x_mark, "y_mark": y_mark, "x_mask": x_mask})
+
+
+class CovariateExportNet(ExportNet):
+    """:class:`ExportNet` of a network with covariates: ``forecast = f(x, x_mark, y_mark, x_mask, x_cov,
+    x_cov_mask)``, the covariates (B, seq_len, S, K) in the forecaster's ``inputs`` order."""
+
+    def forward(self, x: torch.Tensor, x_mark: torch.Tensor, y_mark: torch.Tensor,  # type: ignore[override]
+                x_mask: torch.Tensor, x_cov: torch.Tensor, x_cov_mask: torch.Tensor) -> torch.Tensor:
+        return self._forecast({"x": x, "x_mark": x_mark, "y_mark": y_mark, "x_mask": x_mask, "x_cov": x_cov,
+                               "x_cov_mask": x_cov_mask})
 
 
 def inference_copy(fc: Forecaster) -> ExportNet:
-    """A re-parameterised, frozen CPU copy of ``fc``'s network wrapped in :class:`ExportNet` (``fc`` untouched)."""
+    """A re-parameterised, frozen CPU copy of ``fc``'s network wrapped in :class:`ExportNet` (``fc`` untouched;
+    :class:`CovariateExportNet` for a forecaster with covariates), with ``fc``'s quantile calibration when it has
+    one."""
     net = fc.net
     if net is None or fc.stations is None:
         raise RuntimeError("this Forecaster is not trained yet: call fit(data) or Forecaster.load(dir) before export")
@@ -118,7 +155,10 @@ def inference_copy(fc: Forecaster) -> ExportNet:
         net.reparameterize()
     for p in net.parameters():
         p.requires_grad_(False)
-    return ExportNet(net).eval()
+    cal = getattr(fc, "calibration", None) if fc.quantiles is not None else None
+    calibration = None if cal is None else (torch.as_tensor(cal.factors, dtype=torch.float32), cal.median_index)
+    wrapper = CovariateExportNet if getattr(fc, "inputs", ()) else ExportNet
+    return wrapper(net, calibration).eval()
 
 
 def example_inputs(fc: Forecaster, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -135,19 +175,26 @@ def example_inputs(fc: Forecaster, batch: int, seed: int = 0) -> dict[str, torch
     x = x + 0.3 * g.standard_normal((batch, L, S))
     mask = g.random((batch, L, S)) > 0.1
     mask[:, :, 0] = False  # nothing observed: the exported graph must say NaN there
-    return {"x": torch.as_tensor(x, dtype=torch.float32),
-            "x_mark": torch.as_tensor(np.stack([m[:L] for m in marks])),
-            "y_mark": torch.as_tensor(np.stack([m[L - P:] for m in marks])),
-            "x_mask": torch.as_tensor(mask)}
+    out = {"x": torch.as_tensor(x, dtype=torch.float32),
+           "x_mark": torch.as_tensor(np.stack([m[:L] for m in marks])),
+           "y_mark": torch.as_tensor(np.stack([m[L - P:] for m in marks])),
+           "x_mask": torch.as_tensor(mask)}
+    K = len(getattr(fc, "inputs", ()) or ())
+    if K:  # covariates around their training spread (input_scale), ~10 % unobserved
+        scale = np.asarray(getattr(fc.net, "input_scale", torch.ones(K)).cpu(), np.float64).clip(min=0.1)
+        cov = 5.0 + scale * (g.standard_normal((batch, 1, S, K)) + 0.3 * g.standard_normal((batch, L, S, K)))
+        out["x_cov"] = torch.as_tensor(cov, dtype=torch.float32)
+        out["x_cov_mask"] = torch.as_tensor(g.random((batch, L, S, K)) > 0.1)
+    return out
 
 
-def _args(batch: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
-    """The positional inputs of :class:`ExportNet` from a window batch (``WindowDataset.batch`` keys)."""
-    missing = [k for k in INPUT_NAMES if k not in batch]
+def _args(batch: Mapping[str, Any], names: tuple[str, ...] = INPUT_NAMES) -> tuple[torch.Tensor, ...]:
+    """The positional inputs ``names`` of :class:`ExportNet` from a window batch (``WindowDataset.batch`` keys)."""
+    missing = [k for k in names if k not in batch]
     if missing:
-        raise KeyError(f"the batch lacks {', '.join(missing)} (the exported model reads {', '.join(INPUT_NAMES)})")
-    out = [torch.as_tensor(np.asarray(batch[k])) for k in INPUT_NAMES]
-    return tuple(t.bool() if k == "x_mask" else t.float() for k, t in zip(INPUT_NAMES, out))
+        raise KeyError(f"the batch lacks {', '.join(missing)} (the exported model reads {', '.join(names)})")
+    out = [torch.as_tensor(np.asarray(batch[k])) for k in names]
+    return tuple(t.bool() if k.endswith("_mask") else t.float() for k, t in zip(names, out))
 
 
 def count_depthwise(module: nn.Module) -> int:
@@ -178,10 +225,11 @@ def _onnx_sort_stable(self: Any, *, stable: Any = None, dim: int = -1, descendin
 
 def _onnx_program(model: ExportNet, example: tuple[torch.Tensor, ...], batch: Any) -> Any:
     """``torch.onnx.export(dynamo=True)`` of ``model`` with a dynamic batch axis (an ``ONNXProgram``)."""
+    names = INPUT_NAMES + (COVARIATE_NAMES if isinstance(model, CovariateExportNet) else ())
     with _quiet_tracing():
         return torch.onnx.export(
-            model, example, None, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME], dynamo=True,
-            dynamic_shapes={k: {0: batch} for k in INPUT_NAMES}, opset_version=ONNX_OPSET, verbose=False,
+            model, example, None, input_names=list(names), output_names=[OUTPUT_NAME], dynamo=True,
+            dynamic_shapes={k: {0: batch} for k in names}, opset_version=ONNX_OPSET, verbose=False,
             custom_translation_table={torch.ops.aten.sort.stable: _onnx_sort_stable})
 
 
@@ -255,6 +303,11 @@ def _units(fc: Forecaster) -> str:
     return str(units) if units else REGISTRY[fc.variable].units if fc.variable in REGISTRY else ""
 
 
+def _covariate_units(variable: str) -> str | None:
+    """A covariate's units: the variable registry's (the forecaster keeps only its target's from the data)."""
+    return REGISTRY[variable].units if variable in REGISTRY else None
+
+
 def _io_spec(fc: Forecaster) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     S, L, P, Q = len(fc.stations["station"]), fc.seq_len, fc.label_len, fc.pred_len
     units = _units(fc)
@@ -270,6 +323,16 @@ def _io_spec(fc: Forecaster) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
         {"name": "x_mask", "shape": ["batch", L, S], "dtype": "bool",
          "description": "True where x is observed (or an interpolated short gap); all True if unknown"},
     ]
+    covariates = list(getattr(fc, "inputs", ()) or ())
+    if covariates:
+        K = len(covariates)
+        inputs += [
+            {"name": "x_cov", "shape": ["batch", L, S, K], "dtype": "float32", "variables": covariates,
+             "units": [_covariate_units(v) for v in covariates],
+             "description": f"the last seq_len values of the covariates {', '.join(covariates)} (last axis, in this "
+                            "order), physical units, stations in model order; gaps as for x"},
+            {"name": "x_cov_mask", "shape": ["batch", L, S, K], "dtype": "bool",
+             "description": "True where x_cov is observed (or an interpolated short gap)"}]
     outputs = [{"name": OUTPUT_NAME, "shape": ["batch", Q, S], "dtype": "float32", "units": units,
                 "description": f"{fc.variable} at the pred_len steps after the input, stations in model order; NaN "
                                "for a station with no observed, finite input in the window"}]
@@ -288,8 +351,11 @@ def build_sidecar(fc: Forecaster, fmt: str, file_name: str, graph: Mapping[str, 
     inputs, outputs = _io_spec(fc)
     return to_jsonable({
         "format": EXPORT_FORMAT, "version": EXPORT_FORMAT_VERSION, "file": file_name, "file_format": fmt,
-        "model": fc.model, "name": fc.name, "variable": fc.variable, "variables": [fc.variable],
+        "model": fc.model, "name": fc.name, "variable": fc.variable,
+        "variables": [fc.variable, *(getattr(fc, "inputs", ()) or ())],
+        "covariates": list(getattr(fc, "inputs", ()) or ()),
         "quantiles": list(fc.quantiles) if getattr(fc, "quantiles", None) is not None else None,
+        "quantile_calibration": _calibration_record(fc),
         "units": _units(fc),
         "seq_len": fc.seq_len, "label_len": fc.label_len, "pred_len": fc.pred_len, "max_gap": fc.max_gap,
         "frequency": str(fc.frequency) if fc.frequency is not None else None,
@@ -311,6 +377,16 @@ def build_sidecar(fc: Forecaster, fmt: str, file_name: str, graph: Mapping[str, 
         "urlk_forecast_version": __version__, "exported_at": pd.Timestamp.now(tz="UTC").isoformat(),
         "train_period": fc.train_info.get("train_period"), "check": dict(check) if check is not None else None,
     })
+
+
+def _calibration_record(fc: Forecaster) -> dict[str, Any] | None:
+    """The sidecar's record of the quantile calibration the graph applies (None: none applied)."""
+    cal = getattr(fc, "calibration", None) if getattr(fc, "quantiles", None) is not None else None
+    if cal is None:
+        return None
+    return {"applied_in_graph": True, "levels": list(cal.levels), "factors": cal.factors.tolist(),
+            "method": "per lead and level, each quantile's gap toward the median (the next level inward) multiplied "
+                      "by its factor, fitted on validation windows (urlk_forecast.calibration)"}
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:
@@ -337,18 +413,24 @@ class ExportedForecaster:
     (``(B, pred_len, S, Q)`` for a quantile forecaster).
 
     ``fmt``: ``"onnx"`` (onnxruntime, CPU) or ``"torchscript"`` (``torch.jit.load``); default: the sidecar's, else
-    from the suffix (``.onnx`` is ONNX). ``batch``: a mapping with ``x``, ``x_mark``, ``y_mark``, ``x_mask`` (e.g.
-    ``WindowDataset.batch``; stations in the model's order, see the sidecar).
+    from the suffix (``.onnx`` is ONNX). ``batch``: a mapping with ``x``, ``x_mark``, ``y_mark``, ``x_mask`` (and
+    ``x_cov``, ``x_cov_mask`` for a model with covariates, in the sidecar's ``covariates`` order), e.g.
+    ``WindowDataset.batch``; stations in the model's order, see the sidecar. ``names``: the inputs in order
+    (default: the sidecar's, else :data:`INPUT_NAMES`).
     """
 
-    def __init__(self, path: str | Path, fmt: str | None = None) -> None:
+    def __init__(self, path: str | Path, fmt: str | None = None, names: tuple[str, ...] | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no exported model there")
+        side = sidecar_path(self.path)
+        meta = read_sidecar(side) if side.is_file() and (fmt is None or names is None) else None
         if fmt is None:
-            side = sidecar_path(self.path)
-            fmt = read_sidecar(side)["file_format"] if side.is_file() else (
+            fmt = meta["file_format"] if meta is not None else (
                 "onnx" if self.path.suffix.lower() == ".onnx" else "torchscript")
+        if names is None:
+            names = tuple(i["name"] for i in meta["inputs"]) if meta is not None else INPUT_NAMES
+        self.names = tuple(names)
         if fmt not in FORMATS:
             raise ValueError(f"fmt must be one of {', '.join(FORMATS)}, got {fmt!r}")
         self.fmt = fmt
@@ -365,9 +447,9 @@ class ExportedForecaster:
                 self._module = torch.jit.load(str(self.path), map_location="cpu").eval()
 
     def __call__(self, batch: Mapping[str, Any]) -> np.ndarray:
-        args = _args(batch)
+        args = _args(batch, self.names)
         if self.fmt == "onnx":
-            return self._session.run([OUTPUT_NAME], {k: a.numpy() for k, a in zip(INPUT_NAMES, args)})[0]
+            return self._session.run([OUTPUT_NAME], {k: a.numpy() for k, a in zip(self.names, args)})[0]
         with torch.no_grad():
             return self._module(*args).numpy()
 
@@ -393,9 +475,10 @@ def _check(model: ExportNet, fc: Forecaster, fmt: str, tmp: Path) -> dict[str, A
         except ImportError:
             return {"skipped": "onnxruntime is not installed"}
     batch = example_inputs(fc, _CHECK_BATCH, seed=1)
+    names = input_names(fc)
     with torch.no_grad():  # the op path users run (auto), not the one forced for tracing
-        ref = model(*_args(batch)).numpy()
-    out = ExportedForecaster(tmp, fmt)(batch)
+        ref = model(*_args(batch, names)).numpy()
+    out = ExportedForecaster(tmp, fmt, names)(batch)
     err = relative_error(out, ref)
     if not err <= PARITY_RTOL:
         raise RuntimeError(f"the exported {fmt} file differs from the Python model: relative error {err:.3g} > "
@@ -430,7 +513,7 @@ def export_forecaster(fc: Forecaster, path: str | Path, fmt: str = "onnx", *, ch
     t0 = time.perf_counter()
     model = inference_copy(fc)
     expected = count_depthwise(model)
-    example = _args(example_inputs(fc, _TRACE_BATCH))
+    example = _args(example_inputs(fc, _TRACE_BATCH), input_names(fc))
     side = sidecar_path(dest)
     with contextlib.ExitStack() as stack:  # both temporaries replace their targets only if everything succeeded
         tmp_model = stack.enter_context(atomic_path(dest))

@@ -39,6 +39,7 @@ import torch
 import xarray as xr
 
 from .backtest import Backtest, cross_validation, warm_refits
+from .calibration import QuantileCalibration, fit_calibration
 from .config import FORECASTER_FORMAT, FORECASTER_FORMAT_VERSION, ConfigError, ForecasterConfig, TrainConfig
 from .data.readers import open_dataset
 from .data.schema import (
@@ -58,10 +59,10 @@ from .models.embedding import RevIN
 from .models.forecast_net import ForecastNet
 from .models.registry import parse_model_name  # kept importable here: forecaster.parse_model_name
 from .regime import Regime, auto_regime
-from .scoring import Scores, resolve_indices
+from .scoring import Scores, resolve_indices, window_targets
 from .targets import score_targets, split_targets, target_views
 from .trainer import Callback, Trainer, TrainResult
-from .utils import atomic_torch_save, atomic_write_text, normalize_name, quantile_levels, to_jsonable
+from .utils import atomic_torch_save, atomic_write_text, evenly_spaced, normalize_name, quantile_levels, to_jsonable
 from .utils.steps import default_season, lead_time_unit, length_steps, parse_length
 
 __all__ = ["Forecaster", "parse_model_name", "FORMAT", "FORMAT_VERSION"]
@@ -72,6 +73,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.pt"
 _NODE_SIZE = inspect.signature(ForecastNet.__init__).parameters["node_size"].default  # stations per node image
 STATIONS_NAME = "stations.json"
+CALIBRATION_NAME = "calibration.json"  # the quantile calibration (urlk_forecast.calibration), when there is one
 
 def _open(data: Any, what: str) -> xr.Dataset:
     if isinstance(data, xr.Dataset):
@@ -193,6 +195,9 @@ class Forecaster(Method):
         self.train_result: TrainResult | None = None  # the last fit's result (not saved)
         self.fit_seconds: float | None = None  # wall time of training (train_info["wall_s"])
         self.reparameterized = False
+        #: post-hoc quantile calibration applied to every quantile output (None: the network's raw levels); fitted
+        #: on the validation windows by fit (calibrate=True), or by calibrate(); set to None to turn it off
+        self.calibration: QuantileCalibration | None = None
 
     @staticmethod
     def _check_lengths(lengths: Mapping[str, int | pd.Timedelta], max_gap: int) -> None:
@@ -314,7 +319,7 @@ class Forecaster(Method):
 
     def fit(self, train: xr.Dataset | str | os.PathLike[str], val: xr.Dataset | str | os.PathLike[str] | None = None,
             *, config: TrainConfig | Regime | None = None, schedule: str = "auto", callback: Callback | None = None,
-            stride: int = 1, warm_start: bool = False, **overrides: Any) -> Forecaster:
+            stride: int = 1, warm_start: bool = False, calibrate: bool = True, **overrides: Any) -> Forecaster:
         """Train on ``train`` (Dataset or path), early-stopping on ``val``; returns ``self``.
 
         Without ``val`` the data is split chronologically: the source's own splits when
@@ -331,7 +336,8 @@ class Forecaster(Method):
         history entry. The :class:`~urlk_forecast.trainer.TrainResult` is kept in ``self.train_result``, the wall
         time in ``self.fit_seconds``, the regime (its settings and reasons) in ``self.train_info["regime"]``.
         ``warm_start``: continue training the current network (same stations; e.g. a backtest's refit) instead of
-        building a fresh one.
+        building a fresh one. ``calibrate`` (quantile forecasters): fit :attr:`calibration` on the validation windows
+        at the end (:meth:`calibrate`; recorded in ``train_info["calibration"]``); False: the raw levels.
         """
         if config is None and schedule not in ("auto", "paper"):
             raise ValueError(f"schedule={schedule!r}: choose 'auto' or 'paper'")
@@ -378,7 +384,46 @@ class Forecaster(Method):
             "result": {k: v for k, v in result.to_dict().items() if k != "step_losses"},
             "source": {k: str(v) for k, v in ds.attrs.items() if k in ("title", "source", "synthetic", "seed")},
         }
+        self._calibrate_after_fit(val_ws, calibrate)
         return self
+
+    def _calibrate_after_fit(self, val_ws: WindowDataset | None, calibrate: bool) -> None:
+        """Fit (or drop) :attr:`calibration` after training; the outcome goes to ``train_info["calibration"]``."""
+        self.calibration = None
+        if self.quantiles is None:
+            return
+        if not calibrate or val_ws is None:
+            self.train_info["calibration"] = {"skipped": "turned off (calibrate=False)" if not calibrate else
+                                              "no validation windows"}
+            return
+        try:
+            self.train_info["calibration"] = self.calibrate(val_ws).summary()
+        except ValueError as e:  # too few validation targets: the raw levels stay
+            self.train_info["calibration"] = {"skipped": str(e)}
+
+    def calibrate(self, data: WindowSource | xr.Dataset | str | os.PathLike[str],
+                  indices: Sequence[int] | np.ndarray | None = None, *, max_windows: int | None = 1024,
+                  batch_size: int = 32) -> QuantileCalibration:
+        """Fit :attr:`calibration` of a quantile forecaster on held-out ``data`` (windows ``indices``, else at most
+        ``max_windows`` evenly spaced ones): per lead and level, a factor on the quantile's gap toward the median so
+        that each level's share of targets at or below it there equals the level (:mod:`urlk_forecast.calibration`;
+        the median is unchanged, levels never cross). Returns (and keeps) it; it replaces an earlier one."""
+        self._require()
+        if self.quantiles is None:
+            raise ValueError(f"{self.name} forecasts no quantiles: nothing to calibrate")
+        ws = data if _is_window_source(data) else self._eval_windows(data, None, 1)
+        idx = resolve_indices(ws, indices) if indices is not None else evenly_spaced(len(ws), max_windows)
+        if idx.size == 0:
+            raise ValueError("no complete window to calibrate on")
+        y, mask = window_targets(ws, idx)
+        raw = self._forecast_windows(ws, idx, batch_size)
+        self.calibration = fit_calibration(raw, np.where(mask, y, np.nan), self.quantiles,
+                                           source={"windows": int(idx.size)})
+        return self.calibration
+
+    def _calibrated(self, out: np.ndarray) -> np.ndarray:
+        """The quantile forecasts ``out`` (N, pred_len, S, Q) with :attr:`calibration` applied (when there is one)."""
+        return out if self.calibration is None or self.quantiles is None else self.calibration.apply(out)
 
     def regime(self, train: xr.Dataset | str | os.PathLike[str], val: xr.Dataset | str | os.PathLike[str] | None = None,
                *, stride: int = 1, max_time: float | str | None = "auto", **given: Any) -> Regime:
@@ -485,7 +530,7 @@ class Forecaster(Method):
         ``Q``, for windows ``indices`` of ``ws`` (all when None); NaN as :meth:`predict_windows`."""
         if self.quantiles is None:
             return super().predict_quantiles(ws, indices)
-        return self._forecast_windows(ws, indices, batch_size)
+        return self._calibrated(self._forecast_windows(ws, indices, batch_size))
 
     def _forecast_windows(self, ws: WindowSource, indices: Sequence[int] | np.ndarray | None,
                           batch_size: int) -> np.ndarray:
@@ -592,7 +637,7 @@ class Forecaster(Method):
             out = np.empty_like(pred)
             out[:, order] = pred
             return self._targets_dataset(ds, out, times, future, freq)
-        pred = self._forecast_windows(ws, [len(ws) - 1], 1)[0]  # (pred_len, S[, Q]) in trained order
+        pred = self._calibrated(self._forecast_windows(ws, [len(ws) - 1], 1))[0]  # (pred_len, S[, Q]), trained order
         out = np.empty_like(pred)
         out[:, order] = pred  # back to the history's station order
         return self._forecast_dataset(ds, out, times, future, freq)
@@ -737,6 +782,10 @@ class Forecaster(Method):
         d.mkdir(parents=True, exist_ok=True)
         atomic_torch_save({k: v.detach().cpu() for k, v in self._net().state_dict().items()}, d / WEIGHTS_NAME)
         atomic_write_text(d / STATIONS_NAME, json.dumps(to_jsonable(stations)))
+        if self.calibration is not None:
+            atomic_write_text(d / CALIBRATION_NAME, json.dumps(self.calibration.to_dict(), indent=2) + "\n")
+        else:
+            (d / CALIBRATION_NAME).unlink(missing_ok=True)  # never a stale calibration of an earlier model
         atomic_write_text(d / CONFIG_NAME, json.dumps(to_jsonable(config.to_dict()), indent=2) + "\n")
         return d
 
@@ -773,7 +822,21 @@ class Forecaster(Method):
         self.train_info = dict(config.train)
         wall = self.train_info.get("wall_s")
         self.fit_seconds = float(wall) if wall is not None else None
+        self.calibration = self._load_calibration(d / CALIBRATION_NAME)
         return self
+
+    def _load_calibration(self, path: Path) -> QuantileCalibration | None:
+        """The calibration saved at ``path`` (None when absent: models saved before it, or without one)."""
+        if not path.is_file():
+            return None
+        try:
+            cal = QuantileCalibration.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+        if self.quantiles is None or cal.levels != list(self.quantiles) or cal.factors.shape[0] != self.pred_len:
+            raise ValueError(f"{path}: a calibration of levels {cal.levels} over {cal.factors.shape[0]} leads does not "
+                             f"fit this model (quantiles {self.quantiles}, pred_len {self.pred_len})")
+        return cal
 
     # -------------------------------------------------------------------------------------- inference
     def reparameterize(self) -> Forecaster:
@@ -787,11 +850,9 @@ class Forecaster(Method):
     def export(self, path: str | os.PathLike[str], format: str = "onnx", *, check: bool = True) -> ExportResult:
         """Write the re-parameterised network (a copy; this forecaster is unchanged) to ``path`` as ``format``
         (``"onnx"`` or ``"torchscript"``) with a JSON sidecar ``<path>.json`` (variable, units, lengths, station
-        order, inputs, time features); see :func:`urlk_forecast.export.export_forecaster` and ``docs/export.md``."""
+        order, inputs, time features); see :func:`urlk_forecast.export.export_forecaster` and ``docs/export.md``.
+        A covariate model's graph reads the covariates too; a calibrated quantile model's applies the calibration."""
         self._require()
-        if self.inputs:
-            raise NotImplementedError(f"export of a forecaster with inputs ({', '.join(self.inputs)}) is not "
-                                      "supported yet: the exported graph reads the target only")
         if self.multi:
             raise NotImplementedError(f"export of a forecaster of several targets ({', '.join(self.targets)}) is not "
                                       "supported: the exported graph and its sidecar describe one variable")

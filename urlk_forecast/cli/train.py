@@ -52,7 +52,7 @@ _TRAIN_OPTION_KEYS = (
     "data", "variable", "model", "model_kw", "seq_len", "label_len", "pred_len", "epochs", "batch_size", "lr",
     "lr_decay", "patience", "steps_per_epoch", "device", "max_time", "max_steps", "amp", "checkpointing",
     "grad_clip", "seed", "stations", "hours", "val_windows", "eval_windows", "checkpoint_every", "schedule",
-    "threads", "units", "time_column", "columns", "var_name", "quantiles", "inputs", "ema_decay",
+    "threads", "units", "time_column", "columns", "var_name", "quantiles", "inputs", "ema_decay", "calibrate",
 )
 # never forwarded to the torchrun children (they are launcher options, or re-derived)
 _LAUNCH_ONLY = ("devices", "nnodes", "node_rank", "master_addr", "master_port", "rdzv_endpoint")
@@ -100,6 +100,10 @@ class _Plan:
 @click.option("--quantiles", default=None, metavar="Q1,Q2,...",
               help="Forecast these quantile levels, e.g. 0.1,0.5,0.9 (sorted, in (0, 1), 0.5 among them: the median "
                    "is the point forecast), trained with the pinball loss; predict then writes every level.")
+@click.option("--calibrate/--no-calibrate", default=True, show_default=True,
+              help="With --quantiles: after training, calibrate the levels on the validation windows (per lead and "
+                   "level, a factor on each quantile's distance from the median so each level holds its share of "
+                   "the targets there); recorded in run.json and applied by predict, benchmark, backtest, export.")
 @click.option("--schedule", type=click.Choice(["auto", "paper", "quick"]), default="auto", show_default=True,
               help="auto: sized to the data (batch from the stations per window, epochs that are full passes, warm-up "
                    "+ cosine LR over the steps that fit in --max-time, validation ~10 times, early stopping; 600 s on "
@@ -369,10 +373,11 @@ def _train_here(plan: _Plan, run: RunDir | None, main: bool) -> None:
         log.info("training regime (%s):\n  %s", regime["schedule"], "\n  ".join(regime["reasons"]))
     seed_everything(int(plan.given["seed"]))  # the network's initialisation
     out_dir = str(run.train_dir)
+    calibrate = bool(opts.get("calibrate", True))
     if chosen is not None:
-        fc.fit(parts["train"], val=parts["val"], config=chosen, out_dir=out_dir)
+        fc.fit(parts["train"], val=parts["val"], config=chosen, out_dir=out_dir, calibrate=calibrate)
     else:
-        fc.fit(parts["train"], val=parts["val"], schedule="paper", **plan.given, out_dir=out_dir)
+        fc.fit(parts["train"], val=parts["val"], schedule="paper", **plan.given, out_dir=out_dir, calibrate=calibrate)
     if not main:
         D.cleanup()
         return
@@ -384,9 +389,24 @@ def _train_here(plan: _Plan, run: RunDir | None, main: bool) -> None:
                          progress=log.info)
     report["train"] = outcome
     run.write_metrics(report)
-    run.finish("done", regime={**regime, "plan": outcome.get("plan")})
+    calibration = fc.train_info.get("calibration")  # quantile models: the validation calibration, or why none
+    if calibration is not None:
+        _log_calibration(calibration)
+    run.finish("done", regime={**regime, "plan": outcome.get("plan")},
+               **({"calibration": calibration} if calibration is not None else {}))
     print_report(report, TrainConfig.from_dict(fc.train_info["train_config"]))
     D.cleanup()
+
+
+def _log_calibration(cal: dict[str, Any]) -> None:
+    """One line on the quantile calibration: the validation coverage before and after, or why there is none."""
+    if "skipped" in cal:
+        log.info("quantile calibration: none (%s)", cal["skipped"])
+        return
+    covers = [k for k in cal["after"] if k.startswith("cover")]
+    log.info("quantile calibration on %d validation targets: %s; factors per level (mean over leads) %s",
+             cal["targets"], ", ".join(f"{k} {cal['before'][k]:.3f} -> {cal['after'][k]:.3f}" for k in covers),
+             ", ".join(f"q{lv} {v['mean']:.2f}" for lv, v in cal["factor_per_level"].items()))
 
 
 def _auto_regime(plan: _Plan, parts: dict[str, xr.Dataset]) -> Regime:
