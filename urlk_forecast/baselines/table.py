@@ -11,6 +11,11 @@ is hidden). Scores are the Corrformer-style metrics: per window the mean over le
 over windows, in physical units.
 
 :func:`compare` is the same table for methods already fitted (the end-of-training table of ``urlk-forecast train``).
+
+A trained model of several target variables (``train --var temperature,wind_speed``) is benchmarked per variable: every
+baseline is fitted once per target variable (they are univariate), the model's forecast of each variable
+(:func:`urlk_forecast.targets.target_views`: the network runs once for all of them) is scored beside them on that
+variable's test windows, and the table has one row per (method, variable) with a ``variable`` column.
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ import xarray as xr
 from ..data.readers import open_dataset
 from ..data.schema import infer_frequency, require_variable, validate
 from ..data.synthetic import synthetic_global
+from ..data.target_windows import TargetWindows
 from ..data.windows import WindowDataset, WindowSource, split_dataset
 from ..forecaster import Forecaster
 from ..method import Method
 from ..metrics import level_label
 from ..scoring import Scores, ScoreTable, method_labels, score_methods
+from ..targets import score_targets, target_views
 from ..utils import atomic_write_text, describe_steps, evenly_spaced, freq_label, normalize_name
 from ..utils.quantiles import quantile_levels
 from ..utils.steps import default_season, length_steps
@@ -111,10 +118,11 @@ class BenchmarkResult:
         return self.to_markdown()
 
     def write(self, out_dir: str | os.PathLike[str]) -> list[Path]:
-        """Write ``benchmark_<variable>.md``, ``.csv``, ``_per_lead.csv`` (and ``_prophet.csv``) atomically."""
+        """Write ``benchmark_<variable>.md``, ``.csv``, ``_per_lead.csv`` (and ``_prophet.csv``) atomically
+        (several targets: ``benchmark_<var1>+<var2>...``)."""
         d = Path(out_dir)
         d.mkdir(parents=True, exist_ok=True)
-        var = self.info["variable"]
+        var = "+".join(self.info["targets"]) if self.info.get("targets") else self.info["variable"]
         paths = [d / f"benchmark_{var}.md", d / f"benchmark_{var}.csv"]
         atomic_write_text(paths[0], self.to_markdown())
         atomic_write_text(paths[1], self.rows.to_csv(index=False))
@@ -140,7 +148,7 @@ def _fmt(v: Any) -> str:
 def _markdown_table(df: pd.DataFrame, cols: Sequence[str]) -> str:
     cols = [c for c in cols if c in df.columns]
     head = "| " + " | ".join(cols) + " |"
-    sep = "|" + "|".join("---" if c in ("method", "type") else "---:" for c in cols) + "|"
+    sep = "|" + "|".join("---" if c in ("method", "type", "variable") else "---:" for c in cols) + "|"
     body = ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for _, r in df.iterrows()]
     return "\n".join([head, sep, *body])
 
@@ -411,13 +419,14 @@ def run_benchmark(data: DataSource | None = None, variable: str = "temperature",
     them, and GBDT gets the same covariates as lag features.
     """
     say: Progress = progress or (lambda _msg: None)
-    model = None
-    max_gap = 3
+    model, max_gap = None, 3
     if run is not None:
         say(f"loading the trained model from {run}")
         model = Forecaster.load(run)
         if variable != model.variable:
             say(f"the model forecasts {model.variable!r}; benchmarking {model.variable!r}")
+        if model.multi:  # one row per (method, variable)
+            return _benchmark_targets(model, say, **{k: v for k, v in locals().items() if k in _TARGETS_KW})
         variable = model.variable
         seq_len, label_len, pred_len, max_gap = model.seq_len, model.label_len, model.pred_len, model.max_gap
     ds, data_label = _load_data(data, stations if model is None else None, hours, seed, say, units, reader)
@@ -453,16 +462,76 @@ def run_benchmark(data: DataSource | None = None, variable: str = "temperature",
     failures.update(table.failures)
     info = _info(variable, data_label, ws, idx, table, train, test, seq_len, label_len, pred_len)
     info.update(_step_info(test, methods))
-    reference = None
+    reference = prophet_df = None
     if str(ds.attrs.get("source_format", "")) == "corrformer":
         reference = pd.DataFrame([{"method": k, "MSE": v[0], "MAE": v[1]} for k, v in PAPER_TABLE12[variable].items()])
-    prophet_df = None
     real = next((m for n, m in fitted if n == "prophet"), None)
     if real is not None:
         own = next((m for n, m in fitted if n == "prophet_like"), None)
         prophet_df = _prophet_side_by_side(real, own, test, ws, idx, max_gap, batch_size, say, failures)
     return BenchmarkResult(rows=table_rows(methods, table), info=info, prophet=prophet_df, reference=reference,
                            failures=failures, per_lead=_per_lead(table))
+
+
+#: run_benchmark's arguments that _benchmark_targets takes
+_TARGETS_KW = ("data", "baselines", "gfs", "hours", "max_windows", "n_jobs", "threads", "prophet_stations",
+               "batch_size", "seed", "units", "reader", "season", "quantiles")
+
+
+def _benchmark_targets(model: Forecaster, say: Progress, *, data: DataSource | None, baselines: Sequence[str] | None,
+                       gfs: DataSource | None, hours: int | None, max_windows: int | None, n_jobs: int | None,
+                       threads: int | None, prophet_stations: int, batch_size: int, seed: int,
+                       units: dict[str, str] | None, reader: dict[str, Any] | None, season: int | str | None,
+                       quantiles: Sequence[float] | None) -> BenchmarkResult:
+    """:func:`run_benchmark` of a model of several targets: the baselines fitted once per target variable, each
+    variable's rows scored by the one scorer on that variable's windows (the model's row through its target view);
+    one row per (method, variable). The real Prophet side-by-side is left out."""
+    ds, data_label = _load_data(data, None, hours, seed, say, units, reader)
+    inputs = tuple(model.inputs)
+    for v in (*model.targets, *inputs):
+        require_variable(ds, v)
+    validate(ds, variables=[*model.targets, *inputs])
+    freq = infer_frequency(ds)
+    parts = split_dataset(_model_stations(ds, model, None), context=model.seq_len)
+    train, test = parts["train"], parts["test"]
+    _warn_if_in_sample(model, test)
+    if test.sizes["time"] < model.seq_len + model.pred_len:
+        raise ValueError(f"the test split has {test.sizes['time']} steps, fewer than seq_len + pred_len")
+    stack = TargetWindows(test, model.targets, model.seq_len, model.label_len, model.pred_len, max_gap=model.max_gap,
+                          inputs=inputs)
+    if len(stack) == 0:
+        raise ValueError("the test split has no complete window")
+    idx = evenly_spaced(len(stack), int(max_windows) if max_windows else None)
+    say(f"test split: {len(stack)} windows, scoring {idx.size}; {stack.num_stations} stations; "
+        f"targets {', '.join(model.targets)}")
+    names = [n for n in _method_names(baselines, gfs, ds) if n != "prophet"]
+    steps = length_steps(season, freq, "season") if season is not None else default_season(freq)
+    levels = quantile_levels(quantiles, require_median=False) if quantiles is not None else None
+    views, methods, failures = target_views(model, stack), {}, {}
+    for v in model.targets:
+        say(f"{v}: fitting the baselines")
+        setup = _Setup(v, model.seq_len, model.pred_len, n_jobs, threads, prophet_stations, gfs, test, seed, steps,
+                       levels, inputs)
+        own: dict[str, str] = {}
+        methods[v] = [m for _, m in _fit_baselines(names, train, setup, own, say)] + [views[v]]
+        failures.update({f"{k} ({v})": e for k, e in own.items()})
+    tables = score_targets(methods, stack, idx, batch_size=batch_size, keep_going=True, progress=say)
+    rows, leads = [], []
+    for v, table in tables.items():
+        failures.update({f"{k} ({v})": e for k, e in table.failures.items()})
+        rows.append(table_rows(methods[v], table).assign(variable=v))
+        leads.append(_per_lead(table).assign(variable=v))
+    first = model.targets[0]
+    info = _info(", ".join(model.targets), data_label, stack.part(first), idx, tables[first], train, test,
+                 model.seq_len, model.label_len, model.pred_len)
+    info.update(_step_info(test, methods[first]), targets=list(model.targets),
+                units=", ".join(f"{v}: {stack.units[v]}" for v in model.targets),
+                points=sum(t.points for t in tables.values()), observed=sum(t.observed for t in tables.values()))
+    table_df = pd.concat(rows, ignore_index=True)
+    cols = ["method", "variable", *[c for c in table_df.columns if c not in ("method", "variable")]]
+    lead_df = pd.concat(leads, ignore_index=True)
+    return BenchmarkResult(rows=table_df[cols], info=info, failures=failures,
+                           per_lead=lead_df[["variable", *[c for c in lead_df.columns if c != "variable"]]])
 
 
 def _steps_text(info: dict[str, Any]) -> str:

@@ -4,6 +4,8 @@ Loads a run (default: the latest complete one under ``runs/``), takes the last `
 the run's own data, the synthetic set regenerated from its seed) and writes the forecast to netCDF or CSV, optionally
 with a PNG of a few stations. A quantile run writes every level: a ``quantile`` dimension in netCDF, one column
 per level in CSV (``temperature_q0.1``; the plain column is the median) and the central interval bands in the PNG.
+A run of several targets (``train --var temperature,wind_speed``) writes every target variable (netCDF: one data
+variable each, with its units; CSV: one value column and one ``<variable>_units`` column each).
 Every destination is checked first and the files are written together (all or none).
 """
 
@@ -37,7 +39,9 @@ _FLAGS = {"variable": "--var", "data": "--data", "end": "--end", "stations": "--
 
 
 @click.command("predict")
-@click.option("--var", "variable", default=None, help="Variable to forecast (must be the run's; default: the run's).")
+@click.option("--var", "variable", default=None,
+              help="Variable to forecast (must be the run's, e.g. temperature,wind_speed for a run of several; "
+                   "default: the run's).")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), default=None,
               help="Run directory (default: the latest complete run under runs/).")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
@@ -65,21 +69,25 @@ def predict(variable: str | None, run_dir: Path | None, data: Path | None, end: 
         check_file_destination(out, "--out", (".nc", ".csv"), ".nc (netCDF) or .csv")
         if plot is not None:
             plot = Path(plot)
+
             check_file_destination(plot, "--plot", (".png",), ".png")
             _require_matplotlib()
         fc = run.load_model(map_location=device)
         _check_variable(run, fc, variable)
-        history = _history(run, data, fc.variable, end, unit_map, reader, inputs=fc.inputs)
+        if plot is not None and fc.multi:
+            raise click.ClickException(f"--plot draws one variable; run {run} forecasts {', '.join(fc.targets)} "
+                                       "(write the forecast and plot each variable from it)")
+        history = _history(run, data, fc.targets, end, unit_map, reader, inputs=fc.inputs)
         _check_stations(history, stations)
         fcst = fc.predict(history)
         if stations:
             fcst = fcst.sel(station=list(stations))
         with write_together(out, plot) as (tmp_out, tmp_png):
             if tmp_png is not None:  # the plot first: if it fails, no forecast file is written either
-                _plot(history, fcst, tmp_png, fc.variable, list(stations) or None, fc.seq_len)
-            _write_forecast(fcst, tmp_out, fc.variable, out.suffix.lower())
+                _plot(history, fcst, tmp_png, fc.targets[0], list(stations) or None, fc.seq_len)
+            _write_forecast(fcst, tmp_out, fc.targets, out.suffix.lower())
     click.echo(f"wrote {out}: {fcst.sizes['station']} stations x {step_label(fcst.sizes['lead_time'], fc.frequency)} "
-               f"of {fc.variable} from {fcst.attrs['forecast_start']} (issued {fcst.attrs['issue_time']})"
+               f"of {', '.join(fc.targets)} from {fcst.attrs['forecast_start']} (issued {fcst.attrs['issue_time']})"
                + (f", quantiles {', '.join(f'{q:g}' for q in fc.quantiles)}" if fc.quantiles is not None else ""))
     if plot is not None:
         click.echo(f"wrote {plot}")
@@ -100,27 +108,29 @@ def _find_run(run_dir: Path | None) -> RunDir:
 
 
 def _check_variable(run: RunDir, fc: Forecaster, variable: str | None) -> None:
-    if variable is None or variable == fc.variable:
+    if variable is None or [v.strip() for v in variable.split(",") if v.strip()] == list(fc.targets):
         return
     others = ", ".join(str(r) for r in RunDir.list_runs(run.path.parent, variable=variable)) or "none"
-    raise click.ClickException(f"run {run} forecasts {fc.variable}, not {variable}; runs for {variable}: {others} "
+    raise click.ClickException(f"run {run} forecasts {','.join(fc.targets)}, not {variable}; runs for {variable}: "
+                               f"{others} "
                                f"(train one with --var {variable})")
 
 
-def _history(run: RunDir, data: Path | None, variable: str, end: str | None,
+def _history(run: RunDir, data: Path | None, variables: Sequence[str], end: str | None,
              units: dict[str, str] | None = None, reader: dict[str, object] | None = None,
              inputs: Sequence[str] = ()) -> xr.Dataset:
     """The history to forecast from: ``--data`` (read with ``--units`` and the wide-CSV options) or the run's data,
-    cut at ``--end``."""
+    cut at ``--end``. ``variables``: the run's target(s)."""
     if data is not None:
         if not Path(data).exists():
             raise click.ClickException(f"--data {data}: no such file or directory")
         ds = open_dataset(data, **(reader or {}), **({"units": units} if units else {}))
-        require_variable(ds, variable, f"--data {data}")
-        validate(ds, variables=[variable])
+        for v in variables:
+            require_variable(ds, v, f"--data {data}")
+        validate(ds, variables=list(variables))
     else:
         try:
-            ds = run.open_data([variable, *inputs])  # the covariates too (the forecaster checks them)
+            ds = run.open_data([*variables, *inputs])  # the covariates too (the forecaster checks them)
         except FileNotFoundError as e:
             raise click.ClickException(f"{e}; pass --data") from None
     if end is None:
@@ -145,17 +155,22 @@ def _check_stations(history: xr.Dataset, stations: tuple[str, ...]) -> None:
                                    f"{', '.join(ids[:12])}{', ...' if len(ids) > 12 else ''}")
 
 
-def _write_forecast(fcst: xr.Dataset, path: Path, variable: str, kind: str) -> None:
-    """netCDF, or long CSV (station, lat, lon, issue_time, valid_time, lead_time_<unit>, value, units), to ``path``.
+def _write_forecast(fcst: xr.Dataset, path: Path, variables: Sequence[str], kind: str) -> None:
+    """netCDF, or long CSV (station, lat, lon, issue_time, valid_time, lead_time_<unit>, value, units), to ``path``;
+    several ``variables``: a value column and a ``<variable>_units``  column each.
 
     The lead-time column counts in the largest unit that divides the data's step (``lead_time_h`` for hourly,
     ``lead_time_d`` for daily, ``lead_time_min`` for 10-minute data; :func:`~urlk_forecast.utils.steps.lead_time_unit`).
     """
     if kind == ".nc":
         fcst.to_netcdf(path, engine="netcdf4", format="NETCDF4",
-                       encoding={variable: {"dtype": "float32", "_FillValue": np.float32(np.nan)}})
+                       encoding={v: {"dtype": "float32", "_FillValue": np.float32(np.nan)} for v in variables})
         return
-    cols = _value_columns(fcst, variable)  # the forecast (the median of a quantile run) and one column per level
+    cols: dict[str, np.ndarray] = {}
+    for v in variables:  # the forecast (the median of a quantile run) and one column per level
+        cols.update(_value_columns(fcst, v))
+    units = ({"units": fcst[variables[0]].attrs.get("units", "")} if len(variables) == 1 else
+             {f"{v}_units": fcst[v].attrs.get("units", "") for v in variables})
     leads = pd.to_timedelta(fcst["lead_time"].values)
     suffix, _, unit = lead_time_unit(leads[0] if len(leads) else None)
     lead = leads / unit
@@ -168,7 +183,7 @@ def _write_forecast(fcst: xr.Dataset, path: Path, variable: str, kind: str) -> N
         "valid_time": np.repeat(pd.DatetimeIndex(fcst["time"].values).strftime("%Y-%m-%dT%H:%M"), n_st),
         f"lead_time_{suffix}": np.repeat(np.asarray(lead, dtype=float), n_st),
         **cols,
-        "units": fcst[variable].attrs.get("units", ""),
+        **units,
     })
     df.to_csv(path, index=False, float_format="%.4f")
 

@@ -31,6 +31,7 @@ import xarray as xr
 
 from .. import distributed as D
 from ..config import QUICK_TRAIN_DEFAULTS, ConfigError, TrainConfig
+from ..data.target_windows import TargetWindows
 from ..data.windows import WindowDataset, split_dataset
 from ..forecaster import Forecaster, parse_model_name
 from ..models.encoders import encoder_options
@@ -83,9 +84,10 @@ class _Plan:
               help="Station data file or directory (any supported format). Default: the synthetic set.")
 @units_option
 @wide_csv_options
-@click.option("--var", "variable", default=None,
+@click.option("--var", "variable", default=None, metavar="VAR[,VAR2,...]",
               help="Variable to forecast: any data variable of --data (default: temperature; for a wide CSV its "
-                   "variable, --var-name).")
+                   "variable, --var-name). Several, comma-separated (temperature,wind_speed): one model forecasts them "
+                   "all, predict writes every one, the final table scores each (point forecasts, no --quantiles).")
 @click.option("--inputs", default=None, metavar="VAR1,VAR2,...",
               help="Covariates: other data variables of --data whose past values the network reads with the target "
                    "(e.g. dew_point,pressure); GBDT in the final table gets them as lag features.")
@@ -250,6 +252,17 @@ def _parse_quantiles(text: str | None) -> list[float] | None:
                                  param_hint="--quantiles") from None
 
 
+def _parse_variable(text: str) -> str | list[str]:
+    """``--var temperature`` as one name, ``--var temperature,wind_speed`` as the list of targets (the Forecaster
+    checks them; the data check names the file's variables)."""
+    if "," not in str(text):
+        return str(text)
+    names = [v.strip() for v in str(text).split(",") if v.strip()]
+    if not names:
+        raise click.BadParameter(f"{text!r} names no variable; give e.g. temperature,wind_speed", param_hint="--var")
+    return names[0] if len(names) == 1 else names
+
+
 def _parse_inputs(text: str | None) -> list[str] | None:
     """``--inputs dew_point,pressure`` as names (the Forecaster checks them; the data check names the file's)."""
     if text is None:
@@ -306,7 +319,7 @@ def _plan(opts: dict[str, Any]) -> _Plan:
     if reader and opts["data"] is None:
         raise click.UsageError("--time-column/--columns/--var-name describe a wide CSV --data file")
     opts["variable"] = default_variable(opts["variable"], opts["data"], reader)
-    fc = Forecaster(opts["model"], variable=opts["variable"], seq_len=opts["seq_len"],
+    fc = Forecaster(opts["model"], variable=_parse_variable(opts["variable"]), seq_len=opts["seq_len"],
                     label_len=opts["label_len"], pred_len=opts["pred_len"],
                     quantiles=_parse_quantiles(opts.get("quantiles")), inputs=_parse_inputs(opts.get("inputs")),
                     **model_kw)
@@ -325,13 +338,13 @@ def _plan(opts: dict[str, Any]) -> _Plan:
     return _Plan(schedule=schedule, given=given, forecaster=fc, data=data, options=options)
 
 
-def _split(plan: _Plan) -> tuple[dict[str, xr.Dataset], WindowDataset]:
+def _split(plan: _Plan) -> tuple[dict[str, xr.Dataset], WindowDataset | TargetWindows]:
     """Open and split the data; check that training and the final table both have windows. Returns the splits and
     the test windows."""
     fc = plan.forecaster
     t0 = time.perf_counter()
     # the target and its covariates: present, valid, with units (nothing is written yet); synthetic data generates them
-    ds = open_data(plan.data, [fc.variable, *fc.inputs])
+    ds = open_data(plan.data, [*fc.targets, *fc.inputs])
     fc.resolve_lengths(ds)  # --seq-len 48h: steps of this data
     parts = split_dataset(ds, context=fc.seq_len)
     need = fc.seq_len + fc.pred_len
@@ -341,8 +354,11 @@ def _split(plan: _Plan) -> tuple[dict[str, xr.Dataset], WindowDataset]:
             raise click.ClickException(
                 f"--seq-len {fc.seq_len} + --pred-len {fc.pred_len} = {need} steps do not fit in the {name} split "
                 f"({steps} of the data's {ds.sizes['time']} steps); use shorter windows or more data")
-    test_ws = WindowDataset(parts["test"], fc.variable, fc.seq_len, fc.label_len, fc.pred_len, max_gap=fc.max_gap,
-                            inputs=fc.inputs)
+    test_ws: WindowDataset | TargetWindows = (
+        TargetWindows(parts["test"], fc.targets, fc.seq_len, fc.label_len, fc.pred_len, max_gap=fc.max_gap,
+                      inputs=fc.inputs) if fc.multi else
+        WindowDataset(parts["test"], fc.variable, fc.seq_len, fc.label_len, fc.pred_len, max_gap=fc.max_gap,
+                      inputs=fc.inputs))
     if len(test_ws) == 0:
         raise click.ClickException(f"the test split ({parts['test'].sizes['time']} steps) has no complete window of "
                                    f"--seq-len {fc.seq_len} + --pred-len {fc.pred_len}; use shorter windows")
@@ -350,7 +366,7 @@ def _split(plan: _Plan) -> tuple[dict[str, xr.Dataset], WindowDataset]:
     times = ds["time"].values
     step = times[1] - times[0] if len(times) > 1 else None
     log.info("data: %s, %d stations x %s of %s (%.1f s)", desc, ds.sizes["station"],
-             step_label(ds.sizes["time"], step), fc.variable, time.perf_counter() - t0)
+             step_label(ds.sizes["time"], step), ", ".join(fc.targets), time.perf_counter() - t0)
     return parts, test_ws
 
 

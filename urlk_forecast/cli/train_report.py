@@ -4,6 +4,10 @@ The trained model, persistence, seasonal naive and GBDT are scored by the one sc
 (:func:`urlk_forecast.scoring.score_methods`) on the same test windows ``benchmark`` scores: evenly spaced over the
 test split (``benchmark --max-windows N`` gives the same ones). When the model does not beat every baseline, the
 advice names what actually stopped training (early stopping, the time limit, the step limit or the epochs).
+
+A model of several target variables is scored per variable: the baselines are fitted once per variable, the model's
+forecast of that variable (:func:`urlk_forecast.targets.target_views`) is scored beside them on that variable's test
+windows, and the table gets a ``variable`` column (one row per method and variable).
 """
 
 from __future__ import annotations
@@ -18,14 +22,17 @@ import xarray as xr
 
 from ..baselines import GBDT, Persistence, SeasonalNaive
 from ..config import TrainConfig
+from ..data.target_windows import TargetWindows
 from ..data.windows import WindowDataset
 from ..forecaster import Forecaster
 from ..method import Method
-from ..scoring import score_methods
+from ..scoring import ScoreTable, score_methods
+from ..targets import score_targets, target_views
 from ..utils import evenly_spaced
 from .outputs import step_label
 
-__all__ = ["DEFAULT_EVAL_WINDOWS", "GBDT_MAX_ROWS", "final_table", "print_report", "advice"]
+__all__ = ["DEFAULT_EVAL_WINDOWS", "GBDT_MAX_ROWS", "final_table", "print_report", "print_targets_report",
+           "advice"]
 
 #: Test windows of the end-of-training table: the issue's floor of 256 evenly spaced windows (all when fewer). The
 #: model forecasts a 3850-station window in ~1.5 s on the 2-core CPU, so `benchmark`'s 512 would add ~13 minutes to
@@ -37,12 +44,14 @@ GBDT_MAX_ROWS = 200_000
 Progress = Callable[..., None]
 
 
-def _baselines(train: xr.Dataset, fc: Forecaster, threads: int | None, say: Progress) -> list[Method]:
+def _baselines(train: xr.Dataset, fc: Forecaster, threads: int | None, say: Progress,
+               variable: str | None = None) -> list[Method]:
     """Persistence, seasonal naive (a day of sub-daily steps, a week of daily steps) and GBDT (with the model's
     covariates as lag features) fitted on ``train``;
     one that cannot be built or fitted for this data (e.g. a season longer than the input) is left out with a
-    warning."""
-    v = fc.variable
+    warning. ``variable``: the one to forecast (default: the model's).
+    """
+    v = fc.variable if variable is None else variable
     lags = tuple(k for k in (*range(1, 25), 48) if k <= fc.seq_len)
     makers: list[Callable[[], Method]] = [
         lambda: Persistence(variable=v),
@@ -69,13 +78,17 @@ def _chunk_windows(stations: int) -> int:
     return max(1, min(256, 4096 // max(1, stations)))
 
 
-def final_table(fc: Forecaster, train: xr.Dataset, test_ws: WindowDataset, windows: int | None, *,
+def final_table(fc: Forecaster, train: xr.Dataset, test_ws: WindowDataset | TargetWindows, windows: int | None, *,
                 threads: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Score ``fc`` and the baselines on ``windows`` evenly spaced test windows (None/0 = all): the metrics dict
-    written to ``metrics.json`` (split, windows, stations, variable, units, pred_len, step, methods, failures)."""
+    written to ``metrics.json`` (split, windows, stations, variable, units, pred_len, step, methods, failures). A model
+    of several targets (``test_ws`` their ``TargetWindows``): ``per_variable`` holds each variable's units, methods,
+    points, failures and labels (:func:`_targets_table`)."""
     say: Progress = progress or (lambda *a: None)
     idx = evenly_spaced(len(test_ws), windows or None)
     say("final table: %d of %d test windows, %d stations", idx.size, len(test_ws), test_ws.num_stations)
+    if isinstance(test_ws, TargetWindows):
+        return _targets_table(fc, train, test_ws, idx, threads, say)
     methods: list[Method] = [fc, *_baselines(train, fc, threads, say)]
     table = score_methods(methods, test_ws, idx, batch_size=_chunk_windows(test_ws.num_stations), keep_going=True,
                           progress=lambda msg: say("%s", msg))
@@ -95,6 +108,36 @@ def final_table(fc: Forecaster, train: xr.Dataset, test_ws: WindowDataset, windo
     }
 
 
+def _targets_table(fc: Forecaster, train: xr.Dataset, stack: TargetWindows, idx: Any, threads: int | None,
+                   say: Progress) -> dict[str, Any]:
+    """:func:`final_table` of a model of several targets: per variable, the baselines fitted to it and the model's
+    forecast of it, scored by the one scorer on that variable's windows."""
+    views = target_views(fc, stack)
+    methods = {v: [views[v], *_baselines(train, fc, threads, say, v)] for v in stack.variables}
+    tables: dict[str, ScoreTable] = score_targets(methods, stack, idx, batch_size=_chunk_windows(stack.num_stations),
+                                                  keep_going=True, progress=lambda msg: say("%s", msg))
+    times = pd.DatetimeIndex(stack.times)
+    step = pd.Timedelta(times[1] - times[0]) if len(times) > 1 else None
+    per_variable = {}
+    for v, table in tables.items():
+        if fc.name not in table.scores:
+            raise RuntimeError(f"the trained model could not be scored on {v}: "
+                               f"{table.failures.get(fc.name, 'unknown error')}")
+        fit_s = {m.name: m.fit_seconds for m in methods[v]}
+        per_variable[v] = {
+            "units": stack.units[v], "points": table.points, "failures": table.failures,
+            "methods": {n: {"mse": s.mse, "mae": s.mae, "coverage": s.coverage, "fit_s": fit_s.get(n)}
+                        for n, s in table.scores.items()},
+            "labels": {m.name: m.label(step) for m in methods[v] if isinstance(m, SeasonalNaive) and step is not None},
+        }
+    return {
+        "split": "test", "windows": int(idx.size), "windows_available": len(stack),
+        "stations": int(stack.num_stations), "variable": list(stack.variables), "units": dict(stack.units),
+        "pred_len": fc.pred_len, "step": str(step) if step is not None else None, "model": fc.name,
+        "per_variable": per_variable,
+    }
+
+
 def advice(stopped: str | None, cfg: TrainConfig) -> str:
     """What to try when the model does not beat the baselines, given what stopped training."""
     if stopped == "early_stopping":
@@ -111,7 +154,11 @@ def advice(stopped: str | None, cfg: TrainConfig) -> str:
 
 
 def print_report(metrics: dict[str, Any], cfg: TrainConfig) -> None:
-    """The table (plain numbers) and either the line saying the model beats every baseline or the advice."""
+    """The table (plain numbers) and either the line saying the model beats every baseline or the advice (several
+    targets: :func:`print_targets_report`)."""
+    if "per_variable" in metrics:
+        print_targets_report(metrics, cfg)
+        return
     step = pd.Timedelta(metrics["step"]) if metrics.get("step") else None
     click.echo(f"\ntest: {metrics['windows']} windows (of {metrics['windows_available']}, evenly spaced), "
                f"{metrics['stations']} stations, leads 1-{step_label(metrics['pred_len'], step)}, "
@@ -131,3 +178,32 @@ def print_report(metrics: dict[str, Any], cfg: TrainConfig) -> None:
         return
     stopped = (metrics.get("train") or {}).get("stopped")
     click.echo(f"warning: {model} does not beat {', '.join(behind)} yet; {advice(stopped, cfg)}", err=True)
+
+
+def print_targets_report(metrics: dict[str, Any], cfg: TrainConfig) -> None:
+    """:func:`print_report` of a model of several targets: one row per method and variable (a ``variable`` column
+    with the units), then per variable the line saying the model beats every baseline, or the advice."""
+    step = pd.Timedelta(metrics["step"]) if metrics.get("step") else None
+    per = metrics["per_variable"]
+    names = {v: f"{v} [{p['units']}]" for v, p in per.items()}
+    click.echo(f"\ntest: {metrics['windows']} windows (of {metrics['windows_available']}, evenly spaced), "
+               f"{metrics['stations']} stations, leads 1-{step_label(metrics['pred_len'], step)}, "
+               f"{len(per)} variables: {', '.join(names.values())}")
+    labels = {v: {n: (p.get("labels") or {}).get(n, n) for n in p["methods"]} for v, p in per.items()}
+    width = max(len(n) for lab in labels.values() for n in lab.values()) + 2
+    vwidth = max(len(n) for n in names.values()) + 2
+    click.echo(f"{'method':<{width}}{'variable':<{vwidth}}{'MSE':>10}{'MAE':>10}")
+    for v, p in per.items():
+        for name, m in p["methods"].items():
+            click.echo(f"{labels[v][name]:<{width}}{names[v]:<{vwidth}}{float(m['mse']):>10.4f}"
+                       f"{float(m['mae']):>10.4f}")
+    model = metrics["model"]
+    stopped = (metrics.get("train") or {}).get("stopped")
+    for v, p in per.items():
+        mine, rows = p["methods"][model], p["methods"]
+        others = [n for n in rows if n != model]
+        behind = [n for n in others if not (mine["mse"] < rows[n]["mse"] and mine["mae"] < rows[n]["mae"])]
+        if not behind:
+            click.echo(f"{v}: {model} beats {', '.join(others)} (MSE and MAE)")
+        else:
+            click.echo(f"warning: {v}: {model} does not beat {', '.join(behind)} yet; {advice(stopped, cfg)}", err=True)
