@@ -46,7 +46,7 @@ def _conv_backward(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, pads: Pad
     xin = x
     if not _symmetric(pads):
         xin, padding = F.pad(x, (l, r, t, b)), [0, 0]
-    gx, gw, _ = torch.ops.aten.convolution_backward(
+    gx, gw, _ = torch.ops.aten.convolution_backward.default(  # the overload itself: no packet resolution per call
         gy.contiguous(), xin, w, None, [1, 1], padding, list(dil), False, [0, 0], x.shape[1], mask + [False])
     if gx is not None and xin is not x:
         gx = gx[..., t:t + x.shape[-2], l:l + x.shape[-1]].contiguous()
