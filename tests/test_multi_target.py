@@ -166,7 +166,8 @@ def test_a_delayed_copy_of_the_first_target_is_learned_better_than_persistence()
     """``b`` is ``a`` 6 steps earlier (scaled); 3-step forecasts of ``b`` need ``a`` 3-5 steps back, which the
     two-target network reads as a target input. After 150 steps (one station, one thread) its ``b`` MSE on held-out
     windows is far below persistence's (which only has ``b``'s own past), scored by the one scorer on the same
-    points."""
+    points. Measured 2026-12-06 (shared 2-core CPU, ~10-16 s): ``b`` MSE 2.15 vs persistence 4.28; ``a`` (noise
+    correlated over 2 steps only) 1.07 vs 1.07."""
     ds = two_targets(stations=1, hours=24 * 40, delay=6)
     T, L = ds.sizes["time"], 24
     train, val = ds.isel(time=slice(0, int(T * 0.6))), ds.isel(time=slice(int(T * 0.6) - L, int(T * 0.75)))
@@ -180,7 +181,7 @@ def test_a_delayed_copy_of_the_first_target_is_learned_better_than_persistence()
     persistence = Persistence(variable="b").fit(train)
     ref = score_methods([persistence], stack.part("b"))[persistence.name]
     # b = 10 + 2 a(t - 6), a's autocorrelation 2/3, 1/3, 0 at lags 1, 2, 3: persistence's MSE is 4 x 2 (1 - rho_h),
-    # 5.3 over leads 1-3
+    # 5.3 over leads 1-3 in expectation (4.28 on these ~58 windows)
     assert 4.0 < ref.mse < 7.0, ref.mse
     assert model["b"].mse < 0.6 * ref.mse, (model["b"].mse, ref.mse)
 
