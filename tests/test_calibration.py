@@ -214,3 +214,13 @@ def test_calibrate_false_keeps_the_raw_levels(fitted) -> None:
     assert point.calibration is None and "calibration" not in point.train_info
     with pytest.raises(ValueError, match="forecasts no quantiles"):
         point.calibrate(parts["val"])
+
+
+def test_calibrate_bounds_the_targets_per_lead(fitted) -> None:
+    import copy
+
+    fc, parts = fitted
+    fc = copy.deepcopy(fc)  # the fixture's calibration stays the one fit made
+    S = len(fc.station_ids)
+    cal = fc.calibrate(parts["val"], max_targets=10 * S)  # 10 windows of S stations per lead
+    assert cal.source["windows"] == 10 and max(cal.targets) <= 10 * S and fc.calibration is cal

@@ -403,16 +403,21 @@ class Forecaster(Method):
 
     def calibrate(self, data: WindowSource | xr.Dataset | str | os.PathLike[str],
                   indices: Sequence[int] | np.ndarray | None = None, *, max_windows: int | None = 1024,
-                  batch_size: int = 32) -> QuantileCalibration:
+                  max_targets: int = 250_000, batch_size: int = 32) -> QuantileCalibration:
         """Fit :attr:`calibration` of a quantile forecaster on held-out ``data`` (windows ``indices``, else at most
-        ``max_windows`` evenly spaced ones): per lead and level, a factor on the quantile's gap toward the median so
-        that each level's share of targets at or below it there equals the level (:mod:`urlk_forecast.calibration`;
-        the median is unchanged, levels never cross). Returns (and keeps) it; it replaces an earlier one."""
+        ``max_windows`` evenly spaced ones, fewer when windows x stations would exceed ``max_targets`` per lead: that
+        bounds the memory for thousands of stations): per lead and level, a factor on the quantile's gap toward the
+        median so that each level's share of targets at or below it there equals the level
+        (:mod:`urlk_forecast.calibration`; the median is unchanged, levels never cross). Returns (and keeps) it; it
+        replaces an earlier one."""
         self._require()
         if self.quantiles is None:
             raise ValueError(f"{self.name} forecasts no quantiles: nothing to calibrate")
         ws = data if _is_window_source(data) else self._eval_windows(data, None, 1)
-        idx = resolve_indices(ws, indices) if indices is not None else evenly_spaced(len(ws), max_windows)
+        if indices is None:
+            cap = max(1, int(max_targets) // max(1, len(ws.station_ids)))
+            indices = evenly_spaced(len(ws), min(max_windows or len(ws), cap))
+        idx = resolve_indices(ws, indices)
         if idx.size == 0:
             raise ValueError("no complete window to calibrate on")
         y, mask = window_targets(ws, idx)
