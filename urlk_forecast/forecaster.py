@@ -74,6 +74,9 @@ WEIGHTS_NAME = "weights.pt"
 _NODE_SIZE = inspect.signature(ForecastNet.__init__).parameters["node_size"].default  # stations per node image
 STATIONS_NAME = "stations.json"
 CALIBRATION_NAME = "calibration.json"  # the quantile calibration (urlk_forecast.calibration), when there is one
+#: node images per forward pass when forecasting: a 3850-station window (350 images) is fastest alone on the 2-core
+#: CPU (1.38 s per window; 1.9-2.3 s in batches of 2-16 windows, docs/benchmarks.md), small sets batch windows
+FORWARD_IMAGES = 512
 
 def _open(data: Any, what: str) -> xr.Dataset:
     if isinstance(data, xr.Dataset):
@@ -568,6 +571,8 @@ class Forecaster(Method):
         idx = resolve_indices(ws, indices)
         levels = () if self.quantiles is None else (len(self.quantiles),)
         out = np.empty((idx.size, self.pred_len, len(ids) * len(self.targets), *levels), np.float32)
+        images = int(getattr(self._net(), "n_nodes", 1))  # node images per window
+        batch_size = max(1, min(int(batch_size), FORWARD_IMAGES // max(images, 1)))
         for i in range(0, idx.size, batch_size):
             batch = ws.batch(idx[i:i + batch_size])
             if cov is not None:  # the model's covariates, in its order
