@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from urlk_forecast import regime as regime_module
 from urlk_forecast.config import ConfigError, TrainConfig
 from urlk_forecast.data.synthetic import synthetic_global
 from urlk_forecast.forecaster import Forecaster
@@ -150,3 +151,36 @@ def test_weight_average_is_on_in_the_automatic_regime_and_off_in_the_paper_sched
     assert any("weights averaged" in line for line in r.reasons)
     assert auto_regime(6000, 800, 2, 11, device="cpu", given={"ema_decay": None}).config().ema_decay is None
     assert TrainConfig.paper().ema_decay is None
+
+
+def _cpuinfo_flags() -> set[str] | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
+def test_native_bf16_probe_agrees_with_the_cpu_flags() -> None:
+    flags = _cpuinfo_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo")
+    assert regime_module.cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_only_for_big_steps_on_a_cpu_with_native_bf16(monkeypatch, native: bool) -> None:
+    monkeypatch.setattr(regime_module, "cpu_has_native_bf16", lambda: native)
+    big = auto_regime(1945, 216, 3850, 11, device="cpu")  # 350 node images per step
+    assert big.config().amp == ("bf16" if native else False)
+    assert any(line.startswith("bf16 autocast: 350 node images per step") for line in big.reasons) == native
+    # at the threshold and just below it (batch 1: one window of ceil(S / 11) images)
+    assert auto_regime(500, 50, 256 * 11, 11, "cpu").config().amp == ("bf16" if native else False)
+    assert auto_regime(500, 50, 255 * 11, 11, "cpu").config().amp is False
+    assert auto_regime(6100, 800, 2, 11, device="cpu").config().amp is False  # 32 images per step
+    assert auto_regime(1945, 216, 3850, 11, device="cuda").config().amp is False  # the rule is the CPU's
+    given = auto_regime(1945, 216, 3850, 11, device="cpu", given={"amp": "none"})
+    assert given.config().amp == "none"

@@ -125,8 +125,10 @@ class _Plan:
               help="Seconds of training before a clean stop (auto: 600 on CPU, 540 for the synthetic default, none "
                    "on GPU).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Optimiser steps before a clean stop.")
-@click.option("--amp", type=click.Choice(["none", "auto", "bf16", "fp16"]), default="none", show_default=True,
-              help="Mixed precision (bf16 on CPU; bf16 or fp16 on CUDA).")
+@click.option("--amp", type=click.Choice(["none", "auto", "bf16", "fp16"]), default=None,
+              help="Mixed precision: none, auto (bf16 on CPU; bf16 or fp16 on CUDA), bf16, fp16. Default: the "
+                   "automatic schedule's choice (bf16 on a CPU with native bf16 when a step holds >= 256 node images, "
+                   "e.g. the 3850-station default; else none); none for --schedule paper.")
 @click.option("--checkpointing/--no-checkpointing", default=False, show_default=True,
               help="Gradient checkpointing (less memory, ~1.3x compute).")
 @click.option("--grad-clip", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -296,7 +298,7 @@ def _train_settings(opts: dict[str, Any]) -> dict[str, Any]:
     given.update(seed=int(opts["seed"]), checkpoint_every=given.get("checkpoint_every", 10))
     if opts.get("ema_decay") is not None:  # 0 turns the average off
         given["ema_decay"] = float(opts["ema_decay"]) or None
-    for k, unset in (("device", "auto"), ("amp", "none"), ("checkpointing", False), ("progress", None),
+    for k, unset in (("device", "auto"), ("amp", None), ("checkpointing", False), ("progress", None),
                      ("resume", False)):
         if opts.get(k) != unset:
             given[k] = opts[k]
