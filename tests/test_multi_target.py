@@ -284,3 +284,12 @@ def test_cli_bad_target_lists_fail_clearly_and_write_nothing(tmp_path, args, wor
     assert all(w in res.output for w in words), res.output
     assert "Traceback" not in res.output
     assert not out.exists()
+
+
+def test_benchmark_of_several_variables_without_a_run_says_what_to_give(tmp_path) -> None:
+    data = _write(two_targets(stations=4, hours=24 * 20), tmp_path / "d.nc")
+    out = tmp_path / "bench"
+    res = CliRunner().invoke(cli, ["benchmark", "--data", data, "--var", "a,b", "--out", str(out), "--quiet"])
+    assert res.exit_code != 0
+    assert "--var a,b" in res.output and "--run" in res.output, res.output
+    assert "Traceback" not in res.output and not out.exists()

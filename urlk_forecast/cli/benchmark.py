@@ -161,6 +161,9 @@ def benchmark(data: Path | None, variable: str | None, baselines: str | None, ru
         if reader and data is None:
             raise click.UsageError("--time-column/--columns/--var-name describe a wide CSV --data file")
         names = _check_arguments(data, run_dir, gfs, hours, baselines, unit_map)
+        if variable is not None and "," in variable and run_dir is None:
+            raise click.UsageError(f"--var {variable}: several variables are benchmarked beside a model trained on "
+                                   "them (--run RUN, which scores each one); without --run give one variable")
         levels = parse_levels(quantiles)
         check_dir_destination(Path(out), "--out")
         model_dir, source, source_units, source_reader = _model_and_data(run_dir, data, unit_map, reader, progress)
