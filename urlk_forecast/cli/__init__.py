@@ -31,7 +31,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "predict": ("urlk_forecast.cli.predict", "predict",
                 "Forecast the next pred_len steps for every station from the last seq_len steps of the data."),
     "train": ("urlk_forecast.cli.train", "train",
-              "Train a forecaster (default: synthetic 3850 stations, ~10 min on CPU) and compare it with baselines."),
+              "Train a forecaster (default: synthetic 3850 stations, ~15 min on CPU) and compare it with baselines."),
 }
 
 

@@ -162,7 +162,7 @@ class _Plan:
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.pass_context
 def train(ctx: click.Context, **opts: Any) -> None:
-    """Train a forecaster (default: synthetic 3850 stations, ~10 min on CPU) and compare it with baselines."""
+    """Train a forecaster (default: synthetic 3850 stations, ~15 min on CPU) and compare it with baselines."""
     main = int(os.environ.get("RANK", "0")) == 0
     with command_logging(main), user_errors(_FLAGS):
         run = _resolve_run(opts)
@@ -429,7 +429,7 @@ def _log_calibration(cal: dict[str, Any]) -> None:
 
 def _auto_regime(plan: _Plan, parts: dict[str, xr.Dataset]) -> Regime:
     """The automatic regime for this data: what it chooses and why (printed, and recorded in ``run.json``)."""
-    # on a CPU the synthetic default keeps generation + training + the final table to about 10 minutes
+    # on a CPU the synthetic default trains 540 s; with generation and the 256-window table ~15 minutes
     device = str(plan.given.get("device", "auto"))
     on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     budget = QUICK_TRAIN_DEFAULTS["max_time"] if plan.data["kind"] == "synthetic" and not on_gpu else "auto"
