@@ -243,8 +243,10 @@ def test_a_new_process_uses_the_cached_table_without_measuring(table_dir):
     shape, k, dil = (4, 8, 6, 9), 5, 1
     impls = {"forward": "own", "grad_input": "torch", "grad_weight": "torch"}  # not what a fixed rule gives
     write_table({key(shape, k, dil, torch.float32): impls})
+    # the table's keys hold the thread count; the child uses this process's (another test may have changed it)
     code = f"""
 import torch, torch.nn.functional as F
+torch.set_num_threads({torch.get_num_threads()})
 from urlk_forecast.ops import autotune, cpu_kernels, dwconv2d
 def boom(*a, **k):
     raise SystemExit("measured")
