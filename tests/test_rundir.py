@@ -22,7 +22,7 @@ def _touch(path: Path, text: str = "{}", mtime: float | None = None) -> None:
         os.utime(path, (mtime, mtime))
 
 
-def _complete(run: Path, variable: str = "temperature", mtime: float | None = None) -> None:
+def _complete(run: Path, variable: str | list[str] = "temperature", mtime: float | None = None) -> None:
     _touch(run / "run.json", json.dumps({"options": {}, "data": {"kind": "synthetic"}}))
     _touch(run / "model" / "config.json", json.dumps({"variable": variable}), mtime)
 
@@ -57,6 +57,17 @@ def test_latest_is_the_most_recently_finished_complete_run(tmp_path: Path) -> No
     assert [r.path.name for r in RunDir.list_runs(tmp_path, complete=False)] == ["a", "b", "c", "d"]
     with pytest.raises(FileNotFoundError, match="no trained run found under"):
         RunDir.latest(tmp_path / "empty")
+
+
+def test_runs_of_several_targets_match_their_list_of_targets(tmp_path: Path) -> None:
+    _complete(tmp_path / "one", "temperature")
+    _complete(tmp_path / "two", ["temperature", "wind_speed"])
+    names = lambda v: [r.path.name for r in RunDir.list_runs(tmp_path, variable=v)]  # noqa: E731
+    assert names("temperature") == ["one"]  # a run of two targets is no temperature run
+    assert names("temperature,wind_speed") == names(["temperature", "wind_speed"]) == ["two"]
+    assert names(" temperature , wind_speed ") == ["two"]
+    assert names("wind_speed,temperature") == []  # the targets' order is the output's order
+    assert RunDir(tmp_path / "two").model_variable() == ["temperature", "wind_speed"]
 
 
 def test_resumable_only_with_a_checkpoint(tmp_path: Path) -> None:

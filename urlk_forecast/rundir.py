@@ -114,6 +114,14 @@ def open_data(spec: dict[str, Any], variable: str | Sequence[str] | None = None)
     return ds
 
 
+def _target_tuple(variable: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"a"``, ``"a,b"`` or ``["a", "b"]`` as a tuple of names (empty for None)."""
+    if variable is None:
+        return ()
+    names = variable.split(",") if isinstance(variable, str) else [str(v) for v in variable]
+    return tuple(v.strip() for v in names if v.strip())
+
+
 def find_model(path: str | os.PathLike[str]) -> tuple[Path, RunDir | None]:
     """``(model directory, run)`` of ``path``: a run directory (its ``model/``) or a saved Forecaster (run None)."""
     p = Path(path)
@@ -217,21 +225,24 @@ class RunDir:
         return cls(base / (stamp if k == 1 else f"{stamp}-{k}"))
 
     @classmethod
-    def list_runs(cls, root: str | os.PathLike[str] | None = None, *, variable: str | None = None,
+    def list_runs(cls, root: str | os.PathLike[str] | None = None, *, variable: str | Sequence[str] | None = None,
                   complete: bool = True) -> list[RunDir]:
         """Runs under ``root`` sorted by name: complete ones (``complete``; else every directory with ``run.json``),
-        only those forecasting ``variable`` when given."""
+        only those forecasting ``variable`` when given: one name, or several (a list or ``"a,b"``), matched against
+        the run's targets in order (a run forecasting temperature and wind speed together is no temperature run)."""
         base = runs_root() if root is None else Path(root)
         if not base.is_dir():
             return []
         runs = [cls(p) for p in sorted(base.iterdir()) if p.is_dir()]
         runs = [r for r in runs if (r.is_complete if complete else r.is_run)]
         if variable is not None:
-            runs = [r for r in runs if r.model_variable() == variable]
+            want = _target_tuple(variable)
+            runs = [r for r in runs if _target_tuple(r.model_variable()) == want]
         return runs
 
     @classmethod
-    def latest(cls, root: str | os.PathLike[str] | None = None, *, variable: str | None = None) -> RunDir:
+    def latest(cls, root: str | os.PathLike[str] | None = None, *, variable: str | Sequence[str] | None = None
+               ) -> RunDir:
         """The most recently finished run under ``root`` (FileNotFoundError when there is none)."""
         base = runs_root() if root is None else Path(root)
         runs = cls.list_runs(base, variable=variable)
@@ -297,8 +308,9 @@ class RunDir:
         return json.loads(self.metrics_file.read_text(encoding="utf-8"))
 
     # -- model and data -------------------------------------------------------------------------------------------
-    def model_variable(self) -> str | None:
-        """The variable the saved model forecasts (None when there is no readable model config)."""
+    def model_variable(self) -> str | list[str] | None:
+        """The variable the saved model forecasts, a list for a model of several targets (None when there is no
+        readable model config)."""
         try:
             return json.loads((self.model_dir / CONFIG_NAME).read_text(encoding="utf-8")).get("variable")
         except (OSError, json.JSONDecodeError, AttributeError):
