@@ -271,3 +271,87 @@ print(ran, autotune.choose_many(("forward", "grad_input", "grad_weight"), xf, wf
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("['own forward'] ('own', 'torch', 'torch') "), out.stdout
     assert float(out.stdout.split()[-1]) < 1e-5, out.stdout
+
+
+# ----------------------------------------------------------------------------------------------------- autocast
+@pytest.mark.parametrize("impls", [("own", "own", "own"), ("torch", "torch", "torch"), ("own", "torch", "torch"),
+                                   ("torch", "own", "own")])
+def test_autocast_calls_are_planned_and_equal_conv2d_under_autocast(monkeypatch, impls):
+    """Under torch.autocast("cpu", bfloat16) a call is decided once by the table's bfloat16 rows (the casts are
+    the plan's), its result and gradients equal F.conv2d under the same autocast (dtypes included: a bf16 output,
+    float32 gradients for float32 leaves), and the second call is one lookup; outside autocast the same tensors
+    get their own plan."""
+    no_measuring(monkeypatch)
+    gen = torch.Generator().manual_seed(11)
+    shape, k, dil = (2, 16, 6, 9), 5, 1
+    pads = same_padding(k, dil)
+    x0, g0 = torch.randn(*shape, generator=gen), torch.randn(*shape, generator=gen)
+    w0, b0 = torch.randn(16, 1, k, k, generator=gen) / k, torch.randn(16, generator=gen)
+    write_table({key(shape, k, dil, torch.bfloat16): dict(zip(cpu_paths.DIRECTIONS, impls)),
+                 key(shape, k, dil, torch.float32): dict.fromkeys(cpu_paths.DIRECTIONS, "own")})
+    xr, wr, br = (t.clone().requires_grad_() for t in (x0, w0, b0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        yr = F.conv2d(xr, wr, br, 1, (pads[0], pads[2]), dil, 16)
+    want = (yr, *torch.autograd.grad(yr, (xr, wr, br), g0.bfloat16()))
+    x, w, b = (t.clone().requires_grad_() for t in (x0, w0, b0))
+    real_choose_many, real_choose = autotune.choose_many, dispatch._choose
+    for attempt in range(2):
+        if attempt == 1:
+            monkeypatch.setattr(autotune, "choose_many", lambda *a, **k: pytest.fail("decided again"))
+            monkeypatch.setattr(dispatch, "_choose", lambda *a, **k: pytest.fail("checked again"))
+        spy = Spy(monkeypatch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = dwconv2d(x, w, b, dilation=dil)
+        got = (y, *torch.autograd.grad(y, (x, w, b), g0.bfloat16()))
+        assert [t.dtype for t in got] == [t.dtype for t in want] == [torch.bfloat16] + [torch.float32] * 3
+        for a, r in zip(got, want):
+            assert ((a.double() - r.double()).norm() / r.double().norm()).item() < 2e-2
+        assert sorted(spy.log) == sorted(f"own {d}" for d, i in zip(cpu_paths.DIRECTIONS, impls) if i == "own")
+    assert len(autotune.plans) == 1 and next(iter(autotune.plans))[-1] == torch.bfloat16
+    # outside autocast: float32, decided by the float32 rows into a plan of its own
+    monkeypatch.setattr(autotune, "choose_many", real_choose_many)
+    monkeypatch.setattr(dispatch, "_choose", real_choose)
+    spy = Spy(monkeypatch)
+    with torch.no_grad():
+        assert dwconv2d(x, w, b, dilation=dil).dtype == torch.float32
+    assert spy.log == ["own forward"] and len(autotune.plans) == 2
+
+
+def test_autocast_leaves_float64_alone_like_conv2d(monkeypatch):
+    monkeypatch.setenv(autotune.TUNE_ENV, "0")
+    gen = torch.Generator().manual_seed(12)
+    x, w = torch.randn(2, 4, 7, 7, dtype=torch.float64, generator=gen), torch.randn(4, 1, 3, 3, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for _ in range(2):
+            y = dwconv2d(x, w)
+            r = F.conv2d(x, w, None, 1, 1, 1, 4)
+            assert y.dtype == r.dtype == torch.float64
+            torch.testing.assert_close(y, r, rtol=1e-12, atol=1e-12)
+    assert len(autotune.plans) == 1
+
+
+def test_own_forward_with_torch_gradients_is_one_backward_call_and_twice_differentiable(monkeypatch):
+    """The plan 'own forward, every gradient on torch' runs its backward as one aten.convolution_backward call
+    (the own kernels' backward never runs), and differentiating its gradient again equals F.conv2d's in float64."""
+    no_measuring(monkeypatch)
+    gen = torch.Generator().manual_seed(13)
+    shape, k, dil = (3, 8, 2, 3), 13, 1
+    pads = same_padding(k, dil)
+    write_table({key(shape, k, dil, torch.float64): {"forward": "own", "grad_input": "torch",
+                                                     "grad_weight": "torch"}})
+    x0, w0 = torch.randn(*shape, dtype=torch.float64, generator=gen), torch.randn(8, 1, k, k, dtype=torch.float64)
+    v = torch.randn(*shape, dtype=torch.float64, generator=gen)
+    calls = []
+    real = dispatch._conv_backward
+    monkeypatch.setattr(dispatch, "_conv_backward", lambda *a: (calls.append(a[-1]), real(*a))[1])
+    spy = Spy(monkeypatch)
+    out = []
+    for run in (lambda x, w: dwconv2d(x, w), lambda x, w: F.conv2d(x, w, None, 1, (pads[0], pads[2]), dil, 8)):
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        y = run(x, w)
+        gx, gw = torch.autograd.grad(y, (x, w), v, create_graph=True)
+        out.append((y, gx, gw, *torch.autograd.grad((gx * v).sum() + (gw ** 2).sum(), (x, w))))
+    assert type(out[0][0].grad_fn).__name__ == "_OwnForwardTorchGradsBackward"
+    assert spy.log == ["own forward"] and calls == [[True, True, False]]
+    for a, r in zip(*out):
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10)

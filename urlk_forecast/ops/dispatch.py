@@ -17,13 +17,15 @@ Overrides, strongest first: :func:`use_backend` (a context manager, thread-local
 unsupported call an error instead of a silent fallback, which is what bisecting needs.
 
 A CPU call the dispatcher has run before (same backend, shapes, dtypes, padding, dilation, gradients needed,
-threads, tuning mode; autocast off) is one dictionary lookup in :data:`urlk_forecast.ops.autotune.plans` and then
-its plan: ``F.conv2d`` itself when torch runs every direction the call needs, the own forward alone when no
-gradient is needed, else :class:`_OwnConv` with each direction fixed. A dispatcher that re-decided every call cost
-~8-12 us of Python per call, 5-10 % of the forecaster's 0.1-0.3 ms calls; the plan lookup costs ~1-2 us.
+threads, tuning mode, and the autocast dtype when ``torch.autocast("cpu")`` is on) is one dictionary lookup in
+:data:`urlk_forecast.ops.autotune.plans` and then its plan: ``F.conv2d`` itself when torch runs every direction
+the call needs, the own forward alone when no gradient is needed, :class:`_OwnForwardTorchGrads` when only the
+forward is own, else :class:`_OwnConv` with each direction fixed; under autocast the plan first casts as
+``F.conv2d``'s autocast policy does. A dispatcher that re-decided every call cost ~8-12 us of Python per call,
+5-10 % of the forecaster's 0.1-0.3 ms calls; the plan lookup costs ~1-2 us.
 
-The autograd functions are first-order (``once_differentiable``): double backward through the own kernels is not
-implemented; use ``URLK_DWCONV=torch`` for that.
+The autograd functions with own gradients are first-order (``once_differentiable``): double backward through the
+own kernels is not implemented; use ``URLK_DWCONV=torch`` for that.
 """
 
 from __future__ import annotations
@@ -245,6 +247,42 @@ class _OwnConv(torch.autograd.Function):
         return gx, gw, gb, None, None, None
 
 
+class _OwnForwardTorchGrads(torch.autograd.Function):
+    """The own forward with every needed gradient on torch (oneDNN): the backward is one
+    ``aten.convolution_backward`` call with its arguments fixed at planning time, nothing else.
+
+    This is the plan of a small map with a large kernel (2x3, K=13: oneDNN's forward 20-100x slower than the own
+    one, its grad-input 2-3x faster). There the general :class:`_OwnConv` backward (``once_differentiable``, the
+    direction lookup, :func:`urlk_forecast.ops.cpu_paths.compute`'s detaches and autocast check) cost ~40-60 us
+    per call on the 2-core CPU, 20-30 % of a 0.2 ms grad-input, against torch's own C++ node running the same
+    oneDNN call. Double backward works (the backward is made of differentiable torch ops)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
+                dil: tuple[int, int], args: tuple) -> torch.Tensor:
+        ctx.args = args
+        ctx.save_for_backward(x, w)
+        return cpu_kernels.forward(x, w, bias, pads, dil)
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor):  # type: ignore[override]
+        x, w = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        stride, padding, dil, zeros, bias_sizes = ctx.args
+        gx, gw, gb = _conv_backward(gy, x, w, bias_sizes, stride, padding, dil, False, zeros, x.shape[1],
+                                    [need[0], need[1], need[2]])
+        return gx, gw, gb, None, None, None
+
+
+_conv_backward = torch.ops.aten.convolution_backward.default
+
+
+def _own_torch_grads(args: tuple, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
+                     dil: tuple[int, int]) -> torch.Tensor:
+    """:class:`_OwnForwardTorchGrads` (``args``: the fixed arguments of its backward call)."""
+    return _keep_layout(x, _OwnForwardTorchGrads.apply(x, w, bias, pads, dil, args))
+
+
 def _cpu_autocast_reader() -> Callable[[], bool]:
     """``torch.is_autocast_enabled("cpu")`` (torch >= 2.4) or its older spelling, chosen once."""
     try:
@@ -255,6 +293,13 @@ def _cpu_autocast_reader() -> Callable[[], bool]:
 
 
 _cpu_autocast = _cpu_autocast_reader()
+
+
+def _cpu_autocast_dtype() -> torch.dtype:
+    try:
+        return torch.get_autocast_dtype("cpu")
+    except (AttributeError, TypeError):  # torch < 2.4
+        return torch.get_autocast_cpu_dtype()
 
 
 def _autocast(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None
@@ -341,14 +386,18 @@ def _cpu_plan(backend: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor
         return _torch_plan(pads)
     if not (gx or gw or gb):
         return _own_forward
+    t, b, l, r = pads
+    if all(v == "torch" for d, v in impls.items() if d != "forward") and t == b and l == r:
+        args = ([1, 1], [t, l], list(dil), [0, 0], [x.shape[1]] if bias is not None else None)
+        return partial(_own_torch_grads, args)
     return partial(_own_autograd, _CPUKernels(backend, impls))
 
 
 def _run_cpu(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads, dil: tuple[int, int],
              backend: str) -> torch.Tensor:
-    """A CPU call whose plan is not kept: under autocast (inputs already cast by its policy) or in float16
-    (computed in float32; the casts are part of the autograd graph; bfloat16 runs natively: bf16 storage, float32
-    arithmetic)."""
+    """A CPU call whose plan is not kept: float16, or autocast to float16 (inputs already cast by its policy),
+    computed in float32 (the casts are part of the autograd graph; bfloat16 runs natively on plans: bf16 storage,
+    float32 arithmetic)."""
     out_dtype = x.dtype
     if x.dtype not in cpu_kernels.SUPPORTED_DTYPES:
         x, w = x.float(), w.float()
@@ -363,6 +412,20 @@ def _run_cpu(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: 
     return y.to(out_dtype) if y.dtype != out_dtype else y
 
 
+def _decide(backend: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
+            dil: tuple[int, int]) -> Plan:
+    """The plan of a CPU call seen for the first time (tensors already in the dtype they are computed in)."""
+    if _choose(x, w, pads, dil, backend) == "cpu":  # raises under "own" when the own kernels cannot run it
+        return _cpu_plan(backend, x, w, bias, pads, dil)
+    return cpu_paths.torch_forward  # auto's fallback (padding beyond (K-1)*dilation, no own kernels): decided once
+
+
+def _keep(key: tuple, plan: Plan) -> None:
+    if len(autotune.plans) >= MAX_PLANS:
+        autotune.plans.clear()
+    autotune.plans[key] = plan
+
+
 def _planned(backend: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
              dil: tuple[int, int]) -> torch.Tensor | None:
     """Run a CPU call (autocast off) on its kept plan, deciding and keeping the plan on first sight; None for
@@ -372,13 +435,49 @@ def _planned(backend: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor 
     if plan is None:
         if x.dtype not in cpu_kernels.SUPPORTED_DTYPES:
             return None
-        if _choose(x, w, pads, dil, backend) == "cpu":  # raises under "own" when the own kernels cannot run it
-            plan = _cpu_plan(backend, x, w, bias, pads, dil)
-        else:  # auto's fallback (padding beyond (K-1)*dilation, no own kernels): torch, decided once
-            plan = cpu_paths.torch_forward
-        if len(autotune.plans) >= MAX_PLANS:
-            autotune.plans.clear()
-        autotune.plans[key] = plan
+        plan = _decide(backend, x, w, bias, pads, dil)
+        _keep(key, plan)
+    autotune.note_call(x, w, pads, dil)
+    return plan(x, w, bias, pads, dil)
+
+
+def _set_cpu_autocast(enabled: bool) -> None:
+    try:
+        torch.set_autocast_enabled("cpu", enabled)
+    except TypeError:  # torch < 2.4
+        torch.set_autocast_cpu_enabled(enabled)
+
+
+def _autocast_plan(inner: Plan, dt: torch.dtype | None, x: torch.Tensor, w: torch.Tensor,
+                   bias: torch.Tensor | None, pads: Pads, dil: tuple[int, int]) -> torch.Tensor:
+    """A call under CPU autocast: cast to the autocast dtype ``dt`` (None: float64, which autocast leaves alone)
+    as ``F.conv2d`` would, then ``inner`` (the plan of the cast call) with autocast off, so every direction
+    computes in that dtype (toggled directly: the context manager costs ~5 us)."""
+    if dt is not None:
+        x, w = x.to(dt), w.to(dt)
+        bias = bias.to(dt) if bias is not None else None
+    _set_cpu_autocast(False)
+    try:
+        return inner(x, w, bias, pads, dil)
+    finally:
+        _set_cpu_autocast(True)
+
+
+def _planned_autocast(backend: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
+                      dil: tuple[int, int]) -> torch.Tensor | None:
+    """:func:`_planned` for a CPU call under ``torch.autocast("cpu")``: the plan key holds the autocast dtype and
+    the plan does the policy's casts itself; None when the cast dtype has no plans (float16: :func:`_run_cpu`)."""
+    dt = _cpu_autocast_dtype()
+    key = (*_plan_key(backend, x, w, bias, pads, dil), dt)
+    plan = autotune.plans.get(key)
+    if plan is None:
+        xc, wc, bc = _autocast(x, w, bias)
+        if xc.dtype not in cpu_kernels.SUPPORTED_DTYPES:
+            return None
+        with torch.autocast("cpu", enabled=False):
+            inner = _decide(backend, xc, wc, bc, pads, dil)
+        plan = partial(_autocast_plan, inner, xc.dtype if xc.dtype != x.dtype else None)
+        _keep(key, plan)
     autotune.note_call(x, w, pads, dil)
     return plan(x, w, bias, pads, dil)
 
@@ -386,8 +485,11 @@ def _planned(backend: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor 
 def run(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads, dil: tuple[int, int]) -> torch.Tensor:
     """Depthwise conv with validated arguments on the chosen path (autograd-aware on every path)."""
     backend = get_backend()
-    if backend != "torch" and x.is_cpu and not _cpu_autocast():  # the hot path: a kept plan
-        y = _planned(backend, x, w, bias, pads, dil)
+    if backend != "torch" and x.is_cpu:  # the hot path: a kept plan
+        if _cpu_autocast():
+            y = _planned_autocast(backend, x, w, bias, pads, dil)
+        else:
+            y = _planned(backend, x, w, bias, pads, dil)
         if y is not None:
             return y
     path = _choose(x, w, pads, dil, backend)
