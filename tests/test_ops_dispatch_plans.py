@@ -355,3 +355,30 @@ def test_own_forward_with_torch_gradients_is_one_backward_call_and_twice_differe
     assert spy.log == ["own forward"] and calls == [[True, True, False]]
     for a, r in zip(*out):
         torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10)
+
+
+def test_nothing_is_timed_while_the_compile_helper_compiles(monkeypatch):
+    """A stand-in for the kernels' compile helper (a process busy for ~1.5 s of CPU, then idle and alive, as the
+    real one waits for requests): the table's first timed call starts only after it went idle, and a helper seen
+    idle is not waited for again."""
+    code = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.5: pass\ntime.sleep(60)\n"
+    helper = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        monkeypatch.setattr(cpu_kernels, "_helper", helper)
+        autotune._idle_seen.clear()
+        busy_until = []
+        real_clock = autotune._clock
+
+        def clock(fn):
+            if not busy_until:  # the first timed call: how much CPU has the helper used by now?
+                busy_until.append(autotune._cpu_ticks(helper.pid) / os.sysconf("SC_CLK_TCK"))
+            return real_clock(fn)
+
+        monkeypatch.setattr(autotune, "_clock", clock)
+        measure_tiny()
+        assert helper.poll() is None  # still alive: the wait ended because it went idle
+        assert busy_until[0] >= 1.4
+        assert autotune.wait_for_compiles() == 0.0
+    finally:
+        helper.kill()
+        helper.wait()

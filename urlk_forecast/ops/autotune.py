@@ -17,9 +17,10 @@ batch, the dilation and the machine. So the answer is measured, not guessed:
   while the two medians are within :data:`CLOSE` of each other (a choice the noise could flip) pairs are added
   up to :data:`MAX_REPEATS` within :data:`CLOSE_BUDGET_S`. A first timed call can carry a one-off cost (oneDNN
   creates a primitive per batch size; the warm-up of a large call ran on one sample), which the median discards
-  and a minimum or a single pair would not. The timed results are discarded: what the caller gets is computed
-  once, by the chosen implementation, so measuring changes numbers only within the two paths' agreement (both
-  are tested against ``F.conv2d``).
+  and a minimum or a single pair would not. Nothing is timed while the kernels' compile-ahead helper process is
+  compiling (:func:`wait_for_compiles`: it would take one of the 2 cores from the timed calls). The timed results
+  are discarded: what the caller gets is computed once, by the chosen implementation, so measuring changes numbers
+  only within the two paths' agreement (both are tested against ``F.conv2d``).
 * **Cached per machine.** Decisions and timings go to ``dispatch-<id>.json`` in the kernels' cache directory
   (:func:`urlk_forecast.ops.cpu_kernels.cache_dir`; ``URLK_DWCONV_TABLE_DIR`` puts the table elsewhere, which the
   test suite uses to keep the user's table untouched), ``<id>`` a hash of the CPU model and flags, the package, torch
@@ -63,7 +64,8 @@ from urlk_forecast.ops._args import out_hw
 from urlk_forecast.utils.atomic import atomic_write_text
 
 __all__ = ["TUNE_ENV", "TABLE_DIR_ENV", "Call", "env_get", "plans", "choose", "static_choice", "measure", "calibrate",
-           "record_calls", "table_path", "machine_id", "bucket", "reset", "tune_mode", "choose_many"]
+           "record_calls", "table_path", "machine_id", "bucket", "reset", "tune_mode", "choose_many",
+           "wait_for_compiles"]
 
 log = logging.getLogger("urlk_forecast.ops")
 
@@ -315,7 +317,52 @@ def measure(direction: str, x: torch.Tensor, w: torch.Tensor, pads: Sequence[int
         # cheap, else on one sample (the kernels and primitives that matter are compiled/created either way)
         for fn in (timed if b * per_sample <= WARMUP_WORK else runs(1)).values():
             fn()
+        wait_for_compiles()
         return _timed_pairs(timed)
+
+
+#: the longest :func:`wait_for_compiles` waits (s); a numba compilation of one driver takes ~5-60 s
+COMPILE_WAIT_S = 300.0
+#: the compile helper counts as idle after this long (s) without using CPU time
+COMPILE_QUIET_S = 0.1
+_idle_seen: dict[str, Any] = {}
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    """CPU time (user + system, clock ticks) of process ``pid`` from ``/proc``; None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def wait_for_compiles(timeout: float = COMPILE_WAIT_S) -> float:
+    """Block while the kernels' compile-ahead helper process (:func:`urlk_forecast.ops.cpu_kernels.
+    prefetch_backward`) is compiling; seconds waited. Timing while it compiles measured the own kernels on half of
+    the 2 cores: a forward row of the table was timed while the helper compiled that call's backward. Idle means no
+    CPU time used for :data:`COMPILE_QUIET_S`; a helper seen idle with no request sent since is not watched again."""
+    helper = getattr(cpu_kernels, "_helper", None)
+    if helper is None or helper.poll() is not None:
+        return 0.0
+    requests = len(getattr(cpu_kernels, "_requested", ()))
+    ticks = _cpu_ticks(helper.pid)
+    if ticks is None or _idle_seen.get("state") == (helper.pid, requests, ticks):
+        return 0.0
+    start = quiet_since = time.perf_counter()
+    while (now := time.perf_counter()) - start < timeout and now - quiet_since < COMPILE_QUIET_S:
+        time.sleep(0.01)
+        t = _cpu_ticks(helper.pid)
+        if t is None or helper.poll() is not None:
+            break
+        if t != ticks:
+            ticks, quiet_since = t, time.perf_counter()
+    _idle_seen["state"] = (helper.pid, requests, ticks)
+    waited = time.perf_counter() - start
+    if waited > 1.0:
+        log.debug("dwconv dispatch: waited %.1f s for the kernel compile helper before timing", waited)
+    return waited
 
 
 def _timed_pairs(timed: dict[str, partial[torch.Tensor]]) -> dict[str, float]:
