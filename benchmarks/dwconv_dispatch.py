@@ -121,16 +121,37 @@ def _clock(fn: Callable[[], None]) -> float:
     return time.perf_counter() - t0
 
 
-def _repeat(fns: dict[str, Callable[[], None]], samples: dict[str, list[float]], repeats: int, budget: float
-            ) -> None:
-    """Add interleaved samples: at least ``repeats`` per path (whole cycles), more cycles while under ``budget`` s
-    (at most 8x)."""
+def _repeat(fns: dict[str, Callable[[], None]], samples: dict[str, list[float]], repeats: int, budget: float,
+            cycle: tuple[str, ...] = CYCLE) -> None:
+    """Add interleaved samples in ``cycle`` order: at least ``repeats`` per path (whole cycles), more cycles while
+    under ``budget`` s (at most 8x)."""
     start, r = time.perf_counter(), 0
-    cycles = -(-repeats // CYCLE.count(PATHS[0]))
-    while r < cycles or (time.perf_counter() - start < budget and r < 8 * cycles):
-        for p in CYCLE:
+    cycles = -(-repeats // cycle.count(cycle[0]))
+    while r < cycles or (time.perf_counter() - start < budget and r < 8 * max(cycles, 1)):
+        for p in cycle:
             samples[p].append(_clock(fns[p]))
         r += 1
+
+
+def focus_cycle(samples: dict[str, list[float]], twin_of: str) -> tuple[str, ...]:
+    """The paths the verdict still depends on, in a cycle of 6 in which each follows each other exactly once: auto,
+    the twin and the faster forced path (the slower one is dropped when its median is over 1.5x the faster's, so a
+    16-ms loser no longer takes most of a long row's time; both stay when they are closer)."""
+    med = {p: statistics.median(v) for p, v in samples.items()}
+    fast, slow = sorted(PATHS[:2], key=med.__getitem__)
+    if med[slow] <= 1.5 * med[fast] or slow == twin_of:
+        return CYCLE
+    a, b, c = "auto", fast, "twin"
+    return (a, b, c, a, c, b)
+
+
+def _more_samples(fns: dict[str, Callable[[], None]], samples: dict[str, list[float]], cycle: tuple[str, ...],
+                  min_samples: int, budget: float) -> None:
+    """Long rows: cycles of ``cycle`` until each of its paths has ``min_samples`` or ``budget`` s have passed."""
+    start = time.perf_counter()
+    while min(len(samples[p]) for p in cycle) < min_samples and time.perf_counter() - start < budget:
+        for p in cycle:
+            samples[p].append(_clock(fns[p]))
 
 
 def passes(auto: float, best: float, tolerance: float, abs_tol: float) -> bool:
@@ -140,7 +161,11 @@ def passes(auto: float, best: float, tolerance: float, abs_tol: float) -> bool:
 
 def time_call(call: autotune.Call, direction: str, dtype: torch.dtype, opts: argparse.Namespace
               ) -> tuple[dict[str, float], str, int]:
-    """Median seconds per path, which forced path the twin repeats, and how many times the row was re-measured."""
+    """Median seconds per path, which forced path the twin repeats, and how many times the row was re-measured.
+
+    All four paths in :data:`CYCLE` first; then, on rows too long to reach ``--min-samples`` within
+    ``--row-budget``, more cycles of the paths the verdict depends on (:func:`focus_cycle`) for up to
+    ``--long-budget`` s; a failing row is measured again in that cycle, its new samples pooled with the old."""
     fns = {p: _timer(direction, p, call, dtype) for p in PATHS[:3]}
     warm = {p: _clock(fn) for p, fn in fns.items()}  # auto measures here when its table lacks the call
     warm.update({p: _clock(fns[p]) for p in PATHS[:2]})
@@ -149,6 +174,8 @@ def time_call(call: autotune.Call, direction: str, dtype: torch.dtype, opts: arg
     fns["twin"]()
     samples: dict[str, list[float]] = {p: [] for p in PATHS}
     _repeat(fns, samples, opts.repeats, opts.row_budget)
+    cycle = focus_cycle(samples, twin)
+    _more_samples(fns, samples, cycle, opts.min_samples, opts.long_budget)
     retries = 0
     while True:
         med = {p: statistics.median(v) for p, v in samples.items()}
@@ -156,7 +183,9 @@ def time_call(call: autotune.Call, direction: str, dtype: torch.dtype, opts: arg
                                              opts.abs_tol_us * 1e-6):
             return med, twin, retries
         retries += 1
-        _repeat(fns, samples, opts.repeats, opts.row_budget)
+        _repeat(fns, samples, opts.repeats, opts.row_budget, cycle)
+        _more_samples(fns, samples, cycle, min(len(v) for v in samples.values()) + opts.min_samples,
+                      opts.long_budget)
 
 
 class MeasureClock:
@@ -330,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=12, help="at least this many interleaved repeats per row")
     ap.add_argument("--row-budget", type=float, default=0.25,
                     help="keep repeating (up to 8x --repeats) while a row has taken less than this many seconds")
+    ap.add_argument("--min-samples", type=int, default=48,
+                    help="long rows: more samples of auto, the twin and the faster path, up to this many each ...")
+    ap.add_argument("--long-budget", type=float, default=1.0, help="... within this many more seconds per row")
     ap.add_argument("--tolerance", type=float, default=0.05, help="auto may be this much slower than the best")
     ap.add_argument("--abs-tol-us", type=float, default=ABS_TOL_US,
                     help="... or this many microseconds slower (the A/A noise floor of short calls)")
@@ -353,8 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.overhead_only:
         return 0
     print(f"# {', '.join(args.dtypes)}; median of >= {args.repeats} interleaved repeats (more within "
-          f"{args.row_budget} s per row); a row passes when auto <= {1 + args.tolerance:.2f} x best or auto - best "
-          f"<= {args.abs_tol_us:g} us; failing rows re-measured up to {args.retries}x; "
+          f"{args.row_budget} s per row; long rows: auto, twin and the faster path up to {args.min_samples} samples "
+          f"within {args.long_budget} s more); a row passes when auto <= {1 + args.tolerance:.2f} x best or "
+          f"auto - best <= {args.abs_tol_us:g} us; failing rows re-measured up to {args.retries}x; "
           f"{autotune.TUNE_ENV}={autotune.tune_mode()}\n", flush=True)
     rows, losses = run(args)
     summary(rows, args)

@@ -97,8 +97,8 @@ def test_failing_row_is_re_measured_with_samples_pooled(bench, monkeypatch):
     monkeypatch.setattr(bench, "_timer", lambda direction, path, call, dtype: Fn(path))
     real_repeat = bench._repeat
 
-    def repeat(fns, samples, repeats, budget):
-        real_repeat(fns, samples, repeats, budget)
+    def repeat(fns, samples, repeats, budget, cycle=bench.CYCLE):
+        real_repeat(fns, samples, repeats, budget, cycle)
         state["batch"] += 1
 
     def clock(fn):
@@ -107,7 +107,8 @@ def test_failing_row_is_re_measured_with_samples_pooled(bench, monkeypatch):
 
     monkeypatch.setattr(bench, "_repeat", repeat)
     monkeypatch.setattr(bench, "_clock", clock)
-    opts = type("O", (), {"repeats": 4, "row_budget": 0.0, "retries": 3, "tolerance": 0.05, "abs_tol_us": 10.0})
+    opts = type("O", (), {"repeats": 4, "row_budget": 0.0, "retries": 3, "tolerance": 0.05, "abs_tol_us": 10.0,
+                          "min_samples": 0, "long_budget": 0.0})
     med, twin, retries = bench.time_call(((1, 1, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1)), "forward", None, opts)
     assert twin == "own" and retries == 2
     assert med["auto"] == pytest.approx(1.0e-3) and med["own"] == pytest.approx(1.0e-3)
@@ -115,3 +116,41 @@ def test_failing_row_is_re_measured_with_samples_pooled(bench, monkeypatch):
     state["batch"] = 0
     med, _, retries = bench.time_call(((1, 1, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1)), "forward", None, opts)
     assert retries == 0 and med["auto"] == pytest.approx(1.2e-3)
+
+
+def _scripted(bench, monkeypatch, ms):
+    class Fn:
+        def __init__(self, path):
+            self.path = path
+
+        def __call__(self):
+            return None
+
+    monkeypatch.setattr(bench, "_timer", lambda direction, path, call, dtype: Fn(path))
+    monkeypatch.setattr(bench, "_clock", lambda fn: ms[fn.path] * 1e-3)
+
+
+@pytest.mark.parametrize(("torch_ms", "focused"), [(20.0, True), (6.0, False)])
+def test_long_rows_get_more_samples_of_the_paths_the_verdict_depends_on(bench, monkeypatch, torch_ms, focused):
+    """A long row short of --min-samples gets more cycles of auto, the twin and the faster path, each following
+    each other once per cycle; a clearly slower forced path (over 1.5x) is not timed again, a close one is."""
+    ms = {"own": 5.0, "torch": torch_ms, "auto": 5.0, "twin": 5.0}
+    _scripted(bench, monkeypatch, ms)
+    seen = []
+    real_clock = bench._clock
+    monkeypatch.setattr(bench, "_clock", lambda fn: (seen.append(getattr(fn, "path", None)), real_clock(fn))[1])
+    opts = type("O", (), {"repeats": 12, "row_budget": 0.0, "retries": 0, "tolerance": 0.05, "abs_tol_us": 10.0,
+                          "min_samples": 40, "long_budget": 60.0})
+    med, twin, _ = bench.time_call(((1, 1, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1)), "forward", None, opts)
+    assert twin == "own" and med["auto"] == pytest.approx(5e-3)
+    timed = seen[5:]  # after the warm-up calls (3 paths, then own and torch again); the twin's calls count as own
+    counts = {p: timed.count(p) for p in bench.PATHS}
+    assert counts["auto"] >= 40 and counts["own"] >= 80
+    assert (counts["torch"] == 12) is focused and (counts["torch"] >= 40) is not focused
+    cycle = bench.focus_cycle({p: [ms[p]] for p in bench.PATHS}, "own")
+    if focused:  # each of the three follows each other exactly once per cycle, the wrap-around included
+        pairs = [(cycle[i], cycle[(i + 1) % len(cycle)]) for i in range(len(cycle))]
+        assert sorted(pairs) == sorted((a, b) for a in ("auto", "own", "twin") for b in ("auto", "own", "twin")
+                                       if a != b)
+    else:
+        assert cycle == bench.CYCLE
