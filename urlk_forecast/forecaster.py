@@ -52,7 +52,13 @@ from .data.schema import (
     variable_units,
 )
 from .data.target_windows import TargetWindows, check_targets
-from .data.windows import WindowDataset, WindowSource, check_inputs, split_dataset
+from .data.windows import (
+    WindowDataset,
+    WindowSource,
+    check_inputs,
+    check_time_features,
+    split_dataset,
+)
 from .export import ExportResult, export_forecaster
 from .method import Method
 from .models.embedding import RevIN
@@ -177,6 +183,8 @@ class Forecaster(Method):
         if {"n_inputs", "input_scale"} & set(model_kw):
             raise ValueError("n_inputs/input_scale are set from inputs= and the training data, not given")
         self.quantiles = quantile_levels(quantiles)  # checked here, before any data is read
+        if model_kw.get("time_features") is not None:
+            check_time_features(model_kw["time_features"])
         #: covariates: variables whose past values are inputs besides the target's (checked before any data is read)
         self.inputs: tuple[str, ...] = check_inputs(inputs, self.targets)
         self.model = str(model)

@@ -35,7 +35,8 @@ import xarray as xr
 
 from .schema import SchemaError, make_dataset, parse_split_bounds, validate
 
-__all__ = ["split_dataset", "time_features", "station_order", "hilbert_index", "WindowDataset", "WindowSource",
+__all__ = ["split_dataset", "time_features", "TIME_FEATURES", "check_time_features",
+           "station_order", "hilbert_index", "WindowDataset", "WindowSource",
            "fill_gaps", "check_inputs"]
 
 SPLITS = ("train", "val", "test")
@@ -99,6 +100,25 @@ def split_dataset(
 
 
 # ---------------------------------------------------------------------------------------------- time features
+
+
+#: names of :func:`time_features`' columns, in order
+TIME_FEATURES: tuple[str, ...] = ("hour", "weekday", "monthday", "yearday")
+
+
+def check_time_features(names: Sequence[str] | None) -> tuple[str, ...]:
+    """``names`` as a tuple in :data:`TIME_FEATURES` order (None: all of them); unknown or repeated names are an
+    error that lists the known ones."""
+    if names is None:
+        return TIME_FEATURES
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n.strip()]
+    got = [str(n).strip().lower() for n in names]
+    unknown = sorted(set(got) - set(TIME_FEATURES))
+    if unknown or len(set(got)) != len(got):
+        what = f"unknown {unknown}" if unknown else f"repeated names in {got}"
+        raise ValueError(f"time_features: {what}; choose from {list(TIME_FEATURES)}")
+    return tuple(f for f in TIME_FEATURES if f in got)
 
 
 def time_features(times: Sequence | np.ndarray | pd.DatetimeIndex) -> np.ndarray:

@@ -61,6 +61,7 @@ import torch
 from numpy.typing import ArrayLike
 from torch import nn
 
+from ..data.windows import TIME_FEATURES, check_time_features
 from ..utils import normalize_name, quantile_levels, to_jsonable
 from .corrformer import auto_node_list, build_multi_correlation
 from .decoder import CrossAttention, Decoder, DecoderLayer, SeriesDecomp
@@ -188,7 +189,7 @@ class ForecastNet(nn.Module):
         season: int = 24,
         quantiles: Sequence[float] | None = None,
         n_inputs: int = 0, input_scale: ArrayLike | None = None, n_targets: int = 1,
-        **encoder_kw: Any,
+        time_features: Sequence[str] | None = None, **encoder_kw: Any,
     ) -> None:
         super().__init__()
         n_stations, node_size = int(n_stations), int(node_size)
@@ -198,7 +199,6 @@ class ForecastNet(nn.Module):
         encoder = normalize_name(encoder)
         self.quantiles = quantile_levels(quantiles)  # levels: the output gains a last axis Q; None: point forecasts
         V = self.n_targets = _check_targets(n_targets, self.quantiles)  # V targets side by side along the stations
-
         self.grouping = NodeGrouping(n_stations, node_size)
         n_nodes = self.grouping.n_nodes
         node_list = _node_list(node_list, n_nodes, n_stations, node_size)
@@ -235,8 +235,25 @@ class ForecastNet(nn.Module):
             activation=activation, cross=cross, skip=skip, season=int(season), quantiles=self.quantiles, **encoder_kw,
         ))
         self._init_inputs(int(n_inputs), input_scale)
+        self._init_time_features(time_features)
         self.skip = None if skip == "none" else SeasonalSkip(seq_len, pred_len, skip, season)
         self.reparameterized = False
+
+    def _init_time_features(self, names: Sequence[str] | None) -> None:
+        """The calendar features the embeddings see (:data:`TIME_FEATURES`; None: all four, the paper's "timeF"):
+        the others' columns of ``x_mark``/``y_mark`` are zeroed (a non-persistent mask: the weights' keys do not
+        change), so the network cannot key on a feature that the data's span makes meaningless -- a day of the year
+        never seen in training, say. Recorded in ``config`` only when not all four (older configs stay valid)."""
+        self.time_features = check_time_features(names)
+        mask = torch.tensor([float(f in self.time_features) for f in TIME_FEATURES])
+        self.register_buffer("time_mask", mask, persistent=False)
+        if self.time_features != TIME_FEATURES:
+            self.config["time_features"] = list(self.time_features)
+
+    def _marks(self, batch: Mapping[str, torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x_mark``/``y_mark`` in ``dtype`` with the unused calendar features zeroed."""
+        m = self.time_mask.to(dtype)
+        return batch["x_mark"].to(dtype) * m, batch["y_mark"].to(dtype) * m
 
     def _init_inputs(self, n_inputs: int, input_scale: ArrayLike | None) -> None:
         """Covariates: ``n_inputs`` (recorded in ``config`` when > 0) and the ``input_scale`` buffer, each
@@ -298,8 +315,7 @@ class ForecastNet(nn.Module):
         x = g.pad(batch["x"].to(dtype))
         mask = batch.get("x_mask")
         mask = g.pad(mask) if mask is not None else None
-        x_mark = batch["x_mark"].to(dtype)
-        y_mark = batch["y_mark"].to(dtype)
+        x_mark, y_mark = self._marks(batch, dtype)
 
         if self.revin is not None:
             xn, stats = self.revin.normalize(x, mask)
@@ -363,13 +379,14 @@ class ForecastNet(nn.Module):
         seasonal_init = torch.cat([seasonal[:, L0:], xn.new_zeros(xn.shape[0], P, xn.shape[-1])], dim=1)
 
         node_coords = g.node_coords(self.coords)
+        x_mark, y_mark = self._marks(batch, dtype)
         m = mask.to(dtype)
         per_target = [nodes(c) for pair in zip((xn * m).split(g.n_padded, -1), m.split(g.n_padded, -1)) for c in pair]
         enc_values = torch.cat([torch.cat(per_target, dim=-1), *self._covariate_nodes(batch, dtype)], dim=-1)
-        tokens = self.encoder(self.enc_embedding(enc_values, batch["x_mark"].to(dtype), node_coords))
+        tokens = self.encoder(self.enc_embedding(enc_values, x_mark, node_coords))
         if self.fusion is not None:
             tokens = self.fusion(tokens, batch)
-        dec_in = self.dec_embedding(nodes(seasonal_init), batch["y_mark"].to(dtype), node_coords)
+        dec_in = self.dec_embedding(nodes(seasonal_init), y_mark, node_coords)
         seasonal_part, trend_part = self.decoder(dec_in, tokens, nodes(trend_init))
         out = torch.cat([g.from_nodes(c) for c in (seasonal_part + trend_part)[:, -P:].split(self.node_size, -1)],
                         dim=-1)
