@@ -172,6 +172,7 @@ def time_call(call: autotune.Call, direction: str, dtype: torch.dtype, opts: arg
     twin = min(PATHS[:2], key=lambda p: warm[p])
     fns["twin"] = _timer(direction, twin, call, dtype)
     fns["twin"]()
+    autotune.wait_for_compiles()  # the kernels' compile helper may still be compiling what the warm-up asked for
     samples: dict[str, list[float]] = {p: [] for p in PATHS}
     _repeat(fns, samples, opts.repeats, opts.row_budget)
     cycle = focus_cycle(samples, twin)
