@@ -22,6 +22,12 @@ Medians over ``--steps`` steps after ``--warmup``. Printed as a Markdown table w
     python benchmarks/forecaster_profile.py
     python benchmarks/forecaster_profile.py --configs 4x32 --steps 10 --path torch
     python benchmarks/forecaster_profile.py --amp none bf16          # fp32 and bf16 autocast side by side
+    python benchmarks/forecaster_profile.py --paths old new --amp regime  # issue 15 item 5: old vs fast paths
+
+``--paths old new`` runs every configuration on the old code path (``URLK_FAST=0``: what the trainer ran before
+issue 15 item 5) and on the fast paths (:mod:`urlk_forecast.models.fastpath`), and prints windows/s of both and
+their ratio. ``--amp regime`` takes the autocast dtype the automatic regime picks for the configuration (bf16 from
+``BF16_MIN_IMAGES`` node images per step on a CPU with native bf16, else float32).
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ from urlk_forecast.data.synthetic import synthetic_global
 from urlk_forecast.data.windows import WindowDataset
 from urlk_forecast.distributed import DistContext
 from urlk_forecast.forecaster import Forecaster
+from urlk_forecast.models import fastpath
+from urlk_forecast.regime import BF16_MIN_IMAGES, cpu_has_native_bf16
 from urlk_forecast.trainer import _train_step
 
 SECTIONS = ("enc_embedding", "dec_embedding", "encoder", "decoder")
@@ -167,7 +175,7 @@ def profile(stations: int, batch: int, steps: int, warmup: int, seed: int, amp: 
     net = fc.net
     assert net is not None
     net.train()
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, **fastpath.optimizer_options("cpu"))  # as the trainer
     clock = StepClock(net, opt)
     cfg = TrainConfig(grad_clip=5.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
@@ -226,8 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--path", choices=("auto", "own", "torch"), default=None,
                     help="depthwise path (default: URLK_DWCONV or auto)")
-    ap.add_argument("--amp", choices=("none", "bf16"), nargs="+", default=["none"],
-                    help="autocast dtype(s) of the step; several: one column per configuration and dtype")
+    ap.add_argument("--amp", choices=("none", "bf16", "regime"), nargs="+", default=["none"],
+                    help="autocast dtype(s) of the step; several: one column per configuration and dtype; regime: "
+                         "the automatic regime's choice for the configuration")
+    ap.add_argument("--paths", choices=("old", "new"), nargs="+", default=["new"],
+                    help="code path(s): old = before issue 15 item 5 (URLK_FAST=0), new = the fast paths")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.path:
@@ -241,11 +252,39 @@ def main(argv: list[str] | None = None) -> int:
     for c in args.configs:
         s, b = (int(v) for v in c.lower().split("x"))
         for amp in args.amp:
-            med, data_s = profile(s, b, args.steps, args.warmup, args.seed,
-                                  torch.bfloat16 if amp == "bf16" else None)
-            results[f"{s} st x {b}" + (f" {amp}" if len(args.amp) > 1 else "")] = (med, data_s, b)
+            dtype = _amp_dtype(amp, s, b, args.seed)
+            for path in args.paths:
+                with fastpath.use_fast_paths(path == "new"):
+                    med, data_s = profile(s, b, args.steps, args.warmup, args.seed, dtype)
+                name = f"{s} st x {b}" + (f" {amp}" if len(args.amp) > 1 or amp == "regime" else "")
+                name = name.replace("regime", f"regime={'bf16' if dtype else 'none'}")
+                results[name + (f" {path}" if len(args.paths) > 1 else "")] = (med, data_s, b)
     print(table(results))
+    if len(args.paths) > 1:
+        print("\n" + speedups(results, args.paths))
     return 0
+
+
+def _amp_dtype(amp: str, stations: int, batch: int, seed: int) -> torch.dtype | None:
+    """The step's autocast dtype; ``regime``: bf16 from ``BF16_MIN_IMAGES`` node images per step on native bf16."""
+    if amp == "regime":
+        fc, _, _ = setup(stations, batch, seed)
+        images = fc.net.grouping.n_nodes * batch  # type: ignore[union-attr]
+        return torch.bfloat16 if images >= BF16_MIN_IMAGES and cpu_has_native_bf16() else None
+    return torch.bfloat16 if amp == "bf16" else None
+
+
+def speedups(results: dict[str, tuple[dict[str, float], float, int]], paths: list[str]) -> str:
+    """Markdown: windows/s per code path and the ratio last path / first path, one row per configuration."""
+    first, last = paths[0], paths[-1]
+    lines = [f"| config | {first} windows/s | {last} windows/s | {last} / {first} |", "|---|---:|---:|---:|"]
+    for name in results:
+        if not name.endswith(f" {first}"):
+            continue
+        base = name[: -len(first) - 1]
+        rate = {p: results[f"{base} {p}"][2] / results[f"{base} {p}"][0]["step total"] for p in (first, last)}
+        lines.append(f"| {base} | {rate[first]:.2f} | {rate[last]:.2f} | {rate[last] / rate[first]:.2f}x |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ from . import distributed as D
 from .config import ConfigError, TrainConfig
 from .data.windows import WindowSource
 from .ema import WeightEMA
+from .models import fastpath
 from .utils import atomic_torch_save, atomic_write_text, evenly_spaced
 
 __all__ = [
@@ -482,7 +483,7 @@ def _train_step(
     scaler.scale(loss).backward()
     if cfg.grad_clip is not None:
         scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+        fastpath.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
     scaler.step(optimizer)
     scaler.update()
     return global_loss
@@ -701,7 +702,8 @@ class Trainer:
             )
         params = [p for p in model.parameters() if p.requires_grad]
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        run.optimizer = opt_cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        run.optimizer = opt_cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                                **fastpath.optimizer_options(run.device.type))
         if cfg.lr_schedule == "cosine":  # stepped per optimiser step; the plan is read at every step
             run.scheduler = torch.optim.lr_scheduler.LambdaLR(
                 run.optimizer, lambda s: cosine_lr_factor(s, self.state.plan_steps or run.prov_plan or run.step_plan,

@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from urlk_forecast.models import fastpath
 from urlk_forecast.models.checkpoint import load_pretrained
+from urlk_forecast.models.grn_function import grn_nhwc
 from urlk_forecast.models.layers import (
     DropPath,
     LayerNorm,
@@ -73,6 +75,8 @@ class GRNwithNHWC(nn.Module):
             self.register_parameter("beta", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and fastpath.enabled():
+            return grn_nhwc(x, self.gamma, self.beta)  # same forward, two-pass closed-form backward
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         # sum of squares + sqrt is ~6x faster than linalg.vector_norm over (H, W) on CPU; the clamp keeps the
         # gradient finite (zero) for an all-zero channel, where d sqrt(s)/ds is infinite

@@ -1,0 +1,189 @@
+"""The fast training paths of issue 15 item 5 against the old path they replace (``URLK_FAST=0``).
+
+Every comparison builds one module, runs it once on the old path and once on the fast path from the same weights
+and inputs, and compares the output and every gradient (float64, so the tolerance is tight).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from urlk_forecast.models import fastpath
+from urlk_forecast.models.corrformer import CausalFusion
+
+
+def _run(module: nn.Module, x: torch.Tensor, fast: bool) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """Output, parameter gradients and input gradient of ``(module(x) * r).sum()`` for a fixed random ``r``."""
+    x = x.detach().clone().requires_grad_()
+    with fastpath.use_fast_paths(fast):
+        y = module(x)
+    r = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+    module.zero_grad(set_to_none=True)
+    (y * r).sum().backward()
+    return y.detach(), [p.grad.clone() for p in module.parameters()], x.grad
+
+
+def test_switch_env_and_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(fastpath.ENV, raising=False)
+    assert fastpath.enabled()
+    monkeypatch.setenv(fastpath.ENV, "0")
+    assert not fastpath.enabled()
+    assert fastpath.optimizer_options("cpu") == {}
+    with fastpath.use_fast_paths(True):
+        assert fastpath.enabled() and fastpath.optimizer_options("cpu") == {"fused": True}
+        with fastpath.use_fast_paths(False):
+            assert not fastpath.enabled()
+        assert fastpath.enabled()
+    assert not fastpath.enabled()
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 3, 4, 7, 11])
+def test_causal_fusion_skips_padding_taps_exactly(nodes: int) -> None:
+    """Dilations 1, 3, 9 over 1-11 nodes: from one live tap (a matrix product) to all three."""
+    torch.manual_seed(0)
+    f = CausalFusion(12, n_layers=3).double()
+    for p in f.parameters():  # weights of order one, so that a wrong or missing tap is far outside tolerance
+        nn.init.normal_(p, 0.0, 0.5)
+    x = torch.randn(5, 12, nodes, dtype=torch.float64)
+    ref = copy.deepcopy(f)
+    y0, g0, gx0 = _run(ref, x, fast=False)
+    y1, g1, gx1 = _run(f, x, fast=True)
+    torch.testing.assert_close(y1, y0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gx1, gx0, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # the fast path really ran: a layer with a skipped tap does not call its Conv1d module
+    calls = []
+    for block in f.blocks:
+        block.conv1.register_forward_hook(lambda m, a, o: calls.append(1))
+    _run(f, x, fast=True)
+    assert len(calls) == sum(nodes > 2 * d for d in (1, 3, 9))
+
+
+def _params(seed: int) -> list[nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(7, 5), (5,), (3, 4, 2), (1,)]
+    ps = [nn.Parameter(torch.randn(s, generator=g, dtype=torch.float64)) for s in shapes]
+    for p in ps:
+        p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64) * 3
+    return ps
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+def test_clip_grad_norm_matches_torch(max_norm: float) -> None:
+    """Clipping (small max_norm) and no-op clipping (huge max_norm) give torch's norm and gradients."""
+    a, b = _params(0), _params(0)
+    with fastpath.use_fast_paths(False):
+        n0 = fastpath.clip_grad_norm_(a, max_norm)
+    n1 = fastpath.clip_grad_norm_(b, max_norm)
+    ref = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in _params(0)))  # the unclipped 2-norm, float64
+    torch.testing.assert_close(n1, ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(n1, n0, rtol=1e-12, atol=0)
+    for p, q in zip(a, b):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-12, atol=1e-12)
+    total = torch.sqrt(sum((p.grad ** 2).sum() for p in b))
+    assert float(total) == pytest.approx(min(max_norm, float(ref)), rel=1e-5)
+
+
+def test_fused_adamw_matches_the_loop() -> None:
+    """Five AdamW steps with weight decay: the fused CPU kernel of the fast path against the per-tensor loop."""
+    a, b = _params(1), _params(1)
+    init = [p.detach().clone() for p in a]
+    opt0 = torch.optim.AdamW(a, lr=1e-2, weight_decay=0.05)
+    opt1 = torch.optim.AdamW(b, lr=1e-2, weight_decay=0.05, **fastpath.optimizer_options("cpu"))
+    assert opt1.defaults.get("fused") is True
+    g = torch.Generator().manual_seed(2)
+    for _ in range(5):
+        for p, q in zip(a, b):
+            grad = torch.randn(p.shape, generator=g, dtype=torch.float64)
+            p.grad, q.grad = grad.clone(), grad.clone()
+        opt0.step()
+        opt1.step()
+    for p, q, p0 in zip(a, b, init):
+        assert float((p.detach() - p0).abs().max()) > 1e-3  # the steps moved the weights
+        torch.testing.assert_close(q, p, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------- GRN
+def _grn_ref(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
+    """The composed GRN, written out independently (float32 norms for half inputs, as the module)."""
+    xf = x.float() if x.dtype == torch.bfloat16 else x
+    gx = xf.square().sum(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(xf.dtype).tiny).sqrt()
+    nx = (gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)).to(x.dtype)
+    y = x * (gamma * nx + 1)
+    return y if beta is None else y + beta
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_grn_closed_form_backward(dtype: torch.dtype, use_bias: bool) -> None:
+    """Forward and every gradient of the two-pass GRN against the composed form; one all-zero channel exercises
+    the clamp. bfloat16 input with float32 parameters is the autocast case."""
+    from urlk_forecast.models.unireplknet import GRNwithNHWC
+
+    torch.manual_seed(0)
+    grn = GRNwithNHWC(24, use_bias=use_bias)
+    pdtype = torch.float64 if dtype == torch.float64 else torch.float32
+    grn = grn.to(pdtype)
+    with torch.no_grad():
+        for p in grn.parameters():
+            p.normal_(0.0, 1.0)
+    x = torch.randn(3, 5, 7, 24, dtype=pdtype) * torch.linspace(0.1, 3, 24, dtype=pdtype)
+    x[1, :, :, 4] = 0
+    x = x.to(dtype)
+    ref = copy.deepcopy(grn)
+    x0 = x.clone().requires_grad_()
+    y0 = _grn_ref(x0, ref.gamma, ref.beta)
+    y1, g1, gx1 = _run(grn, x, fast=True)
+    r = torch.randn(y0.shape, generator=torch.Generator().manual_seed(1), dtype=y0.dtype)
+    (y0 * r).sum().backward()
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    assert y1.dtype == y0.dtype
+    torch.testing.assert_close(y1, y0.detach(), rtol=tol, atol=tol)
+    torch.testing.assert_close(gx1.float(), x0.grad.float(), rtol=tol, atol=tol * float(x0.grad.abs().max()))
+    for a, p in zip(g1, ref.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=tol, atol=tol * float(p.grad.abs().max()))
+    assert bool(torch.isfinite(gx1).all())  # the zero channel: the clamp keeps the gradient finite
+    # the module's own old path (URLK_FAST=0) is the composed form too
+    y2, _, gx2 = _run(ref, x, fast=False)
+    torch.testing.assert_close(y2, y0.detach(), rtol=tol, atol=tol)
+    torch.testing.assert_close(gx2.float(), x0.grad.float(), rtol=tol, atol=tol * float(x0.grad.abs().max()))
+
+
+# ------------------------------------------------------------------------------------------ whole network
+@pytest.mark.parametrize("stations", [4, 12])  # 1 node (the TCN's taps trimmed to one) and 3 nodes
+def test_forecast_net_training_step_equals_old_path(stations: int) -> None:
+    """One training-mode forward and backward of a small ForecastNet (UniRepLKNet encoder, Corrformer decoder) on
+    the old path and on the fast paths, from the same weights, batch and dropout masks, in float64: output and
+    every gradient agree to 1e-9 (float32 rounding differences grow through the net, so float64 keeps this tight)."""
+    from tests.test_forecast_net import DIMS, TINY, make_batch
+    from urlk_forecast.models.forecast_net import ForecastNet
+
+    torch.manual_seed(0)
+    net = ForecastNet(stations, coords=torch.randn(stations, 3), encoder="unireplknet", **{**TINY, **DIMS}).double()
+    net.train()
+    with torch.no_grad():  # GRN and layer scale start at zero; give them weight so that their gradients matter
+        for name, p in net.named_parameters():
+            if name.endswith(("gamma", "beta")):
+                p.normal_(0.0, 0.5)
+    batch = {k: (v.double() if v.is_floating_point() else v) for k, v in make_batch(B=2, S=stations).items()}
+    outs = {}
+    for fast in (False, True):
+        model = copy.deepcopy(net)
+        torch.manual_seed(1)  # the same dropout masks in both runs
+        with fastpath.use_fast_paths(fast):
+            y = model(batch)
+            (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view(y.shape)).sum().backward()
+        outs[fast] = (y.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    (y0, g0), (y1, g1) = outs[False], outs[True]
+    torch.testing.assert_close(y1, y0, rtol=1e-9, atol=1e-9)
+    assert g1.keys() == g0.keys() and len(g0) > 100
+    # absolute tolerance on the scale of the largest gradient: some are zero analytically (GRN's beta before
+    # pwconv2's training-mode BatchNorm) and hold only rounding noise (~1e-14)
+    scale = max(float(g.abs().max()) for g in g0.values())
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-9, atol=1e-10 * scale, msg=name)
