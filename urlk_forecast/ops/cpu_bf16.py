@@ -31,7 +31,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-__all__ = ["put", "get", "put_s", "get_s", "put_cb", "get_cb", "bf16_to_f32", "f32_to_bf16"]
+__all__ = ["put", "get", "put_s", "get_s", "put_cb", "get_cb", "load", "store", "bf16_to_f32", "f32_to_bf16"]
 
 _JIT = {"nogil": True}
 
@@ -245,3 +245,34 @@ def _get_cb(dst, n0, nl, src, bias, has_bias, c0, zero, stage):  # type: ignore[
         for l in range(nl):  # raw 16-bit copies, strided
             _raw_out(dst[n0 + l], stage, l, Wo * _CB)
     return impl_bf16
+
+
+# ----------------------------------------------------------------------- element access for the small-map kernels
+def load(arr, i):  # type: ignore[no-untyped-def]
+    """``arr[i]`` as float32 (``arr`` float32, or bfloat16 bits as uint16); inlined, so straight-line code that
+    loads consecutive elements stays vectorisable (:mod:`urlk_forecast.ops.small_codegen`)."""
+    raise NotImplementedError("call from numba-compiled code")
+
+
+def store(arr, i, v):  # type: ignore[no-untyped-def]
+    """``arr[i] = v`` (float32 ``v``; rounded to bfloat16 bits when ``arr`` is uint16); inlined."""
+    raise NotImplementedError("call from numba-compiled code")
+
+
+@overload(load, inline="always", jit_options=_JIT)
+def _load(arr, i):  # type: ignore[no-untyped-def]
+    if _is_bf16(arr):
+        return lambda arr, i: bf16_to_f32(arr[i])
+    return lambda arr, i: arr[i]
+
+
+@overload(store, inline="always", jit_options=_JIT)
+def _store(arr, i, v):  # type: ignore[no-untyped-def]
+    if _is_bf16(arr):
+        def impl_bf16(arr, i, v):  # type: ignore[no-untyped-def]
+            arr[i] = f32_to_bf16(v)
+        return impl_bf16
+
+    def impl(arr, i, v):  # type: ignore[no-untyped-def]
+        arr[i] = v
+    return impl

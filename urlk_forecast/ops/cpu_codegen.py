@@ -579,11 +579,13 @@ def cbbwd_{P}(x, gy, wlflip, need_gx, need_gw, gx, gwa, C, Kh, Kw, pt, pl, dh, d
 '''.splitlines()
 
 
-def _helpers_digest() -> str:
+def _helpers_digest(name: str = "cpu_bf16.py") -> str:
     """Hash of :mod:`urlk_forecast.ops.cpu_bf16` (the row copies the generated kernels call): it is part of the
     generated source, so editing the helpers renames the kernel module and numba's disk cache cannot serve stale
-    machine code (numba only checks the generated file itself)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_bf16.py")
+    machine code (numba only checks the generated file itself). With ``name="small_codegen.py"``: the hash of the
+    small-map kernels' generator, also part of the source, so that their changes rename the module too, and with
+    it the per-machine dispatch table (:func:`urlk_forecast.ops.autotune.machine_id`), whose timings they change."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
     with open(path, "rb") as fh:
         return hashlib.sha256(fh.read()).hexdigest()[:16]
 
@@ -599,6 +601,8 @@ def generate_source() -> str:  # noqa: C901 - generated kernel template
         "from urlk_forecast.ops.cpu_kernels import NoSSACompiler",
         "",
         f"# row copies and bfloat16 conversion: urlk_forecast/ops/cpu_bf16.py, source sha256 {_helpers_digest()}",
+        f"# small-map kernels (own modules): urlk_forecast/ops/small_codegen.py, sha256 "
+        f"{_helpers_digest('small_codegen.py')}",
         "",
         "",
         "@njit(cache=True, nogil=True)",

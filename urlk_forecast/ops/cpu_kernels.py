@@ -344,6 +344,10 @@ def prefetch_backward(x: torch.Tensor, w: torch.Tensor, pad: Pad, dil: int | Seq
     its forward sibling, whose code it shares) unless this process or the disk cache already has it."""
     if x.dtype not in SUPPORTED_DTYPES or not supports(x, w, pad, dil):
         return
+    small = _small()
+    if small is not None and (g := small.geometry(x, w, _pads(pad), pair(dil, "dil", "cpu_kernels"))) is not None:
+        if small.small_codegen.gw_fits(g):  # the small-map kernels run the whole backward
+            return
     name = _backward_driver(x, w, pad, dil)
     key = (name, str(x.dtype))
     if key in _compiled or key in _requested or not _precompile_enabled() or _is_ready(name, x.dtype):
@@ -565,6 +569,17 @@ def _check(x: torch.Tensor, w: torch.Tensor, pad: Pad, dil: int | Sequence[int],
 
 
 _NP = {torch.float32: np.float32, torch.float64: np.float64}
+_small_mod: ModuleType | None = None
+
+
+def _small() -> ModuleType | None:
+    """:mod:`urlk_forecast.ops.cpu_small` when its kernels are switched on (``URLK_DWCONV_SMALL``), else None."""
+    global _small_mod
+    if _small_mod is None:
+        from urlk_forecast.ops import cpu_small
+
+        _small_mod = cpu_small
+    return _small_mod if _small_mod.enabled() else None
 
 
 def _compute(dtype: torch.dtype) -> torch.dtype:
@@ -606,6 +621,14 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pad: Pa
     B, C, H, W = x.shape
     KH, KW = w.shape[-2:]
     Ho, Wo = out_hw(H, W, (KH, KW), (t, b, l, r), (dh, dw))
+    small = _small()
+    if small is not None and (g := small.geometry(x, w, (t, b, l, r), (dh, dw))) is not None and \
+            g[1] in small.FWD_WIDTHS:
+        if out is not None and (tuple(out.shape) != (B, C, Ho, Wo) or out.dtype != x.dtype
+                                or not out.is_contiguous()):
+            raise ValueError(f"cpu_kernels.forward: out must be a contiguous {x.dtype} tensor of shape "
+                             f"{(B, C, Ho, Wo)}")
+        return small.forward(x, w, bias, g, out)
     if out is None:
         y = _empty((B, C, Ho, Wo), x)
     elif tuple(out.shape) != (B, C, Ho, Wo) or out.dtype != x.dtype or not out.is_contiguous():
@@ -633,11 +656,12 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pad: Pa
 
 
 def backward(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, pad: Pad, dil: int | Sequence[int],
-             need_input: bool = True, need_weight: bool = True
+             need_input: bool = True, need_weight: bool = True, small_maps: bool = True
              ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients (gx, gw) of :func:`forward` in one sweep over the planes (gx: NCHW contiguous; gw: (C, 1, KH, KW),
     accumulated over the batch in float64: deterministic, and the same float32 per-plane sums whatever the thread
-    count, so results agree across thread counts up to float64 rounding of their sum)."""
+    count, so results agree across thread counts up to float64 rounding of their sum). Small maps go to
+    :mod:`urlk_forecast.ops.cpu_small` (two passes, one per gradient) unless ``small_maps`` is False."""
     _check(x, w, pad, dil, "backward")
     t, b, l, r = _pads(pad)
     dh, dw = pair(dil, "dil", "cpu_kernels")
@@ -648,6 +672,20 @@ def backward(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, pad: Pad, dil: 
     Ho, Wo = out_hw(H, W, (KH, KW), (t, b, l, r), (dh, dw))
     if tuple(gy.shape) != (B, C, Ho, Wo):
         raise ValueError(f"cpu_kernels.backward: gy has shape {tuple(gy.shape)}, expected {(B, C, Ho, Wo)}")
+    small = _small() if small_maps else None
+    if small is not None and (g := small.geometry(x, w, (t, b, l, r), (dh, dw))) is not None:
+        sgx = sgw = None
+        if need_input and g[1] in small.FWD_WIDTHS:
+            sgx = small.forward(gy, w, None, small.flipped(g), flip=True)
+        if need_weight:
+            sgw = small.grad_weight(x, gy, w, g)
+        # what the small-map kernels do not take (grad-input at other widths, grad-weights whose partial sums
+        # would not fit in registers) runs on the general kernels
+        gen_x, gen_w = need_input and sgx is None, need_weight and sgw is None
+        if gen_x or gen_w:
+            ox, ow = _backward_general(x, gy, w, pad, dil, need_input=gen_x, need_weight=gen_w, small_maps=False)
+            sgx, sgw = (ox if gen_x else sgx), (ow if gen_w else sgw)
+        return sgx, sgw
     gx = _empty((B, C, H, W), x) if need_input else None
     work = float(B * C * Ho * Wo * KH * KW) * (int(need_input) + int(need_weight))
     cbp = _cb_pixels(W, Wo, backward=True)
@@ -672,6 +710,10 @@ def backward(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, pad: Pad, dil: 
             gwa = gwa.view(B, C, KH * KW).sum(0)
         gw = gwa.to(w.dtype).view(C, 1, KH, KW)
     return gx, gw
+
+
+#: :func:`backward` itself, for its own call on the general kernels (tests may wrap the module attribute)
+_backward_general = backward
 
 
 def _backward_cb(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, gx: torch.Tensor | None,

@@ -1,0 +1,219 @@
+"""Depthwise conv on small maps (the forecaster's 16x24 and 8x12): shape-specialised numba kernels.
+
+Design in :mod:`urlk_forecast.ops.small_codegen`. :mod:`urlk_forecast.ops.cpu_kernels` sends a call here when
+:func:`geometry` accepts it: float32 or bfloat16 storage, a "same"-size output (stride 1), ``MIN_H``..``MAX_H``
+rows of a width in ``WIDTHS``, kernels at most ``MAX_K`` per side. Each geometry (map, kernel, dilation, padding)
+gets its own generated module in the kernels' cache directory, compiled on first use (a few seconds) and cached on
+disk by numba; ``URLK_DWCONV_SMALL=0`` switches these kernels off (the general kernels run instead), which the
+benchmark ``benchmarks/dwconv_small_maps.py`` uses to show both.
+
+* forward: planes in chunks over ``torch.get_num_threads()`` threads, the weight of plane ``n`` is ``w[n % C]``;
+* grad-input: the forward kernel on the output gradient with the kernel rotated by 180 degrees;
+* grad-weight: channels over the threads, float64 sums (``None`` from :func:`grad_weight` when the partial sums
+  would not fit in registers; the caller then runs the general kernel).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import itertools
+import os
+import sys
+import tempfile
+import threading
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+from urlk_forecast.ops import cpu_kernels, small_codegen
+from urlk_forecast.ops.small_codegen import Geometry
+
+__all__ = ["ENV", "MIN_H", "MAX_H", "WIDTHS", "FWD_WIDTHS", "MAX_K", "enabled", "geometry", "flipped", "forward",
+           "grad_weight"]
+
+ENV = "URLK_DWCONV_SMALL"
+#: the maps these kernels take: the forecaster's 8x12 and 16x24 (and heights between), where they were measured
+#: against oneDNN and the general kernels (docs/benchmarks.md, issue 15 item 3); every other map keeps the general
+#: kernels (each new geometry would also cost a compilation of a few seconds)
+MIN_H = 8
+MAX_H = 16
+WIDTHS = (12, 24)
+#: widths whose forward and grad-input run here; at 16x24 (K=3) the general spatial kernels are faster (measured
+#: 2026-12-06: 0.55 vs 0.71 ms and 3.5 vs 11.1 ms for 32 / 350 x 40 x 16 x 24), the small-map grad-weight is not
+FWD_WIDTHS = (12,)
+MAX_K = 13
+_DTYPES = (torch.float32, torch.bfloat16)
+
+_lock = threading.RLock()
+_modules: dict[Geometry, ModuleType] = {}
+_ready: set[tuple[str, torch.dtype]] = set()
+_geometries: dict[tuple, Geometry | None] = {}
+
+
+def enabled() -> bool:
+    """False when ``URLK_DWCONV_SMALL`` is ``0`` (read on every call, so a benchmark can flip it)."""
+    return os.environ.get(ENV, "1") not in ("0", "")
+
+
+def geometry(x: torch.Tensor, w: torch.Tensor, pads: tuple[int, int, int, int],
+             dil: tuple[int, int]) -> Geometry | None:
+    """The kernel geometry ``(H, W, KH, KW, dh, dw, top, left)`` of a forward call these kernels take, else None."""
+    key = (x.shape, w.shape, x.dtype, w.dtype, pads, dil)
+    g = _geometries.get(key, False)
+    if g is False:
+        g = _geometry(x, w, pads, dil)
+        if len(_geometries) > 1024:
+            _geometries.clear()
+        _geometries[key] = g
+    return g  # type: ignore[return-value]
+
+
+def _geometry(x: torch.Tensor, w: torch.Tensor, pads: tuple[int, int, int, int],
+              dil: tuple[int, int]) -> Geometry | None:
+    if x.dtype not in _DTYPES or w.dtype not in _DTYPES or x.dim() != 4 or w.dim() != 4:
+        return None
+    H, W = x.shape[2:]
+    KH, KW = w.shape[2:]
+    t, b, l, r = pads
+    if not (MIN_H <= H <= MAX_H and W in WIDTHS and KH <= MAX_K and KW <= MAX_K):
+        return None
+    if t + b != (KH - 1) * dil[0] or l + r != (KW - 1) * dil[1] or min(pads) < 0:  # a same-size output
+        return None
+    return (int(H), int(W), int(KH), int(KW), int(dil[0]), int(dil[1]), int(t), int(l))
+
+
+def flipped(g: Geometry) -> Geometry:
+    """The geometry of the grad-input: the same map and kernel, padding ``(K-1)*d - pad``."""
+    H, W, KH, KW, dh, dw, pt, pl = g
+    return (H, W, KH, KW, dh, dw, (KH - 1) * dh - pt, (KW - 1) * dw - pl)
+
+
+# ------------------------------------------------------------------------------------------ modules, compiling
+def _module(g: Geometry) -> ModuleType:
+    """The generated kernel module of geometry ``g`` (written to the cache directory if needed, then imported)."""
+    mod = _modules.get(g)
+    if mod is not None:
+        return mod
+    with _lock:
+        if g in _modules:
+            return _modules[g]
+        from urlk_forecast.ops.cpu_codegen import _helpers_digest
+
+        src = small_codegen.module_source(g, _helpers_digest())
+        name = "urlk_dwconv_small_" + hashlib.sha256(src.encode()).hexdigest()[:16]
+        path = os.path.join(cpu_kernels.cache_dir(), name + ".py")
+        if cpu_kernels._read(path) != src:
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".py")
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(src)
+            os.replace(tmp, path)
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+        _modules[g] = mod
+        return mod
+
+
+def _kernel(kind: str, g: Geometry, args: tuple[Any, ...], dtype: torch.dtype) -> Any:
+    """Kernel ``kind`` (``sfwd`` / ``sgw``) of geometry ``g``, compiled for ``args`` (storage ``dtype``) on first use
+    under the general kernels' compile settings, locks and log lines."""
+    name = f"{kind}_" + "_".join(str(v) for v in g)
+    fn = getattr(_module(g), name)
+    if (name, dtype) not in _ready:
+        import numba
+
+        with _lock:
+            if (name, dtype) not in _ready:
+                with (cpu_kernels._compile_notice(name, dtype, g[2:4]), cpu_kernels._driver_lock(name, dtype),
+                      cpu_kernels._compile_ctx()):
+                    fn.compile(tuple(numba.typeof(a) for a in args))
+                _ready.add((name, dtype))
+    return fn
+
+
+def _run(fn: Any, head: tuple[Any, ...], units: int, threads: int) -> None:
+    """``fn(*head, lo, hi, zero)`` over ``units`` in ~4 chunks per thread pulled from a shared counter (as
+    :func:`urlk_forecast.ops.cpu_kernels._run`)."""
+    zero = np.float32(0)
+    if threads <= 1:
+        fn(*head, 0, units, zero)
+        return
+    chunks = min(units, 4 * threads)
+    bounds = [units * k // chunks for k in range(chunks + 1)]
+    counter = itertools.count()
+
+    def work() -> None:
+        while (k := next(counter)) < chunks:
+            fn(*head, bounds[k], bounds[k + 1], zero)
+
+    futures = [cpu_kernels._get_pool(threads - 1).submit(work) for _ in range(threads - 1)]
+    try:
+        work()
+    finally:
+        for f in futures:
+            f.result()
+
+
+#: executed multiply-adds per extra thread at least: waking a pool thread and splitting the call costs ~40-60 us
+#: on the 2-core dev machine, what ~1.5 M multiply-adds of these kernels take (a 32 x 80 x 8 x 12, K=3, d=5 forward
+#: ran 109 us on one thread and 139 us on two)
+MIN_WORK_PER_THREAD = 1_500_000
+_plane_works: dict[Geometry, int] = {}
+
+
+def _plane_work(g: Geometry) -> int:
+    n = _plane_works.get(g)
+    if n is None:
+        n = _plane_works[g] = small_codegen.work(g)
+    return n
+
+
+def _threads(units: int, work: int) -> int:
+    return max(1, min(torch.get_num_threads(), units, work // MIN_WORK_PER_THREAD))
+
+
+# ----------------------------------------------------------------------------------------------- torch layer
+def forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, g: Geometry,
+            out: torch.Tensor | None = None, flip: bool = False) -> torch.Tensor:
+    """Depthwise conv of ``x`` (B, C, H, W) contiguous with ``w`` (C, 1, KH, KW) on geometry ``g`` (from
+    :func:`geometry`); ``flip``: with the kernel rotated by 180 degrees (the grad-input, ``g`` then the
+    :func:`flipped` geometry, ``x`` the output gradient). Returns (B, C, H, W) in ``x``'s dtype (or fills ``out``)."""
+    B, C, H, W = x.shape
+    y = torch.empty_like(x) if out is None else out
+    if y.numel() == 0:
+        return y
+    wf = w.detach()[:, 0].float()
+    if flip:
+        wf = wf.flip(-2, -1)
+    wt = wf.transpose(-1, -2).contiguous().view(-1).numpy()  # [c][b][a]
+    has_bias = bias is not None
+    bv = bias.detach().float().contiguous().numpy() if bias is not None else wt[:1]
+    P = B * C
+    xa, ya = cpu_kernels._np(x.view(-1)), cpu_kernels._np(y.view(-1))
+    head = (xa, wt, bv, has_bias, ya, C)
+    fn = _kernel("sfwd", g, head + (0, P, np.float32(0)), x.dtype)
+    _run(fn, head, P, _threads(P, P * _plane_work(g)))
+    return y
+
+
+def grad_weight(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor | None:
+    """Gradient w.r.t. the weight, (C, 1, KH, KW) in ``w``'s dtype, or None when this geometry's partial sums do
+    not fit the registers (:func:`urlk_forecast.ops.small_codegen.gw_fits`). ``x`` and ``gy`` contiguous."""
+    if not small_codegen.gw_fits(g):
+        return None
+    B, C, H, W = x.shape
+    KH, KW = g[2], g[3]
+    gwa = torch.empty(C, KH * KW, dtype=torch.float64)
+    if B == 0:
+        gwa.zero_()
+    else:
+        P = B * C
+        head = (cpu_kernels._np(x.view(-1)), cpu_kernels._np(gy.view(-1)), gwa.view(-1).numpy(), C)
+        fn = _kernel("sgw", g, head + (0, C, np.float32(0)), x.dtype)
+        _run(fn, head, C, _threads(C, P * _plane_work(g)))
+    return gwa.to(w.dtype).view(C, 1, KH, KW)
