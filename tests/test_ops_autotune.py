@@ -120,6 +120,8 @@ def test_injected_table_decides_each_direction(monkeypatch, impls):
     assert asked == []
     if impls == ("torch",) * 3:  # torch runs everything: plain F.conv2d, its backward is torch's autograd
         assert ran.log == [] and "Convolution" in type(got[0].grad_fn).__name__
+    elif impls == ("own", "torch", "torch"):  # own forward; both gradients in one oneDNN call of a lean backward
+        assert ran.log == [("forward", "own")] and "OwnForwardTorchGrads" in type(got[0].grad_fn).__name__
     else:
         assert sorted(ran.log) == sorted(zip(cpu_paths.DIRECTIONS, impls))
     ref = F.conv2d(x, w, b, 1, 2, 1, 5)
