@@ -25,7 +25,8 @@ Medians over ``--steps`` steps after ``--warmup``. Printed as a Markdown table w
     python benchmarks/forecaster_profile.py --paths old new --amp regime  # issue 15 item 5: old vs fast paths
 
 ``--paths old new`` runs every configuration on the old code path (``URLK_FAST=0``: what the trainer ran before
-issue 15 item 5) and on the fast paths (:mod:`urlk_forecast.models.fastpath`), and prints windows/s of both and
+issue 15 item 5) and on the fast paths (:mod:`urlk_forecast.models.fastpath`, the allocator setting of
+:mod:`urlk_forecast.utils.allocator` included: on for ``new``, off for ``old``), and prints windows/s of both and
 their ratio. ``--amp regime`` takes the autocast dtype the automatic regime picks for the configuration (bf16 from
 ``BF16_MIN_IMAGES`` node images per step on a CPU with native bf16, else float32).
 """
@@ -56,6 +57,7 @@ from urlk_forecast.forecaster import Forecaster
 from urlk_forecast.models import fastpath
 from urlk_forecast.regime import BF16_MIN_IMAGES, cpu_has_native_bf16
 from urlk_forecast.trainer import _train_step
+from urlk_forecast.utils.allocator import retain_freed_memory
 
 SECTIONS = ("enc_embedding", "dec_embedding", "encoder", "decoder")
 
@@ -255,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             dtype = _amp_dtype(amp, s, b, args.seed)
             for path in args.paths:
                 with fastpath.use_fast_paths(path == "new"):
+                    if not fastpath.tune_allocator("cpu"):  # process-wide: off again for the old path
+                        retain_freed_memory(False)
                     med, data_s = profile(s, b, args.steps, args.warmup, args.seed, dtype)
                 name = f"{s} st x {b}" + (f" {amp}" if len(args.amp) > 1 or amp == "regime" else "")
                 name = name.replace("regime", f"regime={'bf16' if dtype else 'none'}")

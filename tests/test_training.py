@@ -792,3 +792,21 @@ def _worker(out: str, kw_json: str) -> None:
 
 if __name__ == "__main__" and len(sys.argv) >= 2 and sys.argv[1] == "worker":
     _worker(sys.argv[2], sys.argv[3])
+
+
+def test_cpu_training_keeps_freed_memory_and_the_old_path_does_not(data: tuple) -> None:
+    """The trainer turns the allocator setting on for a CPU run (``utils.allocator``; its effect on page faults is
+    tested in tests/test_allocator.py), and the old code path (``URLK_FAST=0``) leaves the allocator alone."""
+    from urlk_forecast.models import fastpath
+    from urlk_forecast.utils import allocator
+
+    ws, val = data
+    try:
+        allocator.retain_freed_memory(False)
+        with fastpath.use_fast_paths(False):
+            Trainer(small_cfg(epochs=1, steps_per_epoch=1)).fit(TinyNet(), ws, val)
+        assert not allocator.retained()
+        Trainer(small_cfg(epochs=1, steps_per_epoch=1)).fit(TinyNet(), ws, val)
+        assert allocator.retained() is (os.environ.get(allocator.ENV, "1") != "0")
+    finally:
+        allocator.retain_freed_memory()

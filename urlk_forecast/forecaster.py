@@ -61,6 +61,7 @@ from .data.windows import (
 )
 from .export import ExportResult, export_forecaster
 from .method import Method
+from .models import fastpath
 from .models.embedding import RevIN
 from .models.forecast_net import ForecastNet
 from .models.registry import parse_model_name  # kept importable here: forecaster.parse_model_name
@@ -517,6 +518,7 @@ class Forecaster(Method):
         net = self._inference_net()
         net.eval()
         dev = self.device
+        fastpath.tune_allocator(dev.type)
         # everything but the targets (the network must not see them; extra inputs such as a fusion "aux" pass)
         b = {k: v.to(dev) for k, v in batch.items() if k not in ("y", "y_mask", "index") and torch.is_tensor(v)}
         out = net(b).float()

@@ -686,6 +686,7 @@ class Trainer:
         """Loss scale; model on the device (grad checkpointing, sync BatchNorm, DDP); optimiser, scheduler, scaler."""
         cfg, model = self.cfg, run.model
         run.scale = station_scale(run.train_ws).to(run.device) if cfg.loss_norm == "station" else None
+        fastpath.tune_allocator(run.device.type)
         if cfg.checkpointing:
             set_grad_checkpointing(model, True)
         model.to(run.device)
