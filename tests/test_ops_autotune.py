@@ -21,6 +21,7 @@ from urlk_forecast.ops import (
     calibrate,
     cpu_kernels,
     cpu_paths,
+    dispatch,
     dwconv2d,
     record_calls,
     same_padding,
@@ -81,11 +82,17 @@ def fake_measure(monkeypatch, times: dict[str, dict[str, float]]) -> list[tuple[
     return asked
 
 
+def entry(impl: str) -> dict[str, object]:
+    """A table entry choosing ``impl``, which its timings show 1 ms faster (so a plan keeps it: see
+    ``autotune.choose_plan``)."""
+    return {"impl": impl, "own_ms": 1.0 if impl == "own" else 2.0, "torch_ms": 2.0 if impl == "own" else 1.0}
+
+
 def write_table(entries: dict[str, dict[str, str]]) -> str:
     """Write a table of this machine with the given decisions (key -> direction -> impl)."""
     path = autotune.table_path()
     data = {"format": autotune.FORMAT, "machine": autotune.machine_id(),
-            "entries": {k: {d: {"impl": i, "own_ms": 1.0, "torch_ms": 1.0} for d, i in v.items()}
+            "entries": {k: {d: entry(i) for d, i in v.items()}
                         for k, v in entries.items()}}
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(data, fh)
@@ -220,6 +227,148 @@ def test_all_torch_runs_plain_conv2d_autograd(monkeypatch):
     assert ran.log == [("forward", "own")] and len(autotune.plans) == 1
 
 
+# ------------------------------------------------------------------------------------------------ plan cost
+def write_timed_table(entries: dict[str, dict[str, tuple[float, float]]], cost_us: float | None = None) -> str:
+    """A table of this machine whose entries hold (own ms, torch ms) per direction (the faster decides, as a
+    measured table would) and, unless None, the autograd function's cost at this thread count."""
+    path = autotune.table_path()
+    data = {"format": autotune.FORMAT, "machine": autotune.machine_id(),
+            "entries": {k: {d: {"impl": "own" if o <= t else "torch", "own_ms": o, "torch_ms": t}
+                            for d, (o, t) in v.items()} for k, v in entries.items()},
+            "costs": {} if cost_us is None else {cost_key(): cost_us * 1e-6}}
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh)
+    autotune.reset()
+    return path
+
+
+def cost_key() -> str:
+    return f"{dispatch.WRAPPER_COST}|t{torch.get_num_threads()}"
+
+
+def no_probe(monkeypatch) -> list[int]:
+    """Count calls of the autograd function's cost probe (which returns 40 us instead of timing anything)."""
+    calls: list[int] = []
+    monkeypatch.setattr(dispatch, "measure_wrapper_cost", lambda *a, **k: (calls.append(1), 40e-6)[1])
+    return calls
+
+
+def reference(x, w, b, pads=1, dil=1):
+    xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
+    ref = F.conv2d(xr, wr, br, 1, pads, dil, x.shape[1])
+    g = torch.randn(ref.shape, dtype=ref.dtype, generator=torch.Generator().manual_seed(1))
+    return (ref, *torch.autograd.grad(ref, (xr, wr, br), g))
+
+
+# the tiny call of the benchmark's --overhead (1x8x6x6, K=3): oneDNN faster in the forward and the grad-input, the
+# own grad-weight 15 us faster than oneDNN's (the re-measured table of the 23:09 run)
+TINY = {"forward": (0.060, 0.050), "grad_input": (0.070, 0.060), "grad_weight": (0.078, 0.093)}
+
+
+@pytest.mark.parametrize(("cost_us", "mixed"), [(25.0, False), (10.0, True)])
+def test_plan_goes_all_torch_when_own_saves_less_than_the_autograd_function(monkeypatch, cost_us, mixed):
+    """An own grad-weight saving 15 us is not worth an autograd function costing 25 us: the call runs plain
+    F.conv2d (torch's own node, no own kernel); at 10 us it is. Gradients equal float64 F.conv2d either way."""
+    asked, probed = fake_measure(monkeypatch, {}), no_probe(monkeypatch)
+    x = torch.randn(1, 8, 6, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    write_timed_table({key_of(x, 3): TINY}, cost_us)
+    ran = Ran(monkeypatch)
+    got = grads(x, w, b, 1)
+    assert asked == [] and probed == []
+    if mixed:
+        assert sorted(ran.log) == [("forward", "torch"), ("grad_input", "torch"), ("grad_weight", "own")]
+        assert "Convolution" not in type(got[0].grad_fn).__name__
+    else:
+        assert ran.log == [] and "Convolution" in type(got[0].grad_fn).__name__
+    for g, r in zip(got, reference(x, w, b)):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+
+
+def test_plan_charge_spares_own_forwards_and_large_savings(monkeypatch):
+    """No gradient: the own forward runs without an autograd function, so a 1-us saving keeps it whatever the
+    cost; an own forward saving 1 ms keeps the lean plan (own forward, torch gradients) under a 300-us cost."""
+    fake_measure(monkeypatch, {})
+    no_probe(monkeypatch)
+    x = torch.randn(2, 4, 2, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 1, 13, 13, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    timings = {"forward": (0.100, 1.100), "grad_input": (0.300, 0.200), "grad_weight": (0.300, 0.200)}
+    write_timed_table({key_of(x, 13): timings}, 300.0)
+    ran = Ran(monkeypatch)
+    got = grads(x, w, b, 1)
+    assert ran.log == [("forward", "own")] and "OwnForwardTorchGrads" in type(got[0].grad_fn).__name__
+    for g, r in zip(got, reference(x, w, b, 6)):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+    write_timed_table({key_of(x, 13): {"forward": (0.100, 0.101)}}, 1e6)
+    ran.log.clear()
+    with torch.no_grad():
+        y = dwconv2d(x, w, b)
+    assert ran.log == [("forward", "own")]
+    torch.testing.assert_close(y, reference(x, w, b, 6)[0], rtol=1e-10, atol=1e-10)
+
+
+def test_autograd_function_cost_is_measured_once_per_machine_and_only_when_it_matters(monkeypatch, table_dir):
+    fake_measure(monkeypatch, {})
+    probed = no_probe(monkeypatch)
+    x = torch.randn(1, 8, 6, 6, requires_grad=True)
+    w = torch.randn(8, 1, 3, 3, requires_grad=True)
+    # savings over the cap, or entries without timings (written by hand): the cost is not needed
+    write_timed_table({key_of(x, 3): {**TINY, "grad_weight": (0.078, 1.093)}})
+    dwconv2d(x, w).sum().backward()
+    write_table({key_of(x, 3): {"forward": "torch", "grad_input": "torch", "grad_weight": "own"}})
+    data = json.loads(open(autotune.table_path(), encoding="utf-8").read())
+    for e in data["entries"].values():
+        for d in e.values():
+            d.pop("own_ms"), d.pop("torch_ms")
+    with open(autotune.table_path(), "w", encoding="utf-8") as fh:
+        json.dump(data, fh)
+    autotune.reset()
+    dwconv2d(x, w).sum().backward()
+    assert probed == []
+    # a 15-us saving: measured once (40 us: all torch), stored per thread count, read by a new process
+    write_timed_table({key_of(x, 3): TINY})
+    assert "Convolution" in type(dwconv2d(x, w).grad_fn).__name__
+    assert "Convolution" in type(dwconv2d(x.detach(), w).grad_fn).__name__  # another plan: the stored cost
+    assert probed == [1]
+    costs = json.loads(open(autotune.table_path(), encoding="utf-8").read())["costs"]
+    assert costs == {cost_key(): pytest.approx(40e-6)}
+    autotune.reset()
+    dwconv2d(x, w)
+    assert probed == [1]
+    monkeypatch.setenv(autotune.TUNE_ENV, "refresh")  # re-measured once per process (with the whole table)
+    autotune.reset()
+    monkeypatch.setattr(autotune, "measure", lambda d, *a, **k: {"own": TINY[d][0] * 1e-3, "torch": TINY[d][1] * 1e-3})
+    dwconv2d(x, w)
+    dwconv2d(x.detach(), w)  # the same process: the cost it measured
+    assert probed == [1, 1]
+
+
+def test_malformed_costs_are_ignored_with_a_warning(monkeypatch, caplog):
+    fake_measure(monkeypatch, {"forward": {"own": 3e-3, "torch": 2e-3}})
+    path = write_timed_table({})
+    data = json.loads(open(path, encoding="utf-8").read())
+    data["costs"] = {cost_key(): -1.0}
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh)
+    autotune.reset()
+    with caplog.at_level(logging.WARNING, logger="urlk_forecast.ops"):
+        dwconv2d(torch.randn(2, 3, 6, 6), torch.randn(3, 1, 3, 3))
+    assert any("malformed costs" in r.getMessage() for r in caplog.records)
+
+
+def test_the_cost_probe_runs_both_paths_and_leaves_no_trace():
+    """The real probe (no value asserted: timings are the benchmark's business): a finite number of seconds, no
+    plan kept, no table entry written, grad mode and autocast as they were."""
+    with torch.no_grad():
+        v = dispatch.measure_wrapper_cost(blocks=3, calls=2)
+        assert not torch.is_grad_enabled()
+    assert isinstance(v, float) and v == v and abs(v) < 1.0
+    assert autotune.plans == {}
+    assert not os.path.exists(autotune.table_path())
+
+
 # ------------------------------------------------------------------------------------------------ numerics
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(("shape", "k", "dil", "padding"), [
@@ -270,6 +419,33 @@ def test_measure_is_bounded_and_leaves_no_trace(monkeypatch):
     assert set(sizes) == {3} and len(sizes) >= 12  # warm-up + timed call, both paths, three directions
     assert torch.equal(torch.get_rng_state(), state) and torch.equal(x.detach(), x0)
     assert x.grad is None and w.grad is None
+
+
+def test_measure_times_each_side_as_often_after_itself_as_after_the_other(monkeypatch):
+    """What ran just before moves a call's time (measured: own 4.5 ms right after torch, 2.2 ms right after own on
+    float32 8x40x56x56 K=3 grad-input). A scripted clock with that context dependence: every stopping point is
+    balanced, and the medians pick own, the faster on average over both contexts (three pairs picked torch)."""
+    per = {("own", "torch"): 4.5e-3, ("own", "own"): 2.2e-3, ("torch", "own"): 3.9e-3, ("torch", "torch"): 3.6e-3}
+    seen: list[tuple[str, str]] = []
+
+    def clock(fn):
+        impl = fn.args[1]
+        prev = seen[-1][0] if seen else "torch"  # the warm-up runs own, then torch
+        seen.append((impl, prev))
+        return per[(impl, prev)]
+
+    monkeypatch.setattr(autotune, "_clock", clock)
+    x, w = torch.randn(2, 3, 5, 5), torch.randn(3, 1, 3, 3)
+    t = autotune.measure("grad_input", x, w, same_padding(3), (1, 1))
+    assert len(seen) == 2 * autotune.MAX_REPEATS and min(t, key=t.__getitem__) == "own"  # a near tie: all pairs
+    for impl in cpu_paths.IMPLS:
+        after = [p for i, p in seen if i == impl]
+        assert after.count("own") == after.count("torch"), (impl, after)
+    per.update({("torch", "own"): 9e-3, ("torch", "torch"): 8e-3})  # apart: stops at MIN_REPEATS, still balanced
+    seen.clear()
+    autotune.measure("grad_input", x, w, same_padding(3), (1, 1))
+    assert len(seen) == 2 * autotune.MIN_REPEATS and autotune.MIN_REPEATS % 2 == 0
+    assert [p for i, p in seen if i == "own"].count("own") == autotune.MIN_REPEATS // 2
 
 
 # ------------------------------------------------------------------------------------------------ the file

@@ -12,7 +12,8 @@ batch, the dilation and the machine. So the answer is measured, not guessed:
   will need), both implementations run that direction on the call's own tensors (its full batch: a prefix would
   hide the memory-bound behaviour of large calls; :data:`WORK_CAP` bounds it): one untimed warm-up each (kernel
   compilation, oneDNN primitive creation; on one sample for large calls), then interleaved timed pairs (the order
-  alternating), and the **median** of each side decides. :data:`MIN_REPEATS` pairs at least; two suffice when
+  alternating, an even number of them: each side as often right after itself as after the other), and the
+  **median** of each side decides. :data:`MIN_REPEATS` pairs at least; two suffice when
   every pair shows one side :data:`CLEAR_RATIO` times faster and the slower took longer than :data:`BUDGET_S`;
   while the two medians are within :data:`CLOSE` of each other (a choice the noise could flip) pairs are added
   up to :data:`MAX_REPEATS` within :data:`CLOSE_BUDGET_S`. A first timed call can carry a one-off cost (oneDNN
@@ -33,7 +34,9 @@ batch, the dilation and the machine. So the answer is measured, not guessed:
   dtypes, padding, dilation, which gradients are needed, threads, tuning mode): :data:`plans`. A repeated call is
   one dictionary lookup and then either plain ``F.conv2d`` (torch runs every direction the call needs: torch's
   own autograd, no wrapper) or the own autograd function with its directions fixed. :func:`reset` and
-  :func:`calibrate` clear them.
+  :func:`calibrate` clear them. A plan is charged what that autograd function costs over torch's own node
+  (:func:`choose_plan`; measured once per machine, :func:`fixed_cost`, kept in the same file): it goes all-torch
+  when its own directions save less.
 
 ``URLK_DWCONV_TUNE`` = ``1`` (default: cached table, missing buckets measured) | ``0`` (no table and no timing: the
 fixed rule of :func:`static_choice`) | ``refresh`` (every bucket re-measured once in this process). The backend
@@ -53,7 +56,7 @@ import platform
 import statistics
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -65,7 +68,7 @@ from urlk_forecast.utils.atomic import atomic_write_text
 
 __all__ = ["TUNE_ENV", "TABLE_DIR_ENV", "Call", "env_get", "plans", "choose", "static_choice", "measure", "calibrate",
            "record_calls", "table_path", "machine_id", "bucket", "reset", "tune_mode", "choose_many",
-           "wait_for_compiles"]
+           "wait_for_compiles", "choose_plan", "fixed_cost", "time_difference"]
 
 log = logging.getLogger("urlk_forecast.ops")
 
@@ -76,12 +79,17 @@ TABLE_DIR_ENV = "URLK_DWCONV_TABLE_DIR"
 WORK_CAP = 1_000_000_000
 #: calls up to this many multiply-adds warm up on the full batch, larger ones on one sample
 WARMUP_WORK = 20_000_000
-#: timed pairs per bucket and direction at least (the median of each side decides)
-MIN_REPEATS = 3
+#: timed pairs per bucket and direction at least (the median of each side decides); every count of pairs the
+#: protocol stops at is even, so each side is timed as often right after itself as right after the other (see
+#: :func:`_timed_pairs`)
+MIN_REPEATS = 4
 #: pairs at most, added while the two medians are within CLOSE of each other and CLOSE_BUDGET_S is not used up
-MAX_REPEATS = 15
+MAX_REPEATS = 16
 CLOSE = 0.12
 CLOSE_BUDGET_S = 0.15
+#: a plan whose own directions save more than this (s) keeps them without the autograd function's cost being
+#: measured: that cost was 25-60 us per call on the 2-core CPU, an order of magnitude below
+WRAPPER_COST_CAP_S = 0.5e-3
 #: two pairs decide when both show one side this many times faster and the slower took over BUDGET_S
 CLEAR_RATIO = 3.0
 BUDGET_S = 0.02
@@ -188,17 +196,23 @@ def _valid_entry(v: Any) -> bool:
         for d, e in v.items())
 
 
-def _read_table(path: str, machine: dict[str, str]) -> dict[str, dict[str, dict[str, Any]]]:
-    """Entries of the table file; empty (with a warning) when it is unreadable, corrupt or another machine's."""
+def _valid_costs(v: Any) -> bool:
+    return isinstance(v, dict) and all(
+        isinstance(k, str) and isinstance(c, (int, float)) and math.isfinite(c) and c >= 0 for k, c in v.items())
+
+
+def _read_table(path: str, machine: dict[str, str]) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, float]]:
+    """Entries and fixed costs (s, :func:`fixed_cost`) of the table file; empty (with a warning) when it is
+    unreadable, corrupt or another machine's."""
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except FileNotFoundError:
-        return {}
+        return {}, {}
     except (OSError, ValueError) as exc:
         log.warning("dwconv dispatch table %s is unreadable (%s: %s); ignoring it, re-measuring", path,
                     type(exc).__name__, exc)
-        return {}
+        return {}, {}
     problem = ""
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("entries"), dict):
         problem = "not a dispatch table of this format"
@@ -206,10 +220,12 @@ def _read_table(path: str, machine: dict[str, str]) -> dict[str, dict[str, dict[
         problem = f"written for another machine or version ({data.get('machine')})"
     elif not all(isinstance(k, str) and _valid_entry(v) for k, v in data["entries"].items()):
         problem = "malformed entries"
+    elif not _valid_costs(data.get("costs", {})):
+        problem = "malformed costs"
     if problem:
         log.warning("dwconv dispatch table %s is %s; ignoring it, re-measuring", path, problem)
-        return {}
-    return data["entries"]
+        return {}, {}
+    return data["entries"], data.get("costs", {})
 
 
 class _Table:
@@ -217,8 +233,8 @@ class _Table:
 
     def __init__(self, path: str | None, machine: dict[str, str]) -> None:
         self.path, self.machine = path, machine
-        self.entries = _read_table(path, machine) if path else {}
-        self.fresh: set[tuple[str, str]] = set()  # (key, direction) measured by this process
+        self.entries, self.costs = _read_table(path, machine) if path else ({}, {})
+        self.fresh: set[tuple[str, str]] = set()  # (key, direction) measured by this process; (name, "cost")
         self.lock = threading.Lock()
 
     def get(self, key: str, direction: str, refresh: bool) -> str | None:
@@ -236,15 +252,37 @@ class _Table:
             self.save()
         return impl
 
+    def times(self, key: str, direction: str) -> tuple[float, float] | None:
+        """(own, torch) seconds the entry was decided on; None when it has none (a hand-written entry)."""
+        entry = self.entries.get(key, {}).get(direction, {})
+        own, tch = entry.get("own_ms"), entry.get("torch_ms")
+        if not isinstance(own, (int, float)) or not isinstance(tch, (int, float)):
+            return None
+        return 1e-3 * own, 1e-3 * tch
+
+    def get_cost(self, name: str, refresh: bool) -> float | None:
+        if refresh and (name, "cost") not in self.fresh:
+            return None
+        return self.costs.get(name)
+
+    def put_cost(self, name: str, seconds: float) -> float:
+        with self.lock:
+            self.costs[name] = float(seconds)
+            self.fresh.add((name, "cost"))
+            self.save()
+        return float(seconds)
+
     def save(self) -> None:
         """Merge into the file (entries other processes wrote are kept, ours win) and replace it atomically."""
         if not self.path:
             return
-        on_disk = _read_table(self.path, self.machine) if os.path.exists(self.path) else {}
+        on_disk, costs = _read_table(self.path, self.machine) if os.path.exists(self.path) else ({}, {})
         for key, dirs in self.entries.items():
             on_disk.setdefault(key, {}).update(dirs)
-        self.entries = on_disk
-        text = json.dumps({"format": FORMAT, "machine": self.machine, "entries": on_disk}, indent=1, sort_keys=True)
+        costs.update(self.costs)
+        self.entries, self.costs = on_disk, costs
+        text = json.dumps({"format": FORMAT, "machine": self.machine, "entries": on_disk, "costs": costs}, indent=1,
+                          sort_keys=True)
         try:
             atomic_write_text(self.path, text + "\n")
         except OSError as exc:
@@ -366,7 +404,15 @@ def wait_for_compiles(timeout: float = COMPILE_WAIT_S) -> float:
 
 
 def _timed_pairs(timed: dict[str, partial[torch.Tensor]]) -> dict[str, float]:
-    """Median seconds of each implementation over interleaved timed pairs, as many as the module docstring says."""
+    """Median seconds of each implementation over interleaved timed pairs, as many as the module docstring says.
+
+    The pairs alternate their order (torch-own, own-torch, ...) and stop only after an even count, so each side has
+    as many samples taken right after itself as right after the other. What ran just before moves a call's time on
+    the 2-core CPU by up to 2x (torch's OpenMP workers still spinning when the own kernels start, or asleep when
+    torch starts after them: float32 8x40x56x56 K=3 grad-input, own 4.5 ms after torch vs 2.2 ms after own); with
+    three pairs each side had two samples of the switch and one without, and the median compared the two paths'
+    switch costs, which flipped near ties the benchmark (and a network, where both follow each other) saw the
+    other way."""
     a, b = cpu_paths.IMPLS
     times: dict[str, list[float]] = {a: [], b: []}
     start = time.perf_counter()
@@ -380,7 +426,8 @@ def _timed_pairs(timed: dict[str, partial[torch.Tensor]]) -> dict[str, float]:
             ratios = [tb / ta for ta, tb in zip(times[a], times[b])]
             if min(ratios) > CLEAR_RATIO or max(ratios) < 1 / CLEAR_RATIO:
                 break
-        if r + 1 >= MIN_REPEATS and (hi > (1 + CLOSE) * lo or time.perf_counter() - start > CLOSE_BUDGET_S):
+        stop = hi > (1 + CLOSE) * lo or time.perf_counter() - start > CLOSE_BUDGET_S
+        if r % 2 and r + 1 >= MIN_REPEATS and stop:
             break
     return med
 
@@ -414,6 +461,66 @@ def choose_many(directions: tuple[str, ...], x: torch.Tensor, w: torch.Tensor, p
         out.append(impl)
     _memo[memo_key] = tuple(out)  # type: ignore[assignment]
     return tuple(out)
+
+
+def choose_plan(directions: tuple[str, ...], x: torch.Tensor, w: torch.Tensor, pads: Sequence[int],
+                dil: Sequence[int], wrapper_cost: Callable[[], float]) -> tuple[str, ...]:
+    """:func:`choose_many` for a whole call, charging a plan that needs a Python autograd function its cost.
+
+    The table compares bare directions; a call that needs gradients runs torch's own C++ autograd node when torch
+    runs every direction, but an autograd function of the dispatcher's when any direction is own, which costs
+    ``wrapper_cost()`` seconds more per call (forward and backward; measured once per machine, see
+    :func:`fixed_cost`). So the plan goes all-torch when the own directions save less than that: a 1x8x6x6 K=3
+    call whose own grad-weight saved 15 us paid ~25-50 us of Python for it. Calls without gradients (the own
+    forward runs without an autograd function), entries without timings and the fixed rule keep the table's
+    choices; savings over :data:`WRAPPER_COST_CAP_S` keep them without measuring the cost."""
+    impls = choose_many(directions, x, w, pads, dil)
+    if len(directions) < 2 or "own" not in impls or tune_mode() == "0":
+        return impls
+    threads = torch.get_num_threads()
+    call: Call = (tuple(x.shape), tuple(w.shape[-2:]), tuple(pads), tuple(dil))  # type: ignore[assignment]
+    key, table = bucket(call, x.dtype, threads), _table()
+    saving = 0.0
+    for d, impl in zip(directions, impls):
+        t = table.times(key, d) if impl == "own" else (0.0, 0.0)
+        if t is None:
+            return impls
+        saving += t[1] - t[0]
+    if saving >= WRAPPER_COST_CAP_S or saving >= wrapper_cost():
+        return impls
+    log.debug("dwconv dispatch: %s %s -> all torch (own saves %.1f us, less than the autograd function)", key,
+              impls, 1e6 * saving)
+    return ("torch",) * len(directions)
+
+
+def fixed_cost(name: str, probe: Callable[[], float]) -> float:
+    """Seconds of a per-machine constant cost ``name`` at this thread count (the dispatcher's: its Python autograd
+    function around a call): the table file's value, else ``probe()`` measured now and stored there (re-measured
+    once per process under ``URLK_DWCONV_TUNE=refresh``)."""
+    table = _table()
+    key = f"{name}|t{torch.get_num_threads()}"
+    cost = table.get_cost(key, refresh=tune_mode() == "refresh")
+    if cost is None:
+        cost = table.put_cost(key, max(0.0, float(probe())))
+        log.debug("dwconv dispatch: fixed cost %s = %.1f us (measured)", key, 1e6 * cost)
+    return cost
+
+
+def time_difference(slow: Callable[[], Any], fast: Callable[[], Any], blocks: int = 21, calls: int = 10) -> float:
+    """Median seconds per call by which ``slow`` exceeds ``fast``, over ``blocks`` interleaved blocks of ``calls``
+    calls each (order alternating; after one untimed call of each, with nothing compiling)."""
+    slow(), fast()
+    wait_for_compiles()
+    diffs = []
+    for b in range(blocks):
+        t = {}
+        for name, fn in ((("s", slow), ("f", fast)) if b % 2 else (("f", fast), ("s", slow))):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            t[name] = time.perf_counter() - t0
+        diffs.append((t["s"] - t["f"]) / calls)
+    return statistics.median(diffs)
 
 
 def _direction(d: str) -> str:

@@ -368,10 +368,40 @@ def _own_autograd(kernels: _CPUKernels, x: torch.Tensor, w: torch.Tensor, bias: 
     return _keep_layout(x, _OwnConv.apply(x, w, bias, pads, dil, kernels))
 
 
+#: name of the autograd function's cost in the table (:func:`urlk_forecast.ops.autotune.fixed_cost`)
+WRAPPER_COST = "autograd_function_s"
+
+
+def measure_wrapper_cost(blocks: int = 21, calls: int = 10) -> float:
+    """Seconds per call (forward and backward) that :class:`_OwnConv` costs over ``F.conv2d``'s own autograd node
+    when both run the same oneDNN calls (a 1x8x6x6, K=3 call, input gradient: the Python node, ``ctx``,
+    ``once_differentiable``, the plan's wrappers); what a plan with own directions must save to be worth it."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, 6, 6, generator=gen).requires_grad_()
+    w, gy = torch.randn(8, 1, 3, 3, generator=gen), torch.randn(1, 8, 6, 6, generator=gen)
+    kernels = _CPUKernels("auto", {"forward": "torch", "grad_input": "torch"})
+    pads, dil = (1, 1, 1, 1), (1, 1)
+
+    def native() -> None:
+        torch.autograd.grad(F.conv2d(x, w, None, 1, (1, 1), dil, 8), x, gy)
+
+    def wrapped() -> None:
+        torch.autograd.grad(_own_autograd(kernels, x, w, None, pads, dil), x, gy)
+
+    with torch.enable_grad(), torch.autocast("cpu", enabled=False):
+        return autotune.time_difference(wrapped, native, blocks, calls)
+
+
+def wrapper_cost() -> float:
+    """:func:`measure_wrapper_cost` of this machine, from the table (measured on first need)."""
+    return autotune.fixed_cost(WRAPPER_COST, measure_wrapper_cost)
+
+
 def _cpu_plan(backend: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
               dil: tuple[int, int]) -> Plan:
     """Decide the implementation of the forward and of each gradient the call needs (``own`` everywhere under
-    "own", the measured table under "auto") and return the plan that runs them."""
+    "own", the measured table under "auto", all torch when the own directions save less than the autograd
+    function costs: :func:`urlk_forecast.ops.autotune.choose_plan`) and return the plan that runs them."""
     grad = torch.is_grad_enabled()
     gx, gw = grad and x.requires_grad, grad and w.requires_grad
     gb = grad and bias is not None and bias.requires_grad
@@ -381,7 +411,7 @@ def _cpu_plan(backend: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor
     if backend == "own":
         impls = dict.fromkeys(dirs, "own")
     else:
-        impls = dict(zip(dirs, autotune.choose_many(dirs, x, w, pads, dil)))
+        impls = dict(zip(dirs, autotune.choose_plan(dirs, x, w, pads, dil, wrapper_cost)))
     if all(v == "torch" for v in impls.values()):
         return _torch_plan(pads)
     if not (gx or gw or gb):
