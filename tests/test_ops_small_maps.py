@@ -83,10 +83,11 @@ def test_bfloat16_storage_rounds_like_torch(monkeypatch):
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(3, 5, 8, 12, generator=gen).bfloat16()
     w = torch.randn(5, 1, 3, 3, generator=gen).bfloat16()
+    bias = torch.randn(5, generator=gen).bfloat16()
     gy = torch.randn(3, 5, 8, 12, generator=gen).bfloat16()
     pads = same_padding(3, 5)
-    y_ref, gx_ref, gw_ref = _reference(x, w, None, pads, (5, 5), gy)
-    y = cpu_kernels.forward(x, w, None, pads, 5)
+    y_ref, gx_ref, gw_ref = _reference(x, w, bias, pads, (5, 5), gy)
+    y = cpu_kernels.forward(x, w, bias, pads, 5)
     gx, gw = cpu_kernels.backward(x, gy, w, pads, 5)
     assert y.dtype == gx.dtype == gw.dtype == torch.bfloat16
     for got, ref in ((y, y_ref), (gx, gx_ref), (gw, gw_ref)):
@@ -118,3 +119,22 @@ def test_generated_rows_read_only_the_image():
     assert all(0 <= r < 8 for _, r, _ in pairs)
     src = "\n".join(small_codegen.fwd_source(g))
     assert src.count("a0_0 += ") == sum(1 for i, _, _ in pairs if i == 0)
+
+
+def test_large_batch_grad_weight_goes_to_the_general_kernel(monkeypatch):
+    """From GW_GENERAL_BATCH images a register-heavy grad-weight (K=5 at width 12) runs on the general kernel, a
+    light one (K=3) stays; both still match float64, and the small batch keeps the small-map kernel."""
+    monkeypatch.delenv(cpu_small.ENV, raising=False)
+    B = cpu_small.GW_GENERAL_BATCH
+    g5, g3 = (8, 12, 5, 5, 1, 1, 2, 2), (8, 12, 3, 3, 5, 5, 5, 5)
+    assert not cpu_small.takes_grad_weight(g5, B) and cpu_small.takes_grad_weight(g5, B - 1)
+    assert cpu_small.takes_grad_weight(g3, B) and not cpu_small.takes_grad_weight((8, 12, 13, 13, 1, 1, 6, 6), 2)
+    gen = torch.Generator().manual_seed(7)
+    x, gy = torch.randn(B, 2, 8, 12, generator=gen), torch.randn(B, 2, 8, 12, generator=gen)
+    w = torch.randn(2, 1, 5, 5, generator=gen)
+    pads = same_padding(5, 1)
+    assert cpu_small.grad_weight(x, gy, w, cpu_small.geometry(x, w, pads, (1, 1))) is None
+    _, gx_ref, gw_ref = _reference(x, w, None, pads, (1, 1), gy)
+    gx, gw = cpu_kernels.backward(x, gy, w, pads, 1)
+    torch.testing.assert_close(gx.double(), gx_ref, rtol=0, atol=1e-6 * 25)
+    torch.testing.assert_close(gw.double(), gw_ref, rtol=0, atol=1e-6 * 25 * (B * 96 // 16))

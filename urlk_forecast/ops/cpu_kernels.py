@@ -346,7 +346,7 @@ def prefetch_backward(x: torch.Tensor, w: torch.Tensor, pad: Pad, dil: int | Seq
         return
     small = _small()
     if small is not None and (g := small.geometry(x, w, _pads(pad), pair(dil, "dil", "cpu_kernels"))) is not None:
-        if small.small_codegen.gw_fits(g):  # the small-map kernels run the whole backward
+        if small.takes_grad_weight(g, x.shape[0]):  # the small-map kernels run the whole backward
             return
     name = _backward_driver(x, w, pad, dil)
     key = (name, str(x.dtype))

@@ -10,7 +10,8 @@ benchmark ``benchmarks/dwconv_small_maps.py`` uses to show both.
 * forward: planes in chunks over ``torch.get_num_threads()`` threads, the weight of plane ``n`` is ``w[n % C]``;
 * grad-input: the forward kernel on the output gradient with the kernel rotated by 180 degrees;
 * grad-weight: channels over the threads, float64 sums (``None`` from :func:`grad_weight` when the partial sums
-  would not fit in registers; the caller then runs the general kernel).
+  would not fit in registers, or at large batches where the general kernel is faster: :func:`takes_grad_weight`;
+  the caller then runs the general kernel).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from urlk_forecast.ops import cpu_kernels, small_codegen
 from urlk_forecast.ops.small_codegen import Geometry
 
 __all__ = ["ENV", "MIN_H", "MAX_H", "WIDTHS", "FWD_WIDTHS", "MAX_K", "enabled", "geometry", "flipped", "forward",
-           "grad_weight"]
+           "grad_weight", "takes_grad_weight"]
 
 ENV = "URLK_DWCONV_SMALL"
 #: the maps these kernels take: the forecaster's 8x12 and 16x24 (and heights between), where they were measured
@@ -159,10 +160,17 @@ def _run(fn: Any, head: tuple[Any, ...], units: int, threads: int) -> None:
             f.result()
 
 
-#: executed multiply-adds per extra thread at least: waking a pool thread and splitting the call costs ~40-60 us
-#: on the 2-core dev machine, what ~1.5 M multiply-adds of these kernels take (a 32 x 80 x 8 x 12, K=3, d=5 forward
-#: ran 109 us on one thread and 139 us on two)
-MIN_WORK_PER_THREAD = 1_500_000
+#: executed multiply-adds per thread at least before a second thread is used. Waking a pool thread costs ~40-60 us
+#: on the 2-core dev machine, and right after a torch call (the normal case in training) the other core is taken by
+#: oneDNN's spinning OpenMP worker: interleaved with F.conv2d (2026-12-07, 32 x 80 x 8 x 12 forwards) one thread ran
+#: K=5 in 0.30-0.35 ms vs 0.35-0.42 on two, K=7 d=2 0.33 vs 0.39, K=3 d=4 0.20 vs 0.25, while K=13 (33 M) gained
+#: from two (0.49-0.64 vs 0.74-0.78 ms); so two threads from ~16 M multiply-adds (~0.35 ms on one core) up
+MIN_WORK_PER_THREAD = 8_000_000
+#: from this many images a grad-weight whose partial sums take more than ``GW_GENERAL_ACC`` registers lanes goes to
+#: the general kernel: at 350 x 80 x 8 x 12, K=5 it ran 6.5 ms there vs 8.0 here (docs/benchmarks.md, 2026-12-06),
+#: while at 32 images this kernel is 1.15-2.5x faster than the general one
+GW_GENERAL_BATCH = 128
+GW_GENERAL_ACC = 160
 _plane_works: dict[Geometry, int] = {}
 
 
@@ -201,13 +209,20 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, g: Geom
     return y
 
 
+def takes_grad_weight(g: Geometry, batch: int) -> bool:
+    """Whether :func:`grad_weight` runs the grad-weight of geometry ``g`` at this batch (else the general kernel)."""
+    KH, KW, W = g[2], g[3], g[1]
+    return small_codegen.gw_fits(g) and not (batch >= GW_GENERAL_BATCH and KH * KW * W > GW_GENERAL_ACC)
+
+
 def grad_weight(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor | None:
     """Gradient w.r.t. the weight, (C, 1, KH, KW) in ``w``'s dtype, or None when this geometry's partial sums do
-    not fit the registers (:func:`urlk_forecast.ops.small_codegen.gw_fits`). ``x`` and ``gy`` contiguous."""
-    if not small_codegen.gw_fits(g):
-        return None
+    not fit the registers (:func:`urlk_forecast.ops.small_codegen.gw_fits`), or fill most of them at a batch where
+    the general kernel is faster (``GW_GENERAL_BATCH``, ``GW_GENERAL_ACC``). ``x`` and ``gy`` contiguous."""
     B, C, H, W = x.shape
     KH, KW = g[2], g[3]
+    if not takes_grad_weight(g, B):
+        return None
     gwa = torch.empty(C, KH * KW, dtype=torch.float64)
     if B == 0:
         gwa.zero_()

@@ -13,7 +13,11 @@ forecaster has only a handful of, so that everything but the plane loop is a com
   statements as in :mod:`urlk_forecast.ops.cpu_codegen`), ``R`` output rows of accumulators at once; per kernel
   column each needed input row is loaded once and feeds every output row of the block that uses it;
 * **planes stay NCHW**: a plane is copied (with bfloat16 conversion, :mod:`urlk_forecast.ops.cpu_bf16`) into a
-  zero-padded scratch whose padding is written once per call, the result copied out once; no transposes.
+  zero-padded scratch whose padding is written once per call, the result copied out once; no transposes. The
+  accumulators start at the bias; their rows (all lanes, so the junk lanes stay in the vectors) go to a scratch,
+  are packed to ``W`` lanes by row copies, and one flat loop over the plane stores it: the loop vectoriser turns that
+  into whole-vector bfloat16 rounding (straight-line 12-lane stores were left scalar, ~10 instructions per element:
+  bfloat16 forwards cost ~0.13 ms more than float32 per 2560 planes of 8x12, now ~0.04).
 
 Grad-input is the forward kernel applied to the output gradient with the kernel rotated by 180 degrees (padding
 ``(K-1)*d - pad``). Grad-weight keeps all ``KH*KW`` taps x ``W`` lanes of partial sums in registers across a block
@@ -25,7 +29,7 @@ from __future__ import annotations
 __all__ = ["Geometry", "fwd_source", "gw_source", "gw_fits", "module_source", "SMALL_VERSION", "rows_per_block",
            "lanes", "work"]
 
-SMALL_VERSION = "1"
+SMALL_VERSION = "2"
 #: scalar accumulators (rows x lanes) of one forward register block: 8 rows of 12 lanes, 4 rows of 24
 _FWD_ACC = 128
 #: scalar accumulators (taps x lanes) the grad-weight kernel may keep in registers
@@ -97,7 +101,8 @@ def fwd_source(g: Geometry) -> list[str]:
     e(_JIT)
     e(f"def {_name('sfwd', g)}(xf, wt, bias, has_bias, outf, C, lo, hi, zero):")
     e(f"    xs = np.zeros({H * S + 1}, np.float32)  # zero padding written once; rows overwritten per plane")
-    e(f"    o = np.empty({H * V}, np.float32)")
+    e(f"    o = np.empty({H * V}, np.float32)  # rows of all V lanes: junk lanes stored, so they stay in the vectors")
+    e(f"    op = np.empty({H * W}, np.float32)")
     e("    for n in range(lo, hi):")
     e("        c = n % C")
     e(f"        nb = np.uint64(n) * np.uint64({H * W})")
@@ -110,7 +115,7 @@ def fwd_source(g: Geometry) -> list[str]:
         rows_in = sorted({r for _, r, _ in tri})
         taps = sorted({a for _, _, a in tri})
         for i in range(i0, i1):
-            e("        " + "; ".join(f"a{i}_{l} = zero" for l in range(V)))
+            e("        " + "; ".join(f"a{i}_{l} = bv" for l in range(V)))
         if tri and bhi > blo:
             e(f"        for b in range(np.uint64({blo}), np.uint64({bhi})):")
             e(f"            cb = b * np.uint64({dw})")
@@ -125,9 +130,12 @@ def fwd_source(g: Geometry) -> list[str]:
                     e(f"            a{i}_{l} += w{a} * x{r}_{l}")
         for i in range(i0, i1):
             e("        " + "; ".join(f"o[{i * V + l}] = a{i}_{l}" for l in range(V)))
-    e(f"        for r in range(np.uint64({H})):")
-    e(f"            ob = nb + r * np.uint64({W}); sb = r * np.uint64({V})")
-    e("            " + "; ".join(f"store(outf, ob + np.uint64({l}), o[sb + np.uint64({l})] + bv)" for l in range(W)))
+    e(f"        for r in range(np.uint64({H})):  # the W image lanes of each row, packed (as in _copy_in)")
+    e(f"            sb = r * np.uint64({V}); db = r * np.uint64({W})")
+    e("            " + "; ".join(f"t{l} = o[sb + np.uint64({l})]" for l in range(W)))
+    e("            " + "; ".join(f"op[db + np.uint64({l})] = t{l}" for l in range(W)))
+    e(f"        for k in range(np.uint64({H * W})):  # one vectorised pass (and bfloat16 rounding) per plane")
+    e("            store(outf, nb + k, op[k])")
     return L
 
 
