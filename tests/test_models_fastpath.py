@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -187,3 +188,38 @@ def test_forecast_net_training_step_equals_old_path(stations: int) -> None:
     scale = max(float(g.abs().max()) for g in g0.values())
     for name in g0:
         torch.testing.assert_close(g1[name], g0[name], rtol=1e-9, atol=1e-10 * scale, msg=name)
+
+
+@pytest.mark.parametrize("k", [2, 5, 24, 25])
+def test_moving_average_by_running_sums_matches_float64_numpy(k: int) -> None:
+    """The fast moving average (float64 running sums) against an independent numpy edge-padded mean, and its
+    gradient against the old avg_pool path."""
+    from urlk_forecast.models.decoder import MovingAverage
+
+    rng = np.random.default_rng(k)
+    x = torch.tensor(rng.normal(5.0, 30.0, size=(3, 72, 7)), dtype=torch.float32, requires_grad=True)
+    m = MovingAverage(k)
+    front, end = (k - 1) // 2, k - 1 - (k - 1) // 2
+    xp = np.pad(x.detach().double().numpy(), ((0, 0), (front, end), (0, 0)), mode="edge")
+    ref = np.stack([xp[:, j:j + k].mean(axis=1) for j in range(72)], axis=1)
+    out = m(x)
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    np.testing.assert_allclose(out.detach().double().numpy(), ref, rtol=0, atol=2e-5)
+    g = torch.randn_like(out)
+    (gx,) = torch.autograd.grad(out, x, g)
+    with fastpath.use_fast_paths(False):
+        (gx_old,) = torch.autograd.grad(m(x), x, g)
+    torch.testing.assert_close(gx, gx_old, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_nhwc_permute_is_contiguous_on_the_fast_path_and_a_view_on_the_old() -> None:
+    from urlk_forecast.models.unireplknet import NCHWtoNHWC
+
+    x = torch.randn(2, 3, 4, 5)
+    y = NCHWtoNHWC()(x)
+    assert y.is_contiguous() and torch.equal(y, x.permute(0, 2, 3, 1))
+    with fastpath.use_fast_paths(False):
+        v = NCHWtoNHWC()(x)
+    assert v.data_ptr() == x.data_ptr() and torch.equal(v, y)
