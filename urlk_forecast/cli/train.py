@@ -109,7 +109,7 @@ class _Plan:
 @click.option("--schedule", type=click.Choice(["auto", "paper", "quick"]), default="auto", show_default=True,
               help="auto: sized to the data (batch from the stations per window, epochs that are full passes, warm-up "
                    "+ cosine LR over the steps that fit in --max-time, validation ~10 times, early stopping; 600 s on "
-                   "CPU, 540 s for the synthetic default, no limit on GPU); quick: the same as auto; paper: lr 1e-4 "
+                   "CPU, 240 s for the synthetic default, no limit on GPU); quick: the same as auto; paper: lr 1e-4 "
                    "halved per epoch, 10 epochs, batch 32, patience 3, no time limit. Options below override either.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -122,7 +122,7 @@ class _Plan:
 @click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None, help="Cap on optimiser steps per epoch.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--max-time", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds of training before a clean stop (auto: 600 on CPU, 540 for the synthetic default, none "
+              help="Seconds of training before a clean stop (auto: 600 on CPU, 240 for the synthetic default, none "
                    "on GPU).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Optimiser steps before a clean stop.")
 @click.option("--amp", type=click.Choice(["none", "auto", "bf16", "fp16"]), default=None,
@@ -429,7 +429,7 @@ def _log_calibration(cal: dict[str, Any]) -> None:
 
 def _auto_regime(plan: _Plan, parts: dict[str, xr.Dataset]) -> Regime:
     """The automatic regime for this data: what it chooses and why (printed, and recorded in ``run.json``)."""
-    # on a CPU the synthetic default trains 540 s; with generation and the 256-window table ~15 minutes
+    # on a CPU the synthetic default trains 240 s; with generation and the 256-window table ~10 minutes
     device = str(plan.given.get("device", "auto"))
     on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     budget = QUICK_TRAIN_DEFAULTS["max_time"] if plan.data["kind"] == "synthetic" and not on_gpu else "auto"
