@@ -50,7 +50,7 @@ _DTYPES = (torch.float32, torch.bfloat16)
 
 _lock = threading.RLock()
 _modules: dict[Geometry, ModuleType] = {}
-_ready: set[tuple[str, torch.dtype]] = set()
+_ZERO = np.float32(0)
 _geometries: dict[tuple, Geometry | None] = {}
 
 
@@ -120,27 +120,34 @@ def _module(g: Geometry) -> ModuleType:
         return mod
 
 
-def _kernel(kind: str, g: Geometry, args: tuple[Any, ...], dtype: torch.dtype) -> Any:
-    """Kernel ``kind`` (``sfwd`` / ``sgw``) of geometry ``g``, compiled for ``args`` (storage ``dtype``) on first use
-    under the general kernels' compile settings, locks and log lines."""
+_fns: dict[tuple, Any] = {}
+
+
+def _kernel(kind: str, g: Geometry, args: tuple[Any, ...], key: tuple) -> Any:
+    """Kernel ``kind`` (``sfwd`` / ``sgw``) of geometry ``g``, compiled for ``args`` on first use under the general
+    kernels' compile settings, locks and log lines; ``key`` (the storage dtypes) names the compiled variant, so a
+    call never compiles implicitly (numba would, without those settings)."""
+    fn = _fns.get((kind, g, key))
+    if fn is not None:
+        return fn
     name = f"{kind}_" + "_".join(str(v) for v in g)
     fn = getattr(_module(g), name)
-    if (name, dtype) not in _ready:
-        import numba
+    import numba
 
-        with _lock:
-            if (name, dtype) not in _ready:
-                with (cpu_kernels._compile_notice(name, dtype, g[2:4]), cpu_kernels._driver_lock(name, dtype),
-                      cpu_kernels._compile_ctx()):
-                    fn.compile(tuple(numba.typeof(a) for a in args))
-                _ready.add((name, dtype))
+    with _lock:
+        if (kind, g, key) not in _fns:
+            dtype = key[0]
+            with (cpu_kernels._compile_notice(name, dtype, g[2:4]), cpu_kernels._driver_lock(name, dtype),
+                  cpu_kernels._compile_ctx()):
+                fn.compile(tuple(numba.typeof(a) for a in args))
+            _fns[(kind, g, key)] = fn
     return fn
 
 
 def _run(fn: Any, head: tuple[Any, ...], units: int, threads: int) -> None:
     """``fn(*head, lo, hi, zero)`` over ``units`` in ~4 chunks per thread pulled from a shared counter (as
     :func:`urlk_forecast.ops.cpu_kernels._run`)."""
-    zero = np.float32(0)
+    zero = _ZERO
     if threads <= 1:
         fn(*head, 0, units, zero)
         return
@@ -186,6 +193,17 @@ def _threads(units: int, work: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- torch layer
+_U64 = 1 << 64
+
+
+def _steps(g: Geometry, flip: bool) -> tuple[np.uint64, np.uint64, np.uint64]:
+    """(woff, astep, bstep) of the forward kernel's weight reads (small_codegen.fwd_source): as stored, or rotated."""
+    KH, KW = g[2], g[3]
+    if not flip:
+        return np.uint64(0), np.uint64(KW), np.uint64(1)
+    return np.uint64(KH * KW - 1), np.uint64(_U64 - KW), np.uint64(_U64 - 1)
+
+
 def forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, g: Geometry,
             out: torch.Tensor | None = None, flip: bool = False) -> torch.Tensor:
     """Depthwise conv of ``x`` (B, C, H, W) contiguous with ``w`` (C, 1, KH, KW) on geometry ``g`` (from
@@ -195,16 +213,14 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, g: Geom
     y = torch.empty_like(x) if out is None else out
     if y.numel() == 0:
         return y
-    wf = w.detach()[:, 0].float()
-    if flip:
-        wf = wf.flip(-2, -1)
-    wt = wf.transpose(-1, -2).contiguous().view(-1).numpy()  # [c][b][a]
+    wa = cpu_kernels._np(w.detach().contiguous().view(-1))  # (C, KH, KW) as stored; the kernel reads it (flipped)
     has_bias = bias is not None
-    bv = bias.detach().float().contiguous().numpy() if bias is not None else wt[:1]
+    if bias is not None and bias.dtype not in _DTYPES:
+        bias = bias.float()
+    ba = cpu_kernels._np(bias.detach().contiguous()) if bias is not None else wa
     P = B * C
-    xa, ya = cpu_kernels._np(x.view(-1)), cpu_kernels._np(y.view(-1))
-    head = (xa, wt, bv, has_bias, ya, C)
-    fn = _kernel("sfwd", g, head + (0, P, np.float32(0)), x.dtype)
+    head = (cpu_kernels._np(x.view(-1)), wa, ba, has_bias, cpu_kernels._np(y.view(-1)), C) + _steps(g, flip)
+    fn = _kernel("sfwd", g, head + (0, P, _ZERO), (x.dtype, w.dtype, ba.dtype))
     _run(fn, head, P, _threads(P, P * _plane_work(g)))
     return y
 
@@ -229,6 +245,6 @@ def grad_weight(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, g: Geometry)
     else:
         P = B * C
         head = (cpu_kernels._np(x.view(-1)), cpu_kernels._np(gy.view(-1)), gwa.view(-1).numpy(), C)
-        fn = _kernel("sgw", g, head + (0, C, np.float32(0)), x.dtype)
+        fn = _kernel("sgw", g, head + (0, C, _ZERO), (x.dtype,))
         _run(fn, head, C, _threads(C, P * _plane_work(g)))
     return gwa.to(w.dtype).view(C, 1, KH, KW)
