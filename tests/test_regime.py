@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from urlk_forecast import regime as regime_module
-from urlk_forecast.config import ConfigError, TrainConfig
+from urlk_forecast.config import QUICK_TRAIN_DEFAULTS, ConfigError, TrainConfig
 from urlk_forecast.data.synthetic import synthetic_global
 from urlk_forecast.forecaster import Forecaster
 from urlk_forecast.regime import CPU_MAX_TIME, auto_regime
@@ -19,7 +19,7 @@ def test_3850_stations_train_one_window_per_step_on_a_cpu_budget() -> None:
     r = auto_regime(1945, 216, 3850, 11, device="cpu")
     cfg = r.config()
     # 3850 stations / 11 per node = 350 node images per window: 32 / 350 rounds to 0 -> at least 1 window
-    assert (cfg.batch_size, cfg.lr, cfg.lr_schedule, cfg.warmup, cfg.grad_clip) == (1, 1e-3, "cosine", 0.05, 5.0)
+    assert (cfg.batch_size, cfg.lr, cfg.lr_schedule, cfg.warmup, cfg.grad_clip) == (1, 2e-3, "cosine", 0.05, 5.0)
     assert cfg.steps_per_epoch is None and cfg.epochs == 100  # real passes, a cap
     assert cfg.val_windows == math.ceil(2048 / 350) == 6 and cfg.val_per_plan == 10 and cfg.patience == 4
     assert cfg.max_time == CPU_MAX_TIME == 600.0 and cfg.device == "cpu"
@@ -37,11 +37,14 @@ def test_two_stations_train_32_windows_per_step() -> None:
     assert auto_regime(6100, 100, 2, 11, device="cpu").config().val_windows == 100  # all there are
     assert auto_regime(6100, 2, 2, 11, device="cpu").config().val_windows == 2
     assert auto_regime(20, 50, 2, 11, device="cpu").config().batch_size == 20  # capped at the training windows
-    # in between: 44 stations in nodes of 11 = 4 images -> 8 windows, lr 2e-3; 12 images -> 3 windows, lr 1e-3
+    # in between: 44 stations in nodes of 11 = 4 images -> 8 windows, lr 2e-3; 12 images -> 3 windows = 36 images per
+    # step, lr 2e-3 too (the lr follows node images per step, not windows)
     assert (auto_regime(500, 50, 44, 11, "cpu").config().batch_size, auto_regime(500, 50, 44, 11, "cpu").config().lr) \
         == (8, 2e-3)
     assert (auto_regime(500, 50, 132, 11, "cpu").config().batch_size,
-            auto_regime(500, 50, 132, 11, "cpu").config().lr) == (3, 1e-3)
+            auto_regime(500, 50, 132, 11, "cpu").config().lr) == (3, 2e-3)
+    # fewer than LR_MIN_IMAGES images per step: 1e-3 (a given batch of 4 one-image windows)
+    assert auto_regime(500, 50, 2, 11, "cpu", given={"batch_size": 4}).config().lr == 1e-3
     # no validation windows: nothing to validate on, said so
     r = auto_regime(500, 0, 2, 11, "cpu")
     assert r.config().val_windows is None and any("no validation" in line for line in r.reasons)
@@ -136,9 +139,9 @@ def test_cli_train_prints_and_records_the_auto_regime(tmp_path) -> None:
     assert "batch 5: 6 node images per window (24 stations in nodes of 4)" in res.output
     rec = json.loads((run / "run.json").read_text())
     regime = rec["regime"]
-    assert regime["schedule"] == "auto" and regime["settings"]["batch_size"] == 5 and regime["settings"]["lr"] == 1e-3
+    assert regime["schedule"] == "auto" and regime["settings"]["batch_size"] == 5 and regime["settings"]["lr"] == 2e-3
     # the synthetic default's budget, and the plan the trainer fixed (the 6-step budget fits in it)
-    assert regime["settings"]["max_time"] == 540.0 and "max_steps" in regime["given"]
+    assert regime["settings"]["max_time"] == QUICK_TRAIN_DEFAULTS["max_time"] and "max_steps" in regime["given"]
     assert regime["plan"]["steps"] == 6 and regime["plan"]["by"] == "steps"
     cfg = json.loads((run / "train" / "train_config.json").read_text())
     assert (cfg["batch_size"], cfg["lr_schedule"], cfg["max_steps"]) == (5, "cosine", 6)
