@@ -140,12 +140,13 @@ def test_column_runs_cover_every_tap_that_reads_the_image(g):
 
 
 def test_large_batch_grad_weight_goes_to_the_general_kernel(monkeypatch):
-    """From GW_GENERAL_BATCH images a register-heavy grad-weight (K=5 at width 12) runs on the general kernel, a
-    light one (K=3) stays; both still match float64, and the small batch keeps the small-map kernel."""
+    """From GW_GENERAL_BATCH images a register-heavy grad-weight (K=5 at width 12) runs on the general kernel, K=3
+    (at width 12 or 24) stays; the gradients still match float64, and the small batch keeps the small-map kernel."""
     monkeypatch.delenv(cpu_small.ENV, raising=False)
     B = cpu_small.GW_GENERAL_BATCH
     g5, g3 = (8, 12, 5, 5, 1, 1, 2, 2), (8, 12, 3, 3, 5, 5, 5, 5)
     assert not cpu_small.takes_grad_weight(g5, B) and cpu_small.takes_grad_weight(g5, B - 1)
+    assert cpu_small.takes_grad_weight((16, 24, 3, 3, 1, 1, 1, 1), B)
     assert cpu_small.takes_grad_weight(g3, B) and not cpu_small.takes_grad_weight((8, 12, 13, 13, 1, 1, 6, 6), 2)
     gen = torch.Generator().manual_seed(7)
     x, gy = torch.randn(B, 2, 8, 12, generator=gen), torch.randn(B, 2, 8, 12, generator=gen)

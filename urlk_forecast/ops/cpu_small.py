@@ -173,11 +173,12 @@ def _run(fn: Any, head: tuple[Any, ...], units: int, threads: int) -> None:
 #: K=5 in 0.30-0.35 ms vs 0.35-0.42 on two, K=7 d=2 0.33 vs 0.39, K=3 d=4 0.20 vs 0.25, while K=13 (33 M) gained
 #: from two (0.49-0.64 vs 0.74-0.78 ms); so two threads from ~16 M multiply-adds (~0.35 ms on one core) up
 MIN_WORK_PER_THREAD = 8_000_000
-#: from this many images a grad-weight whose partial sums take more than ``GW_GENERAL_ACC`` registers lanes goes to
-#: the general kernel: at 350 x 80 x 8 x 12, K=5 it ran 6.5 ms there vs 8.0 here (docs/benchmarks.md, 2026-12-06),
-#: while at 32 images this kernel is 1.15-2.5x faster than the general one
+#: from this many images a grad-weight of more than ``GW_GENERAL_TAPS`` taps (K=5: 25 taps x 12 lanes of partial
+#: sums, most of the registers) goes to the general kernel: at 350 x 80 x 8 x 12, K=5 it ran 6.5 ms there vs 8.0 here
+#: (docs/benchmarks.md, 2026-12-06), while at 32 images this kernel is 1.15-2.5x faster than the general one, and
+#: at 350 x 40 x 16 x 24, K=3 (9 taps x 24 lanes) 1.9x faster (5.6 vs 10.3 ms)
 GW_GENERAL_BATCH = 128
-GW_GENERAL_ACC = 160
+GW_GENERAL_TAPS = 20
 _plane_works: dict[Geometry, int] = {}
 
 
@@ -227,14 +228,14 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, g: Geom
 
 def takes_grad_weight(g: Geometry, batch: int) -> bool:
     """Whether :func:`grad_weight` runs the grad-weight of geometry ``g`` at this batch (else the general kernel)."""
-    KH, KW, W = g[2], g[3], g[1]
-    return small_codegen.gw_fits(g) and not (batch >= GW_GENERAL_BATCH and KH * KW * W > GW_GENERAL_ACC)
+    KH, KW = g[2], g[3]
+    return small_codegen.gw_fits(g) and not (batch >= GW_GENERAL_BATCH and KH * KW > GW_GENERAL_TAPS)
 
 
 def grad_weight(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, g: Geometry) -> torch.Tensor | None:
     """Gradient w.r.t. the weight, (C, 1, KH, KW) in ``w``'s dtype, or None when this geometry's partial sums do
     not fit the registers (:func:`urlk_forecast.ops.small_codegen.gw_fits`), or fill most of them at a batch where
-    the general kernel is faster (``GW_GENERAL_BATCH``, ``GW_GENERAL_ACC``). ``x`` and ``gy`` contiguous."""
+    the general kernel is faster (``GW_GENERAL_BATCH``, ``GW_GENERAL_TAPS``). ``x`` and ``gy`` contiguous."""
     B, C, H, W = x.shape
     KH, KW = g[2], g[3]
     if not takes_grad_weight(g, B):
