@@ -26,9 +26,9 @@ Medians over ``--steps`` steps after ``--warmup``. Printed as a Markdown table w
 
 ``--paths old new`` runs every configuration on the old code path (``URLK_FAST=0``: what the trainer ran before
 issue 15 item 5) and on the fast paths (:mod:`urlk_forecast.models.fastpath`, the allocator setting of
-:mod:`urlk_forecast.utils.allocator` included: on for ``new``, off for ``old``), and prints windows/s of both and
-their ratio. ``--amp regime`` takes the autocast dtype the automatic regime picks for the configuration (bf16 from
-``BF16_MIN_IMAGES`` node images per step on a CPU with native bf16, else float32).
+:mod:`urlk_forecast.utils.allocator` included: every old run comes first, before the process turns it on), and
+prints windows/s of both and their ratio. ``--amp regime`` takes the autocast dtype the automatic regime picks for
+the configuration (bf16 from ``BF16_MIN_IMAGES`` node images per step on a CPU with native bf16, else float32).
 """
 
 from __future__ import annotations
@@ -57,7 +57,6 @@ from urlk_forecast.forecaster import Forecaster
 from urlk_forecast.models import fastpath
 from urlk_forecast.regime import BF16_MIN_IMAGES, cpu_has_native_bf16
 from urlk_forecast.trainer import _train_step
-from urlk_forecast.utils.allocator import retain_freed_memory
 
 SECTIONS = ("enc_embedding", "dec_embedding", "encoder", "decoder")
 
@@ -250,19 +249,21 @@ def main(argv: list[str] | None = None) -> int:
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, depthwise path {args.path or os.environ.get('URLK_DWCONV', 'auto')}")
     print(f"# default Forecaster network, synthetic data, median of {args.steps} steps after {args.warmup}\n")
-    results = {}
-    for c in args.configs:
-        s, b = (int(v) for v in c.lower().split("x"))
-        for amp in args.amp:
-            dtype = _amp_dtype(amp, s, b, args.seed)
-            for path in args.paths:
+    measured = {}
+    # every old-path run first: the allocator setting of the fast path is process-wide and glibc's adaptive mmap
+    # threshold cannot be restored once set, so an old run after a new one would not be the old path
+    for path in sorted(args.paths, key=lambda p: p != "old"):
+        for c in args.configs:
+            s, b = (int(v) for v in c.lower().split("x"))
+            for amp in args.amp:
+                dtype = _amp_dtype(amp, s, b, args.seed)
                 with fastpath.use_fast_paths(path == "new"):
-                    if not fastpath.tune_allocator("cpu"):  # process-wide: off again for the old path
-                        retain_freed_memory(False)
+                    fastpath.tune_allocator("cpu")
                     med, data_s = profile(s, b, args.steps, args.warmup, args.seed, dtype)
                 name = f"{s} st x {b}" + (f" {amp}" if len(args.amp) > 1 or amp == "regime" else "")
                 name = name.replace("regime", f"regime={'bf16' if dtype else 'none'}")
-                results[name + (f" {path}" if len(args.paths) > 1 else "")] = (med, data_s, b)
+                measured[(c, amp, path)] = (name + (f" {path}" if len(args.paths) > 1 else ""), (med, data_s, b))
+    results = dict(measured[(c, amp, path)] for c in args.configs for amp in args.amp for path in args.paths)
     print(table(results))
     if len(args.paths) > 1:
         print("\n" + speedups(results, args.paths))
