@@ -810,3 +810,42 @@ def test_cpu_training_keeps_freed_memory_and_the_old_path_does_not(data: tuple) 
         assert allocator.retained() is (os.environ.get(allocator.ENV, "1") != "0")
     finally:
         allocator.retain_freed_memory()
+
+
+class _CompilingClock(StepClock):
+    """StepClock whose steps 2-9 take 5 s each and count as the op's one-time work (kernels compiling), and whose
+    first validation forward after step 12 takes 10 s and counts as one-time work too (validation shapes)."""
+
+    def __init__(self, model: nn.Module, flag_compiles: bool = True) -> None:
+        super().__init__(model, 1.0, 0.25, {n: 5.0 for n in range(2, 10)})
+        self.one_time, self.flag, self.val_compiled = 0.0, flag_compiles, False
+
+    def _pre(self, module: nn.Module, _inputs: object) -> None:
+        super()._pre(module, _inputs)
+        if module.training and self.n in self.slow and self.flag:
+            self.one_time += 5.0
+        if not module.training and self.n >= 12 and not self.val_compiled:
+            self.val_compiled = True
+            self.now += 10.0
+            self.one_time += 10.0 if self.flag else 0.0
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_time_plan_leaves_out_steps_that_compiled_kernels(data: tuple, monkeypatch, flag: bool) -> None:
+    """On a machine's first run the op compiles kernels during the first steps; the plan waits for steps without
+    one-time work (ops.one_time_seconds unchanged) and times the validation again when its first timing compiled."""
+    import urlk_forecast.trainer as trainer_module
+
+    ws, val = data
+    model = TinyNet()
+    clock = _CompilingClock(model, flag_compiles=flag)
+    monkeypatch.setattr(trainer_module.ops, "one_time_seconds", lambda: clock.one_time)
+    cfg = small_cfg(epochs=20, patience=0, lr_schedule="cosine", max_time=200.0, eval_batch_size=8)
+    trainer = Trainer(cfg)
+    trainer.clock = clock  # type: ignore[method-assign]
+    res = trainer.fit(model, ws, val)
+    assert res.plan is not None
+    if flag:  # steps 10-13 are the first four clean ones: 1 s each; the validation's second timing: 2 x 0.25 s
+        assert (res.plan["step_s"], res.plan["val_s"]) == (1.0, 0.5)
+    else:  # nothing says the slow steps compiled: their median is taken, as before (steps 2-8, fixed at step 8)
+        assert res.plan["step_s"] == 5.0

@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from . import distributed as D
+from . import ops
 from .config import ConfigError, TrainConfig
 from .data.windows import WindowSource
 from .ema import WeightEMA
@@ -103,6 +104,11 @@ Callback = Callable[[dict[str, Any]], None]
 #: budget decides is the same whether or not the run was interrupted. Until then a provisional plan from the fastest
 #: step so far shapes the warm-up.
 PLAN_AT_STEP = 8
+#: steps without the depthwise op's one-time work (compiling kernels, measuring its table:
+#: :func:`urlk_forecast.ops.one_time_seconds`) the plan needs; on a machine's first run the plan waits for them, up to
+#: ``PLAN_AT_STEP * PLAN_DEFER_MAX`` steps (then every step after the first counts)
+PLAN_MIN_CLEAN = 4
+PLAN_DEFER_MAX = 4
 #: fraction of the time left kept free when sizing a time-bounded plan (step-time noise)
 PLAN_MARGIN = 0.05
 
@@ -599,7 +605,9 @@ class _Run:
     t_last: float = 0.0  # clock reading last added to ``TrainState.elapsed``
     t_logged: float = 0.0  # clock reading of the last progress log line
     durations: list[float] = field(default_factory=list)  # clock seconds of this process's steps until the plan is
-    # fixed (step timing)
+    # fixed (step timing), without the first step and those during which the depthwise op compiled or measured
+    all_durations: list[float] = field(default_factory=list)  # the same, every step
+    one_time_mark: float = 0.0  # ops.one_time_seconds() at the start of the timed interval
     prov_plan: int | None = None  # the provisional plan while the step time is being measured
     t_step_end: float | None = None  # clock at the end of the last step of this epoch (its validation included)
     ckpt_s: float = 0.0  # seconds the last checkpoint took to write
@@ -804,21 +812,17 @@ class Trainer:
         """While the step time is measured: a provisional plan from the fastest step so far; at
         :data:`PLAN_AT_STEP` time one validation and fix the plan that fits in ``max_time`` (returns True then)."""
         cfg, st = self.cfg, self.state
-        times = run.durations[1:] if len(run.durations) > 1 else run.durations  # the process's first step compiles
+        # steps after the process's first (torch's own warm-up) without the op's one-time work; else all of them
+        times = run.durations or run.all_durations[1:] or run.all_durations
         assert cfg.max_time is not None
-        if st.global_step < PLAN_AT_STEP:
-            if len(run.durations) > 1:  # ~ an upper bound on the plan: a warm-up no shorter than the final one
+        if st.global_step < PLAN_AT_STEP or self._defer_plan(run):
+            if len(run.all_durations) > 1:  # ~ an upper bound on the plan: a warm-up no shorter than the final one
                 fastest = float(D.all_reduce_max(torch.tensor([min(times)], dtype=torch.float64, device=run.device)))
                 run.prov_plan = self._steps_that_fit(run, (cfg.max_time - self._tick(run)) * (1.0 - PLAN_MARGIN),
                                                      fastest, 0.0)
             return False
         step_s = float(np.median(times))
-        val_s = 0.0
-        if run.val_idx is not None:
-            t0 = self.clock()
-            evaluate_loss(run.model, run.val_ws, run.val_idx, run.eval_bs, run.device, run.scale, run.amp_dtype,
-                          run.ctx)
-            val_s = self.clock() - t0
+        val_s = self._time_validation(run) if run.val_idx is not None else 0.0
         both = D.all_reduce_max(torch.tensor([step_s, val_s, run.ckpt_s], dtype=torch.float64, device=run.device))
         step_s, val_s, ckpt_s = (float(v) for v in both)
         left = (cfg.max_time - self._tick(run)) * (1.0 - PLAN_MARGIN)
@@ -827,6 +831,28 @@ class Trainer:
                                    "val_s": round(val_s, 4), "checkpoint_s": round(ckpt_s, 4),
                                    "time_left_s": round(left, 1)})
         return True
+
+    def _defer_plan(self, run: _Run) -> bool:
+        """Whether to time more steps before fixing the plan: fewer than :data:`PLAN_MIN_CLEAN` steps without the op's
+        one-time work on some rank, and below the deferral cap (decided by all ranks together)."""
+        if self.state.global_step >= PLAN_AT_STEP * PLAN_DEFER_MAX:
+            return False
+        few = float(len(run.durations) < PLAN_MIN_CLEAN)
+        return float(D.all_reduce_max(torch.tensor([few], dtype=torch.float64, device=run.device))) > 0
+
+    def _time_validation(self, run: _Run) -> float:
+        """Seconds of one validation; timed a second time when the first compiled kernels for the validation's
+        shapes or measured the op's table (on every rank when on one)."""
+        val_s = 0.0
+        for _ in range(2):
+            mark, t0 = ops.one_time_seconds(), self.clock()
+            evaluate_loss(run.model, run.val_ws, run.val_idx, run.eval_bs, run.device, run.scale, run.amp_dtype,
+                          run.ctx)
+            val_s = self.clock() - t0
+            again = float(ops.one_time_seconds() != mark)
+            if float(D.all_reduce_max(torch.tensor([again], dtype=torch.float64, device=run.device))) == 0:
+                break
+        return val_s
 
     def _steps_that_fit(self, run: _Run, left: float, step_s: float, val_s: float, ckpt_s: float = 0.0) -> int:
         """The largest plan (at most the step budget) whose remaining steps, validations and checkpoints (one per
@@ -924,6 +950,8 @@ class Trainer:
         t0 = time.perf_counter()
         timing = st.plan_steps is None and self._needs_plan()
         c0 = (run.t_step_end if run.t_step_end is not None else self.clock()) if timing else 0.0
+        if timing and run.t_step_end is None:
+            run.one_time_mark = ops.one_time_seconds()
         run.last_lr = run.optimizer.param_groups[0]["lr"]
         loss = _train_step(run.net, run.optimizer, run.scaler, _to_device(raw, run.device), run.scale,
                            run.amp_dtype, cfg, run.ctx)
@@ -937,14 +965,17 @@ class Trainer:
             st.epoch_loss_sum += loss
             st.epoch_loss_steps += 1
         if timing:
-            run.durations.append(self.clock() - c0)
+            dt = self.clock() - c0
+            run.all_durations.append(dt)
+            if len(run.all_durations) > 1 and ops.one_time_seconds() == run.one_time_mark:
+                run.durations.append(dt)
         fixed = timing and self._time_plan(run)  # before the scheduler sets the next step's LR from the plan
         if cfg.lr_schedule == "cosine":
             run.scheduler.step()
         wps = n_windows / max(time.perf_counter() - t0, 1e-9)
         self._tick(run)
         self._report_step(run, bar, loss, wps)
-        if fixed or (timing and len(run.durations) == 1):  # the first checkpoint also times a checkpoint
+        if fixed or (timing and len(run.all_durations) == 1):  # the first checkpoint also times a checkpoint
             self._save_checkpoint(run)
         mid_epoch = st.step_in_epoch < run.steps_per_epoch
         if mid_epoch and st.val_every and run.val_idx is not None and st.step_in_epoch % st.val_every == 0:
@@ -955,6 +986,8 @@ class Trainer:
         elif mid_epoch and cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0:
             self._save_checkpoint(run)
         run.t_step_end = self.clock() if timing else None
+        if timing:
+            run.one_time_mark = ops.one_time_seconds()
 
     def _report_step(self, run: _Run, bar: Any, loss: float | None, wps: float) -> None:
         """Progress: the bar when shown; else on rank 0 a log line every ``log_every`` steps or ``log_every_s`` s."""

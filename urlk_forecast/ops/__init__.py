@@ -22,11 +22,11 @@ import torch
 from torch import nn
 
 from urlk_forecast.ops._args import out_hw, pair
-from urlk_forecast.ops.autotune import calibrate, record_calls
+from urlk_forecast.ops.autotune import calibrate, one_time_seconds, record_calls
 from urlk_forecast.ops.dispatch import BACKENDS, get_backend, run, use_backend
 
 __all__ = ["dwconv2d", "DWConv2d", "use_backend", "get_backend", "BACKENDS", "same_padding", "convert_depthwise",
-           "calibrate", "record_calls"]
+           "calibrate", "record_calls", "one_time_seconds"]
 
 PaddingArg = int | Sequence[int] | str | None
 

@@ -68,7 +68,7 @@ from urlk_forecast.utils.atomic import atomic_write_text
 
 __all__ = ["TUNE_ENV", "TABLE_DIR_ENV", "Call", "env_get", "plans", "choose", "static_choice", "measure", "calibrate",
            "record_calls", "table_path", "machine_id", "bucket", "reset", "tune_mode", "choose_many",
-           "wait_for_compiles", "choose_plan", "fixed_cost", "time_difference"]
+           "wait_for_compiles", "choose_plan", "fixed_cost", "time_difference", "one_time_seconds"]
 
 log = logging.getLogger("urlk_forecast.ops")
 
@@ -350,13 +350,27 @@ def measure(direction: str, x: torch.Tensor, w: torch.Tensor, pads: Sequence[int
         return {i: partial(cpu_paths.compute, direction, i, xs, wd_, gys, pads4, dil2) for i in cpu_paths.IMPLS}
 
     timed = runs(b)
-    with torch.no_grad():
-        # warm-up (compilation on a machine's first run, oneDNN primitive creation): on the full batch when that is
-        # cheap, else on one sample (the kernels and primitives that matter are compiled/created either way)
-        for fn in (timed if b * per_sample <= WARMUP_WORK else runs(1)).values():
-            fn()
-        wait_for_compiles()
-        return _timed_pairs(timed)
+    t0 = time.perf_counter()
+    try:
+        with torch.no_grad():
+            # warm-up (compilation on a machine's first run, oneDNN primitive creation): on the full batch when
+            # that is cheap, else on one sample (the kernels and primitives that matter are compiled/created anyway)
+            for fn in (timed if b * per_sample <= WARMUP_WORK else runs(1)).values():
+                fn()
+            wait_for_compiles()
+            return _timed_pairs(timed)
+    finally:
+        _one_time["measure_s"] += time.perf_counter() - t0
+
+
+_one_time = {"measure_s": 0.0}
+
+
+def one_time_seconds() -> float:
+    """Seconds this process has spent so far on the op's one-time work: compiling or loading kernels
+    (:func:`urlk_forecast.ops.cpu_kernels.compile_seconds`) and measuring the table. A caller that times its own
+    steps (the trainer's plan) leaves out the steps during which this grew: they are no sample of the steady state."""
+    return cpu_kernels.compile_seconds() + _one_time["measure_s"]
 
 
 #: the longest :func:`wait_for_compiles` waits (s); a numba compilation of one driver takes ~5-60 s

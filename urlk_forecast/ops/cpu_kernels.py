@@ -224,6 +224,15 @@ _COMPILE_NOTICE_S = 2.0
 _COMPILE_HEARTBEAT_S = 30.0
 
 
+_compile_seconds = [0.0]
+_compile_seconds_lock = threading.Lock()
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent getting drivers ready (compiling them, or loading them from the disk cache)."""
+    return _compile_seconds[0]
+
+
 @contextlib.contextmanager
 def _compile_notice(name: str, dtype: torch.dtype, k: tuple[int, int]) -> Iterator[None]:
     """Log at INFO level when getting driver ``name`` ready takes longer than a disk-cache load (i.e. it compiles,
@@ -249,6 +258,8 @@ def _compile_notice(name: str, dtype: torch.dtype, k: tuple[int, int]) -> Iterat
     finally:
         done.set()
         watcher.join()
+        with _compile_seconds_lock:
+            _compile_seconds[0] += time.perf_counter() - t0
         if noticed.is_set():
             log.info("compiled depthwise-conv kernels %s in %.1f s", what, time.perf_counter() - t0)
 
