@@ -46,10 +46,11 @@ import pandas as pd
 from urlk_forecast.baselines.naive import Persistence
 from urlk_forecast.baselines.peers import NeuralForecastPeer
 from urlk_forecast.baselines.statsforecast_models import AutoETSMethod, MSTLMethod
-from urlk_forecast.config import FORECASTER_DEFAULTS, QUICK_TRAIN_DEFAULTS
+from urlk_forecast.config import FORECASTER_DEFAULTS
 from urlk_forecast.data.readers import open_dataset
 from urlk_forecast.data.real_samples import SERIES, default_cache_dir, write_series
 from urlk_forecast.data.windows import WindowDataset, split_dataset
+from urlk_forecast.regime import CPU_MAX_TIME
 from urlk_forecast.scoring import score_methods
 from urlk_forecast.utils import atomic_write_text, evenly_spaced
 
@@ -278,8 +279,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-peers", action="store_true", help="no in-process peers")
     p.add_argument("--skip-baselines", action="store_true", help="no CLI benchmark (peers only)")
     p.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, from {', '.join(PEERS)}")
-    p.add_argument("--max-time", type=float, default=float(QUICK_TRAIN_DEFAULTS["max_time"]),
-                   help="training time box of each neural peer in seconds (default: the model's quick schedule)")
+    p.add_argument("--max-time", type=float, default=float(CPU_MAX_TIME),
+                   help="training time box of each neural peer in seconds (default: the model's CPU budget on a data "
+                        "file, 600 s; the peer rows recorded before 2026-12-07 used 540 s, PatchTST finished its 1000 "
+                        "steps in ~380 s either way)")
     p.add_argument("--max-windows", type=int, default=512, help="test windows, evenly spaced (the CLI's default)")
     p.add_argument("--seq-len", type=int, default=SEQ_LEN,
                    help="input steps of the model and the neural peers (default: the package default); a "
