@@ -518,7 +518,6 @@ class Forecaster(Method):
         net = self._inference_net()
         net.eval()
         dev = self.device
-        fastpath.tune_allocator(dev.type)
         # everything but the targets (the network must not see them; extra inputs such as a fusion "aux" pass)
         b = {k: v.to(dev) for k, v in batch.items() if k not in ("y", "y_mask", "index") and torch.is_tensor(v)}
         out = net(b).float()
@@ -583,6 +582,7 @@ class Forecaster(Method):
         out = np.empty((idx.size, self.pred_len, len(ids) * len(self.targets), *levels), np.float32)
         images = int(getattr(self._net(), "n_nodes", 1))  # node images per window
         batch_size = max(1, min(int(batch_size), FORWARD_IMAGES // max(images, 1)))
+        fastpath.tune_allocator(self.device.type)  # large activations reused, not page-faulted in per batch
         for i in range(0, idx.size, batch_size):
             batch = ws.batch(idx[i:i + batch_size])
             if cov is not None:  # the model's covariates, in its order

@@ -632,20 +632,13 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pad: Pa
     B, C, H, W = x.shape
     KH, KW = w.shape[-2:]
     Ho, Wo = out_hw(H, W, (KH, KW), (t, b, l, r), (dh, dw))
+    if out is not None and (tuple(out.shape) != (B, C, Ho, Wo) or out.dtype != x.dtype or not out.is_contiguous()):
+        raise ValueError(f"cpu_kernels.forward: out must be a contiguous {x.dtype} tensor of shape {(B, C, Ho, Wo)}")
     small = _small()
     if small is not None and (g := small.geometry(x, w, (t, b, l, r), (dh, dw))) is not None and \
             g[1] in small.FWD_WIDTHS:
-        if out is not None and (tuple(out.shape) != (B, C, Ho, Wo) or out.dtype != x.dtype
-                                or not out.is_contiguous()):
-            raise ValueError(f"cpu_kernels.forward: out must be a contiguous {x.dtype} tensor of shape "
-                             f"{(B, C, Ho, Wo)}")
         return small.forward(x, w, bias, g, out)
-    if out is None:
-        y = _empty((B, C, Ho, Wo), x)
-    elif tuple(out.shape) != (B, C, Ho, Wo) or out.dtype != x.dtype or not out.is_contiguous():
-        raise ValueError(f"cpu_kernels.forward: out must be a contiguous {x.dtype} tensor of shape {(B, C, Ho, Wo)}")
-    else:
-        y = out
+    y = _empty((B, C, Ho, Wo), x) if out is None else out
     if y.numel() == 0:
         return y
     has_bias = bias is not None
