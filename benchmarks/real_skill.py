@@ -58,14 +58,15 @@ SEQ_LEN, LABEL_LEN, PRED_LEN, MAX_GAP = int(FORECASTER_DEFAULTS["seq_len"]), 24,
 COLUMNS = ["series", "variable", "method", "type", "source", "parameters", "MSE", "MAE", "fit_s", "predict_s",
            "coverage", "note"]
 
-#: Peer name -> factory(variable, max_time, accelerator, seq_len).
-PEERS: dict[str, Callable[[str, float, str | None, int], Any]] = {
-    "patchtst": lambda v, t, a, n: NeuralForecastPeer("patchtst", variable=v, max_time=t, accelerator=a, seq_len=n),
-    "nhits": lambda v, t, a, n: NeuralForecastPeer("nhits", variable=v, max_time=t, accelerator=a, seq_len=n),
-    "dlinear": lambda v, t, a, n: NeuralForecastPeer("dlinear", variable=v, max_time=t, accelerator=a, seq_len=n),
-    "autoets": lambda v, _t, _a, _n: AutoETSMethod(variable=v),
-    "mstl": lambda v, _t, _a, _n: MSTLMethod(variable=v),
+#: Peer name -> factory(variable, max_time, accelerator, seq_len, seed). A neural peer of seed ``s`` gets
+#: ``random_seed = 1 + s`` (seed 0: neuralforecast's default, 1); the statistical peers are deterministic.
+PEERS: dict[str, Callable[[str, float, str | None, int, int], Any]] = {
+    name: (lambda v, t, a, n, s, _m=name: NeuralForecastPeer(_m, variable=v, max_time=t, accelerator=a, seq_len=n,
+                                                             random_seed=1 + s))
+    for name in ("patchtst", "nhits", "dlinear")
 }
+PEERS["autoets"] = lambda v, _t, _a, _n, _s: AutoETSMethod(variable=v)
+PEERS["mstl"] = lambda v, _t, _a, _n, _s: MSTLMethod(variable=v)
 
 
 def say(msg: str) -> None:
@@ -107,9 +108,10 @@ def _train_seconds(run: Path, wall: float | None) -> float:
     return float("nan") if wall is None else wall
 
 
-def model_step(data: Path, var: str, out: Path, reuse: bool, seq_len: int = SEQ_LEN) -> tuple[Path, float]:
-    """``urlk-forecast train --data FILE --var V`` (defaults; ``--seq-len`` only when ``seq_len`` is not the
-    default); the run directory and its training seconds."""
+def model_step(data: Path, var: str, out: Path, reuse: bool, seq_len: int = SEQ_LEN, seed: int = 0
+               ) -> tuple[Path, float]:
+    """``urlk-forecast train --data FILE --var V --seed S`` (defaults otherwise; ``--seq-len`` only when
+    ``seq_len`` is not the default); the run directory and its training seconds."""
     run = out / "run"
     done = out / "train.done"
     wall = None
@@ -117,7 +119,8 @@ def model_step(data: Path, var: str, out: Path, reuse: bool, seq_len: int = SEQ_
         if run.exists():
             shutil.rmtree(run)
         extra = [] if seq_len == SEQ_LEN else ["--seq-len", str(seq_len)]
-        wall = run_logged([*cli(), "train", "--data", data, "--var", var, "--out", run, *extra], out / "train.log")
+        wall = run_logged([*cli(), "train", "--data", data, "--var", var, "--out", run, "--seed", str(seed), *extra],
+                          out / "train.log")
         atomic_write_text(done, f"{wall}\n")
     else:
         wall = float(done.read_text().strip() or "nan")
@@ -150,13 +153,13 @@ def split_windows(data: Path, var: str, max_windows: int, seq_len: int = SEQ_LEN
 
 
 def peer_step(name: str, var: str, split: tuple[Any, Any, WindowDataset, np.ndarray], out: Path, reuse: bool,
-              max_time: float, accelerator: str | None) -> dict[str, Any]:
+              max_time: float, accelerator: str | None, seed: int = 0) -> dict[str, Any]:
     """Fit one peer on the training split, score it (beside persistence) on the test windows; one table row."""
     path = out / f"peer_{name}.json"
     if reuse and path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     train, val, ws, idx = split
-    method = PEERS[name](var, max_time, accelerator, ws.seq_len)
+    method = PEERS[name](var, max_time, accelerator, ws.seq_len, seed)
     say(f"fitting {method.name} on {var} ...")
     method.fit(train, val=val)
     ref = Persistence(variable=var).fit(train)
@@ -234,9 +237,34 @@ def markdown(rows: list[dict[str, Any]], cols: Sequence[str]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ driver
-def run_pair(series: str, var: str, a: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str], bool | None]:
-    """Everything for one (series, variable): rows, notes, verdict."""
-    out = Path(a.out) / series / (var if a.seq_len == SEQ_LEN else f"{var}_in{a.seq_len}")
+def pair_dir(out: str | Path, series: str, var: str, seq_len: int, seed: int) -> Path:
+    """``OUT/SERIES/VAR[_in<N>][_seed<S>]``: a non-default input length or seed keeps its results apart (seed 0 at
+    the default length is where single-seed runs have always been)."""
+    name = var + ("" if seq_len == SEQ_LEN else f"_in{seq_len}") + ("" if seed == 0 else f"_seed{seed}")
+    return Path(out) / series / name
+
+
+def aggregate(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per method over the seeds' rows: mean MSE, MAE and fit seconds, the MSE range in the note."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for rows in per_seed:
+        for r in rows:
+            by.setdefault(r["method"], []).append(r)
+    out = []
+    for rs in by.values():
+        mse = np.array([float(r["MSE"]) for r in rs])
+        row = {**rs[0], "MSE": float(mse.mean()), "MAE": float(np.mean([float(r["MAE"]) for r in rs])),
+               "fit_s": float(np.nanmean([float(r["fit_s"]) for r in rs])) if rs else float("nan"),
+               "note": f"mean of {len(rs)} seed(s), MSE {mse.min():.3f}-{mse.max():.3f}"}
+        out.append(row)
+    return out
+
+
+def run_pair(series: str, var: str, a: argparse.Namespace, seed: int = 0
+             ) -> tuple[list[dict[str, Any]], list[str], bool | None]:
+    """Everything for one (series, variable) and seed (the model's ``--seed``; the neural peers' ``random_seed``
+    is 1 + seed): rows, notes, verdict."""
+    out = pair_dir(a.out, series, var, a.seq_len, seed)
     out.mkdir(parents=True, exist_ok=True)
     data = write_series(series, a.cache)
     notes: list[str] = [f"data: {data} ({SERIES[series].description})"]
@@ -244,7 +272,7 @@ def run_pair(series: str, var: str, a: argparse.Namespace) -> tuple[list[dict[st
     run, train_s, cli_df = None, None, None
     try:
         if not a.skip_model:
-            run, train_s = model_step(data, var, out, a.reuse, a.seq_len)
+            run, train_s = model_step(data, var, out, a.reuse, a.seq_len, seed)
         if not a.skip_baselines:
             cli_df = benchmark_step(data, var, out, run, a.reuse)
             rows += cli_rows(cli_df, train_s)
@@ -256,7 +284,7 @@ def run_pair(series: str, var: str, a: argparse.Namespace) -> tuple[list[dict[st
         split = split_windows(data, var, a.max_windows, a.seq_len)
         for name in a.peers:
             try:
-                peer_rows.append(peer_step(name, var, split, out, a.reuse, a.max_time, a.accelerator))
+                peer_rows.append(peer_step(name, var, split, out, a.reuse, a.max_time, a.accelerator, seed))
             except Exception as e:  # noqa: BLE001 - report, go on with the other peers
                 notes.append(f"{name} FAILED: {type(e).__name__}: {e}")
                 say(notes[-1])
@@ -269,6 +297,31 @@ def run_pair(series: str, var: str, a: argparse.Namespace) -> tuple[list[dict[st
     failed = any(n.startswith("FAILED") or " FAILED" in n for n in notes)
     return [{"series": series, "variable": var, **r} for r in rows], [n for n in notes if n], (
         False if failed else ok)
+
+
+def run_seeds(series: str, var: str, a: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str], bool | None]:
+    """:func:`run_pair` for every seed of ``a.seeds``: all rows (with their seed), the markdown lines, and the
+    verdict (with several seeds, on the mean rows; a failed step of any seed fails the pair)."""
+    all_rows: list[dict[str, Any]] = []
+    text: list[str] = []
+    per_seed: list[list[dict[str, Any]]] = []
+    oks: list[bool | None] = []
+    failed = False
+    for seed in a.seeds:
+        rows, notes, ok = run_pair(series, var, a, seed)
+        failed = failed or any("FAILED" in n for n in notes)
+        all_rows += [{**r, "seed": seed} for r in rows]
+        per_seed.append(rows)
+        oks.append(ok)
+        title = f"## {series} / {var}" + (f", seed {seed}" if len(a.seeds) > 1 else "")
+        text += [title, "", markdown(rows, COLUMNS[2:-1] + ["note"]), "", *[f"- {n}" for n in notes], ""]
+    if len(a.seeds) == 1:
+        return all_rows, text, oks[0]
+    mean_rows = aggregate(per_seed)
+    ok, vtext = verdict(mean_rows)
+    text += [f"## {series} / {var}, mean of seeds {', '.join(map(str, a.seeds))}", "",
+             markdown(mean_rows, COLUMNS[2:-1] + ["note"]), "", f"- {vtext}", ""]
+    return all_rows, text, False if failed else ok
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -288,6 +341,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="input steps of the model and the neural peers (default: the package default); a "
                         "non-default length keeps its results apart (OUT/SERIES/VAR_in<N>)")
     p.add_argument("--accelerator", default=None, help="lightning accelerator of the neural peers (default: auto)")
+    p.add_argument("--seeds", default="0",
+                   help="comma-separated seeds: each trains the model (--seed S) and fits the neural peers "
+                        "(random_seed 1 + S) again; with several, a last table per pair holds the means and the "
+                        "verdict is taken on them (results of seed S > 0 in OUT/SERIES/VAR_seedS)")
     p.add_argument("--cache", default=None, help=f"directory of the series' netCDF files ({default_cache_dir()})")
     p.add_argument("--reuse", action="store_true", help="take finished steps from --out instead of re-running them")
     p.add_argument("--out", default="real_skill", help="output directory (real_skill.md / .csv, logs, runs)")
@@ -295,6 +352,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     a.series = [s.strip() for s in a.series.split(",") if s.strip()]
     a.vars = [v.strip() for v in a.vars.split(",") if v.strip()]
     a.peers = [s.strip().lower() for s in a.peers.split(",") if s.strip()]
+    try:
+        a.seeds = sorted({int(s) for s in a.seeds.split(",") if s.strip()}) or [0]
+    except ValueError:
+        p.error(f"--seeds: expected comma-separated integers, got {a.seeds!r}")
+    if any(s < 0 for s in a.seeds):
+        p.error(f"--seeds: seeds must be >= 0, got {a.seeds}")
     for what, got, known in (("--series", a.series, SERIES), ("--peers", a.peers, PEERS)):
         bad = [g for g in got if g not in known]
         if bad:
@@ -314,15 +377,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if var not in SERIES[series].variables:
                 say(f"{series} has no {var}: skipped")
                 continue
-            rows, notes, ok = run_pair(series, var, a)
+            rows, lines, ok = run_seeds(series, var, a)
             all_rows += rows
+            text += lines
             verdicts.append(ok)
-            text += [f"## {series} / {var}", "", markdown(rows, COLUMNS[2:-1] + ["note"]), "",
-                     *[f"- {n}" for n in notes], ""]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "real_skill.md", "\n".join(text))
-    atomic_write_text(out / "real_skill.csv", pd.DataFrame(all_rows, columns=COLUMNS).to_csv(index=False))
+    atomic_write_text(out / "real_skill.csv", pd.DataFrame(all_rows, columns=[*COLUMNS, "seed"]).to_csv(index=False))
     print("\n".join(text))
     say(f"wrote {out / 'real_skill.md'} and {out / 'real_skill.csv'}")
     return 1 if any(v is False for v in verdicts) else 0

@@ -168,3 +168,26 @@ def test_suite_verdict_needs_both_metrics_against_every_row():
     cli = pd.DataFrame({"method": ["Persistence"], "MSE": [5.0]})
     assert "checked" in suite.check_windows(cli, [{"method": "NHITS", "persistence_MSE": 5.0, "MSE": 4.0}])
     assert "WARNING" in suite.check_windows(cli, [{"method": "NHITS", "persistence_MSE": 5.1, "MSE": 4.0}])
+
+
+def test_suite_seeds_keep_results_apart_and_aggregate_means():
+    suite = _suite()
+    a = suite.parse(["--seeds", "2,0,2", "--out", "o"])
+    assert a.seeds == [0, 2]
+    assert suite.pair_dir("o", "tmy3", "wind_speed", suite.SEQ_LEN, 0).as_posix() == "o/tmy3/wind_speed"
+    assert suite.pair_dir("o", "tmy3", "wind_speed", 96, 2).as_posix() == "o/tmy3/wind_speed_in96_seed2"
+    with pytest.raises(SystemExit):
+        suite.parse(["--seeds", "-1"])
+    seed0 = [{"method": "M", "source": "model", "MSE": 4.0, "MAE": 1.0, "fit_s": 10.0},
+             {"method": "P", "source": "in-process", "MSE": 3.0, "MAE": 1.2, "fit_s": 5.0}]
+    seed1 = [{"method": "M", "source": "model", "MSE": 2.0, "MAE": 1.4, "fit_s": 30.0},
+             {"method": "P", "source": "in-process", "MSE": 3.4, "MAE": 1.3, "fit_s": 7.0}]
+    rows = {r["method"]: r for r in suite.aggregate([seed0, seed1])}
+    assert rows["M"]["MSE"] == pytest.approx(3.0) and rows["M"]["MAE"] == pytest.approx(1.2)
+    assert rows["M"]["fit_s"] == pytest.approx(20.0) and "2.000-4.000" in rows["M"]["note"]
+    assert rows["P"]["MSE"] == pytest.approx(3.2) and rows["P"]["source"] == "in-process"
+    # the verdict on the means: M beats P in MSE (3.0 < 3.2) and MAE (1.2 < 1.25), although P wins seed 0 in MSE
+    assert suite.verdict(list(rows.values()))[0] is True
+    # a peer factory gives the neural peers random_seed 1 + seed
+    peer = suite.PEERS["dlinear"]("temperature", 10.0, None, 48, 3)
+    assert peer.random_seed == 4
