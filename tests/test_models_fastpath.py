@@ -223,3 +223,71 @@ def test_nhwc_permute_is_contiguous_on_the_fast_path_and_a_view_on_the_old() -> 
     with fastpath.use_fast_paths(False):
         v = NCHWtoNHWC()(x)
     assert v.data_ptr() == x.data_ptr() and torch.equal(v, y)
+
+
+# ------------------------------------------------------------------------------------------------------- dropout
+def test_keep_mask_drops_at_rate_p_independently():
+    from urlk_forecast.models.layers import keep_mask
+
+    torch.manual_seed(0)
+    n, p = 600_000, 0.05
+    keep, q = keep_mask((n,), p)
+    assert keep.dtype == torch.bool and keep.shape == (n,)
+    assert q == round(p * 65536) / 65536
+    drop = (~keep).double()
+    sigma = (q * (1 - q) / n) ** 0.5
+    assert abs(drop.mean().item() - q) < 5 * sigma  # binomial: the rate is p
+    # the three lanes of a word and neighbouring words are independent: the pair rate is q^2
+    for lag in (1, 2, 3, 4):
+        pair = (drop[:-lag] * drop[lag:]).mean().item()
+        assert abs(pair - q * q) < 5 * (q * q / n) ** 0.5 + 1e-5, lag
+    # odd sizes and shapes, seeded
+    torch.manual_seed(3)
+    a, _ = keep_mask((7, 5, 3), 0.5)
+    torch.manual_seed(3)
+    b, _ = keep_mask((7, 5, 3), 0.5)
+    assert a.shape == (7, 5, 3) and torch.equal(a, b) and 0 < a.sum() < a.numel()
+
+
+def test_dropout_fast_path_scales_by_its_mask_and_old_path_is_nn_dropout():
+    from urlk_forecast.models.layers import Dropout, keep_mask
+
+    x = torch.randn(64, 48, 33, dtype=torch.float64)
+    d = Dropout(0.1).train()
+    torch.manual_seed(7)
+    with fastpath.use_fast_paths(True):
+        xr = x.clone().requires_grad_()
+        y = d(xr)
+    torch.manual_seed(7)
+    keep, q = keep_mask(x.shape, 0.1)  # the same draw, recomputed
+    want = torch.where(keep, x / (1 - q), torch.zeros((), dtype=x.dtype))
+    torch.testing.assert_close(y, want, rtol=1e-15, atol=0)
+    g = torch.randn_like(x)
+    y.backward(g)
+    torch.testing.assert_close(xr.grad, torch.where(keep, g / (1 - q), torch.zeros((), dtype=x.dtype)))
+    # old path and eval mode: exactly nn.Dropout / F.dropout
+    ref = nn.Dropout(0.1).train()
+    for fast, train in ((False, True), (True, False)):
+        d.train(train)
+        ref.train(train)
+        torch.manual_seed(11)
+        with fastpath.use_fast_paths(fast):
+            got = d(x)
+        torch.manual_seed(11)
+        assert torch.equal(got, ref(x))
+    # expectation: the mean of many outputs is the input
+    d.train()
+    torch.manual_seed(0)
+    big = d(torch.ones(2_000_000))
+    assert abs(big.mean().item() - 1.0) < 5 * (0.1 / 0.9 / 2_000_000) ** 0.5
+    assert torch.equal(Dropout(0.0).train()(x), x)
+
+
+def test_forecaster_modules_use_the_fast_dropout():
+    from urlk_forecast import Forecaster
+    from urlk_forecast.models.layers import Dropout
+
+    fc = Forecaster()
+    net = fc.build_net(3)
+    drops = [m for m in net.modules() if isinstance(m, nn.Dropout)]
+    assert drops and all(isinstance(m, Dropout) for m in drops)

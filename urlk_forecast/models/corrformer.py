@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import fastpath
 from .decoder import MultiHeadProjection, SeasonalLayerNorm, SeriesDecomp, get_activation
+from .layers import Dropout
 
 __all__ = [
     "AutoCorrelation",
@@ -101,7 +102,7 @@ class AutoCorrelation(nn.Module):
     def __init__(self, factor: float = 1.0, dropout: float = 0.0) -> None:
         super().__init__()
         self.factor = factor
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``q`` (B, L, H, E), ``k``/``v`` (B, S, H, E) → (B, L, H, E)."""
@@ -144,7 +145,7 @@ class _CausalBlock(nn.Module):
         self.pad = (kernel_size - 1) * dilation
         self.conv1 = weight_norm(nn.Conv1d(channels, channels, kernel_size, dilation=dilation))
         self.conv2 = weight_norm(nn.Conv1d(channels, channels, kernel_size, dilation=dilation))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         for conv in (self.conv1, self.conv2):
             nn.init.normal_(conv.parametrizations.weight.original1, 0.0, 0.01)
 
@@ -262,7 +263,7 @@ class MultiCorrelation(nn.Module):
         self.cross_correlation = (
             CrossCorrelationLayer(d_model, n_heads, length, factor_spatial, tcn_layers, dropout) if spatial else None
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
         """``x`` (B·n, L, C), ``cross`` (B·n, S, C) → (B·n, L, C)."""
@@ -307,7 +308,7 @@ class CorrformerEncoderLayer(nn.Module):
         self.conv2 = nn.Conv1d(d_ff, d_model, 1, bias=False)
         self.decomp1 = SeriesDecomp(moving_avg)
         self.decomp2 = SeriesDecomp(moving_avg)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.activation = get_activation(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import fastpath
+from .layers import Dropout
 
 __all__ = [
     "MovingAverage",
@@ -163,7 +164,7 @@ class DecoderLayer(nn.Module):
         self.decomp1 = SeriesDecomp(moving_avg)
         self.decomp2 = SeriesDecomp(moving_avg)
         self.decomp3 = SeriesDecomp(moving_avg)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.trend_projection = nn.Conv1d(d_model, c_out, 3, padding=1, padding_mode="circular", bias=False)
         self.activation = get_activation(activation)
 

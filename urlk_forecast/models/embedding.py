@@ -21,6 +21,8 @@ import math
 import torch
 from torch import nn
 
+from .layers import Dropout
+
 __all__ = ["RevIN", "NodeGrouping", "TokenEmbedding", "DataEmbedding", "covariate_channels"]
 
 
@@ -198,7 +200,7 @@ class DataEmbedding(nn.Module):
         self.value_embedding = TokenEmbedding(node_size * int(n_channels), d_model)
         self.temporal_embedding = nn.Linear(n_time_features, d_model, bias=False)
         self.geo_embedding = nn.Linear(3 * node_size, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, x_mark: torch.Tensor, node_coords: torch.Tensor) -> torch.Tensor:
         """``x`` (B·n, L, D'), ``x_mark`` (B, L, F) shared by the nodes of a sample, ``node_coords`` (n, 3·D')."""
