@@ -148,6 +148,18 @@ def _drop_path():
     return out, (2, 8)
 
 
+@case("layers.Dropout")
+def _dropout():
+    x = torch.ones(64, 256)
+    d = layers.Dropout()  # nn.Dropout's default p = 0.5
+    assert torch.equal(d.eval()(x), x)  # eval: the identity
+    out = d.train()(x)
+    kept = out != 0
+    assert torch.equal(out[kept], torch.full_like(out[kept], 2.0))  # kept entries scaled by 1 / (1 - 0.5)
+    assert 0.4 < kept.float().mean().item() < 0.6
+    return out, (64, 256)
+
+
 @case("layers.FrozenBNStats")
 def _frozen_bn():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))

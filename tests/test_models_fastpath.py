@@ -157,12 +157,16 @@ def test_grn_closed_form_backward(dtype: torch.dtype, use_bias: bool) -> None:
 
 # ------------------------------------------------------------------------------------------ whole network
 @pytest.mark.parametrize("stations", [4, 12])  # 1 node (the TCN's taps trimmed to one) and 3 nodes
-def test_forecast_net_training_step_equals_old_path(stations: int) -> None:
+def test_forecast_net_training_step_equals_old_path(stations: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """One training-mode forward and backward of a small ForecastNet (UniRepLKNet encoder, Corrformer decoder) on
     the old path and on the fast paths, from the same weights, batch and dropout masks, in float64: output and
-    every gradient agree to 1e-9 (float32 rounding differences grow through the net, so float64 keeps this tight)."""
+    every gradient agree to 1e-9 (float32 rounding differences grow through the net, so float64 keeps this tight).
+    The fast dropout draws its masks differently (tested on its own below), so both runs use ``nn.Dropout``'s here."""
     from tests.test_forecast_net import DIMS, TINY, make_batch
     from urlk_forecast.models.forecast_net import ForecastNet
+    from urlk_forecast.models.layers import Dropout
+
+    monkeypatch.setattr(Dropout, "forward", nn.Dropout.forward)
 
     torch.manual_seed(0)
     net = ForecastNet(stations, coords=torch.randn(stations, 3), encoder="unireplknet", **{**TINY, **DIMS}).double()
