@@ -285,6 +285,9 @@ def test_dropout_fast_path_scales_by_its_mask_and_old_path_is_nn_dropout():
     big = d(torch.ones(2_000_000))
     assert abs(big.mean().item() - 1.0) < 5 * (0.1 / 0.9 / 2_000_000) ** 0.5
     assert torch.equal(Dropout(0.0).train()(x), x)
+    assert torch.equal(Dropout(1e-7).train()(x), x)  # rounds to no drop
+    near_one = Dropout(1.0 - 1e-7).train()(x)  # rounds to p' = 1: nn.Dropout's own path, finite
+    assert torch.isfinite(near_one).all()
 
 
 def test_forecaster_modules_use_the_fast_dropout():

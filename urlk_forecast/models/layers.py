@@ -258,5 +258,7 @@ class Dropout(nn.Dropout):
         keep, q = keep_mask(x.shape, self.p, x.device)
         if q <= 0.0:  # p below 1/131072 rounds to no drop at all
             return x
+        if q >= 1.0:  # p within 1/131072 of 1: everything dropped, as nn.Dropout would (nearly) do
+            return super().forward(x)
         scale = keep.to(x.dtype).mul_(1.0 / (1.0 - q))
         return x.mul_(scale) if self.inplace else x * scale
