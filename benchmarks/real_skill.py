@@ -254,7 +254,7 @@ def aggregate(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     for rs in by.values():
         mse = np.array([float(r["MSE"]) for r in rs])
         row = {**rs[0], "MSE": float(mse.mean()), "MAE": float(np.mean([float(r["MAE"]) for r in rs])),
-               "fit_s": float(np.nanmean([float(r["fit_s"]) for r in rs])) if rs else float("nan"),
+               "fit_s": float(np.nanmean([float(r["fit_s"]) for r in rs])),
                "note": f"mean of {len(rs)} seed(s), MSE {mse.min():.3f}-{mse.max():.3f}"}
         out.append(row)
     return out
@@ -294,9 +294,14 @@ def run_pair(series: str, var: str, a: argparse.Namespace, seed: int = 0
     notes.append(check_windows(cli_df, peer_rows))
     ok, text = verdict(rows)
     notes.append(text)
-    failed = any(n.startswith("FAILED") or " FAILED" in n for n in notes)
+    failed = step_failed(notes)
     return [{"series": series, "variable": var, **r} for r in rows], [n for n in notes if n], (
         False if failed else ok)
+
+
+def step_failed(notes: Sequence[str]) -> bool:
+    """Whether a pair's notes report a failed step (the model's, the CLI's or a peer's)."""
+    return any(n.startswith("FAILED") or " FAILED" in n for n in notes)
 
 
 def run_seeds(series: str, var: str, a: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str], bool | None]:
@@ -305,18 +310,16 @@ def run_seeds(series: str, var: str, a: argparse.Namespace) -> tuple[list[dict[s
     all_rows: list[dict[str, Any]] = []
     text: list[str] = []
     per_seed: list[list[dict[str, Any]]] = []
-    oks: list[bool | None] = []
-    failed = False
+    failed, ok = False, None
     for seed in a.seeds:
         rows, notes, ok = run_pair(series, var, a, seed)
-        failed = failed or any("FAILED" in n for n in notes)
+        failed = failed or step_failed(notes)
         all_rows += [{**r, "seed": seed} for r in rows]
         per_seed.append(rows)
-        oks.append(ok)
         title = f"## {series} / {var}" + (f", seed {seed}" if len(a.seeds) > 1 else "")
         text += [title, "", markdown(rows, COLUMNS[2:-1] + ["note"]), "", *[f"- {n}" for n in notes], ""]
     if len(a.seeds) == 1:
-        return all_rows, text, oks[0]
+        return all_rows, text, ok
     mean_rows = aggregate(per_seed)
     ok, vtext = verdict(mean_rows)
     text += [f"## {series} / {var}, mean of seeds {', '.join(map(str, a.seeds))}", "",
