@@ -68,7 +68,7 @@ from .models.registry import parse_model_name  # kept importable here: forecaste
 from .regime import Regime, auto_regime
 from .scoring import Scores, resolve_indices, window_targets
 from .targets import score_targets, split_targets, target_views
-from .trainer import Callback, Trainer, TrainResult
+from .trainer import Callback, Trainer, TrainResult, seed_everything
 from .utils import atomic_torch_save, atomic_write_text, evenly_spaced, normalize_name, quantile_levels, to_jsonable
 from .utils.steps import default_season, lead_time_unit, length_steps, parse_length
 
@@ -347,9 +347,11 @@ class Forecaster(Method):
         continue a killed run, ...). ``stride``: step between training windows. ``callback(entry)`` receives each
         history entry. The :class:`~urlk_forecast.trainer.TrainResult` is kept in ``self.train_result``, the wall
         time in ``self.fit_seconds``, the regime (its settings and reasons) in ``self.train_info["regime"]``.
-        ``warm_start``: continue training the current network (same stations; e.g. a backtest's refit) instead of
-        building a fresh one. ``calibrate`` (quantile forecasters): fit :attr:`calibration` on the validation windows
-        at the end (:meth:`calibrate`; recorded in ``train_info["calibration"]``); False: the raw levels.
+        A fresh network is initialised from ``seed`` (the config's, or the override), so the same seed, data,
+        plan, thread count and machine give the same weights. ``warm_start``: continue training the current network
+        (same stations; e.g. a backtest's refit) instead of building a fresh one. ``calibrate`` (quantile
+        forecasters): fit :attr:`calibration` on the validation windows at the end (:meth:`calibrate`; recorded in
+        ``train_info["calibration"]``); False: the raw levels.
         """
         if config is None and schedule not in ("auto", "paper"):
             raise ValueError(f"schedule={schedule!r}: choose 'auto' or 'paper'")
@@ -366,6 +368,8 @@ class Forecaster(Method):
             raise ValueError("warm_start=True continues the current network: the training data must have exactly its "
                              "stations, and the network must not be re-parameterized")
         self._keep_stations(train_ws, train_ds)
+        if not warm:
+            seed_everything(cfg.seed)  # the initialisation follows the seed too, as the data order does
         net = self.net if warm else self.build_net(len(train_ws.station_ids), coords=train_ws.coords,
                                                    input_scale=_input_scales(train_ds, self.inputs))
         val_ws = self._val_windows(val_ds)

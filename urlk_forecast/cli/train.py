@@ -38,7 +38,6 @@ from ..models.encoders import encoder_options
 from ..models.forecast_net import ForecastNet
 from ..regime import Regime
 from ..rundir import RunDir, file_data, open_data, runs_root, synthetic_data
-from ..training import seed_everything
 from ..utils.steps import parse_length
 from .errors import command_logging, user_errors
 from .lengths import LENGTH_HELP, Length, same_kind
@@ -389,7 +388,6 @@ def _train_here(plan: _Plan, run: RunDir | None, main: bool) -> None:
                       regime=regime)
         log.info("run directory: %s", run)
         log.info("training regime (%s):\n  %s", regime["schedule"], "\n  ".join(regime["reasons"]))
-    seed_everything(int(plan.given["seed"]))  # the network's initialisation
     out_dir = str(run.train_dir)
     calibrate = bool(opts.get("calibrate", True))
     if chosen is not None:
