@@ -298,3 +298,84 @@ def test_forecaster_modules_use_the_fast_dropout():
     net = fc.build_net(3)
     drops = [m for m in net.modules() if isinstance(m, nn.Dropout)]
     assert drops and all(isinstance(m, Dropout) for m in drops)
+
+
+# ------------------------------------------------------------------- depthwise branches of tiny maps, dense
+@pytest.mark.parametrize("hw", [(4, 6), (2, 3), (1, 1), (3, 5)])
+def test_dense_depthwise_equals_conv2d_float64(hw: tuple[int, int]) -> None:
+    """Every branch's output and the gradients of x and of every kernel equal ``F.conv2d``'s, kernels larger than
+    the map, dilations up to 3, a non-square kernel included."""
+    import torch.nn.functional as F
+
+    from urlk_forecast.models.dense_dwconv import dense_depthwise
+
+    C, B = 5, 3
+    g = torch.Generator().manual_seed(0)
+    geo = [((13, 13), (1, 1)), ((5, 5), (1, 1)), ((7, 7), (2, 2)), ((3, 3), (3, 3)), ((3, 5), (2, 1))]
+    ws = [torch.randn(C, 1, *k, generator=g, dtype=torch.float64, requires_grad=True) for k, _ in geo]
+    dils = [d for _, d in geo]
+    pads = [((k[0] - 1) * d[0] // 2, (k[1] - 1) * d[1] // 2) for k, d in geo]
+    x = torch.randn(B, C, *hw, generator=g, dtype=torch.float64, requires_grad=True)
+    ys = dense_depthwise(x, ws, dils, pads)
+    refs = [F.conv2d(x, w, padding=p, dilation=d, groups=C) for w, d, p in zip(ws, dils, pads)]
+    rs = [torch.randn(r.shape, generator=g, dtype=r.dtype) for r in refs]
+    got = torch.autograd.grad(sum((y * r).sum() for y, r in zip(ys, rs)), [x, *ws])
+    want = torch.autograd.grad(sum((y * r).sum() for y, r in zip(refs, rs)), [x, *ws])
+    for y, ref in zip(ys, refs):
+        assert y.shape == ref.shape
+        torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("hw", "dense"), [((4, 6), True), ((2, 3), True), ((5, 5), False), ((8, 12), False)])
+def test_dilated_block_runs_tiny_maps_as_one_dense_product(hw: tuple[int, int], dense: bool) -> None:
+    """A training-mode Dilated Reparam Block (K=13 and its five dilated branches): on maps of at most 24 pixels the
+    fast path takes the dense product, elsewhere the kernels; either way its output, every gradient and the
+    BatchNorm running statistics equal the old path's (float64)."""
+    from urlk_forecast.models.unireplknet import DilatedReparamBlock
+    from urlk_forecast.ops import use_backend
+
+    torch.manual_seed(0)
+    blk = DilatedReparamBlock(6, 13).double().train()
+    with torch.no_grad():
+        for m in blk.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_()
+    x = torch.randn(4, 6, *hw, dtype=torch.float64)
+    with fastpath.use_fast_paths(True):
+        assert blk._dense(x) is dense
+        with use_backend("own"):
+            assert not blk._dense(x)  # a forced backend is honoured
+    with fastpath.use_fast_paths(False):
+        assert not blk._dense(x)
+    old, new = copy.deepcopy(blk), copy.deepcopy(blk)
+    y0, g0, gx0 = _run(old, x, False)
+    y1, g1, gx1 = _run(new, x, True)
+    torch.testing.assert_close(y1, y0, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gx1, gx0, rtol=1e-10, atol=1e-10)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    for a, b in zip(new.buffers(), old.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_dense_branches_under_bf16_autocast_keep_the_dtype_and_track_float32() -> None:
+    """Under CPU bf16 autocast the dense block returns the dtype the kernels path returns, for bfloat16 and float32
+    activations, and stays within bfloat16 rounding of the float32 result."""
+    from urlk_forecast.models.unireplknet import DilatedReparamBlock
+
+    torch.manual_seed(0)
+    blk = DilatedReparamBlock(8, 13).train()
+    x = torch.randn(4, 8, 4, 6)
+    with fastpath.use_fast_paths(True):
+        ref = copy.deepcopy(blk)(x)
+        for xin in (x, x.bfloat16()):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y_new = copy.deepcopy(blk)(xin)
+            with fastpath.use_fast_paths(False), torch.autocast("cpu", dtype=torch.bfloat16):
+                y_old = copy.deepcopy(blk)(xin)
+            assert y_new.dtype == y_old.dtype
+            err = float((y_new.float() - ref).abs().max())
+            assert err < 0.05 * float(ref.abs().max()), err

@@ -1,8 +1,10 @@
 """Switch between the faster training paths of issue 15 item 5 and the code path they replace.
 
 The fast paths compute the same function (forward and gradients equal within float tolerance; tests compare them
-against the old path): causal-conv taps that only ever see padding are skipped, the CPU optimiser runs fused, and
-on a CPU the C allocator keeps freed memory for reuse (:func:`tune_allocator`).
+against the old path): causal-conv taps that only ever see padding are skipped, the CPU optimiser runs fused, on
+a CPU the C allocator keeps freed memory for reuse (:func:`tune_allocator`), dropout masks come from 16-bit lanes
+(:class:`~urlk_forecast.models.layers.Dropout`), and the depthwise branches of a block on a map of at most 24
+pixels run as one dense product (:mod:`urlk_forecast.models.dense_dwconv`).
 ``URLK_FAST=0`` in the environment, or :func:`use_fast_paths` (``False``) in code, selects the old path, e.g. for
 the side-by-side benchmark (``benchmarks/forecaster_profile.py --paths old new``).
 """

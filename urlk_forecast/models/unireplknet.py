@@ -20,6 +20,7 @@ from torch import nn
 
 from urlk_forecast.models import fastpath
 from urlk_forecast.models.checkpoint import load_pretrained
+from urlk_forecast.models.dense_dwconv import DENSE_MAX_PIXELS, dense_depthwise
 from urlk_forecast.models.grn_function import grn_nhwc
 from urlk_forecast.models.layers import (
     DropPath,
@@ -32,7 +33,7 @@ from urlk_forecast.models.layers import (
     set_weight_and_bias,
 )
 from urlk_forecast.models.registry import VARIANTS, list_models, variant_config
-from urlk_forecast.ops import DWConv2d, dwconv2d
+from urlk_forecast.ops import DWConv2d, dwconv2d, get_backend
 from urlk_forecast.ops.reparam import branch_table, fold_ffn_tail, fuse_bn, merge_dilated_branches
 
 __all__ = [
@@ -175,10 +176,25 @@ class DilatedReparamBlock(nn.Module):
         if self.fuse_in_eval and not self.training:
             w, b = self._fused_kernel()
             return dwconv2d(x, w.to(x.dtype), b.to(x.dtype))
+        if self._dense(x):
+            convs = [self.lk_origin, *(conv for conv, _, _ in self._branches())]
+            ys = dense_depthwise(x, [c.weight for c in convs], [c.dilation for c in convs],
+                                 [c.padding for c in convs])
+            out = self.origin_bn(ys[0])
+            for (_, bn, _), y in zip(self._branches(), ys[1:]):
+                out = out + bn(y)
+            return out
         out = self.origin_bn(run_dwconv(self.lk_origin, x))
         for conv, bn, _ in self._branches():
             out = out + bn(run_dwconv(conv, x))
         return out
+
+    def _dense(self, x: torch.Tensor) -> bool:
+        """Whether the branches run as one dense product (:mod:`urlk_forecast.models.dense_dwconv`): the fast path,
+        a CPU tensor of a map of at most ``DENSE_MAX_PIXELS`` pixels, symmetric padding, the op's ``auto`` backend."""
+        return (x.device.type == "cpu" and x.dim() == 4 and x.shape[-2] * x.shape[-1] <= DENSE_MAX_PIXELS
+                and fastpath.enabled() and get_backend() == "auto"
+                and all(isinstance(c.padding, tuple) for c in (self.lk_origin, *(b[0] for b in self._branches()))))
 
     @torch.no_grad()
     def merge_dilated_branches(self) -> None:
