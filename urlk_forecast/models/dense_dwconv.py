@@ -67,6 +67,7 @@ def dense_depthwise(x: torch.Tensor, weights: Sequence[torch.Tensor], dilations:
     # index_select, not flat[:, idx]: its backward (index_add_) took 0.9 ms against index_put_'s 2.0 (160 channels)
     m = torch.index_select(flat, 1, idx.flatten()).view(C, idx.shape[0], n)  # (C, branches*n, n)
     xc = x.reshape(B, C, n).transpose(0, 1)  # (C, B, n)
-    y = torch.bmm(xc, m.transpose(1, 2)).view(C, B, len(weights), n)
-    # unbind, not y[:, :, k]: each slice's backward would zero-fill a whole y-sized gradient
-    return [t.transpose(0, 1).reshape(B, C, H, W) for t in y.unbind(2)]
+    # one copy into (branch, B, C, n): every output contiguous NCHW (BatchNorm on a channel-major strided view ran 3x
+    # slower than the kernels' output); unbind, not y[k]: each slice's backward would zero-fill a y-sized gradient
+    y = torch.bmm(xc, m.transpose(1, 2)).view(C, B, len(weights), n).permute(2, 1, 0, 3).contiguous()
+    return [t.view(B, C, H, W) for t in y.unbind(0)]
