@@ -348,6 +348,9 @@ def test_dilated_block_runs_tiny_maps_as_one_dense_product(hw: tuple[int, int], 
         assert blk._dense(x) is dense
         with use_backend("own"):
             assert not blk._dense(x)  # a forced backend is honoured
+        reflect = copy.deepcopy(blk)
+        reflect.dil_conv_k5_1.padding_mode = "reflect"
+        assert not reflect._dense(x)  # only zero padding is a dense product here
     with fastpath.use_fast_paths(False):
         assert not blk._dense(x)
     old, new = copy.deepcopy(blk), copy.deepcopy(blk)

@@ -191,10 +191,12 @@ class DilatedReparamBlock(nn.Module):
 
     def _dense(self, x: torch.Tensor) -> bool:
         """Whether the branches run as one dense product (:mod:`urlk_forecast.models.dense_dwconv`): the fast path,
-        a CPU tensor of a map of at most ``DENSE_MAX_PIXELS`` pixels, symmetric padding, the op's ``auto`` backend."""
+        a CPU tensor of a map of at most ``DENSE_MAX_PIXELS`` pixels, symmetric zero padding, the op's ``auto``
+        backend."""
         return (x.device.type == "cpu" and x.dim() == 4 and x.shape[-2] * x.shape[-1] <= DENSE_MAX_PIXELS
                 and fastpath.enabled() and get_backend() == "auto"
-                and all(isinstance(c.padding, tuple) for c in (self.lk_origin, *(b[0] for b in self._branches()))))
+                and all(isinstance(c.padding, tuple) and c.padding_mode == "zeros"
+                        for c in (self.lk_origin, *(b[0] for b in self._branches()))))
 
     @torch.no_grad()
     def merge_dilated_branches(self) -> None:
