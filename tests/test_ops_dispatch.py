@@ -253,9 +253,12 @@ def test_backbone_convs_run_the_own_op(monkeypatch):
     spy = Spy(monkeypatch)
     model = create_model("unireplknet_a", in_chans=1, num_classes=3, depths=(1, 1, 1, 1))
     model.train()
-    out = model(torch.randn(2, 1, 32, 32))
+    # the backend forced: under auto the table may give a map to oneDNN, and the tiny maps (<= 24 pixels: 4x4 and
+    # below here) run their Dilated Reparam branches as one dense product, not through the op
+    with use_backend("own"):
+        out = model(torch.randn(2, 1, 32, 32))
     out.sum().backward()
-    assert spy.calls > 0
+    assert spy.calls >= 4  # every stage's depthwise conv: 8x8, 4x4, 2x2, 1x1
 
 
 @pytest.mark.gpu
