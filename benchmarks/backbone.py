@@ -32,7 +32,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from urlk_forecast.models import create_model, reparameterize_model
+from urlk_forecast.models import create_model, fastpath, reparameterize_model
 from urlk_forecast.models.unireplknet import DilatedReparamBlock
 
 FORMS = ("train", "eval", "unfused", "reparam")
@@ -65,7 +65,8 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     unfused = _set_fuse(model, False)  # every branch must run as a module to be counted
     model.eval()
     try:
-        model(x)
+        with fastpath.use_fast_paths(False):  # the fast paths call some layers' weights without their modules
+            model(x)
     finally:
         for h in handles:
             h.remove()

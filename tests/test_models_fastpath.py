@@ -20,11 +20,11 @@ from urlk_forecast.models.corrformer import CausalFusion
 def _run(module: nn.Module, x: torch.Tensor, fast: bool) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
     """Output, parameter gradients and input gradient of ``(module(x) * r).sum()`` for a fixed random ``r``."""
     x = x.detach().clone().requires_grad_()
-    with fastpath.use_fast_paths(fast):
+    with fastpath.use_fast_paths(fast):  # the backward too: a checkpointed block recomputes its forward there
         y = module(x)
-    r = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
-    module.zero_grad(set_to_none=True)
-    (y * r).sum().backward()
+        r = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+        module.zero_grad(set_to_none=True)
+        (y * r).sum().backward()
     return y.detach(), [p.grad.clone() for p in module.parameters()], x.grad
 
 
@@ -382,3 +382,138 @@ def test_dense_branches_under_bf16_autocast_keep_the_dtype_and_track_float32() -
             assert y_new.dtype == y_old.dtype
             err = float((y_new.float() - ref).abs().max())
             assert err < 0.05 * float(ref.abs().max()), err
+
+
+# ------------------------------------------- tiny-map branches with their BatchNorms folded (training, large batches)
+def _bn_ref(x: torch.Tensor, convs: list[tuple[torch.Tensor, tuple[int, int], tuple[int, int]]],
+            bns: list[nn.BatchNorm2d], outer: nn.BatchNorm2d | None) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    out = sum(bn(F.conv2d(x, w, padding=p, dilation=d, groups=x.shape[1])) for (w, d, p), bn in zip(convs, bns))
+    return out if outer is None else outer(out)
+
+
+@pytest.mark.parametrize("hw", [(4, 6), (2, 3), (1, 1)])
+@pytest.mark.parametrize("with_outer", [True, False])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_dense_branches_bn_equals_conv2d_and_batchnorm_float64(hw: tuple[int, int], with_outer: bool,
+                                                               momentum: float | None) -> None:
+    """``outer(sum_k BN_k(conv_k(x)))`` in training mode, folded: output, the gradients of x, of every kernel and of
+    every BatchNorm's weight and bias, and every running statistic and batch counter equal ``F.conv2d`` followed by
+    ``nn.BatchNorm2d`` (float64; inputs with a mean far from zero; two steps, so the running statistics move)."""
+    from urlk_forecast.models.dense_dwconv import dense_branches_bn
+
+    C, B = 5, 7
+    g = torch.Generator().manual_seed(0)
+    geo = [((13, 13), (1, 1)), ((5, 5), (1, 1)), ((7, 7), (2, 2)), ((3, 3), (3, 3)), ((3, 3), (5, 5))]
+    ws = [torch.randn(C, 1, *k, generator=g, dtype=torch.float64, requires_grad=True) for k, _ in geo]
+    dils = [d for _, d in geo]
+    pads = [((k[0] - 1) * d[0] // 2, (k[1] - 1) * d[1] // 2) for k, d in geo]
+    bns = [nn.BatchNorm2d(C, momentum=momentum).double() for _ in geo]
+    outer = nn.BatchNorm2d(C, momentum=momentum).double() if with_outer else None
+    with torch.no_grad():
+        for bn in [*bns, outer]:
+            if bn is not None:
+                bn.weight.uniform_(0.5, 1.5, generator=g)
+                bn.bias.normal_(generator=g)
+                bn.running_var.uniform_(0.5, 2.0, generator=g)
+    ref_bns, ref_outer = copy.deepcopy(bns), copy.deepcopy(outer)
+    mods = [m for m in [*bns, outer] if m is not None]
+    ref_mods = [m for m in [*ref_bns, ref_outer] if m is not None]
+    for _ in range(2):
+        x = (torch.randn(B, C, *hw, generator=g, dtype=torch.float64) * 3 + 5).requires_grad_()
+        y = dense_branches_bn(x, ws, dils, pads, bns, outer)
+        ref = _bn_ref(x, list(zip(ws, dils, pads)), ref_bns, ref_outer)
+        torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
+        r = torch.randn(ref.shape, generator=g, dtype=ref.dtype)
+        params = [x, *ws, *(p for m in mods for p in (m.weight, m.bias))]
+        ref_params = [x, *ws, *(p for m in ref_mods for p in (m.weight, m.bias))]
+        got = torch.autograd.grad((y * r).sum(), params)
+        want = torch.autograd.grad((ref * r).sum(), ref_params)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    for m, rm in zip(mods, ref_mods):
+        for a, b in zip(m.buffers(), rm.buffers()):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="more than 1 value"):
+        dense_branches_bn(torch.ones(1, C, 1, 1, dtype=torch.float64), ws, dils, pads, bns, outer)
+
+
+def _lk_block(channels: int, with_cp: bool = False) -> nn.Module:
+    from urlk_forecast.models.unireplknet import UniRepLKNetBlock
+
+    torch.manual_seed(0)
+    blk = UniRepLKNetBlock(channels, 13, layer_scale_init_value=0.5, with_cp=with_cp).double().train()
+    with torch.no_grad():
+        for m in blk.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_()
+    return blk
+
+
+@pytest.mark.parametrize("with_cp", [False, True])
+def test_block_folds_its_batchnorms_from_fold_min_images(with_cp: bool) -> None:
+    """A UniRepLKNet block with a K=13 Dilated Reparam Block on a 4x6 map in training: from ``FOLD_MIN_IMAGES``
+    images the fast path folds the branches and the block's BatchNorm; output, every gradient and every running
+    statistic equal the old path's (float64), under gradient checkpointing too (statistics updated once). Below
+    that many images, in eval mode, with a forced backend and on the old path it does not fold."""
+    from urlk_forecast.models.dense_dwconv import FOLD_MIN_IMAGES
+    from urlk_forecast.ops import use_backend
+
+    blk = _lk_block(6, with_cp)
+    x = torch.randn(FOLD_MIN_IMAGES, 6, 4, 6, dtype=torch.float64) + 2
+    with fastpath.use_fast_paths(True):
+        assert blk.dwconv.folds(x, blk.norm)
+        assert not blk.dwconv.folds(x[:-1], blk.norm)
+        with use_backend("own"):
+            assert not blk.dwconv.folds(x, blk.norm)
+        assert not copy.deepcopy(blk).eval().dwconv.folds(x, blk.norm)
+    with fastpath.use_fast_paths(False):
+        assert not blk.dwconv.folds(x, blk.norm)
+    old, new = copy.deepcopy(blk), copy.deepcopy(blk)
+    y0, g0, gx0 = _run(old, x, False)
+    y1, g1, gx1 = _run(new, x, True)
+    torch.testing.assert_close(y1, y0, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gx1, gx0, rtol=1e-10, atol=1e-10)
+    for (name, _), a, b in zip(blk.named_parameters(), g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
+    for (name, a), b in zip(new.named_buffers(), old.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+    assert int(new.norm.num_batches_tracked) == 1
+
+
+def test_folded_block_under_bf16_autocast_keeps_the_dtype_and_tracks_float32() -> None:
+    """Folded under CPU bf16 autocast: the block returns the old path's dtype for float32 and bfloat16 input, within
+    bfloat16 rounding of the float32 result."""
+    from urlk_forecast.models.dense_dwconv import FOLD_MIN_IMAGES
+
+    blk = _lk_block(8).float()
+    x = torch.randn(FOLD_MIN_IMAGES, 8, 2, 3)
+    with fastpath.use_fast_paths(True):
+        assert blk.dwconv.folds(x, blk.norm)
+        ref = copy.deepcopy(blk)(x)
+        for xin in (x, x.bfloat16()):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y_new = copy.deepcopy(blk)(xin)
+            with fastpath.use_fast_paths(False), torch.autocast("cpu", dtype=torch.bfloat16):
+                y_old = copy.deepcopy(blk)(xin)
+            assert y_new.dtype == y_old.dtype
+            err = float((y_new.float() - ref).abs().max())
+            assert err < 0.05 * float(ref.abs().max()), err
+
+
+def test_se_block_fast_path_equals_its_modules() -> None:
+    """The squeeze-and-excitation's 1x1 convolutions as matrix products: output and every gradient equal the
+    modules' (float64)."""
+    from urlk_forecast.models.unireplknet import SEBlock
+
+    torch.manual_seed(0)
+    se = SEBlock(12, 3).double()
+    x = torch.randn(5, 12, 4, 6, dtype=torch.float64)
+    y0, g0, gx0 = _run(se, x, False)
+    y1, g1, gx1 = _run(se, x, True)
+    torch.testing.assert_close(y1, y0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gx1, gx0, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

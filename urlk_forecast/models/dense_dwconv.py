@@ -9,6 +9,14 @@ kernels at once (``M = flat_weights[:, index]``, the index cached per geometry) 
 channels; autograd gives both gradients (the gather's backward adds every position of a tap into that tap).
 The function is the same convolution (zero padding, cross-correlation as ``F.conv2d``), tested against it in
 float64.
+
+:func:`dense_branches_bn` goes further for a block in training: the sum of the branches' training-mode BatchNorms,
+and the block's BatchNorm after it, is one linear map per channel whose coefficients need only each branch's batch
+mean and variance. Those come from the input's per-channel mean ``x_bar`` (n) and centred second moments
+``S = sum_b (x_b - x_bar)(x_b - x_bar)^T`` (n x n): branch ``M`` has mean ``mean_p (M x_bar)_p`` and biased variance
+``(tr(M S M^T) / B + sum_p ((M x_bar)_p - mean)^2) / n`` (both terms non-negative: no cancellation). So no branch
+output is ever formed: the block applies one n x n matrix per channel, and autograd differentiates the statistics
+as BatchNorm's backward does. Running statistics are updated as ``nn.BatchNorm2d`` updates them.
 """
 
 from __future__ import annotations
@@ -17,11 +25,16 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import torch
+from torch import nn
 
-__all__ = ["DENSE_MAX_PIXELS", "dense_depthwise", "tap_index"]
+__all__ = ["DENSE_MAX_PIXELS", "FOLD_MIN_IMAGES", "dense_branches_bn", "dense_depthwise", "foldable_bn", "tap_index"]
 
 #: maps with at most this many pixels run their depthwise branches as one dense product (4x6 = 24)
 DENSE_MAX_PIXELS = 24
+#: images per batch from which :func:`dense_branches_bn` replaces the branch outputs and their BatchNorms: a stage-3
+#: block forward + backward on the 2-core CPU, folded / not: 0.85x at 32 images, 1.02x at 64, 1.08x at 96, 1.26x at
+#: 350 (float32); 1.39x at 350 under bf16 autocast (docs/benchmarks.md)
+FOLD_MIN_IMAGES = 64
 
 #: one branch's geometry: kernel (kh, kw), dilation (dh, dw), top/left padding (pt, pl)
 Branch = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
@@ -71,3 +84,90 @@ def dense_depthwise(x: torch.Tensor, weights: Sequence[torch.Tensor], dilations:
     # slower than the kernels' output); unbind, not y[k]: each slice's backward would zero-fill a y-sized gradient
     y = torch.bmm(xc, m.transpose(1, 2)).view(C, B, len(weights), n).permute(2, 1, 0, 3).contiguous()
     return [t.view(B, C, H, W) for t in y.unbind(0)]
+
+
+def foldable_bn(bn: nn.Module) -> bool:
+    """Whether :func:`dense_branches_bn` can stand in for ``bn``: a training ``BatchNorm2d`` with affine parameters
+    and running statistics."""
+    return (isinstance(bn, nn.BatchNorm2d) and bn.training and bn.affine and bn.track_running_stats
+            and bn.running_mean is not None and bn.running_var is not None)
+
+
+def _moments(m: torch.Tensor, xbar: torch.Tensor, s: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch mean and biased variance, (C, k), of the k branch outputs ``M x`` for maps ``m`` (C, k*n, n), input
+    mean ``xbar`` (C, n, 1) and centred second moments ``s`` (C, n, n) of ``batch`` samples."""
+    C, kn, n = m.shape
+    quad = (torch.bmm(m, s) * m).sum(-1).view(C, kn // n, n).sum(-1)  # tr(M S M^T) per branch
+    mx = torch.bmm(m, xbar).view(C, kn // n, n)  # M x_bar
+    mean = mx.mean(-1)
+    spread = (mx - mean.unsqueeze(-1)).square().sum(-1)
+    return mean, (quad / batch + spread) / n
+
+
+@torch.no_grad()
+def _update_running(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+    """``bn``'s running statistics after one training batch of ``count`` values per channel, as BatchNorm does."""
+    assert bn.num_batches_tracked is not None and bn.running_mean is not None and bn.running_var is not None
+    bn.num_batches_tracked.add_(1)
+    factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    rm, rv = bn.running_mean, bn.running_var
+    rm.mul_(1 - factor).add_(mean.to(rm.dtype), alpha=factor)
+    rv.mul_(1 - factor).add_(var.to(rv.dtype) * (count / (count - 1)), alpha=factor)
+
+
+def _affine(bns: Sequence[nn.BatchNorm2d], mean: torch.Tensor, var: torch.Tensor, count: int
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-branch scales ``gamma / sqrt(var + eps)`` (C, k) and summed shifts ``sum(beta - scale * mean)`` (C,);
+    the running statistics of ``bns`` updated from the (detached) batch statistics."""
+    for j, bn in enumerate(bns):
+        _update_running(bn, mean[:, j].detach(), var[:, j].detach(), count)
+    dt = mean.dtype
+    gamma = torch.stack([bn.weight.to(dt) for bn in bns], 1)
+    beta = torch.stack([bn.bias.to(dt) for bn in bns], 1)
+    eps = torch.tensor([bn.eps for bn in bns], dtype=dt, device=mean.device)
+    scale = gamma * torch.rsqrt(var + eps)
+    return scale, (beta - scale * mean).sum(1)
+
+
+def dense_branches_bn(x: torch.Tensor, weights: Sequence[torch.Tensor], dilations: Sequence[tuple[int, int]],
+                      paddings: Sequence[tuple[int, int]], bns: Sequence[nn.BatchNorm2d],
+                      outer: nn.BatchNorm2d | None = None) -> torch.Tensor:
+    """``outer(sum_k bns[k](conv_k(x)))`` in training mode (``outer`` optional), every ``conv_k`` a depthwise conv as
+    in :func:`dense_depthwise`, every BatchNorm :func:`foldable_bn`; their running statistics are updated. Computed
+    in float32 at least with autocast off, returned in the dtype the convolutions would return (``x``'s, or the
+    autocast dtype for a float32 or half ``x`` under autocast), see the module docstring."""
+    if x.shape[0] * x.shape[2] * x.shape[3] < 2:
+        raise ValueError(f"BatchNorm in training needs more than 1 value per channel, got input {tuple(x.shape)}")
+    out_dtype = x.dtype
+    if x.dtype in (torch.float32, torch.bfloat16, torch.float16) and torch.is_autocast_enabled(x.device.type):
+        out_dtype = torch.get_autocast_dtype(x.device.type)
+    with torch.autocast(x.device.type, enabled=False):
+        return _folded(x, weights, dilations, paddings, bns, outer).to(out_dtype)
+
+
+def _folded(x: torch.Tensor, weights: Sequence[torch.Tensor], dilations: Sequence[tuple[int, int]],
+            paddings: Sequence[tuple[int, int]], bns: Sequence[nn.BatchNorm2d], outer: nn.BatchNorm2d | None
+            ) -> torch.Tensor:
+    """:func:`dense_branches_bn` in float32 at least (float64 stays float64), without autocast."""
+    B, C, H, W = x.shape
+    n, k = H * W, len(weights)
+    acc = torch.promote_types(x.dtype, torch.float32)
+    geo = tuple(((int(w.shape[-2]), int(w.shape[-1])), (int(d[0]), int(d[1])), (int(p[0]), int(p[1])))
+                for w, d, p in zip(weights, dilations, paddings))
+    idx = tap_index(H, W, geo)
+    flat = torch.cat([w.reshape(C, -1).to(acc) for w in weights] + [x.new_zeros(C, 1, dtype=acc)], dim=1)
+    m = torch.index_select(flat, 1, idx.flatten()).view(C, k * n, n)  # every branch's map, (C, k*n, n)
+    xc = x.reshape(B, C, n).transpose(0, 1).to(acc)  # (C, B, n)
+    xbar = xc.mean(1).unsqueeze(-1)  # (C, n, 1)
+    xt = xc - xbar.transpose(1, 2)
+    s = torch.bmm(xt.transpose(1, 2), xt)  # (C, n, n)
+    mean, var = _moments(m, xbar, s, B)
+    scale, shift = _affine(bns, mean, var, B * n)
+    meff = torch.bmm(scale.unsqueeze(1), m.view(C, k, n * n)).view(C, n, n)  # sum_k scale_k M_k
+    if outer is not None:
+        o_mean, o_var = _moments(meff, xbar, s, B)  # of meff x; the constant shift moves the mean only
+        o_scale, o_shift = _affine([outer], o_mean + shift.unsqueeze(1), o_var, B * n)
+        meff = meff * o_scale.view(C, 1, 1)
+        shift = o_scale[:, 0] * shift + o_shift
+    y = torch.baddbmm(shift.view(C, 1, 1), xc, meff.transpose(1, 2))  # (C, B, n)
+    return y.permute(1, 0, 2).contiguous().view(B, C, H, W)

@@ -3,8 +3,9 @@
 The fast paths compute the same function (forward and gradients equal within float tolerance; tests compare them
 against the old path): causal-conv taps that only ever see padding are skipped, the CPU optimiser runs fused, on
 a CPU the C allocator keeps freed memory for reuse (:func:`tune_allocator`), dropout masks come from 16-bit lanes
-(:class:`~urlk_forecast.models.layers.Dropout`), and the depthwise branches of a block on a map of at most 24
-pixels run as one dense product (:mod:`urlk_forecast.models.dense_dwconv`).
+(:class:`~urlk_forecast.models.layers.Dropout`), the depthwise branches of a block on a map of at most 24
+pixels run as one dense product, from 64 images with their BatchNorms folded in
+(:mod:`urlk_forecast.models.dense_dwconv`), and the squeeze-and-excitation's 1x1 convolutions run as matrix products.
 ``URLK_FAST=0`` in the environment, or :func:`use_fast_paths` (``False``) in code, selects the old path, e.g. for
 the side-by-side benchmark (``benchmarks/forecaster_profile.py --paths old new``).
 """

@@ -20,7 +20,13 @@ from torch import nn
 
 from urlk_forecast.models import fastpath
 from urlk_forecast.models.checkpoint import load_pretrained
-from urlk_forecast.models.dense_dwconv import DENSE_MAX_PIXELS, dense_depthwise
+from urlk_forecast.models.dense_dwconv import (
+    DENSE_MAX_PIXELS,
+    FOLD_MIN_IMAGES,
+    dense_branches_bn,
+    dense_depthwise,
+    foldable_bn,
+)
 from urlk_forecast.models.grn_function import grn_nhwc
 from urlk_forecast.models.layers import (
     DropPath,
@@ -122,6 +128,10 @@ class SEBlock(nn.Module):
         self.input_channels = input_channels
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if fastpath.enabled():  # the 1x1 convs on the pooled (B, C, 1, 1) as matrix products: ~20x less fixed cost
+            s = F.relu(F.linear(inputs.mean(dim=(2, 3)), self.down.weight.flatten(1), self.down.bias))
+            s = torch.sigmoid(F.linear(s, self.up.weight.flatten(1), self.up.bias))
+            return inputs * s[:, :, None, None]
         s = inputs.mean(dim=(2, 3), keepdim=True)
         s = torch.sigmoid(self.up(F.relu(self.down(s))))
         return inputs * s
@@ -176,6 +186,8 @@ class DilatedReparamBlock(nn.Module):
         if self.fuse_in_eval and not self.training:
             w, b = self._fused_kernel()
             return dwconv2d(x, w.to(x.dtype), b.to(x.dtype))
+        if self.folds(x):
+            return self.dense_bn(x)
         if self._dense(x):
             convs = [self.lk_origin, *(conv for conv, _, _ in self._branches())]
             ys = dense_depthwise(x, [c.weight for c in convs], [c.dilation for c in convs],
@@ -197,6 +209,21 @@ class DilatedReparamBlock(nn.Module):
                 and fastpath.enabled() and get_backend() == "auto"
                 and all(isinstance(c.padding, tuple) and c.padding_mode == "zeros"
                         for c in (self.lk_origin, *(b[0] for b in self._branches()))))
+
+    def folds(self, x: torch.Tensor, outer: nn.Module | None = None) -> bool:
+        """Whether :meth:`dense_bn` computes this block (followed by ``outer``) on ``x``: the dense condition, and
+        every BatchNorm (``outer``'s too, if given) a training one that :func:`dense_branches_bn` can fold."""
+        return (x.shape[0] >= FOLD_MIN_IMAGES and not self.merged and self._dense(x)
+                and all(foldable_bn(bn) for bn in (self.origin_bn, *(b for _, b, _ in self._branches()), outer)
+                        if bn is not None))
+
+    def dense_bn(self, x: torch.Tensor, outer: nn.BatchNorm2d | None = None) -> torch.Tensor:
+        """Training forward (then ``outer``) as one dense map per channel with the BatchNorms folded in
+        (:func:`~urlk_forecast.models.dense_dwconv.dense_branches_bn`); check :meth:`folds` first."""
+        convs = [self.lk_origin, *(conv for conv, _, _ in self._branches())]
+        bns = [self.origin_bn, *(bn for _, bn, _ in self._branches())]
+        return dense_branches_bn(x, [c.weight for c in convs], [c.dilation for c in convs],
+                                 [c.padding for c in convs], bns, outer)
 
     @torch.no_grad()
     def merge_dilated_branches(self) -> None:
@@ -275,8 +302,11 @@ class UniRepLKNetBlock(nn.Module):
         self.drop_path: nn.Module = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def _f(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.se(self.norm(run_dwconv(self.dwconv, x)))
-        return self.pwconv2(self.act(self.pwconv1(y)))
+        if isinstance(self.dwconv, DilatedReparamBlock) and self.dwconv.folds(x, self.norm):
+            y = self.dwconv.dense_bn(x, self.norm)  # tiny maps in training: branches and both BN levels folded
+        else:
+            y = self.norm(run_dwconv(self.dwconv, x))
+        return self.pwconv2(self.act(self.pwconv1(self.se(y))))
 
     def compute_residual(self, x: torch.Tensor) -> torch.Tensor:
         """The residual branch ``drop_path(gamma * f(x))``."""
