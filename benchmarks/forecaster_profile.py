@@ -24,6 +24,13 @@ Medians over ``--steps`` steps after ``--warmup``. Printed as a Markdown table w
     python benchmarks/forecaster_profile.py --amp none bf16          # fp32 and bf16 autocast side by side
     python benchmarks/forecaster_profile.py --paths old new --amp regime  # issue 15 item 5: old vs fast paths
 
+``--against COMMIT`` compares whole steps with an earlier commit's code instead, side by side in one run: the commit is
+extracted with ``git archive`` and ``benchmarks/step_worker.py`` times the same default network, windows and
+autocast dtype in fresh processes, alternately under that commit's package and this tree's (``--rounds`` rounds,
+the order flipped every round), and prints each round's median step, windows/s and the ratio. Issue 15 item 5 is
+measured this way against the commit before the issue (43b118a), so that every change of the issue counts (the
+dispatch table, the small-map kernels and the bf16 path of the op too, which ``URLK_FAST=0`` does not switch off).
+
 ``--paths old new`` runs every configuration on the old code path (``URLK_FAST=0``: what the trainer ran before
 issue 15 item 5) and on the fast paths (:mod:`urlk_forecast.models.fastpath`, the allocator setting of
 :mod:`urlk_forecast.utils.allocator` included: every old run comes first, before the process turns it on), and
@@ -35,13 +42,20 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -240,8 +254,13 @@ def main(argv: list[str] | None = None) -> int:
                          "the automatic regime's choice for the configuration")
     ap.add_argument("--paths", choices=("old", "new"), nargs="+", default=["new"],
                     help="code path(s): old = before issue 15 item 5 (URLK_FAST=0), new = the fast paths")
+    ap.add_argument("--against", metavar="COMMIT", default=None,
+                    help="compare whole steps with this commit's code, in fresh processes (see the module docstring)")
+    ap.add_argument("--rounds", type=int, default=2, help="with --against: alternating rounds per configuration")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.against:
+        return against(args.against, args.configs, args.amp, args.steps, args.warmup, args.rounds, args.seed)
     if args.path:
         ops.use_backend(args.path).__enter__()  # for the whole process
     torch.manual_seed(args.seed)
@@ -277,6 +296,57 @@ def _amp_dtype(amp: str, stations: int, batch: int, seed: int) -> torch.dtype | 
         images = fc.net.grouping.n_nodes * batch  # type: ignore[union-attr]
         return torch.bfloat16 if images >= BF16_MIN_IMAGES and cpu_has_native_bf16() else None
     return torch.bfloat16 if amp == "bf16" else None
+
+
+def _extract(commit: str, dest: Path) -> None:
+    """The files of ``commit`` of this repository, written under ``dest`` (``git archive``)."""
+    repo = Path(__file__).resolve().parents[1]
+    tar = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", commit], capture_output=True)
+    if tar.returncode != 0:
+        raise SystemExit(f"git archive {commit} failed: {tar.stderr.decode().strip()}")
+    with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as tf:
+        tf.extractall(dest, filter="data")
+
+
+def _worker(root: Path, stations: int, batch: int, amp: str, steps: int, warmup: int, seed: int) -> float:
+    """Median step seconds of ``step_worker.py`` run on the package under ``root`` in a fresh process."""
+    cmd = [sys.executable, str(Path(__file__).with_name("step_worker.py")), "--stations", str(stations), "--batch",
+           str(batch), "--amp", amp, "--steps", str(steps), "--warmup", str(warmup), "--seed", str(seed),
+           "--threads", str(torch.get_num_threads())]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
+    if out.returncode != 0:
+        raise SystemExit(f"step worker under {root} failed:\n{out.stderr[-3000:]}")
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    if not Path(res["package"]).resolve().is_relative_to(root.resolve()):
+        raise SystemExit(f"the worker imported {res['package']}, not the package under {root}")
+    return float(res["median_s"])
+
+
+def against(commit: str, configs: list[str], amps: list[str], steps: int, warmup: int, rounds: int,
+            seed: int) -> int:
+    """Whole training steps of ``commit``'s code and of this tree's, alternating in fresh processes (Markdown)."""
+    here = Path(__file__).resolve().parents[1]
+    print(f"# step time vs {commit} {dt.datetime.now().isoformat(timespec='seconds')} | "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; median of {steps} steps after {warmup}, {rounds} rounds\n")
+    print(f"| config | round | {commit} step ms | this tree step ms | {commit} windows/s | this tree windows/s "
+          f"| ratio |\n|---|---:|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory(prefix="urlk-against-") as tmp:
+        old_root = Path(tmp)
+        _extract(commit, old_root)
+        for c in configs:
+            s, b = (int(v) for v in c.lower().split("x"))
+            for amp in amps:
+                dtype = _amp_dtype(amp, s, b, seed)
+                name = f"{s} st x {b} {'bf16' if dtype else 'none'}"
+                for r in range(rounds):
+                    order = [old_root, here] if r % 2 == 0 else [here, old_root]
+                    t = {root: _worker(root, s, b, "bf16" if dtype else "none", steps, warmup, seed)
+                         for root in order}
+                    print(f"| {name} | {r + 1} | {t[old_root] * 1e3:.1f} | {t[here] * 1e3:.1f} | "
+                          f"{b / t[old_root]:.2f} | {b / t[here]:.2f} | {t[old_root] / t[here]:.2f}x |", flush=True)
+    return 0
 
 
 def speedups(results: dict[str, tuple[dict[str, float], float, int]], paths: list[str]) -> str:

@@ -41,3 +41,40 @@ def test_train_step_benchmark_compares_the_paths(tmp_path: Path) -> None:
         assert f"| {p} |" in text
     assert "speed-up torch/own:" in text and "speed-up torch/auto:" in text
     assert "depthwise convs per step" in text
+
+
+def _load_profile():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    path = REPO / "benchmarks" / "forecaster_profile.py"
+    spec = importlib.util.spec_from_file_location("bench_forecaster_profile", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_profile_extracts_a_commit_for_the_side_by_side(tmp_path: Path) -> None:
+    """``forecaster_profile.py --against COMMIT`` runs that commit's files: ``_extract`` writes them as git has them,
+    and an unknown commit is a clear error."""
+    import pytest
+
+    prof = _load_profile()
+    prof._extract("HEAD", tmp_path)
+    want = subprocess.run(["git", "-C", str(REPO), "show", "HEAD:urlk_forecast/__init__.py"], capture_output=True,
+                          text=True, check=True).stdout
+    assert (tmp_path / "urlk_forecast" / "__init__.py").read_text() == want
+    assert (tmp_path / "benchmarks" / "forecaster_profile.py").exists()
+    with pytest.raises(SystemExit, match="git archive no-such-commit failed"):
+        prof._extract("no-such-commit", tmp_path / "x")
+
+
+def test_step_worker_times_the_package_on_its_path(tmp_path: Path) -> None:
+    """The worker of ``--against`` trains the default network on the package its PYTHONPATH names and says which."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "step_worker.py"), "--stations", "2", "--batch",
+                           "2", "--steps", "2", "--warmup", "0"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), "URLK_DWCONV": "torch"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert Path(res["package"]).resolve() == (REPO / "urlk_forecast" / "__init__.py").resolve()
+    assert len(res["steps_s"]) == 2 and all(t > 0 for t in res["steps_s"]) and res["params"] > 1_000_000
