@@ -323,6 +323,7 @@ def test_dense_depthwise_equals_conv2d_float64(hw: tuple[int, int]) -> None:
     want = torch.autograd.grad(sum((y * r).sum() for y, r in zip(refs, rs)), [x, *ws])
     for y, ref in zip(ys, refs):
         assert y.shape == ref.shape
+        assert y.is_contiguous(memory_format=torch.channels_last)  # BatchNorm's vectorised kernel next
         torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
@@ -423,6 +424,7 @@ def test_dense_branches_bn_equals_conv2d_and_batchnorm_float64(hw: tuple[int, in
     for _ in range(2):
         x = (torch.randn(B, C, *hw, generator=g, dtype=torch.float64) * 3 + 5).requires_grad_()
         y = dense_branches_bn(x, ws, dils, pads, bns, outer)
+        assert y.is_contiguous(memory_format=torch.channels_last)
         ref = _bn_ref(x, list(zip(ws, dils, pads)), ref_bns, ref_outer)
         torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
         r = torch.randn(ref.shape, generator=g, dtype=ref.dtype)

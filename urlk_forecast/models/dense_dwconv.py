@@ -69,7 +69,8 @@ def dense_depthwise(x: torch.Tensor, weights: Sequence[torch.Tensor], dilations:
                     paddings: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
     """Every depthwise conv ``F.conv2d(x, w, padding=p, dilation=d, groups=C)`` of ``weights`` (each (C, 1, kh, kw),
     symmetric padding ``p`` = (top, left), output size = input size) on ``x`` (B, C, H, W), in one product; returns
-    the outputs (B, C, H, W) in order, in ``x``'s dtype, or under autocast in its dtype (as ``F.conv2d``)."""
+    the outputs (B, C, H, W), channels-last, in order, in ``x``'s dtype, or under autocast in its dtype (as
+    ``F.conv2d``)."""
     B, C, H, W = x.shape
     n = H * W
     geo = tuple(((int(w.shape[-2]), int(w.shape[-1])), (int(d[0]), int(d[1])), (int(p[0]), int(p[1])))
@@ -80,10 +81,11 @@ def dense_depthwise(x: torch.Tensor, weights: Sequence[torch.Tensor], dilations:
     # index_select, not flat[:, idx]: its backward (index_add_) took 0.9 ms against index_put_'s 2.0 (160 channels)
     m = torch.index_select(flat, 1, idx.flatten()).view(C, idx.shape[0], n)  # (C, branches*n, n)
     xc = x.reshape(B, C, n).transpose(0, 1)  # (C, B, n)
-    # one copy into (branch, B, C, n): every output contiguous NCHW (BatchNorm on a channel-major strided view ran 3x
-    # slower than the kernels' output); unbind, not y[k]: each slice's backward would zero-fill a y-sized gradient
-    y = torch.bmm(xc, m.transpose(1, 2)).view(C, B, len(weights), n).permute(2, 1, 0, 3).contiguous()
-    return [t.view(B, C, H, W) for t in y.unbind(0)]
+    # one copy into (branch, B, n, C): every output a dense channels-last NCHW tensor (BatchNorm on a channel-major
+    # strided view ran 3x slower than on the kernels' output; with channels last it runs its vectorised kernel);
+    # unbind, not y[k]: each slice's backward would zero-fill a y-sized gradient
+    y = torch.bmm(xc, m.transpose(1, 2)).view(C, B, len(weights), n).permute(2, 1, 3, 0).contiguous()
+    return [t.view(B, H, W, C).permute(0, 3, 1, 2) for t in y.unbind(0)]
 
 
 def foldable_bn(bn: nn.Module) -> bool:
@@ -170,4 +172,4 @@ def _folded(x: torch.Tensor, weights: Sequence[torch.Tensor], dilations: Sequenc
         meff = meff * o_scale.view(C, 1, 1)
         shift = o_scale[:, 0] * shift + o_shift
     y = torch.baddbmm(shift.view(C, 1, 1), xc, meff.transpose(1, 2))  # (C, B, n)
-    return y.permute(1, 0, 2).contiguous().view(B, C, H, W)
+    return y.permute(1, 2, 0).contiguous().view(B, H, W, C).permute(0, 3, 1, 2)  # channels last, as above
