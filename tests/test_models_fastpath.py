@@ -161,12 +161,13 @@ def test_forecast_net_training_step_equals_old_path(stations: int, monkeypatch: 
     """One training-mode forward and backward of a small ForecastNet (UniRepLKNet encoder, Corrformer decoder) on
     the old path and on the fast paths, from the same weights, batch and dropout masks, in float64: output and
     every gradient agree to 1e-9 (float32 rounding differences grow through the net, so float64 keeps this tight).
-    The fast dropout draws its masks differently (tested on its own below), so both runs use ``nn.Dropout``'s here."""
+    The fast dropout draws its masks differently (tested on its own below) and the decoder's FFN applies it in the
+    (B, L, C) layout instead of (B, C, L), so the masks differ by design: both runs leave dropout out here."""
     from tests.test_forecast_net import DIMS, TINY, make_batch
     from urlk_forecast.models.forecast_net import ForecastNet
     from urlk_forecast.models.layers import Dropout
 
-    monkeypatch.setattr(Dropout, "forward", nn.Dropout.forward)
+    monkeypatch.setattr(Dropout, "forward", lambda self, x: x)
 
     torch.manual_seed(0)
     net = ForecastNet(stations, coords=torch.randn(stations, 3), encoder="unireplknet", **{**TINY, **DIMS}).double()
@@ -179,7 +180,7 @@ def test_forecast_net_training_step_equals_old_path(stations: int, monkeypatch: 
     outs = {}
     for fast in (False, True):
         model = copy.deepcopy(net)
-        torch.manual_seed(1)  # the same dropout masks in both runs
+        torch.manual_seed(1)  # any other random draw the same in both runs
         with fastpath.use_fast_paths(fast):
             y = model(batch)
             (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view(y.shape)).sum().backward()
@@ -194,10 +195,11 @@ def test_forecast_net_training_step_equals_old_path(stations: int, monkeypatch: 
         torch.testing.assert_close(g1[name], g0[name], rtol=1e-9, atol=1e-10 * scale, msg=name)
 
 
-@pytest.mark.parametrize("k", [2, 5, 24, 25])
-def test_moving_average_by_running_sums_matches_float64_numpy(k: int) -> None:
-    """The fast moving average (float64 running sums) against an independent numpy edge-padded mean, and its
-    gradient against the old avg_pool path."""
+@pytest.mark.parametrize("k", [2, 5, 24, 25, 80])
+def test_moving_average_by_band_product_matches_float64_numpy(k: int) -> None:
+    """The fast moving average (one product with the band matrix of window weights) against an independent numpy
+    edge-padded mean, and its gradient against the old avg_pool path; under bf16 autocast it keeps the input's
+    dtype and is computed in float32 (within bf16 rounding of the float32 result)."""
     from urlk_forecast.models.decoder import MovingAverage
 
     rng = np.random.default_rng(k)
@@ -216,6 +218,9 @@ def test_moving_average_by_running_sums_matches_float64_numpy(k: int) -> None:
     torch.testing.assert_close(gx, gx_old, rtol=1e-5, atol=1e-5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert m(x.bfloat16()).dtype == torch.bfloat16
+        y32 = m(x)
+    assert y32.dtype == torch.float32  # autocast off inside: the weights 1/k are not bf16-exact
+    np.testing.assert_allclose(y32.detach().double().numpy(), ref, rtol=0, atol=2e-5)
 
 
 def test_nhwc_permute_is_contiguous_on_the_fast_path_and_a_view_on_the_old() -> None:
@@ -519,3 +524,95 @@ def test_se_block_fast_path_equals_its_modules() -> None:
     torch.testing.assert_close(gx1, gx0, rtol=1e-12, atol=1e-12)
     for a, b in zip(g1, g0):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------ channels-first LayerNorm, closed form
+@pytest.mark.parametrize("shape", [(3, 20, 5, 7), (2, 40, 1, 1), (4, 1, 3, 3)])
+def test_layer_norm_nchw_equals_f_layer_norm_float64(shape: tuple[int, ...]) -> None:
+    """Output and the gradients of x, weight and bias equal ``F.layer_norm`` on the NHWC permutation (float64), for
+    inputs with a large common offset."""
+    import torch.nn.functional as F
+
+    from urlk_forecast.models.layernorm_function import layer_norm_nchw
+
+    g = torch.Generator().manual_seed(0)
+    C = shape[1]
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 30).requires_grad_()
+    w = torch.randn(C, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(C, generator=g, dtype=torch.float64, requires_grad=True)
+    y = layer_norm_nchw(x, w, b, 1e-6)
+    ref = F.layer_norm(x.permute(0, 2, 3, 1), (C,), w, b, 1e-6).permute(0, 3, 1, 2)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    r = torch.randn(shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad((y * r).sum(), [x, w, b])
+    want = torch.autograd.grad((ref * r).sum(), [x, w, b])
+    for a, c in zip(got, want):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-10)
+
+
+def test_channels_first_layer_norm_takes_the_closed_form_only_where_it_pays() -> None:
+    """The module takes the closed form in training on the fast path for at most ``CLOSED_FORM_LN_CHANNELS``
+    channels (same output and gradients as the old path); bf16 input keeps its dtype and tracks float32."""
+    from urlk_forecast.models import layernorm_function
+    from urlk_forecast.models.layers import CLOSED_FORM_LN_CHANNELS, LayerNorm
+
+    calls = []
+    real = layernorm_function._LayerNormNCHW.apply
+
+    def spy(*a: object) -> torch.Tensor:
+        calls.append(a[0].shape)  # type: ignore[union-attr]
+        return real(*a)
+
+    layernorm_function._LayerNormNCHW.apply = spy  # type: ignore[method-assign]
+    try:
+        for c, taken in ((CLOSED_FORM_LN_CHANNELS, True), (CLOSED_FORM_LN_CHANNELS + 1, False)):
+            torch.manual_seed(0)
+            ln = LayerNorm(c, data_format="channels_first").double()
+            with torch.no_grad():
+                ln.weight.uniform_(0.5, 1.5)
+                ln.bias.normal_()
+            x = torch.randn(2, c, 3, 4, dtype=torch.float64)
+            calls.clear()
+            y1, g1, gx1 = _run(ln, x, True)
+            assert bool(calls) is taken
+            calls.clear()
+            y0, g0, gx0 = _run(ln, x, False)
+            assert not calls
+            torch.testing.assert_close(y1, y0, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(gx1, gx0, rtol=1e-10, atol=1e-10)
+            for a, b in zip(g1, g0):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    finally:
+        layernorm_function._LayerNormNCHW.apply = real  # type: ignore[method-assign]
+    ln = LayerNorm(20, data_format="channels_first")
+    x = torch.randn(2, 20, 6, 6) * 3 + 1
+    with fastpath.use_fast_paths(True):
+        y16 = ln(x.bfloat16())
+        y32 = ln(x)
+    assert y16.dtype == torch.bfloat16 and y32.dtype == torch.float32
+    assert float((y16.float() - y32).abs().max()) < 0.05
+
+
+def test_pointwise_conv1d_as_a_product_equals_the_module() -> None:
+    """A kernel-1 Conv1d along (B, L, C) steps: the fast path's matrix product equals the module on the transposed
+    input, output and every gradient (float64), with and without a bias."""
+    from urlk_forecast.models.layers import pointwise
+
+    for bias in (False, True):
+        torch.manual_seed(0)
+        conv = nn.Conv1d(6, 10, 1, bias=bias).double()
+        x = torch.randn(3, 7, 6, dtype=torch.float64)
+        outs = []
+        for fast in (False, True):
+            xi = x.clone().requires_grad_()
+            with fastpath.use_fast_paths(fast):
+                y = pointwise(conv, xi)
+            conv.zero_grad(set_to_none=True)
+            (y * torch.arange(y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+            outs.append((y.detach(), xi.grad, [p.grad.clone() for p in conv.parameters()]))
+        (ya, gxa, gpa), (yb, gxb, gpb) = outs
+        assert ya.shape == (3, 7, 10)
+        torch.testing.assert_close(yb, ya, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(gxb, gxa, rtol=1e-12, atol=1e-12)
+        for a, b in zip(gpb, gpa):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -32,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import fastpath
 from .decoder import MultiHeadProjection, SeasonalLayerNorm, SeriesDecomp, get_activation
-from .layers import Dropout
+from .layers import Dropout, pointwise
 
 __all__ = [
     "AutoCorrelation",
@@ -313,8 +313,8 @@ class CorrformerEncoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, _ = self.decomp1(x + self.correlation(x, x))
-        y = self.dropout(self.activation(self.conv1(x.transpose(1, 2))))
-        y = self.dropout(self.conv2(y).transpose(1, 2))
+        y = self.dropout(self.activation(pointwise(self.conv1, x)))
+        y = self.dropout(pointwise(self.conv2, y))
         x, _ = self.decomp2(x + y)
         return x
 

@@ -17,14 +17,16 @@ Corrformer encoder (cross *multi-correlation* to encoded time series).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import fastpath
-from .layers import Dropout
+from .layers import Dropout, pointwise
 
 __all__ = [
     "MovingAverage",
@@ -67,20 +69,31 @@ class MovingAverage(nn.Module):
         if self.kernel_size == 1:
             return x
         if fastpath.enabled():
-            return self._by_cumsum(x)
+            return self._by_band(x)
         xt = x.transpose(1, 2)
         xt = F.pad(xt, (self.front, self.end), mode="replicate")
         return F.avg_pool1d(xt, self.kernel_size, stride=1).transpose(1, 2)
 
-    def _by_cumsum(self, x: torch.Tensor) -> torch.Tensor:
-        """The same average as window sums of a float64 running sum along time, in the (B, L, C) layout: three
-        passes instead of ``avg_pool1d``'s k reads per output on a transposed copy (22 -> ~2 ms for 350 x 72 x 128,
-        k = 25); float64 keeps the differences of running sums exact to float32 rounding."""
-        k = self.kernel_size
-        parts = [x[:, :1].expand(-1, self.front, -1), x, x[:, -1:].expand(-1, self.end, -1)]
-        cs = torch.cumsum(torch.cat(parts, dim=1).to(torch.float64), dim=1)
-        cs = F.pad(cs, (0, 0, 1, 0))  # a zero row first: window sum j = cs[j + k] - cs[j]
-        return ((cs[:, k:] - cs[:, :-k]) / k).to(x.dtype)
+    def _by_band(self, x: torch.Tensor) -> torch.Tensor:
+        """The same average as one product with the (L, L) band matrix of the window weights (the edge padding
+        folded into the first and last columns), in the (B, L, C) layout: forward + backward at 32 x 72 x 128 (k =
+        25) 0.5 ms against 3.3 for float64 running sums (whose backward is a reversed cumsum) and more for
+        ``avg_pool1d`` on a transposed copy; float32 at least, autocast off (the weights are not bf16-exact)."""
+        acc = torch.promote_types(x.dtype, torch.float32)
+        band = _band(x.shape[1], self.kernel_size, self.front, x.device, acc)
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.matmul(band, x.to(acc)).to(x.dtype)
+
+
+@lru_cache(maxsize=32)
+def _band(length: int, k: int, front: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(length, length)``: row ``i`` holds weight ``1/k`` for every step of the window ``i - front .. i - front +
+    k - 1``, steps outside the series counted on its first or last step (replicate padding)."""
+    a = np.zeros((length, length))
+    for i in range(length):
+        for t in range(i - front, i - front + k):
+            a[i, min(max(t, 0), length - 1)] += 1.0 / k
+    return torch.tensor(a, dtype=dtype, device=device)
 
 
 class SeriesDecomp(nn.Module):
@@ -173,8 +186,8 @@ class DecoderLayer(nn.Module):
         ``trend1 + trend2 + trend3`` (B, L, d_model), so ``seasonal + trend`` is the un-decomposed residual stream."""
         x, trend1 = self.decomp1(x + self.self_block(x, x))
         x, trend2 = self.decomp2(x + self.cross_block(x, cross))
-        y = self.dropout(self.activation(self.conv1(x.transpose(1, 2))))
-        y = self.dropout(self.conv2(y).transpose(1, 2))
+        y = self.dropout(self.activation(pointwise(self.conv1, x)))
+        y = self.dropout(pointwise(self.conv2, y))
         x, trend3 = self.decomp3(x + y)
         trend = trend1 + trend2 + trend3
         return x, self.trend_projection(trend.transpose(1, 2)).transpose(1, 2), trend

@@ -5,7 +5,10 @@ against the old path): causal-conv taps that only ever see padding are skipped, 
 a CPU the C allocator keeps freed memory for reuse (:func:`tune_allocator`), dropout masks come from 16-bit lanes
 (:class:`~urlk_forecast.models.layers.Dropout`), the depthwise branches of a block on a map of at most 24
 pixels run as one dense product, from 64 images with their BatchNorms folded in
-(:mod:`urlk_forecast.models.dense_dwconv`), and the squeeze-and-excitation's 1x1 convolutions run as matrix products.
+(:mod:`urlk_forecast.models.dense_dwconv`), the squeeze-and-excitation's 1x1 convolutions and the decoder's kernel-1
+Conv1d run as matrix products (:func:`~urlk_forecast.models.layers.pointwise`), the decomposition's moving average is
+one product with a band matrix, and channels-first LayerNorms of few channels train through a closed-form backward
+(:mod:`urlk_forecast.models.layernorm_function`).
 ``URLK_FAST=0`` in the environment, or :func:`use_fast_paths` (``False``) in code, selects the old path, e.g. for
 the side-by-side benchmark (``benchmarks/forecaster_profile.py --paths old new``).
 """
