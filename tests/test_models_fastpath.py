@@ -464,7 +464,9 @@ def test_block_folds_its_batchnorms_from_fold_min_images(with_cp: bool) -> None:
     """A UniRepLKNet block with a K=13 Dilated Reparam Block on a 4x6 map in training: from ``FOLD_MIN_IMAGES``
     images the fast path folds the branches and the block's BatchNorm; output, every gradient and every running
     statistic equal the old path's (float64), under gradient checkpointing too (statistics updated once). Below
-    that many images, in eval mode, with a forced backend and on the old path it does not fold."""
+    that many images, in eval mode, with a forced backend, with DDP's synchronised BatchNorms and on the old path it
+    does not fold."""
+    from urlk_forecast.distributed import convert_sync_batchnorm
     from urlk_forecast.models.dense_dwconv import FOLD_MIN_IMAGES
     from urlk_forecast.ops import use_backend
 
@@ -476,6 +478,8 @@ def test_block_folds_its_batchnorms_from_fold_min_images(with_cp: bool) -> None:
         with use_backend("own"):
             assert not blk.dwconv.folds(x, blk.norm)
         assert not copy.deepcopy(blk).eval().dwconv.folds(x, blk.norm)
+        synced = convert_sync_batchnorm(copy.deepcopy(blk), use_cuda=False)  # DDP's global statistics: not folded
+        assert not synced.dwconv.folds(x, synced.norm) and not synced.dwconv.folds(x)
     with fastpath.use_fast_paths(False):
         assert not blk.dwconv.folds(x, blk.norm)
     old, new = copy.deepcopy(blk), copy.deepcopy(blk)
