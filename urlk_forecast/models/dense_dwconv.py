@@ -32,8 +32,8 @@ __all__ = ["DENSE_MAX_PIXELS", "FOLD_MIN_IMAGES", "dense_branches_bn", "dense_de
 #: maps with at most this many pixels run their depthwise branches as one dense product (4x6 = 24)
 DENSE_MAX_PIXELS = 24
 #: images per batch from which :func:`dense_branches_bn` replaces the branch outputs and their BatchNorms: a stage-3
-#: block forward + backward on the 2-core CPU, folded / not: 0.85x at 32 images, 1.02x at 64, 1.08x at 96, 1.26x at
-#: 350 (float32); 1.39x at 350 under bf16 autocast (docs/benchmarks.md)
+#: block forward + backward on the 2-core CPU, folded / not (channels-last branches): 0.86x at 32 images, 0.99x at
+#: 64, 1.14x at 128, 1.10x at 350 under bf16 autocast; the whole 3850-station bf16 step 1.08x (docs/benchmarks.md)
 FOLD_MIN_IMAGES = 64
 
 #: one branch's geometry: kernel (kh, kw), dilation (dh, dw), top/left padding (pt, pl)
