@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -57,8 +59,6 @@ def _load_profile():  # type: ignore[no-untyped-def]
 def test_profile_extracts_a_commit_for_the_side_by_side(tmp_path: Path) -> None:
     """``forecaster_profile.py --against COMMIT`` runs that commit's files: ``_extract`` writes them as git has them,
     and an unknown commit is a clear error."""
-    import pytest
-
     prof = _load_profile()
     prof._extract("HEAD", tmp_path)
     want = subprocess.run(["git", "-C", str(REPO), "show", "HEAD:urlk_forecast/__init__.py"], capture_output=True,
@@ -78,3 +78,18 @@ def test_step_worker_times_the_package_on_its_path(tmp_path: Path) -> None:
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert Path(res["package"]).resolve() == (REPO / "urlk_forecast" / "__init__.py").resolve()
     assert len(res["steps_s"]) == 2 and all(t > 0 for t in res["steps_s"]) and res["params"] > 1_000_000
+
+
+@pytest.mark.slow
+def test_profile_against_a_commit_prints_rounds_side_by_side(tmp_path: Path) -> None:
+    """End to end: ``--against HEAD`` times HEAD's extracted package and this tree's in fresh processes and prints
+    one row per round with both step times and their ratio."""
+    text = _run([str(REPO / "benchmarks" / "forecaster_profile.py"), "--against", "HEAD", "--configs", "2x2",
+                 "--steps", "1", "--warmup", "1", "--rounds", "2"], tmp_path)
+    rows = [line for line in text.splitlines() if line.startswith("| 2 st x 2 none |")]
+    assert len(rows) == 2, text
+    for r, row in enumerate(rows, 1):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == str(r)
+        old_ms, new_ms, ratio = float(cells[2]), float(cells[3]), float(cells[6].rstrip("x"))
+        assert old_ms > 0 and new_ms > 0 and abs(ratio - old_ms / new_ms) < 0.01 + 0.01 * ratio
