@@ -28,6 +28,19 @@ def _run(module: nn.Module, x: torch.Tensor, fast: bool) -> tuple[torch.Tensor, 
     return y.detach(), [p.grad.clone() for p in module.parameters()], x.grad
 
 
+def _old_and_new(module: nn.Module, x: torch.Tensor, tol: float) -> tuple[nn.Module, nn.Module]:
+    """Copies of ``module`` run by :func:`_run` on the old and on the fast path; their outputs, input gradients
+    and parameter gradients agree to ``tol`` (relative and absolute). Returns (old, new) for further checks."""
+    old, new = copy.deepcopy(module), copy.deepcopy(module)
+    y0, g0, gx0 = _run(old, x, False)
+    y1, g1, gx1 = _run(new, x, True)
+    torch.testing.assert_close(y1, y0, rtol=tol, atol=tol)
+    torch.testing.assert_close(gx1, gx0, rtol=tol, atol=tol)
+    for (name, _), a, b in zip(module.named_parameters(), g1, g0):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=name)
+    return old, new
+
+
 def test_switch_env_and_context(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(fastpath.ENV, raising=False)
     assert fastpath.enabled()
@@ -306,6 +319,14 @@ def test_forecaster_modules_use_the_fast_dropout():
 
 
 # ------------------------------------------------------------------- depthwise branches of tiny maps, dense
+def _branch_kernels(channels: int, geo: list[tuple[tuple[int, int], tuple[int, int]]], g: torch.Generator
+                    ) -> tuple[list[torch.Tensor], list[tuple[int, int]], list[tuple[int, int]]]:
+    """Random float64 depthwise kernels (requiring grad) for (kernel, dilation) pairs, their dilations and the
+    symmetric paddings that keep the map size."""
+    ws = [torch.randn(channels, 1, *k, generator=g, dtype=torch.float64, requires_grad=True) for k, _ in geo]
+    return ws, [d for _, d in geo], [((k[0] - 1) * d[0] // 2, (k[1] - 1) * d[1] // 2) for k, d in geo]
+
+
 @pytest.mark.parametrize("hw", [(4, 6), (2, 3), (1, 1), (3, 5)])
 def test_dense_depthwise_equals_conv2d_float64(hw: tuple[int, int]) -> None:
     """Every branch's output and the gradients of x and of every kernel equal ``F.conv2d``'s, kernels larger than
@@ -316,10 +337,8 @@ def test_dense_depthwise_equals_conv2d_float64(hw: tuple[int, int]) -> None:
 
     C, B = 5, 3
     g = torch.Generator().manual_seed(0)
-    geo = [((13, 13), (1, 1)), ((5, 5), (1, 1)), ((7, 7), (2, 2)), ((3, 3), (3, 3)), ((3, 5), (2, 1))]
-    ws = [torch.randn(C, 1, *k, generator=g, dtype=torch.float64, requires_grad=True) for k, _ in geo]
-    dils = [d for _, d in geo]
-    pads = [((k[0] - 1) * d[0] // 2, (k[1] - 1) * d[1] // 2) for k, d in geo]
+    ws, dils, pads = _branch_kernels(C, [((13, 13), (1, 1)), ((5, 5), (1, 1)), ((7, 7), (2, 2)), ((3, 3), (3, 3)),
+                                         ((3, 5), (2, 1))], g)
     x = torch.randn(B, C, *hw, generator=g, dtype=torch.float64, requires_grad=True)
     ys = dense_depthwise(x, ws, dils, pads)
     refs = [F.conv2d(x, w, padding=p, dilation=d, groups=C) for w, d, p in zip(ws, dils, pads)]
@@ -359,13 +378,7 @@ def test_dilated_block_runs_tiny_maps_as_one_dense_product(hw: tuple[int, int], 
         assert not reflect._dense(x)  # only zero padding is a dense product here
     with fastpath.use_fast_paths(False):
         assert not blk._dense(x)
-    old, new = copy.deepcopy(blk), copy.deepcopy(blk)
-    y0, g0, gx0 = _run(old, x, False)
-    y1, g1, gx1 = _run(new, x, True)
-    torch.testing.assert_close(y1, y0, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(gx1, gx0, rtol=1e-10, atol=1e-10)
-    for a, b in zip(g1, g0):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    old, new = _old_and_new(blk, x, 1e-10)
     for a, b in zip(new.buffers(), old.buffers()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
@@ -376,15 +389,19 @@ def test_dense_branches_under_bf16_autocast_keep_the_dtype_and_track_float32() -
     from urlk_forecast.models.unireplknet import DilatedReparamBlock
 
     torch.manual_seed(0)
-    blk = DilatedReparamBlock(8, 13).train()
-    x = torch.randn(4, 8, 4, 6)
+    _check_bf16_autocast(DilatedReparamBlock(8, 13).train(), torch.randn(4, 8, 4, 6))
+
+
+def _check_bf16_autocast(module: nn.Module, x: torch.Tensor) -> None:
+    """Under CPU bf16 autocast ``module`` (a fresh copy per call) returns the old path's dtype for float32 and
+    bfloat16 ``x``, within bfloat16 rounding of its float32 result."""
     with fastpath.use_fast_paths(True):
-        ref = copy.deepcopy(blk)(x)
+        ref = copy.deepcopy(module)(x)
         for xin in (x, x.bfloat16()):
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                y_new = copy.deepcopy(blk)(xin)
+                y_new = copy.deepcopy(module)(xin)
             with fastpath.use_fast_paths(False), torch.autocast("cpu", dtype=torch.bfloat16):
-                y_old = copy.deepcopy(blk)(xin)
+                y_old = copy.deepcopy(module)(xin)
             assert y_new.dtype == y_old.dtype
             err = float((y_new.float() - ref).abs().max())
             assert err < 0.05 * float(ref.abs().max()), err
@@ -411,11 +428,9 @@ def test_dense_branches_bn_equals_conv2d_and_batchnorm_float64(hw: tuple[int, in
 
     C, B = 5, 7
     g = torch.Generator().manual_seed(0)
-    geo = [((13, 13), (1, 1)), ((5, 5), (1, 1)), ((7, 7), (2, 2)), ((3, 3), (3, 3)), ((3, 3), (5, 5))]
-    ws = [torch.randn(C, 1, *k, generator=g, dtype=torch.float64, requires_grad=True) for k, _ in geo]
-    dils = [d for _, d in geo]
-    pads = [((k[0] - 1) * d[0] // 2, (k[1] - 1) * d[1] // 2) for k, d in geo]
-    bns = [nn.BatchNorm2d(C, momentum=momentum).double() for _ in geo]
+    ws, dils, pads = _branch_kernels(C, [((13, 13), (1, 1)), ((5, 5), (1, 1)), ((7, 7), (2, 2)), ((3, 3), (3, 3)),
+                                         ((3, 3), (5, 5))], g)
+    bns = [nn.BatchNorm2d(C, momentum=momentum).double() for _ in ws]
     outer = nn.BatchNorm2d(C, momentum=momentum).double() if with_outer else None
     with torch.no_grad():
         for bn in [*bns, outer]:
@@ -482,13 +497,7 @@ def test_block_folds_its_batchnorms_from_fold_min_images(with_cp: bool) -> None:
         assert not synced.dwconv.folds(x, synced.norm) and not synced.dwconv.folds(x)
     with fastpath.use_fast_paths(False):
         assert not blk.dwconv.folds(x, blk.norm)
-    old, new = copy.deepcopy(blk), copy.deepcopy(blk)
-    y0, g0, gx0 = _run(old, x, False)
-    y1, g1, gx1 = _run(new, x, True)
-    torch.testing.assert_close(y1, y0, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(gx1, gx0, rtol=1e-10, atol=1e-10)
-    for (name, _), a, b in zip(blk.named_parameters(), g1, g0):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
+    old, new = _old_and_new(blk, x, 1e-9)
     for (name, a), b in zip(new.named_buffers(), old.buffers()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
     assert int(new.norm.num_batches_tracked) == 1
@@ -503,15 +512,7 @@ def test_folded_block_under_bf16_autocast_keeps_the_dtype_and_tracks_float32() -
     x = torch.randn(FOLD_MIN_IMAGES, 8, 2, 3)
     with fastpath.use_fast_paths(True):
         assert blk.dwconv.folds(x, blk.norm)
-        ref = copy.deepcopy(blk)(x)
-        for xin in (x, x.bfloat16()):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                y_new = copy.deepcopy(blk)(xin)
-            with fastpath.use_fast_paths(False), torch.autocast("cpu", dtype=torch.bfloat16):
-                y_old = copy.deepcopy(blk)(xin)
-            assert y_new.dtype == y_old.dtype
-            err = float((y_new.float() - ref).abs().max())
-            assert err < 0.05 * float(ref.abs().max()), err
+    _check_bf16_autocast(blk, x)
 
 
 def test_se_block_fast_path_equals_its_modules() -> None:
@@ -520,14 +521,7 @@ def test_se_block_fast_path_equals_its_modules() -> None:
     from urlk_forecast.models.unireplknet import SEBlock
 
     torch.manual_seed(0)
-    se = SEBlock(12, 3).double()
-    x = torch.randn(5, 12, 4, 6, dtype=torch.float64)
-    y0, g0, gx0 = _run(se, x, False)
-    y1, g1, gx1 = _run(se, x, True)
-    torch.testing.assert_close(y1, y0, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(gx1, gx0, rtol=1e-12, atol=1e-12)
-    for a, b in zip(g1, g0):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    _old_and_new(SEBlock(12, 3).double(), torch.randn(5, 12, 4, 6, dtype=torch.float64), 1e-12)
 
 
 # ------------------------------------------------------------------------ channels-first LayerNorm, closed form
