@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from urlk_forecast.models import fastpath
 from urlk_forecast.ops import DWConv2d, autotune, dwconv2d, record_calls, use_backend
 from urlk_forecast.utils.atomic import atomic_write_text
 
@@ -373,9 +374,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overhead-calls", type=int, default=1000, help="calls per timed block of --overhead")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file (atomic)")
+    ap.add_argument("--no-retain", action="store_true",
+                    help="leave glibc's allocator as it is (default: keep freed memory, as training and forecasting "
+                         "do: fastpath.tune_allocator)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.no_retain:  # the allocator state of training: oneDNN's outputs are not page-faulted in per call
+        fastpath.tune_allocator("cpu")
     if args.refresh:
         os.environ[autotune.TUNE_ENV] = "refresh"
     t0 = time.perf_counter()

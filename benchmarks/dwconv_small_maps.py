@@ -32,6 +32,7 @@ from collections.abc import Callable
 
 import torch
 
+from urlk_forecast.models import fastpath
 from urlk_forecast.ops import cpu_kernels, cpu_paths
 
 DIRECTIONS = ("forward", "grad_input", "grad_weight")
@@ -100,9 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slow-ms", type=float, default=30.0, help="rows slower than this get repeats/4")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--only", default=None, help="only shapes whose 'CxHxW Kk dd' label contains this")
+    ap.add_argument("--no-retain", action="store_true",
+                    help="leave glibc's allocator as it is (default: keep freed memory, as training does)")
     opts = ap.parse_args(argv)
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    if not opts.no_retain:  # the allocator state of training: outputs are not page-faulted in per call
+        fastpath.tune_allocator("cpu")
     if not cpu_kernels.available():
         print("own CPU kernels unavailable", file=sys.stderr)
         return 1

@@ -77,8 +77,12 @@ TUNE_ENV = "URLK_DWCONV_TUNE"
 TABLE_DIR_ENV = "URLK_DWCONV_TABLE_DIR"
 #: multiply-adds (B*C*Ho*Wo*KH*KW) of one timed call at most: larger calls are timed on a prefix of the batch
 WORK_CAP = 1_000_000_000
-#: calls up to this many multiply-adds warm up on the full batch, larger ones on one sample
-WARMUP_WORK = 20_000_000
+#: calls up to this many multiply-adds warm up on the full timed batch, larger ones on one sample: oneDNN creates a
+#: primitive per batch size, and its first two or three calls at a new size ran 2-10x its steady time (350 x 160 x 4 x
+#: 6 K=5 forward: 6.2, 2.3, 0.9, then 0.6 ms), enough to decide a 4-pair table entry the wrong way
+WARMUP_WORK = 400_000_000
+#: warm-up calls of each implementation before the timed pairs
+WARMUP_CALLS = 3
 #: timed pairs per bucket and direction at least (the median of each side decides); every count of pairs the
 #: protocol stops at is even, so each side is timed as often right after itself as right after the other (see
 #: :func:`_timed_pairs`)
@@ -354,9 +358,10 @@ def measure(direction: str, x: torch.Tensor, w: torch.Tensor, pads: Sequence[int
     try:
         with torch.no_grad():
             # warm-up (compilation on a machine's first run, oneDNN primitive creation): on the full batch when
-            # that is cheap, else on one sample (the kernels and primitives that matter are compiled/created anyway)
+            # that is cheap (several calls: oneDNN's first calls at a new batch size are slow), else on one sample
             for fn in (timed if b * per_sample <= WARMUP_WORK else runs(1)).values():
-                fn()
+                for _ in range(WARMUP_CALLS):
+                    fn()
             wait_for_compiles()
             return _timed_pairs(timed)
     finally:
