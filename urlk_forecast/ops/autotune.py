@@ -98,6 +98,9 @@ WRAPPER_COST_CAP_S = 0.5e-3
 CLEAR_RATIO = 3.0
 BUDGET_S = 0.02
 FORMAT = 1
+#: the measuring protocol, part of the machine id (so of the table's file name): tables timed by an earlier protocol
+#: are measured again instead of reused (2: several warm-up calls on the timed batch)
+PROTOCOL = 2
 #: a call: input shape (B, C, H, W), kernel (KH, KW), padding (top, bottom, left, right), dilation (dh, dw)
 Call = tuple[tuple[int, int, int, int], tuple[int, int], tuple[int, int, int, int], tuple[int, int]]
 
@@ -172,7 +175,8 @@ def _cpu_description() -> tuple[str, str]:
 
 
 def machine_id() -> dict[str, str]:
-    """What a table's timings depend on besides the call: CPU model and flags, package, torch, kernel source."""
+    """What a table's timings depend on besides the call: CPU model and flags, package, torch, kernel source, and the
+    measuring protocol."""
     from urlk_forecast import __version__
 
     model, flags = _cpu_description()
@@ -181,7 +185,7 @@ def machine_id() -> dict[str, str]:
     except Exception:  # noqa: BLE001 - no own kernels: the table still records torch's side
         kernels = "unavailable"
     return {"cpu": model, "cpu_flags": flags, "urlk_forecast": __version__, "torch": torch.__version__,
-            "kernels": kernels}
+            "kernels": kernels, "protocol": str(PROTOCOL)}
 
 
 def table_path() -> str:
