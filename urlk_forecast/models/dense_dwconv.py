@@ -65,6 +65,19 @@ def tap_index(h: int, w: int, branches: tuple[Branch, ...]) -> torch.Tensor:
     return idx.reshape(len(branches) * n, n)
 
 
+def _branch_maps(weights: Sequence[torch.Tensor], dilations: Sequence[tuple[int, int]],
+                 paddings: Sequence[tuple[int, int]], h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
+    """Every branch's dense map on an ``h x w`` map, ``(C, branches * h * w, h * w)`` in ``dtype``, gathered from the
+    kernels at once (:func:`tap_index`)."""
+    geo = tuple(((int(k.shape[-2]), int(k.shape[-1])), (int(d[0]), int(d[1])), (int(p[0]), int(p[1])))
+                for k, d, p in zip(weights, dilations, paddings))
+    idx = tap_index(h, w, geo)
+    C = weights[0].shape[0]
+    flat = torch.cat([k.reshape(C, -1).to(dtype) for k in weights] + [weights[0].new_zeros(C, 1, dtype=dtype)], dim=1)
+    # index_select, not flat[:, idx]: its backward (index_add_) took 0.9 ms against index_put_'s 2.0 (160 channels)
+    return torch.index_select(flat, 1, idx.flatten()).view(C, idx.shape[0], h * w)
+
+
 def dense_depthwise(x: torch.Tensor, weights: Sequence[torch.Tensor], dilations: Sequence[tuple[int, int]],
                     paddings: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
     """Every depthwise conv ``F.conv2d(x, w, padding=p, dilation=d, groups=C)`` of ``weights`` (each (C, 1, kh, kw),
@@ -73,13 +86,8 @@ def dense_depthwise(x: torch.Tensor, weights: Sequence[torch.Tensor], dilations:
     ``F.conv2d``)."""
     B, C, H, W = x.shape
     n = H * W
-    geo = tuple(((int(w.shape[-2]), int(w.shape[-1])), (int(d[0]), int(d[1])), (int(p[0]), int(p[1])))
-                for w, d, p in zip(weights, dilations, paddings))
-    idx = tap_index(H, W, geo)
     # x's dtype throughout, as run_dwconv does under autocast (bfloat16 activations, float32 weights)
-    flat = torch.cat([w.reshape(C, -1) for w in weights] + [weights[0].new_zeros(C, 1)], dim=1).to(x.dtype)
-    # index_select, not flat[:, idx]: its backward (index_add_) took 0.9 ms against index_put_'s 2.0 (160 channels)
-    m = torch.index_select(flat, 1, idx.flatten()).view(C, idx.shape[0], n)  # (C, branches*n, n)
+    m = _branch_maps(weights, dilations, paddings, H, W, x.dtype)
     xc = x.reshape(B, C, n).transpose(0, 1)  # (C, B, n)
     # one copy into (branch, B, n, C): every output a dense channels-last NCHW tensor (BatchNorm on a channel-major
     # strided view ran 3x slower than on the kernels' output; with channels last it runs its vectorised kernel);
@@ -154,11 +162,7 @@ def _folded(x: torch.Tensor, weights: Sequence[torch.Tensor], dilations: Sequenc
     B, C, H, W = x.shape
     n, k = H * W, len(weights)
     acc = torch.promote_types(x.dtype, torch.float32)
-    geo = tuple(((int(w.shape[-2]), int(w.shape[-1])), (int(d[0]), int(d[1])), (int(p[0]), int(p[1])))
-                for w, d, p in zip(weights, dilations, paddings))
-    idx = tap_index(H, W, geo)
-    flat = torch.cat([w.reshape(C, -1).to(acc) for w in weights] + [x.new_zeros(C, 1, dtype=acc)], dim=1)
-    m = torch.index_select(flat, 1, idx.flatten()).view(C, k * n, n)  # every branch's map, (C, k*n, n)
+    m = _branch_maps(weights, dilations, paddings, H, W, acc)  # every branch's map, (C, k*n, n)
     xc = x.reshape(B, C, n).transpose(0, 1).to(acc)  # (C, B, n)
     xbar = xc.mean(1).unsqueeze(-1)  # (C, n, 1)
     xt = xc - xbar.transpose(1, 2)

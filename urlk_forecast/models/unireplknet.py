@@ -189,9 +189,7 @@ class DilatedReparamBlock(nn.Module):
         if self.folds(x):
             return self.dense_bn(x)
         if self._dense(x):
-            convs = [self.lk_origin, *(conv for conv, _, _ in self._branches())]
-            ys = dense_depthwise(x, [c.weight for c in convs], [c.dilation for c in convs],
-                                 [c.padding for c in convs])
+            ys = dense_depthwise(x, *self._conv_args())
             out = self.origin_bn(ys[0])
             for (_, bn, _), y in zip(self._branches(), ys[1:]):
                 out = out + bn(y)
@@ -220,10 +218,13 @@ class DilatedReparamBlock(nn.Module):
     def dense_bn(self, x: torch.Tensor, outer: nn.BatchNorm2d | None = None) -> torch.Tensor:
         """Training forward (then ``outer``) as one dense map per channel with the BatchNorms folded in
         (:func:`~urlk_forecast.models.dense_dwconv.dense_branches_bn`); check :meth:`folds` first."""
-        convs = [self.lk_origin, *(conv for conv, _, _ in self._branches())]
         bns = [self.origin_bn, *(bn for _, bn, _ in self._branches())]
-        return dense_branches_bn(x, [c.weight for c in convs], [c.dilation for c in convs],
-                                 [c.padding for c in convs], bns, outer)
+        return dense_branches_bn(x, *self._conv_args(), bns, outer)
+
+    def _conv_args(self) -> tuple[list[torch.Tensor], list[Any], list[Any]]:
+        """Weights, dilations and paddings of ``lk_origin`` and the dilated branches, in that order."""
+        convs = [self.lk_origin, *(conv for conv, _, _ in self._branches())]
+        return [c.weight for c in convs], [c.dilation for c in convs], [c.padding for c in convs]
 
     @torch.no_grad()
     def merge_dilated_branches(self) -> None:
