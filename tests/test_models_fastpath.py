@@ -614,3 +614,37 @@ def test_pointwise_conv1d_as_a_product_equals_the_module() -> None:
         torch.testing.assert_close(gxb, gxa, rtol=1e-12, atol=1e-12)
         for a, b in zip(gpb, gpa):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def _format(t: torch.Tensor) -> str:
+    return "cf" if t.is_contiguous() else "cl" if t.is_contiguous(memory_format=torch.channels_last) else "other"
+
+
+@pytest.mark.parametrize("x_format", ["cf", "cl"])
+def test_batch_norm_backward_gets_its_gradient_stored_like_its_input(x_format: str) -> None:
+    """``batch_norm_2d`` hands BatchNorm's backward a gradient stored like ``x`` (the block's two BatchNorms get
+    the other layout from their neighbours); values and gradients equal ``nn.BatchNorm2d`` in float64."""
+    from urlk_forecast.models.layers import batch_norm_2d
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(5, 6, 3, 4, generator=g, dtype=torch.float64)
+    r = torch.randn(5, 3, 4, 6, generator=g, dtype=torch.float64).permute(0, 3, 1, 2)  # the other layout
+    if x_format == "cl":
+        x0, r = x0.contiguous(memory_format=torch.channels_last), r.contiguous()
+    assert _format(x0) == x_format and _format(r) != x_format
+    results, seen = {}, {}
+    for fast in (False, True):
+        bn = nn.BatchNorm2d(6).double()
+
+        def record(module: nn.Module, inputs: tuple, out: torch.Tensor, fast: bool = fast) -> None:
+            out.register_hook(lambda grad: seen.__setitem__(fast, _format(grad)))  # what reaches the module
+
+        bn.register_forward_hook(record)
+        x = x0.clone().requires_grad_()
+        with fastpath.use_fast_paths(fast):
+            y = batch_norm_2d(bn, x)
+            (y * r).sum().backward()
+        results[fast] = (y.detach(), x.grad, bn.weight.grad, bn.bias.grad, bn.running_var)
+    assert seen == {False: _format(r), True: x_format}  # the plain module on the old path
+    for a, b in zip(results[True], results[False]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -31,6 +31,7 @@ from urlk_forecast.models.grn_function import grn_nhwc
 from urlk_forecast.models.layers import (
     DropPath,
     LayerNorm,
+    batch_norm_2d,
     checkpoint_once,
     fold_bn,
     init_trunc_normal,
@@ -306,8 +307,11 @@ class UniRepLKNetBlock(nn.Module):
         if isinstance(self.dwconv, DilatedReparamBlock) and self.dwconv.folds(x, self.norm):
             y = self.dwconv.dense_bn(x, self.norm)  # tiny maps in training: branches and both BN levels folded
         else:
-            y = self.norm(run_dwconv(self.dwconv, x))
-        return self.pwconv2(self.act(self.pwconv1(self.se(y))))
+            y = batch_norm_2d(self.norm, run_dwconv(self.dwconv, x))
+        z = self.act(self.pwconv1(self.se(y)))
+        if len(self.pwconv2) == 3:  # training form: Linear, to NCHW, BatchNorm
+            return batch_norm_2d(self.pwconv2[2], self.pwconv2[1](self.pwconv2[0](z)))
+        return self.pwconv2(z)
 
     def compute_residual(self, x: torch.Tensor) -> torch.Tensor:
         """The residual branch ``drop_path(gamma * f(x))``."""
