@@ -17,12 +17,18 @@ from urlk_forecast.models import fastpath
 from urlk_forecast.models.corrformer import CausalFusion
 
 
+def _weights(y: torch.Tensor) -> torch.Tensor:
+    """The fixed random weights ``r`` of the loss ``(y * r).sum()``: the same numbers (up to rounding) in any
+    dtype of ``y``."""
+    return torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(y.dtype)
+
+
 def _run(module: nn.Module, x: torch.Tensor, fast: bool) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
     """Output, parameter gradients and input gradient of ``(module(x) * r).sum()`` for a fixed random ``r``."""
     x = x.detach().clone().requires_grad_()
     with fastpath.use_fast_paths(fast):  # the backward too: a checkpointed block recomputes its forward there
         y = module(x)
-        r = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+        r = _weights(y)
         module.zero_grad(set_to_none=True)
         (y * r).sum().backward()
     return y.detach(), [p.grad.clone() for p in module.parameters()], x.grad
@@ -136,7 +142,8 @@ def _grn_ref(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor | None) ->
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_grn_closed_form_backward(dtype: torch.dtype, use_bias: bool) -> None:
     """Forward and every gradient of the two-pass GRN against the composed form; one all-zero channel exercises
-    the clamp. bfloat16 input with float32 parameters is the autocast case."""
+    the clamp. bfloat16 input with float32 parameters is the autocast case (squares and the output rounded to
+    bf16 on the fast path)."""
     from urlk_forecast.models.unireplknet import GRNwithNHWC
 
     torch.manual_seed(0)
@@ -153,11 +160,10 @@ def test_grn_closed_form_backward(dtype: torch.dtype, use_bias: bool) -> None:
     x0 = x.clone().requires_grad_()
     y0 = _grn_ref(x0, ref.gamma, ref.beta)
     y1, g1, gx1 = _run(grn, x, fast=True)
-    r = torch.randn(y0.shape, generator=torch.Generator().manual_seed(1), dtype=y0.dtype)
-    (y0 * r).sum().backward()
+    (y0 * _weights(y0)).sum().backward()
     tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
-    assert y1.dtype == y0.dtype
-    torch.testing.assert_close(y1, y0.detach(), rtol=tol, atol=tol)
+    assert y1.dtype == dtype  # in x's dtype: the composed form promotes bf16 x with float32 parameters to float32
+    torch.testing.assert_close(y1.to(y0.dtype), y0.detach(), rtol=tol, atol=tol)
     torch.testing.assert_close(gx1.float(), x0.grad.float(), rtol=tol, atol=tol * float(x0.grad.abs().max()))
     for a, p in zip(g1, ref.parameters()):
         torch.testing.assert_close(a, p.grad, rtol=tol, atol=tol * float(p.grad.abs().max()))
