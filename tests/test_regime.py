@@ -181,9 +181,11 @@ def test_bf16_only_for_big_steps_on_a_cpu_with_native_bf16(monkeypatch, native: 
     assert big.config().amp == ("bf16" if native else False)
     assert any(line.startswith("bf16 autocast: 350 node images per step") for line in big.reasons) == native
     # at the threshold and just below it (batch 1: one window of ceil(S / 11) images)
-    assert auto_regime(500, 50, 256 * 11, 11, "cpu").config().amp == ("bf16" if native else False)
-    assert auto_regime(500, 50, 255 * 11, 11, "cpu").config().amp is False
-    assert auto_regime(6100, 800, 2, 11, device="cpu").config().amp is False  # 32 images per step
+    at = regime_module.BF16_MIN_IMAGES
+    assert auto_regime(500, 50, at * 11, 11, "cpu").config().amp == ("bf16" if native else False)
+    assert auto_regime(500, 50, (at - 1) * 11, 11, "cpu").config().amp is False
+    small = auto_regime(6100, 800, 2, 11, device="cpu")  # batch 32 of 1 image: the real-data suite's series
+    assert small.config().amp == ("bf16" if native and at <= 32 else False)
     assert auto_regime(1945, 216, 3850, 11, device="cuda").config().amp is False  # the rule is the CPU's
     given = auto_regime(1945, 216, 3850, 11, device="cpu", given={"amp": "none"})
     assert given.config().amp == "none"

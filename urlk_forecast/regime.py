@@ -20,8 +20,8 @@ each choice (docs/training.md, "The automatic regime"). Whatever the caller give
 * **Weight average.** An exponential moving average of the weights (:mod:`urlk_forecast.ema`) is what validation
   ranks and what the run returns.
 * **Precision.** bf16 autocast on a CPU with native bf16 (AVX512_BF16 or AMX) when a step holds at least
-  :data:`BF16_MIN_IMAGES` node images: measured 1.37-1.65x per step at 350 images (3850 stations) with the same
-  validation skill, but only 1.06x at 30 and 1.21x at 128 images (docs/benchmarks.md); float32 otherwise.
+  :data:`BF16_MIN_IMAGES` node images (>= 1.3x per step there, with the same skill on the real-data suite:
+  docs/benchmarks.md); float32 otherwise.
 """
 
 from __future__ import annotations
@@ -55,8 +55,10 @@ EMA_DECAY = 0.995
 WARMUP = 0.05
 #: node images per optimiser step from which the regime's lr is 2e-3 (1e-3 below)
 LR_MIN_IMAGES = 8
-#: node images per step from which bf16 autocast pays on a CPU with native bf16 (the >= 1.3x rule of issue 15)
-BF16_MIN_IMAGES = 256
+#: node images per step from which bf16 autocast pays on a CPU with native bf16 (the >= 1.3x rule of issue 15):
+#: bf16 / float32 step time on the 2-core CPU (2026-12-07, f50c816) 1.19x at 8 images, 1.21x at 16, 1.37-1.42x at
+#: 32, 1.50x at 64, 1.31x at 128 (docs/benchmarks.md)
+BF16_MIN_IMAGES = 32
 MIN_LR_RATIO = 0.01
 
 # given values that need no reason line (where the run goes, how it shows progress)
