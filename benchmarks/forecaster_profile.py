@@ -28,7 +28,8 @@ Medians over ``--steps`` steps after ``--warmup``. Printed as a Markdown table w
 extracted with ``git archive`` and ``benchmarks/step_worker.py`` times the same default network, windows and
 autocast dtype in fresh processes, alternately under that commit's package and this tree's (``--rounds`` rounds,
 the order flipped every round, after one untimed run of each that compiles their kernels), and prints each round's
-median step, windows/s and the ratio. Issue 15 item 5 is
+median step, windows/s and the ratio (``--amp default``: each side in the dtype its own automatic regime picks,
+the comparison of what each code trains with by default). Issue 15 item 5 is
 measured this way against the commit before the issue (43b118a), so that every change of the issue counts (the
 dispatch table, the small-map kernels and the bf16 path of the op too, which ``URLK_FAST=0`` does not switch off).
 
@@ -250,9 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--path", choices=("auto", "own", "torch"), default=None,
                     help="depthwise path (default: URLK_DWCONV or auto)")
-    ap.add_argument("--amp", choices=("none", "bf16", "regime"), nargs="+", default=["none"],
+    ap.add_argument("--amp", choices=("none", "bf16", "regime", "default"), nargs="+", default=["none"],
                     help="autocast dtype(s) of the step; several: one column per configuration and dtype; regime: "
-                         "the automatic regime's choice for the configuration")
+                         "the automatic regime's choice for the configuration; default: with --against, each "
+                         "side's own regime's choice (what each code trains with by default), else as regime")
     ap.add_argument("--paths", choices=("old", "new"), nargs="+", default=["new"],
                     help="code path(s): old = before issue 15 item 5 (URLK_FAST=0), new = the fast paths")
     ap.add_argument("--against", metavar="COMMIT", default=None,
@@ -291,8 +293,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _amp_dtype(amp: str, stations: int, batch: int, seed: int) -> torch.dtype | None:
-    """The step's autocast dtype; ``regime``: bf16 from ``BF16_MIN_IMAGES`` node images per step on native bf16."""
-    if amp == "regime":
+    """The step's autocast dtype; ``regime`` (and ``default``, which with ``--against`` lets each side's own regime
+    decide): bf16 from ``BF16_MIN_IMAGES`` node images per step on native bf16."""
+    if amp in ("regime", "default"):
         fc, _, _ = setup(stations, batch, seed)
         images = fc.net.grouping.n_nodes * batch  # type: ignore[union-attr]
         return torch.bfloat16 if images >= BF16_MIN_IMAGES and cpu_has_native_bf16() else None
@@ -309,8 +312,10 @@ def _extract(commit: str, dest: Path) -> None:
         tf.extractall(dest, filter="data")
 
 
-def _worker(root: Path, stations: int, batch: int, amp: str, steps: int, warmup: int, seed: int) -> float:
-    """Median step seconds of ``step_worker.py`` run on the package under ``root`` in a fresh process."""
+def _worker(root: Path, stations: int, batch: int, amp: str, steps: int, warmup: int, seed: int
+            ) -> tuple[float, str]:
+    """Median step seconds of ``step_worker.py`` run on the package under ``root`` in a fresh process, and the
+    autocast dtype it ran (``none`` or ``bf16``)."""
     cmd = [sys.executable, str(Path(__file__).with_name("step_worker.py")), "--stations", str(stations), "--batch",
            str(batch), "--amp", amp, "--steps", str(steps), "--warmup", str(warmup), "--seed", str(seed),
            "--threads", str(torch.get_num_threads())]
@@ -323,7 +328,7 @@ def _worker(root: Path, stations: int, batch: int, amp: str, steps: int, warmup:
     res = json.loads(out.stdout.strip().splitlines()[-1])
     if not Path(res["package"]).resolve().is_relative_to(root.resolve()):
         raise SystemExit(f"the worker imported {res['package']}, not the package under {root}")
-    return float(res["median_s"])
+    return float(res["median_s"]), str(res.get("amp", amp))
 
 
 def _wait_for_children(marker: str, timeout: float = 600.0) -> None:
@@ -362,12 +367,14 @@ def against(commit: str, configs: list[str], amps: list[str], steps: int, warmup
         for c in configs:
             s, b = (int(v) for v in c.lower().split("x"))
             for amp in amps:
-                dtype = _amp_dtype(amp, s, b, seed)
-                name = f"{s} st x {b} {'bf16' if dtype else 'none'}"
+                kind = amp if amp == "default" else "bf16" if _amp_dtype(amp, s, b, seed) else "none"
                 for r in range(rounds):
                     order = [old_root, here] if r % 2 == 0 else [here, old_root]
-                    t = {root: _worker(root, s, b, "bf16" if dtype else "none", steps, warmup, seed)
-                         for root in order}
+                    res = {root: _worker(root, s, b, kind, steps, warmup, seed) for root in order}
+                    t = {root: v[0] for root, v in res.items()}
+                    used = {v[1] for v in res.values()}
+                    name = f"{s} st x {b} " + (" ".join(used) if len(used) == 1 else
+                                               f"{res[old_root][1]} / {res[here][1]}")
                     print(f"| {name} | {r + 1} | {t[old_root] * 1e3:.1f} | {t[here] * 1e3:.1f} | "
                           f"{b / t[old_root]:.2f} | {b / t[here]:.2f} | {t[old_root] / t[here]:.2f}x |", flush=True)
     return 0

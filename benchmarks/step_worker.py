@@ -9,7 +9,7 @@ trainer of that code sets up before its first step is set up here too: where the
 
     python benchmarks/step_worker.py --stations 4 --batch 32 --steps 6 --warmup 2 --amp none
 
-Prints one JSON line: the package's path, the seconds of every timed step and their median.
+Prints one JSON line: the package's path, the autocast dtype used, the seconds of every timed step and their median.
 """
 
 from __future__ import annotations
@@ -36,13 +36,26 @@ def _trainer_setup(net: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(net.parameters(), lr=1e-3, **options)
 
 
+def _default_amp(net: torch.nn.Module, batch: int) -> torch.dtype | None:
+    """The autocast dtype of the imported package's automatic regime for this step: bf16 from its
+    ``BF16_MIN_IMAGES`` node images per step on a CPU with native bf16; float32 where the regime has no such rule
+    (code from before issue 15 item 4's decision)."""
+    try:
+        from urlk_forecast.regime import BF16_MIN_IMAGES, cpu_has_native_bf16
+    except ImportError:
+        return None
+    images = net.grouping.n_nodes * batch  # type: ignore[union-attr]
+    return torch.bfloat16 if images >= BF16_MIN_IMAGES and cpu_has_native_bf16() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stations", type=int, required=True)
     ap.add_argument("--batch", type=int, required=True)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--amp", choices=("none", "bf16"), default="none")
+    ap.add_argument("--amp", choices=("none", "bf16", "default"), default="none",
+                    help="default: the dtype the package's own automatic regime trains this step with")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     args = ap.parse_args(argv)
@@ -68,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     opt = _trainer_setup(net)
     rng = np.random.default_rng(args.seed)
     picks = [rng.choice(len(ws), args.batch, replace=len(ws) < args.batch) for _ in range(args.warmup + args.steps)]
-    amp = torch.bfloat16 if args.amp == "bf16" else None
+    amp = _default_amp(net, args.batch) if args.amp == "default" else torch.bfloat16 if args.amp == "bf16" else None
     cfg = TrainConfig(grad_clip=5.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     ctx = DistContext()
@@ -79,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         _train_step(net, opt, scaler, b, None, amp, cfg, ctx)
         if k >= args.warmup:
             times.append(time.perf_counter() - t0)
-    out = {"package": urlk_forecast.__file__, "params": sum(p.numel() for p in net.parameters()),
-           "threads": torch.get_num_threads(), "steps_s": times, "median_s": statistics.median(times)}
+    out = {"package": urlk_forecast.__file__, "amp": "bf16" if amp else "none",
+           "params": sum(p.numel() for p in net.parameters()), "threads": torch.get_num_threads(),
+           "steps_s": times, "median_s": statistics.median(times)}
     print(json.dumps(out))
     return 0
 

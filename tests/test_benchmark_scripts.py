@@ -45,11 +45,11 @@ def test_train_step_benchmark_compares_the_paths(tmp_path: Path) -> None:
     assert "depthwise convs per step" in text
 
 
-def _load_profile():  # type: ignore[no-untyped-def]
+def _load_profile(name: str = "forecaster_profile"):  # type: ignore[no-untyped-def]
     import importlib.util
 
-    path = REPO / "benchmarks" / "forecaster_profile.py"
-    spec = importlib.util.spec_from_file_location("bench_forecaster_profile", path)
+    path = REPO / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -78,6 +78,28 @@ def test_step_worker_times_the_package_on_its_path(tmp_path: Path) -> None:
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert Path(res["package"]).resolve() == (REPO / "urlk_forecast" / "__init__.py").resolve()
     assert len(res["steps_s"]) == 2 and all(t > 0 for t in res["steps_s"]) and res["params"] > 1_000_000
+
+
+def test_step_worker_default_dtype_is_the_package_regime_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--amp default``: bf16 from the package's own ``BF16_MIN_IMAGES`` node images per step on native bf16;
+    float32 below it, without native bf16, and for a package whose regime has no such rule (before the decision)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import urlk_forecast.regime as regime
+
+    worker = _load_profile("step_worker")
+    net = SimpleNamespace(grouping=SimpleNamespace(n_nodes=2))
+    at = regime.BF16_MIN_IMAGES
+    monkeypatch.setattr(regime, "cpu_has_native_bf16", lambda: True)
+    assert worker._default_amp(net, -(-at // 2)) is torch.bfloat16
+    assert worker._default_amp(net, (at - 1) // 2) is None
+    monkeypatch.setattr(regime, "cpu_has_native_bf16", lambda: False)
+    assert worker._default_amp(net, at) is None
+    monkeypatch.setattr(regime, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.delattr(regime, "BF16_MIN_IMAGES")
+    assert worker._default_amp(net, at) is None
 
 
 @pytest.mark.slow
