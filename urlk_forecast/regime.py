@@ -56,8 +56,9 @@ WARMUP = 0.05
 #: node images per optimiser step from which the regime's lr is 2e-3 (1e-3 below)
 LR_MIN_IMAGES = 8
 #: node images per step from which bf16 autocast pays on a CPU with native bf16 (the >= 1.3x rule of issue 15):
-#: bf16 / float32 step time on the 2-core CPU (2026-12-07, f50c816) 1.19x at 8 images, 1.21x at 16, 1.37-1.42x at
-#: 32, 1.50x at 64, 1.31x at 128 (docs/benchmarks.md)
+#: float32 / bf16 step time on the 2-core CPU (2026-12-07, f50c816) 1.19x at 8 images, 1.21x at 16, 1.37-1.42x at
+#: 32, 1.50x at 64, 1.31x at 128; best validation loss on the real-data suite unchanged within noise (TMY3 and vega,
+#: docs/benchmarks.md)
 BF16_MIN_IMAGES = 32
 MIN_LR_RATIO = 0.01
 
