@@ -76,7 +76,9 @@ def test_retained_memory_is_reused_without_page_faults() -> None:
     r = _probe("on")
     assert r["applied"] is True and r["retained"] is True
     assert r["faults"] < PAGES // 10  # measured 0-1640 per step against ~41 000 by default
-    assert r["grew_kb"] < 64 * 1024  # the heap settled: at most one more 32 MiB block over ten steps
+    # the heap settled: at most one more block over ten steps, the largest being the 64 MiB tensor (seen once in a
+    # clean-clone run: exactly 65536 KiB); a leak would grow by >= 32 MiB every step
+    assert r["grew_kb"] <= 64 * 1024
 
 
 def test_turning_it_off_restores_the_default() -> None:
