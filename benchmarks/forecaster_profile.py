@@ -71,7 +71,7 @@ from urlk_forecast.data.windows import WindowDataset
 from urlk_forecast.distributed import DistContext
 from urlk_forecast.forecaster import Forecaster
 from urlk_forecast.models import fastpath
-from urlk_forecast.regime import BF16_MIN_IMAGES, cpu_has_native_bf16
+from urlk_forecast.regime import bf16_pays
 from urlk_forecast.trainer import _train_step
 
 SECTIONS = ("enc_embedding", "dec_embedding", "encoder", "decoder")
@@ -298,7 +298,7 @@ def _amp_dtype(amp: str, stations: int, batch: int, seed: int) -> torch.dtype | 
     if amp in ("regime", "default"):
         fc, _, _ = setup(stations, batch, seed)
         images = fc.net.grouping.n_nodes * batch  # type: ignore[union-attr]
-        return torch.bfloat16 if images >= BF16_MIN_IMAGES and cpu_has_native_bf16() else None
+        return torch.bfloat16 if bf16_pays(images) else None
     return torch.bfloat16 if amp == "bf16" else None
 
 

@@ -39,7 +39,8 @@ def _trainer_setup(net: torch.nn.Module) -> torch.optim.Optimizer:
 def _default_amp(net: torch.nn.Module, batch: int) -> torch.dtype | None:
     """The autocast dtype of the imported package's automatic regime for this step: bf16 from its
     ``BF16_MIN_IMAGES`` node images per step on a CPU with native bf16; float32 where the regime has no such rule
-    (code from before issue 15 item 4's decision)."""
+    (code from before issue 15 item 4's decision). The rule of ``regime.bf16_pays`` spelled out from its parts,
+    because older packages have the parts but not that function."""
     try:
         from urlk_forecast.regime import BF16_MIN_IMAGES, cpu_has_native_bf16
     except ImportError:

@@ -36,8 +36,8 @@ import torch
 from .config import TrainConfig
 from .utils import to_jsonable
 
-__all__ = ["Regime", "auto_regime", "cpu_has_native_bf16", "BF16_MIN_IMAGES", "CPU_MAX_TIME", "IMAGES_PER_STEP",
-           "LR_MIN_IMAGES", "VAL_IMAGES"]
+__all__ = ["Regime", "auto_regime", "cpu_has_native_bf16", "bf16_pays", "BF16_MIN_IMAGES", "CPU_MAX_TIME",
+           "IMAGES_PER_STEP", "LR_MIN_IMAGES", "VAL_IMAGES"]
 
 #: node images per optimiser step the batch size aims at
 IMAGES_PER_STEP = 32
@@ -87,6 +87,12 @@ class Regime:
     def describe(self) -> str:
         """The reasons, one per line."""
         return "\n".join(self.reasons)
+
+
+def bf16_pays(images_per_step: int) -> bool:
+    """Whether the regime trains a CPU step of ``images_per_step`` node images in bf16 autocast: at least
+    :data:`BF16_MIN_IMAGES` on a CPU with native bf16."""
+    return images_per_step >= BF16_MIN_IMAGES and cpu_has_native_bf16()
 
 
 def cpu_has_native_bf16() -> bool:
@@ -215,7 +221,7 @@ class _Chooser:
                                        "restored at the end")
 
     def precision(self, device: str, images_per_step: int) -> None:
-        if device != "cpu" or images_per_step < BF16_MIN_IMAGES or not cpu_has_native_bf16():
+        if device != "cpu" or not bf16_pays(images_per_step):
             self.quiet("amp", False)
             return
         self.set("amp", "bf16", f"bf16 autocast: {images_per_step} node images per step on a CPU with native bf16 "
