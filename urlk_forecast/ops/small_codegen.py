@@ -29,7 +29,7 @@ from __future__ import annotations
 __all__ = ["Geometry", "fwd_source", "gw_source", "gw_fits", "module_source", "SMALL_VERSION", "rows_per_block",
            "lanes", "work"]
 
-SMALL_VERSION = "5"
+SMALL_VERSION = "6"
 #: scalar accumulators (rows x lanes) of one forward register block: 8 rows of 12 lanes, 4 rows of 24
 _FWD_ACC = 128
 #: scalar accumulators (taps x lanes) the grad-weight kernel may keep in registers
@@ -88,33 +88,15 @@ def _copy_in(e, ind: str, g: Geometry, src: str, nb: str) -> None:
     e(f"{ind}    " + "; ".join(f"xs[db + np.uint64({l})] = t{l}" for l in range(W)))
 
 
-def _col_runs(g: Geometry) -> list[tuple[int, int, int, int]]:
-    """The forward's kernel columns as runs ``(b0, b1, l0, l1)``: columns [b0, b1) whose output lanes that read the
-    image all lie in [l0, l1), a whole number of 8-lane halves of a vector. A column that only the left (or right)
-    half of a 16-lane row needs runs on 8-lane (ymm) statements, half the cost of a full row on this CPU's 2x256-bit
-    FMA units: at 8x12 that is columns 10-12 of K=13 and 5-6 of K=7 d=2 (~12-14 % of the multiply-adds)."""
-    _, W, _, KW, _, dw, _, pl = g
-    V = lanes(W)
-    runs: list[tuple[int, int, int, int]] = []
-    for b in range(KW):
-        js = [j for j in range(W) if 0 <= j + b * dw - pl < W]
-        if not js:
-            continue
-        l0, l1 = js[0] // 8 * 8, min(V, -(-(js[-1] + 1) // 8) * 8)
-        if l1 - l0 not in (8, 16):  # whole vectors only (24 lanes would invite the SLP cross-row packing)
-            l0, l1 = 0, V
-        if runs and runs[-1][1] == b and runs[-1][2:] == (l0, l1):
-            runs[-1] = (runs[-1][0], b + 1, l0, l1)
-        else:
-            runs.append((b, b + 1, l0, l1))
-    return runs
-
-
-def _fwd_cols(e, g: Geometry, tri: list[tuple[int, int, int]], b0: int, b1: int, l0: int, l1: int) -> None:
-    """One forward loop over the kernel columns [b0, b1) on the lanes [l0, l1) of the output rows in ``tri``: the
-    weights of the column (read flipped for the grad-input), each needed input row loaded once, then the FMAs."""
+def _fwd_cols(e, g: Geometry, tri: list[tuple[int, int, int]]) -> None:
+    """The forward's loop over the kernel columns that read the image (:func:`_col_range`), whole rows of lanes,
+    for the output rows in ``tri``: the weights of the column (read flipped for the grad-input), each needed input
+    row loaded once, then the FMAs. Every statement of the loop is ``lanes(W)`` wide: a column run on 8-lane halves
+    (tried, 2026-12-07) made LLVM's SLP vectorizer pack every accumulator in 8-lane vectors, and this CPU (AMD Zen 5:
+    two full 512-bit FMA pipes) then ran the K=13 forward at 8x12 1.45x slower than on whole 16-lane rows."""
     dw, S = g[5], scratch_stride(g)
-    lanes_ = range(l0, l1)
+    b0, b1 = _col_range(g)
+    lanes_ = range(lanes(g[1]))
     e(f"        for b in range(np.uint64({b0}), np.uint64({b1})):")
     e(f"            cb = b * np.uint64({dw})")
     e("            wbb = wb + b * bstep")
@@ -157,8 +139,8 @@ def fwd_source(g: Geometry) -> list[str]:
         tri = _triples(g, i0, i1)
         for i in range(i0, i1):
             e("        " + "; ".join(f"a{i}_{l} = bv" for l in range(V)))
-        for b0, b1, l0, l1 in _col_runs(g) if tri else []:
-            _fwd_cols(e, g, tri, b0, b1, l0, l1)
+        if tri:
+            _fwd_cols(e, g, tri)
         for i in range(i0, i1):
             e("        " + "; ".join(f"o[{i * V + l}] = a{i}_{l}" for l in range(V)))
     e(f"        for r in range(np.uint64({H})):  # the W image lanes of each row, packed (as in _copy_in)")
@@ -172,7 +154,8 @@ def fwd_source(g: Geometry) -> list[str]:
 
 def work(g: Geometry) -> int:
     """Multiply-adds per plane the forward kernel executes (its lanes included): what the thread count follows."""
-    return len(_triples(g, 0, g[0])) * sum((b1 - b0) * (l1 - l0) for b0, b1, l0, l1 in _col_runs(g))
+    b0, b1 = _col_range(g)
+    return len(_triples(g, 0, g[0])) * (b1 - b0) * lanes(g[1])
 
 
 def gw_fits(g: Geometry) -> bool:
