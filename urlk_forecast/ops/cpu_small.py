@@ -7,7 +7,8 @@ gets its own generated module in the kernels' cache directory, compiled on first
 disk by numba; ``URLK_DWCONV_SMALL=0`` switches these kernels off (the general kernels run instead), which the
 benchmark ``benchmarks/dwconv_small_maps.py`` uses to show both.
 
-* forward: planes in chunks over ``torch.get_num_threads()`` threads, the weight of plane ``n`` is ``w[n % C]``;
+* forward: planes shared out over ``torch.get_num_threads()`` threads by an atomic counter in the kernel
+  (:mod:`urlk_forecast.ops.cpu_atomic`), the weight of plane ``n`` is ``w[n % C]``;
 * grad-input: the forward kernel on the output gradient with the kernel rotated by 180 degrees;
 * grad-weight: channels over the threads, float64 sums (``None`` from :func:`grad_weight` when the partial sums
   would not fit in registers, or at large batches where the general kernel is faster: :func:`takes_grad_weight`;
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from urlk_forecast.ops import cpu_kernels, small_codegen
+from urlk_forecast.ops import cpu_atomic, cpu_kernels, small_codegen
 from urlk_forecast.ops.small_codegen import Geometry
 
 __all__ = ["ENV", "MIN_H", "MAX_H", "WIDTHS", "FWD_WIDTHS", "MAX_K", "enabled", "geometry", "flipped", "forward",
@@ -103,7 +104,7 @@ def _module(g: Geometry) -> ModuleType:
             return _modules[g]
         from urlk_forecast.ops.cpu_codegen import _helpers_digest
 
-        src = small_codegen.module_source(g, _helpers_digest())
+        src = small_codegen.module_source(g, _helpers_digest() + _helpers_digest("cpu_atomic.py"))
         name = "urlk_dwconv_small_" + hashlib.sha256(src.encode()).hexdigest()[:16]
         path = os.path.join(cpu_kernels.cache_dir(), name + ".py")
         if cpu_kernels._read(path) != src:
@@ -167,12 +168,30 @@ def _run(fn: Any, head: tuple[Any, ...], units: int, threads: int) -> None:
             f.result()
 
 
-#: executed multiply-adds per thread at least before a second thread is used. Waking a pool thread costs ~40-60 us
-#: on the 2-core dev machine, and right after a torch call (the normal case in training) the other core is taken by
-#: oneDNN's spinning OpenMP worker: interleaved with F.conv2d (2026-12-07, 32 x 80 x 8 x 12 forwards) one thread ran
-#: K=5 in 0.30-0.35 ms vs 0.35-0.42 on two, K=7 d=2 0.33 vs 0.39, K=3 d=4 0.20 vs 0.25, while K=13 (33 M) gained
-#: from two (0.49-0.64 vs 0.74-0.78 ms); so two threads from ~16 M multiply-adds (~0.35 ms on one core) up
+def _run_shared(fn: Any, args: tuple[Any, ...], threads: int) -> None:
+    """``fn(*args)`` on ``threads`` threads at once, the caller one of them; the kernel shares its planes out through
+    the :func:`urlk_forecast.ops.cpu_atomic.state` last in ``args``, and the caller spins until the others are done
+    (:mod:`urlk_forecast.ops.cpu_atomic`: neither a late pool thread nor the caller's wake-up stalls the call)."""
+    if threads > 1:
+        pool = cpu_kernels._get_pool(threads - 1)
+        for _ in range(threads - 1):
+            pool.submit(fn, *args)
+    fn(*args)
+    if threads > 1:
+        cpu_atomic.wait(args[-2])
+
+
+#: executed multiply-adds per thread at least before a second thread is used by the grad-weight kernel (chunks
+#: pulled by pool threads). Waking a pool thread costs ~40-60 us on the 2-core dev machine, and right after a torch
+#: call (the normal case in training) the other core is taken by oneDNN's spinning OpenMP worker: interleaved with
+#: F.conv2d (2026-12-07, 32 x 80 x 8 x 12 forwards, chunked then) one thread ran K=5 in 0.30-0.35 ms vs 0.35-0.42 on
+#: two, K=7 d=2 0.33 vs 0.39, K=3 d=4 0.20 vs 0.25, while K=13 (33 M) gained from two (0.49-0.64 vs 0.74-0.78 ms)
 MIN_WORK_PER_THREAD = 8_000_000
+#: the same for the forward (and grad-input), whose threads share planes through the atomic counter: a late thread
+#: costs less there. Measured 2026-12-07 (session 13, medians of 5 x 60 calls, 32 x 80 x 8 x 12 unless said, one vs
+#: two threads): 1.7 M multiply-adds (8 images K=5) 0.033 vs 0.063 ms, 4.6 M (16 images K=7 d=2) 0.068 vs 0.094,
+#: 7.0 M (K=5) 0.115-0.122 vs 0.091-0.126, 8.3 M (8 images K=13) 0.095 vs 0.096, 33 M (K=13) 0.34 vs 0.22
+MIN_FWD_WORK_PER_THREAD = 5_000_000
 #: from this many images a grad-weight of more than ``GW_GENERAL_TAPS`` taps (K=5: 25 taps x 12 lanes of partial
 #: sums, most of the registers) goes to the general kernel: at 350 x 80 x 8 x 12, K=5 it ran 6.5 ms there vs 8.0 here
 #: (docs/benchmarks.md, 2026-12-06), while at 32 images this kernel is 1.15-2.5x faster than the general one, and
@@ -189,8 +208,8 @@ def _plane_work(g: Geometry) -> int:
     return n
 
 
-def _threads(units: int, work: int) -> int:
-    return max(1, min(torch.get_num_threads(), units, work // MIN_WORK_PER_THREAD))
+def _threads(units: int, work: int, per_thread: int) -> int:
+    return max(1, min(torch.get_num_threads(), units, work // per_thread))
 
 
 # ----------------------------------------------------------------------------------------------- torch layer
@@ -220,9 +239,10 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, g: Geom
         bias = bias.float()
     ba = cpu_kernels._np(bias.detach().contiguous()) if bias is not None else wa
     P = B * C
-    head = (cpu_kernels._np(x.view(-1)), wa, ba, has_bias, cpu_kernels._np(y.view(-1)), C) + _steps(g, flip)
-    fn = _kernel("sfwd", g, head + (0, P, _ZERO), (x.dtype, w.dtype, ba.dtype))
-    _run(fn, head, P, _threads(P, P * _plane_work(g)))
+    args = (cpu_kernels._np(x.view(-1)), wa, ba, has_bias, cpu_kernels._np(y.view(-1)), C) + _steps(g, flip)
+    args += (0, P, cpu_atomic.state(), _ZERO)
+    fn = _kernel("sfwd", g, args, (x.dtype, w.dtype, ba.dtype))
+    _run_shared(fn, args, _threads(P, P * _plane_work(g), MIN_FWD_WORK_PER_THREAD))
     return y
 
 
@@ -247,5 +267,5 @@ def grad_weight(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, g: Geometry)
         P = B * C
         head = (cpu_kernels._np(x.view(-1)), cpu_kernels._np(gy.view(-1)), gwa.view(-1).numpy(), C)
         fn = _kernel("sgw", g, head + (0, C, _ZERO), (x.dtype,))
-        _run(fn, head, C, _threads(C, P * _plane_work(g)))
+        _run(fn, head, C, _threads(C, P * _plane_work(g), MIN_WORK_PER_THREAD))
     return gwa.to(w.dtype).view(C, 1, KH, KW)

@@ -29,7 +29,7 @@ from __future__ import annotations
 __all__ = ["Geometry", "fwd_source", "gw_source", "gw_fits", "module_source", "SMALL_VERSION", "rows_per_block",
            "lanes", "work"]
 
-SMALL_VERSION = "6"
+SMALL_VERSION = "7"
 #: scalar accumulators (rows x lanes) of one forward register block: 8 rows of 12 lanes, 4 rows of 24
 _FWD_ACC = 128
 #: scalar accumulators (taps x lanes) the grad-weight kernel may keep in registers
@@ -124,11 +124,19 @@ def fwd_source(g: Geometry) -> list[str]:
     L: list[str] = []
     e = L.append
     e(_JIT)
-    e(f"def {_name('sfwd', g)}(xf, wt, bias, has_bias, outf, C, woff, astep, bstep, lo, hi, zero):")
+    e(f"def {_name('sfwd', g)}(xf, wt, bias, has_bias, outf, C, woff, astep, bstep, lo, hi, st, zero):")
     e(f"    xs = np.zeros({H * S + 1}, np.float32)  # zero padding written once; rows overwritten per plane")
     e(f"    o = np.empty({H * V}, np.float32)  # rows of all V lanes: junk lanes stored, so they stay in the vectors")
     e(f"    op = np.empty({H * W}, np.float32)")
-    e("    for n in range(lo, hi):")
+    e("    fetch_add(st, STARTED, 1)")
+    e("    n = np.int64(0); end = np.int64(0)")
+    e("    for _ in range(lo, hi):  # planes taken GRAB at a time from the shared counter (cpu_atomic)")
+    e("        if n >= end:  # guided: an eighth of what is left, at least GRAB_WORK multiply-adds")
+    e(f"            take = max({grab(g)}, (hi - lo - fetch_add(st, COUNT, 0)) // 8)")
+    e("            n = lo + fetch_add(st, COUNT, take)")
+    e("            if n >= hi:")
+    e("                break")
+    e("            end = min(n + take, hi)")
     e("        c = n % C")
     e(f"        nb = np.uint64(n) * np.uint64({H * W})")
     _copy_in(e, "        ", g, "xf", "nb")
@@ -149,7 +157,20 @@ def fwd_source(g: Geometry) -> list[str]:
     e("            " + "; ".join(f"op[db + np.uint64({l})] = t{l}" for l in range(W)))
     e(f"        for k in range(np.uint64({H * W})):  # one vectorised pass (and bfloat16 rounding) per plane")
     e("            store(outf, nb + k, op[k])")
+    e("        n += 1")
+    e("    fetch_add(st, DONE, 1)")
     return L
+
+
+#: multiply-adds (lanes included) a thread takes from the shared counter at least (~5 us of work): it takes an
+#: eighth of the planes left, so few atomic adds (~0.1-0.2 us each when the line moves between the cores) and a
+#: last take of ~5 us, after which the other thread waits at most that long
+GRAB_WORK = 250_000
+
+
+def grab(g: Geometry) -> int:
+    """Planes a thread takes from the shared counter at least (``GRAB_WORK`` multiply-adds, at least one plane)."""
+    return max(1, GRAB_WORK // work(g))
 
 
 def work(g: Geometry) -> int:
@@ -235,10 +256,12 @@ def module_source(g: Geometry, helpers_digest: str) -> str:
         "import numpy as np",
         "from numba import njit",
         "",
+        "from urlk_forecast.ops.cpu_atomic import COUNT, DONE, STARTED, fetch_add",
         "from urlk_forecast.ops.cpu_bf16 import load, store",
         "from urlk_forecast.ops.cpu_kernels import NoSSACompiler",
         "",
-        f"# small-map kernels v{SMALL_VERSION}; row copies: urlk_forecast/ops/cpu_bf16.py, sha256 {helpers_digest}",
+        f"# small-map kernels v{SMALL_VERSION}; helpers: urlk_forecast/ops/cpu_bf16.py + cpu_atomic.py, sha256 "
+        f"{helpers_digest}",
         "",
         "",
     ]
