@@ -635,8 +635,7 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pad: Pa
     if out is not None and (tuple(out.shape) != (B, C, Ho, Wo) or out.dtype != x.dtype or not out.is_contiguous()):
         raise ValueError(f"cpu_kernels.forward: out must be a contiguous {x.dtype} tensor of shape {(B, C, Ho, Wo)}")
     small = _small()
-    if small is not None and (g := small.geometry(x, w, (t, b, l, r), (dh, dw))) is not None and \
-            g[1] in small.FWD_WIDTHS:
+    if small is not None and (g := small.geometry(x, w, (t, b, l, r), (dh, dw))) is not None:
         return small.forward(x, w, bias, g, out)
     y = _empty((B, C, Ho, Wo), x) if out is None else out
     if y.numel() == 0:
@@ -679,7 +678,7 @@ def backward(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, pad: Pad, dil: 
     small = _small() if small_maps else None
     if small is not None and (g := small.geometry(x, w, (t, b, l, r), (dh, dw))) is not None:
         sgx = sgw = None
-        if need_input and g[1] in small.FWD_WIDTHS:
+        if need_input:
             sgx = small.forward(gy, w, None, small.flipped(g), flip=True)
         if need_weight:
             sgw = small.grad_weight(x, gy, w, g)

@@ -33,7 +33,7 @@ import torch
 from urlk_forecast.ops import cpu_atomic, cpu_kernels, small_codegen
 from urlk_forecast.ops.small_codegen import Geometry
 
-__all__ = ["ENV", "MIN_H", "MAX_H", "WIDTHS", "FWD_WIDTHS", "MAX_K", "enabled", "geometry", "flipped", "forward",
+__all__ = ["ENV", "MIN_H", "MAX_H", "WIDTHS", "MAX_K", "enabled", "geometry", "flipped", "forward",
            "grad_weight", "takes_grad_weight"]
 
 ENV = "URLK_DWCONV_SMALL"
@@ -43,9 +43,6 @@ ENV = "URLK_DWCONV_SMALL"
 MIN_H = 8
 MAX_H = 16
 WIDTHS = (12, 24)
-#: widths whose forward and grad-input run here; at 16x24 (K=3) the general spatial kernels are faster (measured
-#: 2026-12-06: 0.55 vs 0.71 ms and 3.5 vs 11.1 ms for 32 / 350 x 40 x 16 x 24), the small-map grad-weight is not
-FWD_WIDTHS = (12,)
 MAX_K = 13
 _DTYPES = (torch.float32, torch.bfloat16)
 
