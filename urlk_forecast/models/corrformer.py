@@ -33,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 from . import fastpath
 from .decoder import MultiHeadProjection, SeasonalLayerNorm, SeriesDecomp, get_activation
 from .layers import Dropout, pointwise
+from .linear_function import run_linear
 
 __all__ = [
     "AutoCorrelation",
@@ -134,7 +135,7 @@ class AutoCorrelationLayer(MultiHeadProjection):
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         out = self.inner(*self.project(queries, keys))
-        return self.out_projection(out.reshape(queries.shape[0], queries.shape[1], -1))
+        return run_linear(self.out_projection, out.reshape(queries.shape[0], queries.shape[1], -1))
 
 
 class _CausalBlock(nn.Module):
@@ -239,10 +240,10 @@ class CrossCorrelationLayer(nn.Module):
         BN, L, _ = queries.shape
         S, H = keys.shape[1], self.n_heads
         B = BN // n_nodes
-        q = self.query_projection(queries).view(B, n_nodes, L, H, -1)
-        k = self.key_projection(keys).view(B, n_nodes, S, H, -1)
-        v = self.value_projection(keys).view(B, n_nodes, S, H, -1)
-        return self.out_projection(self.inner(q, k, v).reshape(BN, L, -1))
+        q = run_linear(self.query_projection, queries).view(B, n_nodes, L, H, -1)
+        k = run_linear(self.key_projection, keys).view(B, n_nodes, S, H, -1)
+        v = run_linear(self.value_projection, keys).view(B, n_nodes, S, H, -1)
+        return run_linear(self.out_projection, self.inner(q, k, v).reshape(BN, L, -1))
 
 
 class MultiCorrelation(nn.Module):

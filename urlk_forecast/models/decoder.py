@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import fastpath
 from .layers import Dropout, pointwise
+from .linear_function import run_linear
 
 __all__ = [
     "MovingAverage",
@@ -139,9 +140,9 @@ class MultiHeadProjection(nn.Module):
         """``queries`` (B, L, C) and ``keys`` (B, S, C) → q (B, L, H, C/H), k and v (B, S, H, C/H)."""
         B, L, _ = queries.shape
         S, H = keys.shape[1], self.n_heads
-        q = self.query_projection(queries).view(B, L, H, -1)
-        k = self.key_projection(keys).view(B, S, H, -1)
-        v = self.value_projection(keys).view(B, S, H, -1)
+        q = run_linear(self.query_projection, queries).view(B, L, H, -1)
+        k = run_linear(self.key_projection, keys).view(B, S, H, -1)
+        v = run_linear(self.value_projection, keys).view(B, S, H, -1)
         return q, k, v
 
 
@@ -159,7 +160,7 @@ class CrossAttention(MultiHeadProjection):
     def forward(self, x: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
         q, k, v = (t.transpose(1, 2) for t in self.project(x, cross))
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        return self.out_projection(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
+        return run_linear(self.out_projection, out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
 
 
 class DecoderLayer(nn.Module):
@@ -241,7 +242,7 @@ class Decoder(nn.Module):
         Returns ``(seasonal, trend)``, both (B, L, c_out).
         """
         x, trend, _ = self._run(x, cross, trend)
-        return self.projection(self.norm(x)), trend
+        return run_linear(self.projection, self.norm(x)), trend
 
     def forward_spreads(self, x: torch.Tensor, cross: torch.Tensor, trend: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -249,5 +250,5 @@ class Decoder(nn.Module):
         if not self.spread_channels:
             raise ValueError("this decoder has no spread head (built with spread_channels=0)")
         x, trend, removed = self._run(x, cross, trend)
-        spreads = self.spread_projection(self.spread_norm(x + removed))
-        return self.projection(self.norm(x)), trend, spreads
+        spreads = run_linear(self.spread_projection, self.spread_norm(x + removed))
+        return run_linear(self.projection, self.norm(x)), trend, spreads

@@ -43,6 +43,7 @@ from .layers import (
     reparameterize_children,
     run_dwconv,
 )
+from .linear_function import run_linear
 from .registry import variant_config
 from .unireplknet import create_model, default_kernel_sizes
 
@@ -291,7 +292,7 @@ class ImageEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feat = self.backbone.forward_features(self.to_image(x))[-1]  # (B', C4, H/32, W/32)
-        return self.projection(feat.flatten(2).transpose(1, 2))
+        return run_linear(self.projection, feat.flatten(2).transpose(1, 2))
 
     def reparameterize(self) -> None:
         """Inference form of the backbone, whatever it is (identical outputs in eval mode)."""

@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from urlk_forecast.models import fastpath
 from urlk_forecast.models.layernorm_function import layer_norm_nchw
+from urlk_forecast.models.linear_function import linear
 from urlk_forecast.ops import DWConv2d, dwconv2d
 from urlk_forecast.ops.reparam import fuse_bn
 
@@ -103,7 +104,7 @@ def pointwise(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     product with the conv's weight, no transposes (oneDNN's 1-wide convolution and its backward cost ~3x the product
     on the decoder's 32 x 128 x 48 activations); else the module on the transposed input."""
     if fastpath.enabled():
-        return F.linear(x, conv.weight.squeeze(-1), conv.bias)
+        return linear(x, conv.weight.squeeze(-1), conv.bias)
     return conv(x.transpose(1, 2)).transpose(1, 2)
 
 
