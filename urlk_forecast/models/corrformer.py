@@ -33,7 +33,7 @@ from torch.utils.checkpoint import checkpoint
 from . import fastpath
 from .decoder import MultiHeadProjection, SeasonalLayerNorm, SeriesDecomp, get_activation
 from .layers import Dropout, pointwise
-from .linear_function import run_linear
+from .linear_function import linear, run_linear
 
 __all__ = [
     "AutoCorrelation",
@@ -160,7 +160,7 @@ class _CausalBlock(nn.Module):
             return conv(F.pad(x, (self.pad, 0)))
         weight = conv.weight[..., k - live:]
         if live == 1:
-            return F.linear(x.transpose(1, 2), weight[..., 0], conv.bias).transpose(1, 2)
+            return linear(x.transpose(1, 2), weight[..., 0], conv.bias).transpose(1, 2)
         return F.conv1d(F.pad(x, ((live - 1) * d, 0)), weight, conv.bias, dilation=d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
