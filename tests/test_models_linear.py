@@ -82,3 +82,16 @@ def test_tracing_records_the_standard_op(onednn):
     graph = str(traced.graph)
     assert "aten::linear" in graph and "mkldnn" not in graph
     torch.testing.assert_close(traced(x), F.linear(x, w, b))
+
+
+def test_strided_weight_and_expanded_gradient(onednn):
+    """A weight sliced from a conv's taps and the stride-0 gradient of ``.sum()`` (both once sent oneDNN to a path
+    ~1000x slower; the operands are made dense first): values still match float64."""
+    g = torch.Generator().manual_seed(5)
+    w3 = torch.randn(24, 16, 3, generator=g).requires_grad_()
+    x = torch.randn(4, 16, 6, generator=g).transpose(1, 2).requires_grad_()
+    linear(x, w3[..., 0]).sum().backward()
+    xr, wr = x.detach().double().requires_grad_(), w3.detach().double().requires_grad_()
+    F.linear(xr, wr[..., 0]).sum().backward()
+    torch.testing.assert_close(x.grad.double(), xr.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w3.grad.double(), wr.grad, rtol=1e-5, atol=1e-5)
