@@ -7,8 +7,9 @@ a CPU the C allocator keeps freed memory for reuse (:func:`tune_allocator`), dro
 pixels run as one dense product, from 64 images with their BatchNorms folded in
 (:mod:`urlk_forecast.models.dense_dwconv`), the squeeze-and-excitation's 1x1 convolutions and the decoder's kernel-1
 Conv1d run as matrix products (:func:`~urlk_forecast.models.layers.pointwise`), the decomposition's moving average is
-one product with a band matrix, and channels-first LayerNorms of few channels train through a closed-form backward
-(:mod:`urlk_forecast.models.layernorm_function`).
+one product with a band matrix, channels-first LayerNorms of few channels train through a closed-form backward
+(:mod:`urlk_forecast.models.layernorm_function`), and float32 Linear layers run on oneDNN's product where it beats
+the BLAS (:mod:`urlk_forecast.models.linear_function`).
 ``URLK_FAST=0`` in the environment, or :func:`use_fast_paths` (``False``) in code, selects the old path, e.g. for
 the side-by-side benchmark (``benchmarks/forecaster_profile.py --paths old new``).
 """
