@@ -157,3 +157,22 @@ def _worker(out: str) -> None:
 
 if __name__ == "__main__" and len(sys.argv) >= 2 and sys.argv[1] == "worker":
     _worker(sys.argv[2])
+
+
+def test_cleanup_lets_waiting_threads_run_before_the_group_goes(tmp_path: Path) -> None:
+    """cleanup() releases the GIL before destroying the group, so a thread waiting for it (a gloo worker dropping
+    its last collective's tensors) runs while the group still exists, not during interpreter shutdown."""
+    import threading
+
+    import torch.distributed as dist
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    seen: list[bool] = []
+    go = threading.Event()
+    t = threading.Thread(target=lambda: (go.wait(), seen.append(dist.is_initialized())))
+    t.start()
+    go.set()  # the thread now wants the GIL; the main thread keeps it unless cleanup gives it away
+    D.cleanup()
+    t.join()
+    assert seen == [True] and not dist.is_initialized()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -109,9 +110,23 @@ def init_from_env(use_cuda: bool, backend: str | None = None) -> DistContext:
     return context()
 
 
+#: seconds :func:`cleanup` releases the GIL before it destroys the process group (see there)
+_RELEASE_S = 0.05
+
+
 def cleanup() -> None:
-    """Destroy the process group if one is initialised."""
+    """Destroy the process group if one is initialised.
+
+    First the GIL is released for a moment: a gloo worker thread that ran the last collective (the checkpoint's
+    ``all_gather_object``) may still have to drop that work's tensors, whose Python owners it decrefs under the GIL.
+    If the main thread keeps the GIL until the interpreter finalises, that thread exits inside the work's C++
+    destructor and the process aborts ("terminate called without an active exception"; 1 run in ~20-35 of
+    tests/test_ddp.py's worker, the core's stack: ``ProcessGroupGloo::runLoop`` -> ``~AsyncAllgatherWork`` ->
+    ``take_gil`` -> ``PyThread_exit_thread`` while the main thread was in ``Py_FinalizeEx``). destroy_process_group
+    does not join those threads. A barrier would also release the GIL, but a rank that is done early would wait in
+    it for rank 0's evaluation, past the group's timeout on a large run."""
     if dist.is_available() and dist.is_initialized():
+        time.sleep(_RELEASE_S)
         dist.destroy_process_group()
 
 
