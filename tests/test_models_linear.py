@@ -95,3 +95,13 @@ def test_strided_weight_and_expanded_gradient(onednn):
     F.linear(xr, wr[..., 0]).sum().backward()
     torch.testing.assert_close(x.grad.double(), xr.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(w3.grad.double(), wr.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_empty_input_and_double_backward(onednn):
+    """No rows: F.linear's result. A second derivative through the oneDNN path is refused, not silently wrong."""
+    w = torch.randn(3, 8, requires_grad=True)
+    assert linear(torch.zeros(0, 8), w).shape == (0, 3)
+    x = torch.randn(4, 8, requires_grad=True)
+    (g,) = torch.autograd.grad(linear(x, w).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from . import fastpath
 
@@ -62,13 +63,14 @@ def onednn_is_faster() -> bool:
 class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        # dense operands: a strided weight (a slice of a conv's taps) sent oneDNN to a path ~100x slower
+        # dense operands: on strided ones (a slice of a conv's taps) oneDNN took its reference path, up to ~1000x slower
         x2, w = x.reshape(-1, x.shape[-1]).contiguous(), w.contiguous()
         ctx.save_for_backward(x2, w)
         ctx.has_bias = b is not None
         return _product(x2, w, b).view(*x.shape[:-1], w.shape[0])
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x2, w = ctx.saved_tensors
         gy2 = gy.reshape(-1, gy.shape[-1]).contiguous()  # an expanded gradient (stride 0) took oneDNN ~1000x longer
@@ -97,6 +99,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """``F.linear(x, weight, bias)``; on the fast path for float32 CPU tensors outside autocast and export, on
     oneDNN when :func:`onednn_is_faster` (same values up to the order of the sums)."""
     if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() < 2
+            or x.numel() == 0
             or (bias is not None and bias.dtype != torch.float32) or torch.is_autocast_enabled("cpu")
             or not fastpath.enabled() or _exporting() or not onednn_is_faster()):
         return F.linear(x, weight, bias)
