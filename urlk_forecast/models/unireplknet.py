@@ -39,7 +39,7 @@ from urlk_forecast.models.layers import (
     run_dwconv,
     set_weight_and_bias,
 )
-from urlk_forecast.models.linear_function import linear
+from urlk_forecast.models.linear_function import run_linear
 from urlk_forecast.models.registry import VARIANTS, list_models, variant_config
 from urlk_forecast.ops import DWConv2d, dwconv2d, get_backend
 from urlk_forecast.ops.reparam import branch_table, fold_ffn_tail, fuse_bn, merge_dilated_branches
@@ -309,13 +309,9 @@ class UniRepLKNetBlock(nn.Module):
             y = self.dwconv.dense_bn(x, self.norm)  # tiny maps in training: branches and both BN levels folded
         else:
             y = batch_norm_2d(self.norm, run_dwconv(self.dwconv, x))
-        y = self.se(y)
-        if fastpath.enabled():  # the Linears through linear_function.linear (oneDNN), their modules not called
-            fc1, fc2 = self.pwconv1[1], self.pwconv2[0]
-            z = self.pwconv2[1](linear(self.act(linear(self.pwconv1[0](y), fc1.weight, fc1.bias)), fc2.weight,
-                                       fc2.bias))
-        else:
-            z = self.pwconv2[1](self.pwconv2[0](self.act(self.pwconv1(y))))
+        # the Linears through run_linear: oneDNN's product on the fast path, the modules themselves on the old one
+        z = self.act(run_linear(self.pwconv1[1], self.pwconv1[0](self.se(y))))
+        z = self.pwconv2[1](run_linear(self.pwconv2[0], z))
         if len(self.pwconv2) == 3:  # training form: Linear, to NCHW, BatchNorm
             return batch_norm_2d(self.pwconv2[2], z)
         return z
