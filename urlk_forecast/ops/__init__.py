@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from urlk_forecast.ops import cpu_team as _cpu_team  # noqa: F401 - its fork hook from the first import on
 from urlk_forecast.ops._args import out_hw, pair
 from urlk_forecast.ops.autotune import calibrate, one_time_seconds, record_calls
 from urlk_forecast.ops.dispatch import BACKENDS, get_backend, run, use_backend

@@ -21,7 +21,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-__all__ = ["COUNT", "STARTED", "DONE", "state", "fetch_add", "wait"]
+__all__ = ["COUNT", "STARTED", "DONE", "state", "fetch_add", "pointer", "wait"]
 
 COUNT = 8
 STARTED = 16
@@ -50,6 +50,20 @@ def fetch_add(typingctx: Any, arr: Any, i: Any, step: Any) -> Any:
         return builder.atomic_rmw("add", ptr, inc, "seq_cst")
 
     return types.int64(arr, i, step), codegen
+
+
+@intrinsic
+def pointer(typingctx: Any, addr: Any, dtype_ref: Any) -> Any:
+    """A typed pointer from an integer address (the array arguments of :mod:`urlk_forecast.ops.cpu_team`'s
+    wrappers)."""
+    if not isinstance(addr, types.Integer) or not isinstance(dtype_ref, types.NumberClass):
+        return None
+    ptrty = types.CPointer(dtype_ref.dtype)
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        return builder.inttoptr(args[0], context.get_value_type(ptrty))
+
+    return ptrty(addr, dtype_ref), codegen
 
 
 @njit(nogil=True)

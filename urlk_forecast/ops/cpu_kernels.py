@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from urlk_forecast.ops import cpu_team
 from urlk_forecast.ops._args import out_hw, pair
 from urlk_forecast.ops.cpu_codegen import CB_LANES, CB_PIXELS, FWD_VARIANTS, GENERATOR_VERSION, generate_source
 
@@ -477,6 +478,8 @@ def _run(name: str, head: tuple[Any, ...], units: int, threads: int, dtype: torc
         fn(*head, 0, units, zero)
         return
     chunks = min(units, 4 * threads)
+    if cpu_team.enabled() and cpu_team.launch(fn, head + (0, units, zero), threads, chunks):
+        return
     bounds = [units * k // chunks for k in range(chunks + 1)]
     counter = itertools.count()  # next() on it is atomic under the GIL
 

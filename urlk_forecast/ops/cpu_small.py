@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from urlk_forecast.ops import cpu_atomic, cpu_kernels, small_codegen
+from urlk_forecast.ops import cpu_atomic, cpu_kernels, cpu_team, small_codegen
 from urlk_forecast.ops.small_codegen import Geometry
 
 __all__ = ["ENV", "MIN_H", "MAX_H", "WIDTHS", "MAX_K", "enabled", "geometry", "flipped", "forward",
@@ -150,6 +150,8 @@ def _run(fn: Any, head: tuple[Any, ...], units: int, threads: int) -> None:
         fn(*head, 0, units, zero)
         return
     chunks = min(units, 4 * threads)
+    if cpu_team.enabled() and cpu_team.launch(fn, head + (0, units, zero), threads, chunks):
+        return
     bounds = [units * k // chunks for k in range(chunks + 1)]
     counter = itertools.count()
 
@@ -169,6 +171,8 @@ def _run_shared(fn: Any, args: tuple[Any, ...], threads: int) -> None:
     """``fn(*args)`` on ``threads`` threads at once, the caller one of them; the kernel shares its planes out through
     the :func:`urlk_forecast.ops.cpu_atomic.state` last in ``args``, and the caller spins until the others are done
     (:mod:`urlk_forecast.ops.cpu_atomic`: neither a late pool thread nor the caller's wake-up stalls the call)."""
+    if threads > 1 and cpu_team.enabled() and cpu_team.launch(fn, args, threads):
+        return
     if threads > 1:
         pool = cpu_kernels._get_pool(threads - 1)
         for _ in range(threads - 1):
@@ -189,6 +193,11 @@ MIN_WORK_PER_THREAD = 8_000_000
 #: two threads): 1.7 M multiply-adds (8 images K=5) 0.033 vs 0.063 ms, 4.6 M (16 images K=7 d=2) 0.068 vs 0.094,
 #: 7.0 M (K=5) 0.115-0.122 vs 0.091-0.126, 8.3 M (8 images K=13) 0.095 vs 0.096, 33 M (K=13) 0.34 vs 0.22
 MIN_FWD_WORK_PER_THREAD = 5_000_000
+#: the same on torch's OpenMP threads (:mod:`urlk_forecast.ops.cpu_team`), which are spinning, not asleep, after a
+#: torch op. Measured 2026-12-07 (session 14, Zen 4 dev machine, medians of 80 calls each after an F.conv2d, x 80 x
+#: 8 x 12 forwards, two threads vs one): 1.7 M (8 images K=5) 0.115 vs 0.111 ms, 2.2 M (32 images K=3 d=3) 0.149 vs
+#: 0.169, 3.5 M (16 images K=5) 0.125 vs 0.148, 7.0 M (K=5) 0.206 vs 0.272, 33 M (K=13) 0.475 vs 0.773
+MIN_FWD_WORK_PER_THREAD_TEAM = 1_000_000
 #: from this many images a grad-weight of more than ``GW_GENERAL_TAPS`` taps (K=5: 25 taps x 12 lanes of partial
 #: sums, most of the registers) goes to the general kernel: at 350 x 80 x 8 x 12, K=5 it ran 6.5 ms there vs 8.0 here
 #: (docs/benchmarks.md, 2026-12-06), while at 32 images this kernel is 1.15-2.5x faster than the general one, and
@@ -239,7 +248,8 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, g: Geom
     args = (cpu_kernels._np(x.view(-1)), wa, ba, has_bias, cpu_kernels._np(y.view(-1)), C) + _steps(g, flip)
     args += (0, P, cpu_atomic.state(), _ZERO)
     fn = _kernel("sfwd", g, args, (x.dtype, w.dtype, ba.dtype))
-    _run_shared(fn, args, _threads(P, P * _plane_work(g), MIN_FWD_WORK_PER_THREAD))
+    per_thread = MIN_FWD_WORK_PER_THREAD_TEAM if cpu_team.enabled() else MIN_FWD_WORK_PER_THREAD
+    _run_shared(fn, args, _threads(P, P * _plane_work(g), per_thread))
     return y
 
 

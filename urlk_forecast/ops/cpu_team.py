@@ -1,0 +1,219 @@
+"""Run a numba kernel on torch's own OpenMP threads (libgomp's ``GOMP_parallel``, called through ctypes).
+
+The own depthwise kernels used to share a call with a Python thread pool. On the forecaster's small maps a call takes
+0.1-0.5 ms, and it nearly always comes right after a torch op, whose OpenMP worker keeps spinning on the other core
+for a while after the op: the pool thread then competes with that spinner (and has to be woken, ~30-100 us), and
+two threads ran slower than one. Measured on the 2-core dev machine (2026-12-07, session 14, 32 x 80 x 8 x 12
+forward, medians of 300, each call after an ``F.conv2d``): K=13 one thread 0.71 ms, pool 0.74, torch's team 0.44;
+K=7 d=2 0.29 / 0.33 / 0.24.
+
+Here the call is handed to ``GOMP_parallel`` of the libgomp torch itself runs on, so the spinning workers pick it up
+at once. The kernel is wrapped in a numba ``cfunc`` (``void(int64*)``) that unpacks its arguments from a table of
+integers (array addresses and lengths, scalars) and either calls the kernel once per thread (kernels that share
+their planes through :mod:`urlk_forecast.ops.cpu_atomic`) or pulls chunks ``(lo, hi)`` of the work from an atomic
+counter (the ``*(head, lo, hi, zero)`` drivers). The wrappers are generated as files in the kernels' cache directory
+and cached on disk by numba like the kernels. ctypes releases the GIL for the call, and ``GOMP_parallel`` returns
+when every thread is done.
+
+Used only where torch's parallel backend is OpenMP and its libgomp is loaded in this process (Linux wheels), and
+not in a child forked from this process (libgomp is not fork-safe: a child's parallel region waits forever for its
+parent's threads; torch's own ops hang there the same way unless the child sets one thread). The thread pool runs
+instead; ``URLK_DWCONV_TEAM=0`` switches the team off too, which benchmarks use for side-by-side runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.util
+import logging
+import os
+import sys
+import tempfile
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["ENV", "enabled", "launch"]
+
+ENV = "URLK_DWCONV_TEAM"
+log = logging.getLogger(__name__)
+_lock = threading.RLock()
+_gomp: Any = None  # the GOMP_parallel function, False when unavailable
+_wrappers: dict[tuple, int] = {}
+_forked = [False]
+
+
+def _after_fork_in_child() -> None:
+    # libgomp is not fork-safe: a child's first parallel region waits forever for the parent's pool threads (torch's
+    # own ops hang there too, unless the child sets one thread); the child uses the thread pool instead
+    _forked[0] = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _find_gomp() -> Any:
+    """``GOMP_parallel`` of the libgomp torch runs its ops on, or False."""
+    if "OpenMP" not in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]:
+        return False
+    paths = []
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as fh:
+            paths = sorted({ln.split()[-1] for ln in fh if "libgomp" in ln and ln.rstrip().endswith((".so", ".so.1"))})
+    except OSError:
+        return False
+    torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    paths.sort(key=lambda p: not p.startswith(torch_lib))  # torch's own copy first
+    if not paths:
+        return False
+    try:
+        fn = ctypes.CDLL(paths[0]).GOMP_parallel
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    fn.restype = None
+    return fn
+
+
+def enabled() -> bool:
+    """Whether calls go to torch's OpenMP threads (``URLK_DWCONV_TEAM`` not ``0`` and libgomp found)."""
+    global _gomp
+    if _forked[0] or os.environ.get(ENV, "1") in ("0", ""):
+        return False
+    if _gomp is None:
+        with _lock:
+            if _gomp is None:
+                _gomp = _find_gomp()
+                if not _gomp:
+                    log.debug("dwconv2d: torch's libgomp not found; kernels share calls with a thread pool")
+    return bool(_gomp)
+
+
+def _arg_line(i: int, arg: Any, k: int) -> tuple[str, int]:
+    """Source unpacking argument ``i`` from table slot ``k`` and the number of slots it takes."""
+    if isinstance(arg, np.ndarray):
+        if not arg.flags.c_contiguous or arg.ndim == 0:
+            raise TypeError("cpu_team: array arguments must be C-contiguous")
+        shape = "".join(f"tab[{k + 1 + d}], " for d in range(arg.ndim))
+        return f"a{i} = carray(_ptr(tab[{k}], np.{arg.dtype.name}), ({shape}))", 1 + arg.ndim
+    if isinstance(arg, (bool, np.bool_)):
+        return f"a{i} = tab[{k}] != 0", 1
+    if isinstance(arg, np.uint64):
+        return f"a{i} = np.uint64(tab[{k}])", 1
+    if isinstance(arg, (int, np.integer)):
+        return f"a{i} = tab[{k}]", 1
+    if isinstance(arg, np.floating) and float(arg) == 0.0:  # the drivers' typed ``zero``
+        return f"a{i} = np.{arg.dtype.name}(0)", 1
+    raise TypeError(f"cpu_team: unsupported kernel argument {type(arg).__name__}")
+
+
+def _wrapper_source(module: str, name: str, args: tuple[Any, ...], chunked: bool) -> str:
+    """Source of the wrapper module; ``args`` without ``(lo, hi)`` when ``chunked`` (the wrapper supplies them)."""
+    lines, k = [], 0
+    for i, a in enumerate(args):
+        line, n = _arg_line(i, a, k)
+        lines.append("    " + line)
+        k += n
+    names = [f"a{i}" for i in range(len(args))]
+    if chunked:  # then (state address, units, chunks) follow the arguments in the table
+        call = ", ".join(names[:-1] + ["units * c // chunks", "units * (c + 1) // chunks", names[-1]])
+        body = [f"st = carray(_ptr(tab[{k}], np.int64), (32,))", f"units = tab[{k + 1}]", f"chunks = tab[{k + 2}]",
+                "while True:", "    c = fetch_add(st, COUNT, 1)", "    if c >= chunks:", "        break",
+                f"    kernel({call})"]
+        k += 3
+    else:
+        body = [f"kernel({', '.join(names)})"]
+    return "\n".join([
+        '"""Generated by urlk_forecast.ops.cpu_team: one kernel call on an OpenMP thread."""',
+        "import numpy as np",
+        "from numba import carray, cfunc, types",
+        "from urlk_forecast.ops.cpu_atomic import COUNT, fetch_add, pointer as _ptr",
+        f"from {module} import {name} as kernel",
+        "",
+        "",
+        "@cfunc(types.void(types.CPointer(types.int64)), cache=True)",
+        "def team(data):",
+        f"    tab = carray(data, ({k},))",
+        *lines,
+        *("    " + ln for ln in body),
+        "",
+    ])
+
+
+def _wrapper(fn: Any, args: tuple[Any, ...], chunked: bool) -> int:
+    """The address of the cfunc wrapping kernel ``fn`` (a compiled numba dispatcher) for arguments like ``args``."""
+    key = (id(fn), chunked) + tuple((a.dtype.str, a.ndim, a.flags.c_contiguous) if isinstance(a, np.ndarray)
+                                    else type(a) for a in args)
+    addr = _wrappers.get(key)
+    if addr is not None:
+        return addr
+    py = getattr(fn, "py_func", None)
+    if py is None:  # not a numba dispatcher (a test's Python wrapper): the caller runs it
+        return 0
+    from urlk_forecast.ops import cpu_kernels
+
+    with _lock:
+        if key in _wrappers:
+            return _wrappers[key]
+        try:
+            src = _wrapper_source(py.__module__, py.__name__, args, chunked)
+        except TypeError as exc:  # not expressible in the table: the caller uses its thread pool
+            log.debug("dwconv2d: %s not on torch's threads (%s)", py.__name__, exc)
+            _wrappers[key] = 0
+            return 0
+        name = "urlk_dwconv_team_" + hashlib.sha256(src.encode()).hexdigest()[:16]
+        path = os.path.join(cpu_kernels.cache_dir(), name + ".py")
+        if cpu_kernels._read(path) != src:
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".py")
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(src)
+            os.replace(tmp, path)
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        with cpu_kernels._compile_ctx():
+            spec.loader.exec_module(mod)
+        _wrappers[key] = addr = mod.team.address
+        return addr
+
+
+def _table(args: tuple[Any, ...], extra: tuple[int, ...]) -> np.ndarray:
+    vals: list[int] = []
+    for a in args:
+        if isinstance(a, np.ndarray):
+            vals.append(a.__array_interface__["data"][0])
+            vals += a.shape
+        elif isinstance(a, np.uint64):
+            vals.append(int(a) - (1 << 64) if int(a) >= 1 << 63 else int(a))
+        elif isinstance(a, np.floating):
+            vals.append(0)
+        else:
+            vals.append(int(a))
+    return np.array(vals + list(extra), np.int64)
+
+
+def launch(fn: Any, args: tuple[Any, ...], threads: int, chunks: int = 0) -> bool:
+    """``fn(*args)`` on ``threads`` of torch's OpenMP threads (the caller one of them), returning when all are done.
+
+    ``chunks == 0``: every thread calls ``fn(*args)`` (the kernel shares out its own work). ``chunks > 0``: ``args``
+    ends ``(0, units, zero)`` and the threads call ``fn(*head, lo, hi, zero)`` on ``chunks`` consecutive pieces of
+    ``units``, pulled from an atomic counter. The caller checks :func:`enabled` first; ``fn`` must already be
+    compiled for these argument types. False (nothing run) for arguments the wrapper cannot take (a non-contiguous
+    array): the caller then runs the call itself.
+    """
+    if chunks:
+        units = int(args[-2])
+        args = args[:-3] + args[-1:]
+        st = np.zeros(32, np.int64)
+        tab = _table(args, (st.__array_interface__["data"][0], units, chunks))
+    else:
+        tab = _table(args, ())
+    addr = _wrapper(fn, args, chunks > 0)
+    if not addr:
+        return False
+    _gomp(addr, tab.__array_interface__["data"][0], threads, 0)
+    return True
