@@ -9,6 +9,8 @@ The call shapes are those of the default ``Forecaster()`` network (``unireplknet
   small-map kernels (:mod:`urlk_forecast.ops.cpu_small`) where they apply;
 * ``old``: the own kernels with the small-map kernels switched off (``URLK_DWCONV_SMALL=0``: the spatial and
   channel-blocked kernels of before), only with ``--old``;
+* ``pool``: the own kernels sharing a call over a Python thread pool instead of torch's OpenMP threads
+  (``URLK_DWCONV_TEAM=0``, :mod:`urlk_forecast.ops.cpu_team`), only with ``--pool``;
 * ``torch``: ``F.conv2d`` / ``aten.convolution_backward`` (oneDNN).
 
 The paths run interleaved (in a cycle in which each path follows each other path equally often); the **median**
@@ -44,19 +46,23 @@ SHAPES_TINY = [(160, 4, 6, 13, 1), (160, 4, 6, 5, 1), (160, 4, 6, 7, 2), (160, 4
                (320, 2, 3, 5, 1), (320, 2, 3, 7, 2), (320, 2, 3, 3, 3)]
 
 
+#: the own kernels with one feature switched off by its environment variable
+VARIANTS = {"old": "URLK_DWCONV_SMALL", "pool": "URLK_DWCONV_TEAM"}
+
+
 def _fn(direction: str, impl: str, x: torch.Tensor, w: torch.Tensor, gy: torch.Tensor,
         pads: tuple[int, int, int, int], dil: tuple[int, int]) -> Callable[[], None]:
-    old = impl == "old"
-    impl = "own" if old else impl
+    env = VARIANTS.get(impl)
+    impl = "own" if env else impl
 
     def run() -> None:
-        if old:
-            os.environ["URLK_DWCONV_SMALL"] = "0"
+        if env:
+            os.environ[env] = "0"
         try:
             cpu_paths.compute(direction, impl, x, w, None if direction == "forward" else gy, pads, dil)
         finally:
-            if old:
-                os.environ.pop("URLK_DWCONV_SMALL", None)
+            if env:
+                os.environ.pop(env, None)
     return run
 
 
@@ -97,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--directions", nargs="+", default=list(DIRECTIONS), choices=list(DIRECTIONS))
     ap.add_argument("--all", action="store_true", help="also the 4x6 and 2x3 maps")
     ap.add_argument("--old", action="store_true", help="also the own kernels without the small-map kernels")
+    ap.add_argument("--pool", action="store_true",
+                    help="also the own kernels on the Python thread pool instead of torch's OpenMP threads")
     ap.add_argument("--repeats", type=int, default=21)
     ap.add_argument("--slow-ms", type=float, default=30.0, help="rows slower than this get repeats/4")
     ap.add_argument("--threads", type=int, default=None)
@@ -111,13 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     if not cpu_kernels.available():
         print("own CPU kernels unavailable", file=sys.stderr)
         return 1
-    impls = ["own"] + (["old"] if opts.old else []) + ["torch"]
+    impls = ["own"] + (["old"] if opts.old else []) + (["pool"] if opts.pool else []) + ["torch"]
+    if len(impls) > 3:
+        ap.error("--old and --pool: one at a time")
     shapes = SHAPES_MAIN + (SHAPES_TINY if opts.all else [])
     print(f"# {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}")
     head = ["dtype", "x (BxCxHxW)", "K", "dil", "direction"] + [f"{i} ms" for i in impls] + ["torch/own"]
-    if opts.old:
-        head.append("old/own")
+    for v in VARIANTS:
+        if v in impls:
+            head.append(f"{v}/own")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * 5 + "---:|" * (len(head) - 5))
     t_start = time.perf_counter()
@@ -132,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                                  opts.slow_ms)
                     cells = [dname, f"{batch}x{C}x{H}x{W}", f"{K}x{K}", str(d), direction]
                     cells += [f"{t[i]:.3f}" for i in impls] + [f"{t['torch'] / t['own']:.2f}"]
-                    if opts.old:
-                        cells.append(f"{t['old'] / t['own']:.2f}")
+                    cells += [f"{t[v] / t['own']:.2f}" for v in VARIANTS if v in impls]
                     print("| " + " | ".join(cells) + " |", flush=True)
     print(f"# {time.perf_counter() - t_start:.0f} s, load {os.getloadavg()[0]:.2f}")
     return 0
