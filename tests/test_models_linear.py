@@ -26,9 +26,12 @@ def _float64_reference(x, w, b, gy):
     return y, xr.grad, wr.grad, None if br is None else br.grad
 
 
-@pytest.mark.parametrize("shape,bias,channels_last", [((6, 40), True, False), ((2, 8, 12, 40), True, True),
-                                                      ((3, 5, 40), False, False)])
-def test_forward_and_gradients_match_float64(onednn, shape, bias, channels_last):
+@pytest.mark.parametrize("gw_onednn", [True, False])  # the weight gradient on oneDNN (both orders) or torch.mm
+@pytest.mark.parametrize("shape,bias,channels_last,out", [
+    ((6, 40), True, False, 24), ((2, 8, 12, 40), True, True, 24), ((3, 5, 40), False, False, 24),
+    ((4, 9, 40), True, False, 60)])
+def test_forward_and_gradients_match_float64(onednn, monkeypatch, shape, bias, channels_last, out, gw_onednn):
+    monkeypatch.setattr(linear_function, "_gw_choice", [gw_onednn])
     g = torch.Generator().manual_seed(len(shape))
     if channels_last:  # the block's NHWC view of an NCHW tensor: not contiguous
         x = torch.randn(shape[0], shape[3], shape[1], shape[2], generator=g).permute(0, 2, 3, 1)
@@ -36,8 +39,8 @@ def test_forward_and_gradients_match_float64(onednn, shape, bias, channels_last)
     else:
         x = torch.randn(*shape, generator=g)
     x.requires_grad_()
-    w = torch.randn(24, 40, generator=g).requires_grad_()
-    b = torch.randn(24, generator=g).requires_grad_() if bias else None
+    w = torch.randn(out, 40, generator=g).requires_grad_()
+    b = torch.randn(out, generator=g).requires_grad_() if bias else None
     y = linear(x, w, b)
     assert y.grad_fn is not None and type(y.grad_fn).__name__.startswith("_OneDNNLinear")
     gy = torch.randn(y.shape, generator=g)
@@ -67,6 +70,9 @@ def test_choice_is_measured_once(monkeypatch):
     first = linear_function.onednn_is_faster()
     assert linear_function._choice == [first]
     assert linear_function.onednn_is_faster() is first
+    monkeypatch.setattr(linear_function, "_gw_choice", [])
+    first = linear_function.weight_grad_on_onednn()
+    assert linear_function._gw_choice == [first] and linear_function.weight_grad_on_onednn() is first
 
 
 def test_tracing_records_the_standard_op(onednn):

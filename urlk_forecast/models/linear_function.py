@@ -22,9 +22,10 @@ from torch.autograd.function import once_differentiable
 
 from . import fastpath
 
-__all__ = ["linear", "onednn_is_faster", "run_linear"]
+__all__ = ["linear", "onednn_is_faster", "run_linear", "weight_grad_on_onednn"]
 
 _choice: list[bool] = []
+_gw_choice: list[bool] = []
 
 
 def _product(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -60,6 +61,32 @@ def onednn_is_faster() -> bool:
     return _choice[0]
 
 
+def _gw_onednn(x2: torch.Tensor, gy2: torch.Tensor) -> torch.Tensor:
+    # gy^T x with both operands as strided views, the one with fewer columns first: the other order ran 2.5-2.8x
+    # slower (12288 x 40 and 12288 x 160: 0.92 vs 2.57 ms, MKL 1.04; Zen 5)
+    if x2.shape[1] <= gy2.shape[1]:
+        return _product(x2.t(), gy2.t(), None).t().contiguous()
+    return _product(gy2.t(), x2.t(), None)
+
+
+def weight_grad_on_onednn() -> bool:
+    """Whether the weight gradient ``gy^T x`` (a long reduction over the rows) is faster on oneDNN than on
+    ``torch.mm``: timed once per process on 4096 rows of 64 and 256 columns (~10 ms). The answer differs by CPU:
+    on the Zen 5 dev machine oneDNN took 0.92 ms against 1.04 for 12288 x 40 by 12288 x 160, on a Zen 4 one 2.10
+    against 1.23 (and 1536 x 128 by 1536 x 128: 0.60 against 0.29), while its forward products won on both."""
+    if not _gw_choice:
+        g = torch.Generator().manual_seed(1)
+        x2, gy2 = torch.randn(4096, 64, generator=g), torch.randn(4096, 256, generator=g)
+        try:
+            blas = _median_ms(lambda: torch.mm(gy2.t(), x2))
+            onednn = _median_ms(lambda: _gw_onednn(x2, gy2))
+            ok = onednn < blas
+        except RuntimeError:
+            ok = False
+        _gw_choice.append(ok)
+    return _gw_choice[0]
+
+
 class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -78,12 +105,7 @@ class _OneDNNLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = _product(gy2, w.t().contiguous(), None).view(*gy.shape[:-1], w.shape[1])
         if ctx.needs_input_grad[1]:
-            # gy^T x with both operands as strided views, the one with fewer columns first: the other order ran
-            # 2.5-2.8x slower (12288 x 40 and 12288 x 160: 0.92 vs 2.57 ms, MKL 1.04)
-            if x2.shape[1] <= gy2.shape[1]:
-                gw = _product(x2.t(), gy2.t(), None).t().contiguous()
-            else:
-                gw = _product(gy2.t(), x2.t(), None)
+            gw = _gw_onednn(x2, gy2) if weight_grad_on_onednn() else torch.mm(gy2.t(), x2)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = gy2.sum(0)
         return gx, gw, gb
