@@ -562,3 +562,25 @@ def test_record_calls_and_calibrate(monkeypatch):
     assert len(asked) == 6
     calibrate(calls[:1], refresh=True)
     assert len(asked) == 9
+
+
+def test_a_machine_constant_is_measured_once_per_machine_and_shared():
+    """The first call measures and stores; later calls, and another process reading the same file (a fresh table
+    object), use the stored value without measuring; a value another process stored first wins over measuring."""
+    calls = []
+
+    def probe():
+        calls.append(1)
+        return 0.75
+
+    assert autotune.machine_constant("probe_ratio", probe) == 0.75 and len(calls) == 1
+    assert autotune.machine_constant("probe_ratio", probe) == 0.75 and len(calls) == 1
+    autotune.reset()  # a new process: the table is read back from the file
+    assert autotune.machine_constant("probe_ratio", lambda: 9.0) == 0.75
+    data = json.loads(open(autotune.table_path()).read())
+    assert data["costs"][f"probe_ratio|t{torch.get_num_threads()}"] == 0.75
+    # another process wrote "other" after this one opened the table: its value is adopted, nothing is measured
+    table = autotune._table()
+    data["costs"][f"other|t{torch.get_num_threads()}"] = 2.5
+    open(autotune.table_path(), "w").write(json.dumps(data))
+    assert autotune._table() is table and autotune.machine_constant("other", lambda: 9.0) == 2.5

@@ -12,6 +12,7 @@ says it is faster, else it is ``F.linear``. Under autocast, or for other dtypes 
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -19,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from urlk_forecast.ops import autotune
 
 from . import fastpath
 
@@ -44,19 +47,23 @@ def _median_ms(fn: Any, reps: int = 5) -> float:
 
 
 def onednn_is_faster() -> bool:
-    """Whether oneDNN's float32 product beats ``F.linear`` on this machine: both timed once per process on a
-    4096 x 128 -> 512 product (~5 ms of measurement) and oneDNN taken when at least 10 % faster."""
+    """Whether oneDNN's float32 product beats ``F.linear`` on this machine: both timed on a 4096 x 128 -> 512
+    product (~5 ms of measurement) once per machine and thread count (kept with the depthwise dispatch table, so
+    every process on the machine sums in the same order: a resumed run repeats the first bit for bit), and oneDNN
+    taken when at least 10 % faster."""
     if not _choice:
         ok = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
         if ok:
             g = torch.Generator().manual_seed(0)
             x, w = torch.randn(4096, 128, generator=g), torch.randn(512, 128, generator=g)
-            try:
-                blas = _median_ms(lambda: F.linear(x, w))
-                onednn = _median_ms(lambda: _product(x, w, None))
-                ok = onednn < 0.9 * blas
-            except RuntimeError:  # an op this build of torch lacks at run time
-                ok = False
+
+            def ratio() -> float:
+                try:
+                    return _median_ms(lambda: _product(x, w, None)) / _median_ms(lambda: F.linear(x, w))
+                except RuntimeError:  # an op this build of torch lacks at run time
+                    return math.inf
+
+            ok = autotune.machine_constant("linear_onednn_over_blas", ratio) < 0.9
         _choice.append(bool(ok))
     return _choice[0]
 
@@ -71,19 +78,21 @@ def _gw_onednn(x2: torch.Tensor, gy2: torch.Tensor) -> torch.Tensor:
 
 def weight_grad_on_onednn() -> bool:
     """Whether the weight gradient ``gy^T x`` (a long reduction over the rows) is faster on oneDNN than on
-    ``torch.mm``: timed once per process on 4096 rows of 64 and 256 columns (~10 ms). The answer differs by CPU:
-    on the Zen 5 dev machine oneDNN took 0.92 ms against 1.04 for 12288 x 40 by 12288 x 160, on a Zen 4 one 2.10
-    against 1.23 (and 1536 x 128 by 1536 x 128: 0.60 against 0.29), while its forward products won on both."""
+    ``torch.mm``: timed on 4096 rows of 64 and 256 columns (~10 ms) once per machine and thread count, like
+    :func:`onednn_is_faster`. The answer differs by CPU: on the Zen 5 dev machine oneDNN took 0.92 ms against 1.04
+    for 12288 x 40 by 12288 x 160, on a Zen 4 one 2.10 against 1.23 (and 1536 x 128 by 1536 x 128: 0.60 against
+    0.29), while its forward products won on both."""
     if not _gw_choice:
         g = torch.Generator().manual_seed(1)
         x2, gy2 = torch.randn(4096, 64, generator=g), torch.randn(4096, 256, generator=g)
-        try:
-            blas = _median_ms(lambda: torch.mm(gy2.t(), x2))
-            onednn = _median_ms(lambda: _gw_onednn(x2, gy2))
-            ok = onednn < blas
-        except RuntimeError:
-            ok = False
-        _gw_choice.append(ok)
+
+        def ratio() -> float:
+            try:
+                return _median_ms(lambda: _gw_onednn(x2, gy2)) / _median_ms(lambda: torch.mm(gy2.t(), x2))
+            except RuntimeError:
+                return math.inf
+
+        _gw_choice.append(autotune.machine_constant("linear_weight_grad_onednn_over_blas", ratio) < 1.0)
     return _gw_choice[0]
 
 

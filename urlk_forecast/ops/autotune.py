@@ -67,8 +67,8 @@ from urlk_forecast.ops._args import out_hw
 from urlk_forecast.utils.atomic import atomic_write_text
 
 __all__ = ["TUNE_ENV", "TABLE_DIR_ENV", "Call", "env_get", "plans", "choose", "static_choice", "measure", "calibrate",
-           "record_calls", "table_path", "machine_id", "bucket", "reset", "tune_mode", "choose_many",
-           "wait_for_compiles", "choose_plan", "fixed_cost", "time_difference", "one_time_seconds"]
+           "record_calls", "table_path", "machine_id", "machine_constant", "bucket", "reset", "tune_mode",
+           "choose_many", "wait_for_compiles", "choose_plan", "fixed_cost", "time_difference", "one_time_seconds"]
 
 log = logging.getLogger("urlk_forecast.ops")
 
@@ -527,6 +527,47 @@ def fixed_cost(name: str, probe: Callable[[], float]) -> float:
         cost = table.put_cost(key, max(0.0, float(probe())))
         log.debug("dwconv dispatch: fixed cost %s = %.1f us (measured)", key, 1e6 * cost)
     return cost
+
+
+@contextlib.contextmanager
+def _file_lock(path: str | None) -> Iterator[None]:
+    """An exclusive lock on ``path`` (nothing where there is no path or no ``fcntl``)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        fcntl = None  # type: ignore[assignment]
+    if path is None or fcntl is None:
+        yield
+        return
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def machine_constant(name: str, probe: Callable[[], float]) -> float:
+    """A number measured once per machine (and thread count) that every process on the machine must agree on,
+    because it picks an implementation whose sums are ordered differently (:mod:`urlk_forecast.models.
+    linear_function`: a run resumed in a new process must repeat the first one bit for bit). Kept in the table
+    file's ``costs``; the first process measures ``probe()`` under a file lock while the others wait and then read
+    its value. Not re-measured under ``URLK_DWCONV_TUNE=refresh``."""
+    table = _table()
+    key = f"{name}|t{torch.get_num_threads()}"
+    value = table.get_cost(key, refresh=False)
+    if value is not None:
+        return value
+    with _file_lock(table.path + ".lock" if table.path else None):
+        if table.path and os.path.exists(table.path):
+            _, on_disk = _read_table(table.path, table.machine)
+            if key in on_disk:
+                with table.lock:
+                    table.costs[key] = on_disk[key]
+                return on_disk[key]
+        value = table.put_cost(key, max(0.0, float(probe())))
+    log.debug("machine constant %s = %.4g (measured)", key, value)
+    return value
 
 
 def time_difference(slow: Callable[[], Any], fast: Callable[[], Any], blocks: int = 21, calls: int = 10) -> float:
