@@ -67,6 +67,32 @@ def test_arguments_of_every_kind_arrive():
     np.testing.assert_array_equal(out, np.stack([grid[:, 1, 2], np.ones(6), np.full(6, 15.0), np.full(6, -3.0)], 1))
 
 
+@njit(nogil=True)
+def _scaled(src, out, k, st):  # pragma: no cover - compiled
+    cpu_atomic.fetch_add(st, cpu_atomic.STARTED, 1)
+    for i in range(src.shape[0]):
+        out[i] = src[i] * k
+
+
+@pytest.mark.parametrize("team", ["1", "0"])
+def test_call_passes_tensors_by_address(monkeypatch, team):
+    """``call``: tensors go in by address, on the calling thread alone (even with the team off) or on two threads
+    (each runs the whole kernel here); with the team off two threads are refused, not run."""
+    monkeypatch.setenv(cpu_team.ENV, team)
+    src = torch.arange(10, dtype=torch.float32)
+    out = torch.zeros(10, dtype=torch.float32)
+    _scaled(src.numpy(), out.numpy(), 3, cpu_atomic.state())  # compile
+    out.zero_()
+    st = cpu_atomic.state()
+    assert cpu_team.call(_scaled, (src, out, 3, st), 1)
+    assert torch.equal(out, src * 3) and st[cpu_atomic.STARTED] == 1
+    st = cpu_atomic.state()
+    assert cpu_team.call(_scaled, (src, out, 2, st), 2) == (team == "1")
+    assert st[cpu_atomic.STARTED] == (2 if team == "1" else 0)
+    assert not cpu_team.call(_scaled, (src.view(2, 5), out, 2, st), 1)  # not 1-d: the caller's job
+    assert not cpu_team.call(_scaled, (torch.zeros(20)[::2], out, 2, st), 1)  # strided: the caller's job
+
+
 def test_what_the_table_cannot_carry_is_left_to_the_caller():
     out = np.zeros((4, 4), np.float32)
     assert not cpu_team.launch(_count, (out[:, 0], 0, 4, np.float32(0)), 2, chunks=2)  # a strided array

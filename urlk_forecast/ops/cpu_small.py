@@ -239,17 +239,23 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, g: Geom
     y = torch.empty_like(x) if out is None else out
     if y.numel() == 0:
         return y
-    wa = cpu_kernels._np(w.detach().contiguous().view(-1))  # (C, KH, KW) as stored; the kernel reads it (flipped)
+    wt = w.detach().contiguous().view(-1)  # (C, KH, KW) as stored; the kernel reads it (flipped)
     has_bias = bias is not None
     if bias is not None and bias.dtype not in _DTYPES:
         bias = bias.float()
-    ba = cpu_kernels._np(bias.detach().contiguous()) if bias is not None else wa
+    bt = bias.detach().contiguous().view(-1) if bias is not None else wt
     P = B * C
-    args = (cpu_kernels._np(x.view(-1)), wa, ba, has_bias, cpu_kernels._np(y.view(-1)), C) + _steps(g, flip)
-    args += (0, P, cpu_atomic.state(), _ZERO)
-    fn = _kernel("sfwd", g, args, (x.dtype, w.dtype, ba.dtype))
+    tail = (C,) + _steps(g, flip) + (0, P, cpu_atomic.state(), _ZERO)
+    key = ("sfwd", g, (x.dtype, w.dtype, bt.dtype))
+    fn = _fns.get(key)
     per_thread = MIN_FWD_WORK_PER_THREAD_TEAM if cpu_team.enabled() else MIN_FWD_WORK_PER_THREAD
-    _run_shared(fn, args, _threads(P, P * _plane_work(g), per_thread))
+    threads = _threads(P, P * _plane_work(g), per_thread)
+    if fn is not None and cpu_team.call(fn, (x.view(-1), wt, bt, has_bias, y.view(-1)) + tail, threads, key):
+        return y
+    np_ = cpu_kernels._np
+    args = (np_(x.view(-1)), np_(wt), np_(bt), has_bias, np_(y.view(-1))) + tail
+    fn = _kernel("sfwd", g, args, (x.dtype, w.dtype, bt.dtype))
+    _run_shared(fn, args, threads)
     return y
 
 
