@@ -64,6 +64,7 @@ from urlk_forecast.ops.cpu_codegen import CB_LANES, CB_PIXELS, FWD_VARIANTS, GEN
 __all__ = [
     "SUPPORTED_DTYPES",
     "available",
+    "import_generated",
     "supports",
     "forward",
     "grad_input",
@@ -133,6 +134,23 @@ def _read(path: str) -> str | None:
         return None
 
 
+def import_generated(name: str, src: str) -> ModuleType:
+    """Module ``name`` of source ``src``: written to the cache directory (atomically; rewritten if stale or altered)
+    and imported under that name (numba's disk cache keys its compiled code on the file)."""
+    path = os.path.join(cache_dir(), name + ".py")
+    if _read(path) != src:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".py")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(src)
+        os.replace(tmp, path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def _load() -> ModuleType:
     """Write (if needed) and import the generated kernel module; one instance per process."""
     global _module
@@ -141,20 +159,8 @@ def _load() -> ModuleType:
             return _module
         src = generate_source()
         digest = hashlib.sha256((src + GENERATOR_VERSION).encode()).hexdigest()[:16]
-        name = f"urlk_dwconv_cpu_{digest}"
-        path = os.path.join(cache_dir(), name + ".py")
-        if _read(path) != src:  # written atomically; rewritten if stale or altered
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".py")
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(src)
-            os.replace(tmp, path)
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-        _module = mod
-        return mod
+        _module = import_generated(f"urlk_dwconv_cpu_{digest}", src)
+        return _module
 
 
 _available: bool | None = None

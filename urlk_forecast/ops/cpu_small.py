@@ -18,11 +18,8 @@ benchmark ``benchmarks/dwconv_small_maps.py`` uses to show both.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import itertools
 import os
-import sys
-import tempfile
 import threading
 from types import ModuleType
 from typing import Any
@@ -102,18 +99,7 @@ def _module(g: Geometry) -> ModuleType:
         from urlk_forecast.ops.cpu_codegen import _helpers_digest
 
         src = small_codegen.module_source(g, _helpers_digest() + _helpers_digest("cpu_atomic.py"))
-        name = "urlk_dwconv_small_" + hashlib.sha256(src.encode()).hexdigest()[:16]
-        path = os.path.join(cpu_kernels.cache_dir(), name + ".py")
-        if cpu_kernels._read(path) != src:
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".py")
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(src)
-            os.replace(tmp, path)
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
+        mod = cpu_kernels.import_generated("urlk_dwconv_small_" + hashlib.sha256(src.encode()).hexdigest()[:16], src)
         _modules[g] = mod
         return mod
 

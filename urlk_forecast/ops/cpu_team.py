@@ -25,11 +25,8 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import importlib.util
 import logging
 import os
-import sys
-import tempfile
 import threading
 from typing import Any
 
@@ -164,19 +161,9 @@ def _wrapper(fn: Any, args: tuple[Any, ...], chunked: bool) -> int:
             log.debug("dwconv2d: %s not on torch's threads (%s)", py.__name__, exc)
             _wrappers[key] = 0
             return 0
-        name = "urlk_dwconv_team_" + hashlib.sha256(src.encode()).hexdigest()[:16]
-        path = os.path.join(cpu_kernels.cache_dir(), name + ".py")
-        if cpu_kernels._read(path) != src:
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".py")
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(src)
-            os.replace(tmp, path)
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        with cpu_kernels._compile_ctx():
-            spec.loader.exec_module(mod)
+        with cpu_kernels._compile_ctx():  # the cfunc compiles (or loads) as its module is imported
+            mod = cpu_kernels.import_generated("urlk_dwconv_team_" + hashlib.sha256(src.encode()).hexdigest()[:16],
+                                               src)
         _wrappers[key] = addr = mod.team.address
         return addr
 
