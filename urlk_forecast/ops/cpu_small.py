@@ -182,8 +182,10 @@ MIN_FWD_WORK_PER_THREAD = 5_000_000
 #: the same on torch's OpenMP threads (:mod:`urlk_forecast.ops.cpu_team`), which are spinning, not asleep, after a
 #: torch op. Measured 2026-12-07 (session 14, Zen 4 dev machine, medians of 80 calls each after an F.conv2d, x 80 x
 #: 8 x 12 forwards, two threads vs one): 1.7 M (8 images K=5) 0.115 vs 0.111 ms, 2.2 M (32 images K=3 d=3) 0.149 vs
-#: 0.169, 3.5 M (16 images K=5) 0.125 vs 0.148, 7.0 M (K=5) 0.206 vs 0.272, 33 M (K=13) 0.475 vs 0.773
-MIN_FWD_WORK_PER_THREAD_TEAM = 1_000_000
+#: 0.169, 3.5 M (16 images K=5) 0.125 vs 0.148, 7.0 M (K=5) 0.206 vs 0.272, 33 M (K=13) 0.475 vs 0.773; and with
+#: two threads from 1.6 M instead of 2 M, 32 images K=3 d=4 (2.0 M) and d=5 (1.7 M) went from 0.154 to 0.104-0.108
+#: ms (float32; oneDNN 0.13-0.15), session 14, benchmarks/dwconv_small_maps.py --repeats 21
+MIN_FWD_WORK_PER_THREAD_TEAM = 800_000
 #: from this many images a grad-weight of more than ``GW_GENERAL_TAPS`` taps (K=5: 25 taps x 12 lanes of partial
 #: sums, most of the registers) goes to the general kernel: at 350 x 80 x 8 x 12, K=5 it ran 6.5 ms there vs 8.0 here
 #: (docs/benchmarks.md, 2026-12-06), while at 32 images this kernel is 1.15-2.5x faster than the general one, and
