@@ -60,7 +60,8 @@ def test_two_threads_share_one_call(case, monkeypatch):
     """On two threads every plane is written once, by the same code as on one: bit-identical to the one-thread
     result and float64-close to torch's conv; both threads counted themselves in and out."""
     x, w, bias, g, ref = case
-    monkeypatch.setattr(cpu_small, "MIN_FWD_WORK_PER_THREAD", 1)
+    monkeypatch.setattr(cpu_small, "MIN_FWD_WORK_PER_THREAD", 1)  # the pool's threshold, and the team's
+    monkeypatch.setattr(cpu_small, "MIN_FWD_WORK_PER_THREAD_TEAM", 1)
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

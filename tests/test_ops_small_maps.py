@@ -62,7 +62,8 @@ def test_small_kernels_match_float64_conv(case, monkeypatch):
 
 def test_grad_weight_does_not_depend_on_the_thread_count(monkeypatch):
     """Each channel is summed by one thread in a fixed order: bit-identical results on 1 and 2 threads."""
-    monkeypatch.setattr(cpu_small, "MIN_WORK_PER_THREAD", 1)
+    monkeypatch.setattr(cpu_small, "MIN_WORK_PER_THREAD", 1)  # the pool's threshold, and the team's
+    monkeypatch.setattr(cpu_small, "MIN_WORK_PER_THREAD_TEAM", 1)
     gen = torch.Generator().manual_seed(3)
     x, gy = torch.randn(40, 6, 8, 12, generator=gen), torch.randn(40, 6, 8, 12, generator=gen)
     w = torch.randn(6, 1, 3, 3, generator=gen)

@@ -174,6 +174,10 @@ def _run_shared(fn: Any, args: tuple[Any, ...], threads: int) -> None:
 #: F.conv2d (2026-12-07, 32 x 80 x 8 x 12 forwards, chunked then) one thread ran K=5 in 0.30-0.35 ms vs 0.35-0.42 on
 #: two, K=7 d=2 0.33 vs 0.39, K=3 d=4 0.20 vs 0.25, while K=13 (33 M) gained from two (0.49-0.64 vs 0.74-0.78 ms)
 MIN_WORK_PER_THREAD = 8_000_000
+#: the same on torch's OpenMP threads (:mod:`urlk_forecast.ops.cpu_team`). Session 14 (Zen 4 dev machine, medians of
+#: 60 calls each after oneDNN's grad-weight, 8 M vs 1.5 M per thread): 32 x 40 x 16 x 24 K=3 (4.4 M multiply-adds)
+#: 0.72 vs 0.58 ms, 32 x 80 x 8 x 12 K=5 (7.0 M) 0.92 vs 0.82, K=3 d=3 (2.2 M: one thread either way) 0.31 vs 0.31
+MIN_WORK_PER_THREAD_TEAM = 1_500_000
 #: the same for the forward (and grad-input), whose threads share planes through the atomic counter: a late thread
 #: costs less there. Measured 2026-12-07 (session 13, medians of 5 x 60 calls, 32 x 80 x 8 x 12 unless said, one vs
 #: two threads): 1.7 M multiply-adds (8 images K=5) 0.033 vs 0.063 ms, 4.6 M (16 images K=7 d=2) 0.068 vs 0.094,
@@ -268,5 +272,6 @@ def grad_weight(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, g: Geometry)
         P = B * C
         head = (cpu_kernels._np(x.view(-1)), cpu_kernels._np(gy.view(-1)), gwa.view(-1).numpy(), C)
         fn = _kernel("sgw", g, head + (0, C, _ZERO), (x.dtype,))
-        _run(fn, head, C, _threads(C, P * _plane_work(g), MIN_WORK_PER_THREAD))
+        per_thread = MIN_WORK_PER_THREAD_TEAM if cpu_team.enabled() else MIN_WORK_PER_THREAD
+        _run(fn, head, C, _threads(C, P * _plane_work(g), per_thread))
     return gwa.to(w.dtype).view(C, 1, KH, KW)
