@@ -168,21 +168,19 @@ def _wrapper(fn: Any, args: tuple[Any, ...], chunked: bool) -> int:
         return addr
 
 
+def _layout(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What the table layout of ``args`` depends on: each argument's kind (and an array's dimensions)."""
+    return tuple(("t",) if isinstance(a, torch.Tensor) else ("a", a.ndim) if isinstance(a, np.ndarray)
+                 else type(a) for a in args)
+
+
 def _table(args: tuple[Any, ...], extra: tuple[int, ...]) -> np.ndarray:
-    vals: list[int] = []
-    for a in args:
-        if isinstance(a, torch.Tensor):  # 1-d and contiguous (:func:`call` checks)
-            vals += (a.data_ptr(), a.shape[0])
-        elif isinstance(a, np.ndarray):
-            vals.append(a.__array_interface__["data"][0])
-            vals += a.shape
-        elif isinstance(a, np.uint64):
-            vals.append(int(a) - (1 << 64) if int(a) >= 1 << 63 else int(a))
-        elif isinstance(a, np.floating):
-            vals.append(0)
-        else:
-            vals.append(int(a))
-    return np.array(vals + list(extra), np.int64)
+    """The int64 table of ``args`` followed by ``extra`` (through the packer of their layout)."""
+    key = _layout(args)
+    pack = _packers.get(key)
+    if pack is None:
+        pack = _packers[key] = _packer(args)
+    return pack(args, extra)
 
 
 def launch(fn: Any, args: tuple[Any, ...], threads: int, chunks: int = 0) -> bool:
@@ -211,6 +209,7 @@ def launch(fn: Any, args: tuple[Any, ...], threads: int, chunks: int = 0) -> boo
 #: numba's view of a tensor dtype (bfloat16 as its uint16 bits, as :func:`urlk_forecast.ops.cpu_kernels._np`)
 _NP_OF = {torch.float32: np.float32, torch.float64: np.float64, torch.bfloat16: np.uint16, torch.int64: np.int64}
 _calls: dict[Any, tuple[int, Any]] = {}
+_packers: dict[tuple[Any, ...], Any] = {}
 _direct: dict[int, Any] = {}
 
 
@@ -219,8 +218,9 @@ def _sample(a: Any) -> Any:
 
 
 def _packer(args: tuple[Any, ...]) -> Any:
-    """A function packing arguments laid out like ``args`` into :func:`_table`'s table, generated for that layout
-    (the generic loop costs ~6 us a call, this ~1.5)."""
+    """``pack(args, extra=())``: the int64 table of arguments laid out like ``args`` (array: address and shape;
+    tensor, 1-d: address and length; flag or integer: its value; ``np.uint64``: the same 64 bits; the float ``zero``:
+    0), then ``extra``; generated for that layout (a generic loop cost ~6 us a call, this ~1.5)."""
     items = []
     for i, a in enumerate(args):
         if isinstance(a, torch.Tensor):
@@ -233,7 +233,7 @@ def _packer(args: tuple[Any, ...]) -> Any:
             items.append("0")
         else:
             items.append(f"int(a[{i}])")
-    src = f"def pack(a):\n    return np.array([{', '.join(items)}], np.int64)\n"
+    src = f"def pack(a, extra=()):\n    return np.array([{', '.join(items)}, *extra], np.int64)\n"
     scope: dict[str, Any] = {"np": np, "_signed": _signed}
     exec(src, scope)  # noqa: S102 - source built above from fixed templates
     return scope["pack"]
