@@ -17,7 +17,9 @@ tolerate). The four run interleaved in cycles of 12 calls in which each path fol
 reported in ms.
 
 Verdict per row: auto passes when ``auto <= (1 + --tolerance) * best`` **or** ``auto - best <= --abs-tol-us``
-(best = the faster of own and torch). A failing row is measured again (``--retries`` times; the new repeats are
+(best = the faster of own and torch, both run literally; auto runs a kernel that reaches past the map cropped to
+the taps that touch it, :mod:`urlk_forecast.ops.reach`, and its pick column then says e.g. ``torch on 3x5``).
+A failing row is measured again (``--retries`` times; the new repeats are
 pooled with the old ones, never swapped for them) before it counts. Exit status 1 when any row fails.
 
 ``--overhead`` first measures the dispatcher's cost per call on a tiny call (us per call, ``F.conv2d`` directly vs
@@ -49,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from urlk_forecast.models import fastpath
-from urlk_forecast.ops import DWConv2d, autotune, dwconv2d, record_calls, use_backend
+from urlk_forecast.ops import DWConv2d, autotune, dwconv2d, reach, record_calls, use_backend
 from urlk_forecast.utils.atomic import atomic_write_text
 
 PATHS = ("own", "torch", "auto", "twin")
@@ -206,12 +208,17 @@ class MeasureClock:
             self.count += 1
 
 
-def auto_pick(call: autotune.Call, direction: str, dtype: torch.dtype) -> str:
-    """What auto's table says for this call (``static`` rule when tuning is off)."""
+def auto_pick(call: autotune.Call, direction: str, dtype: torch.dtype) -> tuple[str, str]:
+    """What auto's table (``static`` rule when tuning is off) says for this call as auto runs it, and how it is
+    printed: a kernel reaching past the map runs cropped (:mod:`urlk_forecast.ops.reach`), "own on 3x5"."""
+    run_as = reach.cropped_call(call)
+    note = f" on {run_as[1][0]}x{run_as[1][1]}" if run_as != call else ""
     if autotune.tune_mode() == "0":
-        return autotune.static_choice(direction, call[0], call[1], call[2]) + " (rule)"
-    entry = autotune._table().entries.get(autotune.bucket(call, dtype, torch.get_num_threads()), {})
-    return entry.get(direction, {}).get("impl", "?")
+        impl = autotune.static_choice(direction, run_as[0], run_as[1], run_as[2])
+        return impl, f"{impl}{note} (rule)"
+    entry = autotune._table().entries.get(autotune.bucket(run_as, dtype, torch.get_num_threads()), {})
+    impl = entry.get(direction, {}).get("impl", "?")
+    return impl, impl + note
 
 
 def machine() -> str:
@@ -323,12 +330,12 @@ def _row(cfg: str, dname: str, call: autotune.Call, d: str, opts: argparse.Names
     t, twin, retries = time_call(call, d, DTYPES[dname], opts)
     best = min(t["own"], t["torch"])
     ok = passes(t["auto"], best, opts.tolerance, opts.abs_tol_us * 1e-6)
-    pick = auto_pick(call, d, DTYPES[dname])
+    impl, pick = auto_pick(call, d, DTYPES[dname])
     verdict = ("ok" if ok else "**FAILS**") + (f" (re-measured {retries}x)" if retries else "")
     print(f"| {cfg} | {dname} {_fmt_call(call)} | {d} | {1e3 * t['own']:.3f} | {1e3 * t['torch']:.3f} | "
           f"{1e3 * t['auto']:.3f} | {pick} | {1e6 * (t['auto'] - best):+.1f} | {t['auto'] / best:.3f} | "
           f"{1e6 * (t['twin'] - t[twin]):+.1f} | {verdict} |", flush=True)
-    return {"config": cfg, "dtype": dname, "call": call, "direction": d, "auto_runs": pick, "twin_of": twin,
+    return {"config": cfg, "dtype": dname, "call": call, "direction": d, "auto_runs": impl, "twin_of": twin,
             "ms": {p: 1e3 * v for p, v in t.items()}, "retries": retries, "auto_over_best": t["auto"] / best,
             "passes": ok}
 

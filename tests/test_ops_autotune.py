@@ -24,6 +24,7 @@ from urlk_forecast.ops import (
     cpu_paths,
     dispatch,
     dwconv2d,
+    reach,
     record_calls,
     same_padding,
     use_backend,
@@ -292,6 +293,7 @@ def test_plan_charge_spares_own_forwards_and_large_savings(monkeypatch):
     cost; an own forward saving 1 ms keeps the lean plan (own forward, torch gradients) under a 300-us cost."""
     fake_measure(monkeypatch, {})
     no_probe(monkeypatch)
+    monkeypatch.setattr(reach, "crop", lambda *a: None)  # the plan of the full call (the crop: test_ops_reach.py)
     x = torch.randn(2, 4, 2, 3, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 1, 13, 13, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)

@@ -59,8 +59,8 @@ def test_auto_uses_own_cpu_kernels(monkeypatch):
     ((6, 8), 7, 2, True),  # dilated, padding 6 <= 6
     ((12, 13), 13, 1, False),  # a side > 12
     ((12, 12), 17, 1, False),  # K > 13
-    ((3, 4), 13, 1, False),  # padding 6 beyond the map: oneDNN's slow path
-    ((3, 4), 3, 5, False),
+    ((3, 4), 13, 1, True),  # runs cropped to 5x7 (ops/reach.py): padding 2/3 fits the map
+    ((3, 4), 3, 5, True),  # cropped to its one tap that touches the map
 ])
 def test_auto_small_maps_forward_on_onednn_backward_on_own(monkeypatch, hw, k, dil, onednn):
     """auto: small-map forward via F.conv2d, backward always via the own kernels; gradients equal torch's."""

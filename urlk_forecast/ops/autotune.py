@@ -62,7 +62,7 @@ from typing import Any
 
 import torch
 
-from urlk_forecast.ops import cpu_kernels, cpu_paths
+from urlk_forecast.ops import cpu_kernels, cpu_paths, reach
 from urlk_forecast.ops._args import out_hw
 from urlk_forecast.utils.atomic import atomic_write_text
 
@@ -636,12 +636,14 @@ def calibrate(calls: Iterable[Call], dtype: torch.dtype = torch.float32, refresh
               directions: Sequence[str] = cpu_paths.DIRECTIONS) -> list[dict[str, Any]]:
     """Measure (``refresh``: re-measure) and store the decision of every call and direction; returns one row per
     call and direction with the decision and both timings in ms. Calls are (x shape, kernel, pads, dilation), as
-    :func:`record_calls` collects them."""
+    :func:`record_calls` collects them; a kernel that reaches past its map is measured cropped, as ``auto`` runs it
+    (:mod:`urlk_forecast.ops.reach`), and its rows name the cropped call."""
     table = _table()
     threads = torch.get_num_threads()
     gen = torch.Generator().manual_seed(0)
     rows = []
     for call in calls:
+        call = reach.cropped_call(call)
         shape, k, pads, dil = call
         key = bucket(call, dtype, threads)
         x = torch.randn(*shape, dtype=dtype, generator=gen)

@@ -21,8 +21,10 @@ threads, tuning mode, and the autocast dtype when ``torch.autocast("cpu")`` is o
 :data:`urlk_forecast.ops.autotune.plans` and then its plan: ``F.conv2d`` itself when torch runs every direction
 the call needs, the own forward alone when no gradient is needed, :class:`_OwnForwardTorchGrads` when only the
 forward is own, else :class:`_OwnConv` with each direction fixed; under autocast the plan first casts as
-``F.conv2d``'s autocast policy does. A dispatcher that re-decided every call cost ~8-12 us of Python per call,
-5-10 % of the forecaster's 0.1-0.3 ms calls; the plan lookup costs ~1-2 us.
+``F.conv2d``'s autocast policy does. Under ``auto`` a kernel that reaches past a small map is first cropped to the
+taps that touch it (:mod:`urlk_forecast.ops.reach`) and the plan is that of the smaller call. A dispatcher that
+re-decided every call cost ~8-12 us of Python per call, 5-10 % of the forecaster's 0.1-0.3 ms calls; the plan
+lookup costs ~1-2 us.
 
 The autograd functions with own gradients are first-order (``once_differentiable``): double backward through the
 own kernels is not implemented; use ``URLK_DWCONV=torch`` for that.
@@ -42,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from urlk_forecast.ops import autotune, cpu_kernels, cpu_paths
+from urlk_forecast.ops import autotune, cpu_kernels, cpu_paths, reach
 
 __all__ = ["BACKENDS", "choose", "run", "use_backend", "get_backend", "Pads"]
 
@@ -442,12 +444,26 @@ def _run_cpu(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: 
     return y.to(out_dtype) if y.dtype != out_dtype else y
 
 
+def _cropped(inner: Plan, taps: tuple[slice, slice], new_pads: Pads, x: torch.Tensor, w: torch.Tensor,
+             bias: torch.Tensor | None, pads: Pads, dil: tuple[int, int]) -> torch.Tensor:
+    """``inner`` (the plan of the smaller call) on the kernel cropped to the taps that touch the map
+    (:mod:`urlk_forecast.ops.reach`): slicing is differentiable, the cut taps get an exactly zero gradient."""
+    return inner(x, w[:, :, taps[0], taps[1]].contiguous(), bias, new_pads, dil)
+
+
 def _decide(backend: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
             dil: tuple[int, int]) -> Plan:
-    """The plan of a CPU call seen for the first time (tensors already in the dtype they are computed in)."""
-    if _choose(x, w, pads, dil, backend) == "cpu":  # raises under "own" when the own kernels cannot run it
+    """The plan of a CPU call seen for the first time (tensors already in the dtype they are computed in). Under
+    ``auto`` a kernel that reaches past the map runs cropped to the taps that touch it (a 13x13 kernel on a 2x3 map
+    is a 3x5 one), on the plan of that smaller call."""
+    if _choose(x, w, pads, dil, backend) != "cpu":  # raises under "own" when the own kernels cannot run it
+        return cpu_paths.torch_forward  # auto's fallback (padding beyond (K-1)*dilation, no own kernels): decided once
+    cut = reach.crop(tuple(x.shape[-2:]), tuple(w.shape[-2:]), pads, dil) if backend == "auto" else None
+    if cut is None:
         return _cpu_plan(backend, x, w, bias, pads, dil)
-    return cpu_paths.torch_forward  # auto's fallback (padding beyond (K-1)*dilation, no own kernels): decided once
+    taps, new_pads = cut
+    inner = _cpu_plan(backend, x, w[:, :, taps[0], taps[1]].contiguous(), bias, new_pads, dil)
+    return partial(_cropped, inner, taps, new_pads)
 
 
 def _keep(key: tuple, plan: Plan) -> None:
