@@ -18,7 +18,8 @@ reported in ms.
 
 Verdict per row: auto passes when ``auto <= (1 + --tolerance) * best`` **or** ``auto - best <= --abs-tol-us``
 (best = the faster of own and torch, both run literally; auto runs a kernel that reaches past the map cropped to
-the taps that touch it, :mod:`urlk_forecast.ops.reach`, and its pick column then says e.g. ``torch on 3x5``).
+the taps that touch it when its table says that is faster, :mod:`urlk_forecast.ops.reach`, and its pick column
+then says e.g. ``torch on 3x5``).
 A failing row is measured again (``--retries`` times; the new repeats are
 pooled with the old ones, never swapped for them) before it counts. Exit status 1 when any row fails.
 
@@ -51,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from urlk_forecast.models import fastpath
-from urlk_forecast.ops import DWConv2d, autotune, dwconv2d, reach, record_calls, use_backend
+from urlk_forecast.ops import DWConv2d, autotune, dispatch, dwconv2d, reach, record_calls, use_backend
 from urlk_forecast.utils.atomic import atomic_write_text
 
 PATHS = ("own", "torch", "auto", "twin")
@@ -212,6 +213,12 @@ def auto_pick(call: autotune.Call, direction: str, dtype: torch.dtype) -> tuple[
     """What auto's table (``static`` rule when tuning is off) says for this call as auto runs it, and how it is
     printed: a kernel reaching past the map runs cropped (:mod:`urlk_forecast.ops.reach`), "own on 3x5"."""
     run_as = reach.cropped_call(call)
+    if run_as != call and autotune.tune_mode() != "0":  # cropped when the table says it pays, as auto decides
+        (shape, k, pads, dil), (_, kc, pads_c, _) = call, run_as
+        x, w, wc = torch.empty(shape, dtype=dtype), torch.empty(shape[1], 1, *k), torch.empty(shape[1], 1, *kc)
+        dirs = ("forward",) + ((direction,) if direction != "forward" else ())
+        if not autotune.crop_pays(dirs, x, w, pads, wc, pads_c, dil, dispatch.crop_cost):
+            run_as = call
     note = f" on {run_as[1][0]}x{run_as[1][1]}" if run_as != call else ""
     if autotune.tune_mode() == "0":
         impl = autotune.static_choice(direction, run_as[0], run_as[1], run_as[2])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import torch
@@ -86,7 +87,11 @@ def test_nothing_to_crop_when_every_tap_touches_data() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("needs", [(True, True), (True, False), (False, True), (False, False)])
-def test_auto_runs_the_cropped_call_with_the_full_calls_results(dtype, needs) -> None:
+@pytest.mark.parametrize("pays", [True, False])
+def test_auto_runs_the_cropped_call_with_the_full_calls_results(monkeypatch, dtype, needs, pays) -> None:
+    asked = []
+    monkeypatch.setattr(autotune, "crop_pays", lambda dirs, *a: asked.append(dirs) or pays)
+    autotune.plans.clear()
     gen = torch.Generator().manual_seed(3)
     x0 = torch.randn(4, 16, 2, 3, generator=gen).to(dtype)
     w0 = torch.randn(16, 1, 13, 13, generator=gen).to(dtype)
@@ -108,7 +113,52 @@ def test_auto_runs_the_cropped_call_with_the_full_calls_results(dtype, needs) ->
         assert outs["auto"][2][..., :5, :].abs().max() == 0  # rows 0-4 never touch a 2-row map
     assert calls == [((4, 16, 2, 3), (13, 13), (6, 6, 6, 6), (1, 1))]  # the caller's call is what is recorded
     plan = next(p for k, p in autotune.plans.items() if k[1] == x0.shape and k[3] == dtype and k[0] == "auto")
-    assert plan.func is dispatch_mod._cropped and plan.args[2] == (1, 1, 2, 2)
+    assert asked == [("forward",) + ("grad_input",) * needs[0] + ("grad_weight",) * needs[1]]
+    cropped = getattr(plan, "func", None) is dispatch_mod._cropped
+    assert cropped == pays and (not pays or plan.args[2] == (1, 1, 2, 2))
+
+
+def _timed_table(entries: dict[tuple, dict[str, tuple[float, float]]], dtype: torch.dtype) -> None:
+    """This machine's table with (own ms, torch ms) per call and direction."""
+    data = {"format": autotune.FORMAT, "machine": autotune.machine_id(), "costs": {},
+            "entries": {autotune.bucket(call, dtype, torch.get_num_threads()): {
+                d: {"impl": "own" if o <= t else "torch", "own_ms": o, "torch_ms": t} for d, (o, t) in v.items()}
+                for call, v in entries.items()}}
+    with open(autotune.table_path(), "w", encoding="utf-8") as fh:
+        json.dump(data, fh)
+    autotune.reset()
+
+
+@pytest.mark.parametrize(("full", "cut", "cost_ms", "pays"), [
+    ({"forward": (0.5, 0.9)}, {"forward": (0.6, 0.2)}, 0.01, True),  # best 0.5 -> 0.2 + 0.01
+    ({"forward": (0.5, 0.9)}, {"forward": (0.6, 0.7)}, 0.01, False),  # the cropped call is slower
+    ({"forward": (0.5, 0.9)}, {"forward": (0.3, 0.7)}, 0.25, False),  # faster, but not by the crop's cost
+    ({"forward": (0.5, 0.9), "grad_input": (0.4, 0.3)}, {"forward": (0.45, 0.7), "grad_input": (0.2, 0.5)}, 0.01,
+     True),  # 0.8 -> 0.65 over both directions
+    ({"forward": (0.5, 0.9), "grad_input": (0.4, 0.3)}, {"forward": (0.1, 0.7), "grad_input": (0.9, 0.8)}, 0.01,
+     False),  # the forward gains 0.4, the gradient loses 0.5
+])
+def test_crop_pays_when_the_tables_timings_say_so(monkeypatch, tmp_path, full, cut, cost_ms, pays) -> None:
+    monkeypatch.setenv(autotune.TABLE_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv(autotune.TUNE_ENV, raising=False)
+    monkeypatch.setattr(autotune, "measure", lambda *a, **k: pytest.fail("the table decides; nothing is measured"))
+    x, w = torch.randn(2, 8, 2, 3), torch.randn(8, 1, 13, 13)
+    call = ((2, 8, 2, 3), (13, 13), (6, 6, 6, 6), (1, 1))
+    cut_call = reach.cropped_call(call)
+    _timed_table({call: full, cut_call: cut}, torch.float32)
+    wc = w[:, :, 5:8, 4:9].contiguous()
+    try:
+        dirs = tuple(full)
+        assert autotune.crop_pays(dirs, x, w, call[2], wc, cut_call[2], (1, 1), lambda: cost_ms * 1e-3) == pays
+        monkeypatch.setenv(autotune.TUNE_ENV, "0")  # the fixed rule: fewer taps
+        assert autotune.crop_pays(dirs, x, w, call[2], wc, cut_call[2], (1, 1), lambda: 1.0)
+    finally:
+        autotune.reset()
+
+
+def test_the_crops_cost_is_measured_and_small() -> None:
+    v = dispatch_mod.measure_crop_cost(blocks=3, calls=5)
+    assert isinstance(v, float) and abs(v) < 2e-3  # a slice, a copy and their gradients: microseconds
 
 
 def test_forced_paths_stay_literal(monkeypatch) -> None:
@@ -118,6 +168,7 @@ def test_forced_paths_stay_literal(monkeypatch) -> None:
     real = dispatch_mod._cpu_plan
     monkeypatch.setattr(dispatch_mod, "_cpu_plan", lambda backend, x, w, *a: seen.append(tuple(w.shape)) or real(
         backend, x, w, *a))
+    monkeypatch.setattr(autotune, "crop_pays", lambda *a: True)
     autotune.plans.clear()
     with use_backend("own"):
         dwconv2d(x, w)

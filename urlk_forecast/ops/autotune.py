@@ -68,7 +68,8 @@ from urlk_forecast.utils.atomic import atomic_write_text
 
 __all__ = ["TUNE_ENV", "TABLE_DIR_ENV", "Call", "env_get", "plans", "choose", "static_choice", "measure", "calibrate",
            "record_calls", "table_path", "machine_id", "machine_constant", "bucket", "reset", "tune_mode",
-           "choose_many", "wait_for_compiles", "choose_plan", "fixed_cost", "time_difference", "one_time_seconds"]
+           "choose_many", "wait_for_compiles", "choose_plan", "crop_pays", "fixed_cost", "time_difference",
+           "one_time_seconds"]
 
 log = logging.getLogger("urlk_forecast.ops")
 
@@ -516,6 +517,40 @@ def choose_plan(directions: tuple[str, ...], x: torch.Tensor, w: torch.Tensor, p
     return ("torch",) * len(directions)
 
 
+def _best_total(directions: tuple[str, ...], x: torch.Tensor, w: torch.Tensor, pads: Sequence[int],
+                dil: Sequence[int]) -> float | None:
+    """Seconds of the faster path of every direction of this call summed, from the table (measured now when
+    missing); None when an entry has no timings (a hand-written one)."""
+    choose_many(directions, x, w, pads, dil)
+    call: Call = (tuple(x.shape), tuple(w.shape[-2:]), tuple(pads), tuple(dil))  # type: ignore[assignment]
+    key, table = bucket(call, x.dtype, torch.get_num_threads()), _table()
+    total = 0.0
+    for d in directions:
+        t = table.times(key, _direction(d))
+        if t is None:
+            return None
+        total += min(t)
+    return total
+
+
+def crop_pays(directions: tuple[str, ...], x: torch.Tensor, w: torch.Tensor, pads: Sequence[int],
+              cropped: torch.Tensor, cropped_pads: Sequence[int], dil: Sequence[int],
+              crop_cost: Callable[[], float]) -> bool:
+    """Whether a call runs faster with its kernel cropped to the taps that touch the map (``cropped``,
+    ``cropped_pads``: :mod:`urlk_forecast.ops.reach`): the faster path of each direction summed, from the table, for
+    the cropped call plus ``crop_cost()`` (slicing the kernel and its gradient, measured once per machine) against
+    the full call. Fewer taps are not always faster: a 1x3 kernel of dilation 5 on 32x160x4x6 ran 1.7x slower on
+    the own kernels than the 3x3 one it came from (AVX2 CPU), oneDNN's 1x3 of dilation 4 1.2x. Tuning off (the
+    fixed rule) or entries without timings: crop."""
+    if tune_mode() == "0":
+        return True
+    full = _best_total(directions, x, w, pads, dil)
+    cut = _best_total(directions, x, cropped, cropped_pads, dil)
+    if full is None or cut is None:
+        return True
+    return cut + crop_cost() < full
+
+
 def fixed_cost(name: str, probe: Callable[[], float]) -> float:
     """Seconds of a per-machine constant cost ``name`` at this thread count (the dispatcher's: its Python autograd
     function around a call): the table file's value, else ``probe()`` measured now and stored there (re-measured
@@ -636,14 +671,16 @@ def calibrate(calls: Iterable[Call], dtype: torch.dtype = torch.float32, refresh
               directions: Sequence[str] = cpu_paths.DIRECTIONS) -> list[dict[str, Any]]:
     """Measure (``refresh``: re-measure) and store the decision of every call and direction; returns one row per
     call and direction with the decision and both timings in ms. Calls are (x shape, kernel, pads, dilation), as
-    :func:`record_calls` collects them; a kernel that reaches past its map is measured cropped, as ``auto`` runs it
-    (:mod:`urlk_forecast.ops.reach`), and its rows name the cropped call."""
+    :func:`record_calls` collects them; a kernel that reaches past its map is measured cropped too
+    (:mod:`urlk_forecast.ops.reach`: ``auto`` runs whichever of the two is faster), with rows of its own."""
     table = _table()
     threads = torch.get_num_threads()
     gen = torch.Generator().manual_seed(0)
     rows = []
+    every = []
     for call in calls:
-        call = reach.cropped_call(call)
+        every += [call] + ([cut] if (cut := reach.cropped_call(call)) != call else [])
+    for call in every:
         shape, k, pads, dil = call
         key = bucket(call, dtype, threads)
         x = torch.randn(*shape, dtype=dtype, generator=gen)

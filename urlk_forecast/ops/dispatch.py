@@ -22,7 +22,8 @@ threads, tuning mode, and the autocast dtype when ``torch.autocast("cpu")`` is o
 the call needs, the own forward alone when no gradient is needed, :class:`_OwnForwardTorchGrads` when only the
 forward is own, else :class:`_OwnConv` with each direction fixed; under autocast the plan first casts as
 ``F.conv2d``'s autocast policy does. Under ``auto`` a kernel that reaches past a small map is first cropped to the
-taps that touch it (:mod:`urlk_forecast.ops.reach`) and the plan is that of the smaller call. A dispatcher that
+taps that touch it (:mod:`urlk_forecast.ops.reach`) when the table's timings say the smaller call is faster, and
+the plan is that of the smaller call. A dispatcher that
 re-decided every call cost ~8-12 us of Python per call, 5-10 % of the forecaster's 0.1-0.3 ms calls; the plan
 lookup costs ~1-2 us.
 
@@ -399,6 +400,34 @@ def wrapper_cost() -> float:
     return autotune.fixed_cost(WRAPPER_COST, measure_wrapper_cost)
 
 
+#: name of the kernel crop's cost in the table (:func:`urlk_forecast.ops.autotune.fixed_cost`)
+CROP_COST = "kernel_crop_s"
+
+
+def measure_crop_cost(blocks: int = 21, calls: int = 10) -> float:
+    """Seconds per call (forward and backward) that cropping the kernel costs (:func:`_cropped`: the slice, its
+    copy and their gradients), on a 1x8x2x3 call whose 13x13 kernel crops to 3x5."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, 2, 3, generator=gen)
+    w = torch.randn(8, 1, 13, 13, generator=gen).requires_grad_()
+    wc = w.detach()[:, :, 5:8, 4:9].contiguous().requires_grad_()
+    gy = torch.randn(1, 8, 2, 3, generator=gen)
+
+    def native() -> None:
+        torch.autograd.grad(F.conv2d(x, wc, None, 1, (1, 2), 1, 8), wc, gy)
+
+    def cropped() -> None:
+        torch.autograd.grad(F.conv2d(x, w[:, :, 5:8, 4:9].contiguous(), None, 1, (1, 2), 1, 8), w, gy)
+
+    with torch.enable_grad(), torch.autocast("cpu", enabled=False):
+        return autotune.time_difference(cropped, native, blocks, calls)
+
+
+def crop_cost() -> float:
+    """:func:`measure_crop_cost` of this machine, from the table (measured on first need)."""
+    return autotune.fixed_cost(CROP_COST, measure_crop_cost)
+
+
 def _cpu_plan(backend: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pads: Pads,
               dil: tuple[int, int]) -> Plan:
     """Decide the implementation of the forward and of each gradient the call needs (``own`` everywhere under
@@ -455,15 +484,20 @@ def _decide(backend: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor |
             dil: tuple[int, int]) -> Plan:
     """The plan of a CPU call seen for the first time (tensors already in the dtype they are computed in). Under
     ``auto`` a kernel that reaches past the map runs cropped to the taps that touch it (a 13x13 kernel on a 2x3 map
-    is a 3x5 one), on the plan of that smaller call."""
+    is a 3x5 one), on the plan of that smaller call, when the table says that call is faster
+    (:func:`urlk_forecast.ops.autotune.crop_pays`)."""
     if _choose(x, w, pads, dil, backend) != "cpu":  # raises under "own" when the own kernels cannot run it
         return cpu_paths.torch_forward  # auto's fallback (padding beyond (K-1)*dilation, no own kernels): decided once
     cut = reach.crop(tuple(x.shape[-2:]), tuple(w.shape[-2:]), pads, dil) if backend == "auto" else None
     if cut is None:
         return _cpu_plan(backend, x, w, bias, pads, dil)
     taps, new_pads = cut
-    inner = _cpu_plan(backend, x, w[:, :, taps[0], taps[1]].contiguous(), bias, new_pads, dil)
-    return partial(_cropped, inner, taps, new_pads)
+    wc = w[:, :, taps[0], taps[1]].contiguous()
+    grad = torch.is_grad_enabled()
+    dirs = _DIRS[(grad and x.requires_grad, grad and w.requires_grad)]
+    if not autotune.crop_pays(dirs, x, w, pads, wc, new_pads, dil, crop_cost):
+        return _cpu_plan(backend, x, w, bias, pads, dil)
+    return partial(_cropped, _cpu_plan(backend, x, wc, bias, new_pads, dil), taps, new_pads)
 
 
 def _keep(key: tuple, plan: Plan) -> None:
