@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from urlk_forecast.models import fastpath
-from urlk_forecast.ops import DWConv2d, autotune, dispatch, dwconv2d, reach, record_calls, use_backend
+from urlk_forecast.ops import DWConv2d, autotune, dispatch, dwconv2d, record_calls, use_backend
 from urlk_forecast.utils.atomic import atomic_write_text
 
 PATHS = ("own", "torch", "auto", "twin")
@@ -212,13 +212,10 @@ class MeasureClock:
 def auto_pick(call: autotune.Call, direction: str, dtype: torch.dtype) -> tuple[str, str]:
     """What auto's table (``static`` rule when tuning is off) says for this call as auto runs it, and how it is
     printed: a kernel reaching past the map runs cropped (:mod:`urlk_forecast.ops.reach`), "own on 3x5"."""
-    run_as = reach.cropped_call(call)
-    if run_as != call and autotune.tune_mode() != "0":  # cropped when the table says it pays, as auto decides
-        (shape, k, pads, dil), (_, kc, pads_c, _) = call, run_as
-        x, w, wc = torch.empty(shape, dtype=dtype), torch.empty(shape[1], 1, *k), torch.empty(shape[1], 1, *kc)
-        dirs = ("forward",) + ((direction,) if direction != "forward" else ())
-        if not autotune.crop_pays(dirs, x, w, pads, wc, pads_c, dil, dispatch.crop_cost):
-            run_as = call
+    shape, k, pads, dil = call
+    x, w = torch.empty(shape, dtype=dtype), torch.empty(shape[1], 1, *k, dtype=dtype)
+    form = dispatch.cropped_form(x, w, pads, dil, ("forward",) + ((direction,) if direction != "forward" else ()))
+    run_as = call if form is None else (shape, tuple(form[2].shape[-2:]), form[1], dil)
     note = f" on {run_as[1][0]}x{run_as[1][1]}" if run_as != call else ""
     if autotune.tune_mode() == "0":
         impl = autotune.static_choice(direction, run_as[0], run_as[1], run_as[2])

@@ -22,10 +22,9 @@ threads, tuning mode, and the autocast dtype when ``torch.autocast("cpu")`` is o
 the call needs, the own forward alone when no gradient is needed, :class:`_OwnForwardTorchGrads` when only the
 forward is own, else :class:`_OwnConv` with each direction fixed; under autocast the plan first casts as
 ``F.conv2d``'s autocast policy does. Under ``auto`` a kernel that reaches past a small map is first cropped to the
-taps that touch it (:mod:`urlk_forecast.ops.reach`) when the table's timings say the smaller call is faster, and
-the plan is that of the smaller call. A dispatcher that
-re-decided every call cost ~8-12 us of Python per call, 5-10 % of the forecaster's 0.1-0.3 ms calls; the plan
-lookup costs ~1-2 us.
+taps that touch it (:mod:`urlk_forecast.ops.reach`) when the table's timings say the smaller call is faster
+(:func:`cropped_form`), and the plan is that of the smaller call. A dispatcher that re-decided every call cost
+~8-12 us of Python per call, 5-10 % of the forecaster's 0.1-0.3 ms calls; the plan lookup costs ~1-2 us.
 
 The autograd functions with own gradients are first-order (``once_differentiable``): double backward through the
 own kernels is not implemented; use ``URLK_DWCONV=torch`` for that.
@@ -488,16 +487,27 @@ def _decide(backend: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor |
     (:func:`urlk_forecast.ops.autotune.crop_pays`)."""
     if _choose(x, w, pads, dil, backend) != "cpu":  # raises under "own" when the own kernels cannot run it
         return cpu_paths.torch_forward  # auto's fallback (padding beyond (K-1)*dilation, no own kernels): decided once
-    cut = reach.crop(tuple(x.shape[-2:]), tuple(w.shape[-2:]), pads, dil) if backend == "auto" else None
-    if cut is None:
+    grad = torch.is_grad_enabled()
+    form = cropped_form(x, w, pads, dil, _DIRS[(grad and x.requires_grad, grad and w.requires_grad)]) \
+        if backend == "auto" else None
+    if form is None:
         return _cpu_plan(backend, x, w, bias, pads, dil)
+    taps, new_pads, wc = form
+    return partial(_cropped, _cpu_plan(backend, x, wc, bias, new_pads, dil), taps, new_pads)
+
+
+def cropped_form(x: torch.Tensor, w: torch.Tensor, pads: Pads, dil: tuple[int, int], directions: tuple[str, ...]
+                 ) -> tuple[tuple[slice, slice], Pads, torch.Tensor] | None:
+    """How ``auto`` runs a CPU call needing ``directions``: (taps kept, new padding, cropped kernel) when its kernel
+    reaches past the map and the cropped call pays (:func:`urlk_forecast.ops.autotune.crop_pays`), else None."""
+    cut = reach.crop(tuple(x.shape[-2:]), tuple(w.shape[-2:]), pads, dil)
+    if cut is None:
+        return None
     taps, new_pads = cut
     wc = w[:, :, taps[0], taps[1]].contiguous()
-    grad = torch.is_grad_enabled()
-    dirs = _DIRS[(grad and x.requires_grad, grad and w.requires_grad)]
-    if not autotune.crop_pays(dirs, x, w, pads, wc, new_pads, dil, crop_cost):
-        return _cpu_plan(backend, x, w, bias, pads, dil)
-    return partial(_cropped, _cpu_plan(backend, x, wc, bias, new_pads, dil), taps, new_pads)
+    if not autotune.crop_pays(directions, x, w, pads, wc, new_pads, dil, crop_cost):
+        return None
+    return taps, new_pads, wc
 
 
 def _keep(key: tuple, plan: Plan) -> None:
