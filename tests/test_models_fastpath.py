@@ -84,6 +84,36 @@ def test_causal_fusion_skips_padding_taps_exactly(nodes: int) -> None:
     assert len(calls) == sum(nodes > 2 * d for d in (1, 3, 9))
 
 
+@pytest.mark.parametrize(("shape", "start"), [((6, 5, 3), 2), ((6, 5, 3), 1), ((6, 5, 3), 0), ((4, 3, 5), 3)])
+def test_tap_weight_norm_equals_the_parametrisations_sliced_weight(shape: tuple[int, int, int], start: int) -> None:
+    """Value and both gradients (of v and g) equal slicing ``parametrizations.weight_norm``'s weight (float64,
+    autograd through torch's own normalisation as the reference)."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    from urlk_forecast.models.tap_weight_norm import tap_weight_norm, weight_norm_parts
+
+    torch.manual_seed(1)
+    conv = weight_norm(nn.Conv1d(shape[1], shape[0], shape[2])).double()
+    with torch.no_grad():
+        conv.parametrizations.weight.original0.uniform_(0.5, 2.0)  # g away from its initial ||v||
+    parts = weight_norm_parts(conv)
+    assert parts is not None
+    v, g = parts
+    got = tap_weight_norm(v, g, start)
+    want = conv.weight[..., start:]
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    r = torch.randn(want.shape, dtype=torch.float64)
+    ga = torch.autograd.grad((got * r).sum(), (v, g))
+    gb = torch.autograd.grad((want * r).sum(), (v, g))
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert weight_norm_parts(nn.Conv1d(3, 3, 3)) is None  # not parametrised
+    assert weight_norm_parts(weight_norm(nn.Conv1d(3, 3, 3), dim=1)) is None  # another norm
+    with pytest.raises(ValueError, match="start 9"):
+        tap_weight_norm(v, g, 9)
+
+
 def _params(seed: int) -> list[nn.Parameter]:
     g = torch.Generator().manual_seed(seed)
     shapes = [(7, 5), (5,), (3, 4, 2), (1,)]

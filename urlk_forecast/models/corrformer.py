@@ -34,6 +34,7 @@ from . import fastpath
 from .decoder import MultiHeadProjection, SeasonalLayerNorm, SeriesDecomp, get_activation
 from .layers import Dropout, pointwise
 from .linear_function import linear, run_linear
+from .tap_weight_norm import tap_weight_norm, weight_norm_parts
 
 __all__ = [
     "AutoCorrelation",
@@ -158,7 +159,8 @@ class _CausalBlock(nn.Module):
         live = min(k, (x.shape[-1] - 1) // d + 1)
         if live == k or not fastpath.enabled():
             return conv(F.pad(x, (self.pad, 0)))
-        weight = conv.weight[..., k - live:]
+        parts = weight_norm_parts(conv)  # normalise only the live taps (models/tap_weight_norm.py)
+        weight = tap_weight_norm(*parts, k - live) if parts is not None else conv.weight[..., k - live:]
         if live == 1:
             return linear(x.transpose(1, 2), weight[..., 0], conv.bias).transpose(1, 2)
         return F.conv1d(F.pad(x, ((live - 1) * d, 0)), weight, conv.bias, dilation=d)
