@@ -44,7 +44,7 @@ class _TapWeightNorm(torch.autograd.Function):
         gv = gg = None
         if ctx.needs_input_grad[0]:
             gv = v * (-g * s / norm.pow(3))
-            gv[..., start:] += gw * (g / norm)
+            gv[..., start:].addcmul_(gw, g / norm)  # in place on the view (``+=`` would copy it back onto itself)
         if ctx.needs_input_grad[1]:
             gg = (s / norm).to(g.dtype)
         return gv, gg, None
