@@ -159,7 +159,7 @@ class _CausalBlock(nn.Module):
         live = min(k, (x.shape[-1] - 1) // d + 1)
         if live == k or not fastpath.enabled():
             return conv(F.pad(x, (self.pad, 0)))
-        parts = weight_norm_parts(conv)  # normalise only the live taps (models/tap_weight_norm.py)
+        parts = None if fastpath.exporting() else weight_norm_parts(conv)  # only the live taps (tap_weight_norm.py)
         weight = tap_weight_norm(*parts, k - live) if parts is not None else conv.weight[..., k - live:]
         if live == 1:
             return linear(x.transpose(1, 2), weight[..., 0], conv.bias).transpose(1, 2)

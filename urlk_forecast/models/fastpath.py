@@ -9,7 +9,8 @@ pixels run as one dense product, from 64 images with their BatchNorms folded in
 Conv1d run as matrix products (:func:`~urlk_forecast.models.layers.pointwise`), the decomposition's moving average is
 one product with a band matrix, channels-first LayerNorms of few channels train through a closed-form backward
 (:mod:`urlk_forecast.models.layernorm_function`), and float32 Linear layers run on oneDNN's product where it beats
-the BLAS (:mod:`urlk_forecast.models.linear_function`).
+the BLAS (:mod:`urlk_forecast.models.linear_function`), and a weight-normalised causal conv with trimmed taps
+normalises only its live taps (:mod:`urlk_forecast.models.tap_weight_norm`).
 ``URLK_FAST=0`` in the environment, or :func:`use_fast_paths` (``False``) in code, selects the old path, e.g. for
 the side-by-side benchmark (``benchmarks/forecaster_profile.py --paths old new``).
 """
@@ -25,12 +26,20 @@ from torch import nn
 
 from ..utils.allocator import retain_freed_memory
 
-__all__ = ["ENV", "clip_grad_norm_", "enabled", "optimizer_options", "tune_allocator", "use_fast_paths"]
+__all__ = ["ENV", "clip_grad_norm_", "enabled", "exporting", "optimizer_options", "tune_allocator",
+           "use_fast_paths"]
 
 #: environment variable: ``0`` selects the old paths (default: fast)
 ENV = "URLK_FAST"
 
 _override: list[bool] = []
+
+
+def exporting() -> bool:
+    """Tracing, scripting, ONNX export or torch.compile: the fast paths built on custom autograd functions give the
+    standard ops there (and the exported graph gets them too)."""
+    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_compiling())
 
 
 def enabled() -> bool:

@@ -120,19 +120,13 @@ class _OneDNNLinear(torch.autograd.Function):
         return gx, gw, gb
 
 
-def _exporting() -> bool:
-    """Tracing, scripting, ONNX export or torch.compile: they get the standard op (and the exported graph too)."""
-    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-            or torch.compiler.is_compiling())
-
-
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``; on the fast path for float32 CPU tensors outside autocast and export, on
     oneDNN when :func:`onednn_is_faster` (same values up to the order of the sums)."""
     if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() < 2
             or x.numel() == 0
             or (bias is not None and bias.dtype != torch.float32) or torch.is_autocast_enabled("cpu")
-            or not fastpath.enabled() or _exporting() or not onednn_is_faster()):
+            or not fastpath.enabled() or fastpath.exporting() or not onednn_is_faster()):
         return F.linear(x, weight, bias)
     return _OneDNNLinear.apply(x, weight, bias)
 
