@@ -76,9 +76,10 @@ def test_retained_memory_is_reused_without_page_faults() -> None:
     r = _probe("on")
     assert r["applied"] is True and r["retained"] is True
     assert r["faults"] < PAGES // 10  # measured 0-1640 per step against ~41 000 by default
-    # the heap settled: at most one more block over ten steps, the largest being the 64 MiB tensor (seen once in a
-    # clean-clone run: exactly 65536 KiB); a leak would grow by >= 32 MiB every step
-    assert r["grew_kb"] <= 64 * 1024
+    # the heap settled: it may still grow once over ten steps (seen: exactly 65536 KiB, the 64 MiB tensor, in a
+    # clean-clone run; 93784 KiB once on a Zen 3 machine, the 64 and the 32 MiB blocks placed afresh in one step);
+    # a leak would grow by >= 32 MiB every step, >= 320 MiB over the ten
+    assert r["grew_kb"] <= 128 * 1024
 
 
 def test_turning_it_off_restores_the_default() -> None:
