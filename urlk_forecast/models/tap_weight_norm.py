@@ -31,7 +31,7 @@ class _TapWeightNorm(torch.autograd.Function):
         dims = tuple(range(1, v.dim()))
         norm = torch.linalg.vector_norm(v, dim=dims, keepdim=True)
         ctx.save_for_backward(v, g, norm)
-        ctx.start = start
+        ctx.start, ctx.dims = start, dims
         return (v[..., start:] * (g / norm)).contiguous()
 
     @staticmethod
@@ -39,14 +39,13 @@ class _TapWeightNorm(torch.autograd.Function):
     def backward(ctx: Any, gw: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         v, g, norm = ctx.saved_tensors
         start = ctx.start
-        dims = tuple(range(1, v.dim()))
-        s = (gw * v[..., start:]).sum(dim=dims, keepdim=True)
+        s = (gw * v[..., start:]).sum(dim=ctx.dims, keepdim=True)
         gv = gg = None
         if ctx.needs_input_grad[0]:
             gv = v * (-g * s / norm.pow(3))
             gv[..., start:].addcmul_(gw, g / norm)  # in place on the view (``+=`` would copy it back onto itself)
         if ctx.needs_input_grad[1]:
-            gg = (s / norm).to(g.dtype)
+            gg = s / norm
         return gv, gg, None
 
 
